@@ -1,0 +1,27 @@
+# Set-up and entry points. Everything runs inside a git-ignored .venv built from a
+# Python that nnabla 1.39 supports (3.8-3.10), found by scripts/find_python.sh.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test demo bench clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt scripts/find_python.sh
+	@test -x $(PY) || { p=$$(scripts/find_python.sh) || exit 1; echo "creating $(VENV) with $$p"; "$$p" -m venv $(VENV) || exit 1; }
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import nnabla, numpy, pandas, matplotlib, tqdm, sklearn" 2>/dev/null || { echo "error: installing requirements.txt into $(VENV) failed; see pip's output above"; exit 1; }
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) eval_sgd_influence.py -ds digits -o output_demo $(DEMO_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/bench_influence.py
+
+clean-venv:
+	rm -rf $(VENV)

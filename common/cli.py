@@ -1,0 +1,93 @@
+"""Command-line arguments shared by the drivers, their validation, and error reporting."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import Callable, List, Optional, Sequence
+
+from .errors import UserError
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} must not be negative")
+    return v
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return v
+
+
+def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_default: Sequence[int]) -> None:
+    """The original example's flags plus the project's (SPEC section 3)."""
+    p.add_argument("-o", "--output", default=default_out, help="output folder (default: %(default)s)")
+    p.add_argument("-ds", "--dataset", default="digits",
+                   help="digits (embedded), mnist, cifar10, stl10, or a path to an NNC train CSV")
+    p.add_argument("-m", "--model", default="cnn6", choices=["cnn6", "logreg", "mlp"])
+    p.add_argument("-e", "--epochs", type=positive_int, default=20, help="training epochs (default 20)")
+    p.add_argument("-bs", "--batch-size", type=positive_int, default=32, help="mini-batch size (default 32)")
+    p.add_argument("-lr", "--learning-rate", type=positive_float, default=0.05, help="SGD learning rate (default 0.05)")
+    p.add_argument("-nt", "--n-trials", type=positive_int, default=1, help="trials; trial k uses seed k")
+    p.add_argument("-r", "--remove", type=nonneg_int, nargs="+", default=list(remove_default),
+                   help="numbers of most harmful samples to remove and retrain (default: %(default)s)")
+    p.add_argument("-ra", "--retrain-all", action="store_true",
+                   help="retrain every epoch from the initial parameters (default: the last epoch only)")
+    p.add_argument("-c", "--context", choices=["cpu", "cudnn"], default=None,
+                   help="nnabla context (default: cudnn when nnabla-ext-cuda is installed, else cpu)")
+    p.add_argument("-di", "--device-id", type=nonneg_int, default=0, help="GPU device id")
+    p.add_argument("-j", "--jobs", type=positive_int, default=os.cpu_count() or 1,
+                   help="trials run at once in separate processes (default: number of cores)")
+    p.add_argument("--data-dir", default=None, help="folder that already holds the dataset's files")
+    p.add_argument("--n-train", type=positive_int, default=None, help="use the first N samples of the seeded training split")
+    p.add_argument("--n-val", type=positive_int, default=None, help="use the first N samples of the validation split")
+    p.add_argument("--n-test", type=positive_int, default=None, help="use the first N test samples")
+    p.add_argument("--val-csv", default=None, help="own data: validation CSV (default: beside the train CSV)")
+    p.add_argument("--test-csv", default=None, help="own data: test CSV (default: beside the train CSV)")
+    p.add_argument("--no-augment", action="store_true", help="train without random crop and flip")
+    p.add_argument("--overwrite", action="store_true", help="start the output folder afresh if its settings differ")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def run_main(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]] = None) -> int:
+    """Run ``main``; a ``UserError`` (or any failure without --debug) becomes one line on stderr."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        return main(args) or 0
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to continue where it stopped", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: one line unless --debug
+        if debug:
+            traceback.print_exc()
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: {type(exc).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1

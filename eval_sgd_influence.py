@@ -1,0 +1,40 @@
+"""Data cleansing with SGD-influence: train, estimate influence (Hara, Ours, Random), retrain
+without the most harmful samples, summarise. See README.md and SPEC section 3."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from common.cli import add_run_arguments, run_main
+from sgd_influence.pipeline import DEFAULT_REMOVE, RunConfig, run
+from sgd_influence.train import TrainConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    add_run_arguments(p, "output_sgd_influence", DEFAULT_REMOVE)
+    p.add_argument("--methods", nargs="+", default=["Hara", "Ours", "Random"],
+                   help="estimators to run (default: %(default)s)")
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> RunConfig:
+    train = TrainConfig(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.learning_rate,
+                        augment=not a.no_augment)
+    return RunConfig(dataset=a.dataset, out=a.output, train=train, n_trials=a.n_trials, methods=a.methods,
+                     remove=a.remove, retrain_all=a.retrain_all, data_dir=a.data_dir, n_train=a.n_train,
+                     n_val=a.n_val, n_test=a.n_test, val_csv=a.val_csv, test_csv=a.test_csv,
+                     context=a.context, device_id=a.device_id, jobs=a.jobs, show_progress=not a.no_progress)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    summary = run(config_from_args(args), overwrite=args.overwrite)
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"results in {args.output}/ (summary/summary.csv, fig/result.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

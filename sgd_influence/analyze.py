@@ -1,0 +1,95 @@
+"""Analysis stage: summary tables and the figure of test accuracy against samples removed."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from common.fileio import atomic_path, write_csv_atomic  # noqa: E402
+from common.paths import RunPaths  # noqa: E402
+
+NO_REMOVAL = "No_Removal"
+_SCORE = re.compile(r"score_delete_worst_(\d+)_seed_(\d+)\.csv$")
+METRICS = ["test_accuracy", "test_loss", "val_accuracy", "val_loss"]
+
+
+def collect_scores(paths: RunPaths) -> pd.DataFrame:
+    """One row per score file: method, n_drops, seed and the metrics of its last row."""
+    rows = []
+    for f in sorted((paths.root / "score").glob("*/score_delete_worst_*_seed_*.csv")):
+        m = _SCORE.search(f.name)
+        if not m:
+            continue
+        last = pd.read_csv(f).iloc[-1]
+        rows.append({"method": f.parent.name, "n_drops": int(m.group(1)), "seed": int(m.group(2)),
+                     **{k: float(last[k]) for k in METRICS}})
+    return pd.DataFrame(rows, columns=["method", "n_drops", "seed"] + METRICS)
+
+
+def summarize(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per method and n_drops: trial count, mean and std (population, ddof=0) of each metric."""
+    g = scores.groupby(["method", "n_drops"], sort=True)
+    out = g.size().rename("n_trials").to_frame()
+    for k in METRICS:
+        out[f"{k}_mean"] = g[k].mean()
+        out[f"{k}_std"] = g[k].std(ddof=0)
+    return out.reset_index()
+
+
+def plot_result(summary: pd.DataFrame, path: Path, title: str = "") -> None:
+    """Test accuracy against number of removed samples (log x), mean +- std, No Removal flat."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    base = summary[summary.method == NO_REMOVAL]
+    for method, df in summary[(summary.method != NO_REMOVAL) & (summary.n_drops > 0)].groupby("method"):
+        df = df.sort_values("n_drops")
+        ax.errorbar(df.n_drops, df.test_accuracy_mean, yerr=df.test_accuracy_std, marker="o",
+                    capsize=3, label=method.replace("_", " "))
+    if len(base):
+        m, s = float(base.test_accuracy_mean.iloc[0]), float(base.test_accuracy_std.iloc[0])
+        ax.axhline(m, color="k", ls="--", lw=1, label="No Removal")
+        ax.axhspan(m - s, m + s, color="k", alpha=0.08)
+    ax.set_xscale("log")
+    ax.set_xlabel("number of removed training samples (most harmful first)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def cache_sizes(paths: RunPaths, seeds: Iterable[int], methods: Iterable[str]) -> pd.DataFrame:
+    """Files and bytes on disk of each method's parameter cache, per trial."""
+    rows = []
+    for seed in seeds:
+        for method in methods:
+            if method == "Hara":
+                files = sorted(paths.hara_dir(seed).glob("step_*.h5"))
+            elif method in ("Random",):
+                files = []
+            else:
+                files = [paths.params(seed, "final")]
+            files = [f for f in files if f.is_file()]
+            rows.append({"method": method, "seed": seed, "files": len(files),
+                         "bytes": sum(f.stat().st_size for f in files)})
+    return pd.DataFrame(rows, columns=["method", "seed", "files", "bytes"])
+
+
+def analyze(paths: RunPaths, seeds: List[int], methods: List[str], title: str = "",
+            timings: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """Write summary.csv, cache_size.csv, timings.csv and fig/result.png; return the summary."""
+    summary = summarize(collect_scores(paths))
+    write_csv_atomic(paths.summary / "summary.csv", summary)
+    write_csv_atomic(paths.summary / "cache_size.csv", cache_sizes(paths, seeds, methods))
+    if timings is not None:
+        write_csv_atomic(paths.summary / "timings.csv", timings)
+    plot_result(summary, paths.fig / "result.png", title)
+    return summary

@@ -1,0 +1,62 @@
+"""SGD-influence estimators: "Hara" (Hara et al., 2019) and "Ours" (Suzuki et al., 2021).
+
+Both run the backward recursion over the steps t of the last epoch, T-1 down to its first:
+
+    infl_j += (lr_t / |S_t|) <u, g_j(theta_t)>          for j in S_t
+    u      <- u - lr_t H_t(theta_t) u                    H_t: Hessian of the mini-batch mean loss
+
+from ``u = grad of the mean validation loss at theta_T``. ``infl_j`` estimates the change of
+the mean validation loss when z_j is left out of the last epoch (negative = harmful). "Hara"
+uses the parameters cached before every step; "Ours" uses theta_T at every step.
+
+Network mode: the per-sample products and Hessian-vector products run batch normalisation in
+training mode on the whole recorded mini-batch, as the training step they retrace did.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Mapping, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from common.autodiff import Learner, Vector
+from common.batches import split_batches, training_batch
+from datasets import DataBundle
+
+from .trace import Trace
+
+StateAt = Callable[[int], Mapping[str, np.ndarray]]
+
+
+def validation_loss_grad(learner: Learner, data: DataBundle) -> Vector:
+    """``u = grad (1/|V|) sum_{z in V} l(z; theta)`` at the learner's parameters (inference mode)."""
+    return learner.mean_loss_grad(split_batches(data, data.val), train=False)
+
+
+def sgd_influence(learner: Learner, data: DataBundle, trace: Trace, u: Mapping[str, np.ndarray],
+                  augment: bool, state_at: Optional[StateAt] = None, show_progress: bool = False,
+                  desc: str = "influence") -> np.ndarray:
+    """Influence of every training sample on ``<u, theta_T>`` through the last epoch.
+
+    ``state_at(t)`` returns the parameters before step t (Hara); ``None`` keeps the learner's
+    current parameters at every step (Ours). The learner's parameters are restored on return.
+    Returns a float64 array over training positions (0 for samples outside the last epoch).
+    """
+    infl = np.zeros(len(data.train))
+    u = {k: np.asarray(v, np.float64) for k, v in u.items()}
+    final_state = learner.state() if state_at is not None else None
+    steps = trace.last_epoch_steps()[::-1]
+    try:
+        for t in tqdm(steps, desc=desc, unit="step", disable=not show_progress, leave=False):
+            if state_at is not None:
+                learner.set_state(state_at(int(t)))
+            idx, seeds = trace.batch(int(t))
+            x, y = training_batch(data, idx, seeds, augment)
+            lr = float(trace.lr[t])
+            infl[idx] += (lr / len(idx)) * learner.per_sample_grad_dot(x, y, u, train=True)
+            hu = learner.hessian_vector_product(x, y, u, train=True)
+            u = {k: u[k] - lr * hu[k] for k in u}
+    finally:
+        if final_state is not None:
+            learner.set_state(final_state)
+    return infl

@@ -1,0 +1,266 @@
+"""The four stages chained per trial (train, infl, eval, analyze), resumable and parallel.
+
+Every stage reads its inputs from and writes its outputs to the output folder; an output that
+exists is complete (all files are written atomically) and is not computed again.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from common.autodiff import Learner
+from common.errors import UserError
+from common.fileio import write_csv_atomic, write_text_atomic
+from common.influence_csv import influence_frame, read_influence_csv, write_influence_csv
+from common.params_io import load_params
+from common.paths import RunPaths
+from datasets import DataBundle, load_dataset
+
+from . import analyze as analysis
+from .eval import SCORE_COLUMNS, removal_mask, retrain_scores
+from .infl import sgd_influence, validation_loss_grad
+from .trace import Trace
+from .train import TrainConfig, load_training, train_with_trace, training_complete
+
+DEFAULT_REMOVE = [0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000]
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; the fields in ``MANIFEST_KEYS`` decide whether old outputs are valid."""
+
+    dataset: str = "digits"
+    out: str = "output_sgd_influence"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    n_trials: int = 1
+    first_seed: int = 0
+    methods: Sequence[str] = ("Hara", "Ours", "Random")
+    remove: Sequence[int] = tuple(DEFAULT_REMOVE)
+    retrain_all: bool = False
+    data_dir: Optional[str] = None
+    n_train: Optional[int] = None
+    n_val: Optional[int] = None
+    n_test: Optional[int] = None
+    val_csv: Optional[str] = None
+    test_csv: Optional[str] = None
+    context: Optional[str] = None
+    device_id: int = 0
+    jobs: int = 1
+    show_progress: bool = True
+
+    @property
+    def seeds(self) -> List[int]:
+        return list(range(self.first_seed, self.first_seed + self.n_trials))
+
+    def manifest(self) -> dict:
+        return {"dataset": self.dataset, **asdict(self.train), "n_train": self.n_train,
+                "n_val": self.n_val, "n_test": self.n_test}
+
+
+@dataclass
+class Trial:
+    """What the estimators of one trial may use: the data, the trace and the final model."""
+
+    cfg: RunConfig
+    seed: int
+    data: DataBundle
+    paths: RunPaths
+    trace: Trace
+    learner: Learner
+    _u: Optional[dict] = None
+
+    @property
+    def u(self) -> dict:
+        """Gradient of the mean validation loss at the final parameters (computed once)."""
+        if self._u is None:
+            self._u = validation_loss_grad(self.learner, self.data)
+        return self._u
+
+
+@dataclass(frozen=True)
+class Method:
+    """An influence estimator: its name (folder and CSV name) and how it scores a trial."""
+
+    name: str
+    compute: Callable[[Trial], np.ndarray]
+    needs_hara_cache: bool = False
+
+
+def _hara(trial: Trial) -> np.ndarray:
+    paths, seed = trial.paths, trial.seed
+    return sgd_influence(trial.learner, trial.data, trial.trace, trial.u, trial.cfg.train.augment,
+                         state_at=lambda t: load_params(paths.hara_step(seed, t)),
+                         show_progress=trial.cfg.show_progress, desc=f"Hara seed {seed}")
+
+
+def _ours(trial: Trial) -> np.ndarray:
+    return sgd_influence(trial.learner, trial.data, trial.trace, trial.u, trial.cfg.train.augment,
+                         show_progress=trial.cfg.show_progress, desc=f"Ours seed {trial.seed}")
+
+
+def _random(trial: Trial) -> np.ndarray:
+    return np.random.default_rng([trial.seed, 7]).random(len(trial.data.train))
+
+
+METHODS: Dict[str, Method] = {
+    "Hara": Method("Hara", _hara, needs_hara_cache=True),
+    "Ours": Method("Ours", _ours),
+    "Random": Method("Random", _random),
+}
+
+
+def register_method(method: Method) -> None:
+    """Make an estimator available to the pipeline under ``method.name``."""
+    METHODS[method.name] = method
+
+
+# ---------------------------------------------------------------------------- bookkeeping
+def prepare_output(cfg: RunConfig, overwrite: bool) -> RunPaths:
+    """Check (or start) the output folder's manifest; refuse outputs of other settings."""
+    paths = RunPaths(cfg.out)
+    wanted = cfg.manifest()
+    if paths.manifest.is_file():
+        old = json.loads(paths.manifest.read_text())
+        diff = {k: (old.get(k), v) for k, v in wanted.items() if old.get(k) != v}
+        if diff and not overwrite:
+            what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
+            raise UserError(f"output folder {paths.root} holds a run with other settings ({what}); "
+                            f"use another -o or add --overwrite to start it afresh")
+        if diff:
+            shutil.rmtree(paths.root)
+    elif paths.root.exists() and any(paths.root.iterdir()):
+        if not overwrite:
+            raise UserError(f"output folder {paths.root} is not empty and holds no run manifest; "
+                            f"use another -o or add --overwrite")
+        shutil.rmtree(paths.root)
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(paths.manifest, json.dumps(wanted, indent=1, sort_keys=True))
+    except OSError as exc:
+        raise UserError(f"cannot write to output folder {paths.root} ({exc.strerror}); choose another -o") from None
+    return paths
+
+
+def load_trial_data(cfg: RunConfig, seed: int) -> DataBundle:
+    data = load_dataset(cfg.dataset, seed, data_dir=cfg.data_dir, n_train=cfg.n_train, n_val=cfg.n_val,
+                        n_test=cfg.n_test, val_csv=cfg.val_csv, test_csv=cfg.test_csv)
+    if cfg.train.batch_size > len(data.train):
+        raise UserError(f"batch size {cfg.train.batch_size} is larger than the {len(data.train)} training "
+                        f"samples; lower -bs")
+    return data
+
+
+class Timings:
+    """Seconds per (stage, method) of one trial, kept in ``logs/timings_seed_<k>.csv``."""
+
+    def __init__(self, paths: RunPaths, seed: int):
+        self.path = paths.root / "logs" / f"timings_seed_{seed}.csv"
+        self.seed = seed
+        self.rows = pd.read_csv(self.path).to_dict("records") if self.path.is_file() else []
+
+    def add(self, stage: str, method: str, seconds: float) -> None:
+        self.rows = [r for r in self.rows if (r["stage"], r["method"]) != (stage, method)]
+        self.rows.append({"stage": stage, "method": method, "seed": self.seed, "seconds": round(seconds, 3)})
+        write_csv_atomic(self.path, pd.DataFrame(self.rows, columns=["stage", "method", "seed", "seconds"]))
+
+
+def remove_list(cfg: RunConfig, n_train: int, log=print) -> List[int]:
+    """The -r values below the training size (others skipped with a message, as the original)."""
+    keep = sorted({int(n) for n in cfg.remove if int(n) < n_train})
+    skipped = sorted({int(n) for n in cfg.remove if int(n) >= n_train})
+    if skipped:
+        log(f"note: skipping removal of {skipped} samples: not below the training size {n_train}")
+    return keep
+
+
+# ---------------------------------------------------------------------------- stages
+def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -> None:
+    """Train, estimate influence and retrain-with-removal for trial ``seed`` (resumable)."""
+    paths = RunPaths(cfg.out)
+    data = load_trial_data(cfg, seed)
+    timings = Timings(paths, seed)
+    hara = any(m.needs_hara_cache for m in methods)
+    steps_last = -(-len(data.train) // cfg.train.batch_size)
+    if not training_complete(paths, seed, hara, steps_last):
+        t0 = time.time()
+        train_with_trace(cfg.train, data, paths, seed, save_hara=hara, show_progress=cfg.show_progress)
+        timings.add("train", "", time.time() - t0)
+    trace, learner = load_training(cfg.train, data, paths, seed)
+    trial = Trial(cfg, seed, data, paths, trace, learner)
+
+    orders = {}
+    for m in methods:
+        csv = paths.influence_csv(m.name, seed)
+        if not csv.is_file():
+            t0 = time.time()
+            scores = m.compute(trial)
+            if not np.all(np.isfinite(scores)):
+                raise UserError(f"{m.name} produced non-finite influence for seed {seed}; "
+                                f"lower the learning rate (-lr) or check the training log")
+            write_influence_csv(csv, influence_frame(data.train.ids, data.train.labels, scores))
+            timings.add("infl", m.name, time.time() - t0)
+        orders[m.name] = read_influence_csv(csv, len(data.train))["datasource_index"].to_numpy()
+
+    ns = remove_list(cfg, len(data.train), log)
+    base_rows = None
+    for n in ns:
+        for m in methods:
+            out = paths.score_csv(m.name, n, seed)
+            if out.is_file():
+                continue
+            t0 = time.time()
+            if n == 0:
+                base = paths.score_csv(analysis.NO_REMOVAL, 0, seed)
+                if not base.is_file():
+                    rows = retrain_scores(cfg.train, data, paths, seed, trace, removal_mask(len(data.train), [], 0),
+                                          cfg.retrain_all)
+                    write_csv_atomic(base, pd.DataFrame(rows, columns=SCORE_COLUMNS))
+                    timings.add("eval", analysis.NO_REMOVAL, time.time() - t0)
+                base_rows = pd.read_csv(base)
+                write_csv_atomic(out, base_rows)
+                continue
+            rows = retrain_scores(cfg.train, data, paths, seed, trace,
+                                  removal_mask(len(data.train), orders[m.name], n), cfg.retrain_all)
+            write_csv_atomic(out, pd.DataFrame(rows, columns=SCORE_COLUMNS))
+            timings.add(f"eval_n{n}", m.name, time.time() - t0)
+
+
+def _worker(args):
+    cfg, seed, names = args
+    from common.context import set_context
+    set_context(cfg.context, cfg.device_id)
+    run_trial(cfg, seed, [METHODS[n] for n in names])
+    return seed
+
+
+def run(cfg: RunConfig, overwrite: bool = False) -> pd.DataFrame:
+    """Run every trial (``cfg.jobs`` at a time, in separate processes) and the analysis."""
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    paths = prepare_output(cfg, overwrite)
+    methods = [METHODS[m] for m in cfg.methods]
+    seeds = cfg.seeds
+    jobs = max(1, min(cfg.jobs, len(seeds)))
+    if jobs == 1:
+        from common.context import set_context
+        set_context(cfg.context, cfg.device_id)
+        for seed in seeds:
+            run_trial(cfg, seed, methods)
+    else:
+        with mp.get_context("spawn").Pool(jobs) as pool:
+            for _ in pool.imap_unordered(_worker, [(cfg, s, list(cfg.methods)) for s in seeds]):
+                pass
+    timings = pd.concat([pd.read_csv(f) for f in sorted((paths.root / "logs").glob("timings_seed_*.csv"))],
+                        ignore_index=True) if (paths.root / "logs").is_dir() else None
+    title = f"{cfg.dataset} / {cfg.train.model}, {len(seeds)} trial(s)"
+    return analysis.analyze(paths, seeds, list(cfg.methods), title, timings)
