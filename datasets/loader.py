@@ -1,0 +1,123 @@
+"""``load_dataset``: decode once per process, then split per trial seed.
+
+Split rule: ``perm = np.random.RandomState(seed).permutation(len(pool))``; validation =
+``pool[perm[:n_val]]``, train = ``pool[perm[n_val:]]`` (permutation order). For own CSV data with
+a validation CSV, train is the training CSV in row order and validation the validation CSV.
+``n_train``/``n_val``/``n_test`` then keep the first N of each split; a count above the split's
+size keeps the whole split (logged).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from datasets import cifar10, digits, mnist, nnc_csv, stl10
+from datasets.base import DataBundle, DatasetError, SourceData, Split, norm_stats
+from datasets.files import locate
+
+log = logging.getLogger(__name__)
+
+BUILTIN_CLASSES = 10
+FILE_SOURCES: dict = {"mnist": mnist.load, "cifar10": cifar10.load, "stl10": stl10.load}
+BUILTINS = ("digits",) + tuple(FILE_SOURCES)
+CSV_VAL_FRACTION = 0.2
+_DECODED: dict = {}
+
+
+def clear_cache() -> None:
+    """Forget every decoded dataset (tests; memory)."""
+    _DECODED.clear()
+
+
+def _memoised(key: tuple, decode: Callable[[], object]) -> object:
+    if key not in _DECODED:
+        _DECODED[key] = decode()
+    return _DECODED[key]
+
+
+def _check_count(value: Optional[int], what: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise DatasetError(f"{what} must be a positive integer or unset, got {value!r}")
+
+
+def _check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+        raise DatasetError(f"seed must be an integer in 0..2**32-1, got {seed!r}")
+
+
+def _first(split: Split, count: Optional[int], what: str) -> Split:
+    if count is None:
+        return split
+    if count > len(split):
+        log.info("%s=%d is more than the %d samples available; keeping all of them", what, count, len(split))
+    return split.subset(np.arange(min(count, len(split))))
+
+
+def seeded_split(pool: Split, n_val: int, seed: int) -> tuple:
+    """(train, validation): validation = first n_val of RandomState(seed).permutation, train = rest."""
+    perm = np.random.RandomState(seed).permutation(len(pool))
+    return pool.subset(perm[n_val:]), pool.subset(perm[:n_val])
+
+
+def _builtin_source(name: str, data_dir: Optional[str]) -> SourceData:
+    if name == "digits":
+        return _memoised(("digits",), digits.load)
+    location = locate(name, data_dir)
+    return _memoised((name,) + tuple(str(f) for f in location.folders), lambda: FILE_SOURCES[name](location))
+
+
+def _file_key(path: Optional[Path]) -> tuple:
+    if path is None:
+        return (None,)
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+def _csv_splits(train_csv: str, seed: int, val_csv: Optional[str], test_csv: Optional[str]) -> tuple:
+    train_path = Path(train_csv).expanduser()
+    if not train_path.is_file():
+        raise DatasetError(f"training CSV {train_path} not found; check the path given as the dataset")
+    val_path, test_path = nnc_csv.companion_paths(train_path, val_csv, test_csv)
+    key = ("csv",) + _file_key(train_path) + _file_key(val_path) + _file_key(test_path)
+    train, val, test = _memoised(key, lambda: nnc_csv.load(train_path, val_path, test_path))
+    if val is None:
+        n_val = min(max(1, int(round(CSV_VAL_FRACTION * len(train)))), len(train) - 1)
+        log.info("no validation CSV beside %s: using a seeded 80/20 split of it (seed %d): "
+                 "%d train + %d validation", train_path, seed, len(train) - n_val, n_val)
+        train, val = seeded_split(train, n_val, seed)
+    return train, val, test
+
+
+def load_dataset(name: str, seed: int, data_dir: Optional[str] = None, n_train: Optional[int] = None,
+                 n_val: Optional[int] = None, n_test: Optional[int] = None,
+                 val_csv: Optional[str] = None, test_csv: Optional[str] = None) -> DataBundle:
+    """Load dataset ``name`` ('digits', 'mnist', 'cifar10', 'stl10' or an NNC .csv path) for trial ``seed``.
+
+    Decoding is done once per process per (name, folder); see the module doc for the split rule.
+    ``data_dir`` applies to the built-ins that read files; ``val_csv``/``test_csv`` to own CSV data.
+    Every bad input raises DatasetError with a one-line message.
+    """
+    _check_seed(seed)
+    for value, what in ((n_train, "n_train"), (n_val, "n_val"), (n_test, "n_test")):
+        _check_count(value, what)
+    if name in BUILTINS:
+        if val_csv or test_csv:
+            raise DatasetError(f"--val-csv/--test-csv apply only to own CSV data, not to the built-in dataset {name!r}")
+        source = _builtin_source(name, data_dir)
+        train, val = seeded_split(source.pool, source.n_val, seed)
+        test = source.test.subset(np.arange(len(source.test)))
+    elif str(name).lower().endswith(".csv"):
+        train, val, test = _csv_splits(name, seed, val_csv, test_csv)
+    else:
+        raise DatasetError(f"unknown dataset {name!r}; "
+                           "use digits, mnist, cifar10, stl10 or the path of an NNC .csv file")
+    num_classes = BUILTIN_CLASSES if name in BUILTINS else \
+        int(max(train.labels.max(), val.labels.max(), test.labels.max())) + 1
+    mean, std = norm_stats(train.images.shape[1])
+    return DataBundle(name, _first(train, n_train, "n_train"), _first(val, n_val, "n_val"),
+                      _first(test, n_test, "n_test"), num_classes, mean, std)

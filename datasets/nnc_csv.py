@@ -1,0 +1,172 @@
+"""Own data in Neural Network Console CSV format: header ``x:image,y:label``, one image per row.
+
+Image paths are relative to the CSV's folder (absolute paths work too); PNG, JPEG and whatever
+else PIL reads. Columns after the first two are ignored (so this tool's influence CSVs load too).
+Channels: the first training image decides: a one-band image (L, 1, I, F, LA) makes the whole
+dataset grey (1 channel), anything else RGB (3 channels, alpha dropped); every image is converted
+to that mode. Size: every image is resized to the working size of the first training image.
+Labels are non-negative integers; num_classes = max label over all splits + 1.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+from datasets.base import DatasetError, Split, make_split
+from datasets.imageops import resize_images, working_size
+
+HEADER = ("x:image", "y:label")
+_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+
+
+@dataclass
+class CsvRows:
+    """Raw rows of one CSV: image values as written, labels, and each row's line number."""
+
+    path: Path
+    values: list
+    labels: np.ndarray
+    lines: list
+
+
+def _row_error(path: Path, line: int, what: str) -> DatasetError:
+    return DatasetError(f"{path}, line {line}: {what}")
+
+
+def _parse_label(path: Path, line: int, text: str) -> int:
+    try:
+        label = int(text.strip())
+    except ValueError:
+        raise _row_error(path, line, f"label {text!r} is not an integer; "
+                                     "labels must be class indices 0, 1, 2, ...") from None
+    if label < 0:
+        raise _row_error(path, line, f"label {label} is negative; labels must be class indices 0, 1, 2, ...")
+    return label
+
+
+def read_rows(path: Path) -> CsvRows:
+    """Read and check an NNC CSV: header, at least one row, integer labels >= 0."""
+    values, labels, lines = [], [], []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                raise DatasetError(f"{path}: the file is empty; write a header 'x:image,y:label' and one row per image")
+            if tuple(h.strip() for h in header[:2]) != HEADER:
+                raise _row_error(path, 1, f"header {','.join(header)!r} is not 'x:image,y:label'; "
+                                          "make the first two columns x:image and y:label")
+            for row in reader:
+                if not row or all(not cell.strip() for cell in row):
+                    continue
+                if len(row) < 2:
+                    raise _row_error(path, reader.line_num, "needs two columns (image path, label)")
+                values.append(row[0].strip())
+                labels.append(_parse_label(path, reader.line_num, row[1]))
+                lines.append(reader.line_num)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{path}: cannot read it as a CSV ({' '.join(str(exc).split())}); "
+                           "give a UTF-8 NNC CSV file") from None
+    if not values:
+        raise DatasetError(f"{path}: no data rows after the header; add one row 'image path,label' per image")
+    return CsvRows(path, values, np.asarray(labels, dtype=np.int64), lines)
+
+
+def _image_path(rows: CsvRows, i: int) -> Path:
+    value = Path(rows.values[i]).expanduser()
+    path = value if value.is_absolute() else rows.path.parent / value
+    if not path.is_file():
+        raise _row_error(rows.path, rows.lines[i], f"image file {rows.values[i]!r} not found (looked at {path}); "
+                                                   "fix the path (relative to the CSV's folder) or add the file")
+    return path
+
+
+def _open_image(rows: CsvRows, i: int, mode: Optional[str]) -> np.ndarray:
+    """Image of row i as uint8 (C, H, W) in ``mode`` (None: decided by this image)."""
+    path = _image_path(rows, i)
+    try:
+        with Image.open(path) as img:
+            if mode is None:
+                mode = "L" if img.mode in _GREY_MODES else "RGB"
+            pixels = np.asarray(img.convert(mode), dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise _row_error(rows.path, rows.lines[i], f"cannot read image {rows.values[i]!r} "
+                                                   f"({' '.join(str(exc).split())}); "
+                                                   "replace it with a PNG or JPEG file") from None
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def first_image_format(rows: CsvRows) -> tuple:
+    """(mode, (h, w) working size) decided by the first image of ``rows``."""
+    first = _open_image(rows, 0, None)
+    mode = "L" if first.shape[0] == 1 else "RGB"
+    return mode, working_size(first.shape[1], first.shape[2])
+
+
+def decode_images(rows: CsvRows, mode: str, size: tuple) -> np.ndarray:
+    """All images of ``rows`` as uint8 (N, C, h, w); sizes differing from ``size`` are resized."""
+    channels = 1 if mode == "L" else 3
+    out = np.empty((len(rows.values), channels) + tuple(size), dtype=np.uint8)
+    by_shape: dict = {}
+    for i in range(len(rows.values)):
+        pixels = _open_image(rows, i, mode)
+        by_shape.setdefault(pixels.shape, []).append((i, pixels))
+    for group in by_shape.values():
+        idx = np.array([i for i, _ in group])
+        out[idx] = resize_images(np.stack([p for _, p in group]), size)
+    return out
+
+
+def _companion(train: Path, replacements: tuple) -> tuple:
+    """Candidate paths made by replacing 'train' in the file name; returns (found or None, candidates)."""
+    if "train" not in train.name:
+        return None, []
+    candidates = [train.with_name(train.name.replace("train", r)) for r in replacements]
+    return next((c for c in candidates if c.is_file()), None), candidates
+
+
+def _given(path: str, role: str) -> Path:
+    given = Path(path).expanduser()
+    if not given.is_file():
+        raise DatasetError(f"{role} CSV {given} not found; check the path")
+    return given
+
+
+def companion_paths(train: Path, val_csv: Optional[str], test_csv: Optional[str]) -> tuple:
+    """(validation CSV or None, test CSV) given explicitly or found beside the training CSV."""
+    val = _given(val_csv, "validation") if val_csv else _companion(train, ("validation", "val"))[0]
+    if test_csv:
+        return val, _given(test_csv, "test")
+    test, candidates = _companion(train, ("test",))
+    if test is None:
+        looked = f"looked for {candidates[0]}" if candidates else "its file name has no 'train' to replace by 'test'"
+        raise DatasetError(f"no test CSV for {train} ({looked}); put an NNC CSV there or give its path with --test-csv")
+    return val, test
+
+
+def to_split(rows: CsvRows, mode: str, size: tuple) -> Split:
+    """Decode a CSV's images into a Split whose ids are the paths as written in the CSV."""
+    return make_split(decode_images(rows, mode, size), rows.labels, np.array(rows.values, dtype=str))
+
+
+def load(train_path: Path, val_path: Optional[Path], test_path: Path) -> tuple:
+    """(train Split in row order, validation Split or None, test Split) of own NNC CSV data.
+
+    Raises DatasetError for a missing image, a wrong header, a bad label, a single class in the
+    training CSV, an empty CSV or an unreadable image (file and line named).
+    """
+    train_rows = read_rows(train_path)
+    classes = np.unique(train_rows.labels)
+    if classes.size < 2:
+        raise DatasetError(f"{train_path}: every row has label {int(classes[0])}; "
+                           "a classifier needs at least two classes")
+    val_rows = read_rows(val_path) if val_path is not None else None
+    test_rows = read_rows(test_path)
+    mode, size = first_image_format(train_rows)
+    val = to_split(val_rows, mode, size) if val_rows is not None else None
+    return to_split(train_rows, mode, size), val, to_split(test_rows, mode, size)
