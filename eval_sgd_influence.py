@@ -6,13 +6,13 @@ import argparse
 import sys
 from typing import List, Optional
 
-from common.cli import add_run_arguments, run_main
+from common.cli import OneLineParser, add_run_arguments, run_main
 from sgd_influence.pipeline import DEFAULT_REMOVE, RunConfig, run
 from sgd_influence.train import TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = OneLineParser(description=__doc__)
     add_run_arguments(p, "output_sgd_influence", DEFAULT_REMOVE)
     p.add_argument("--methods", nargs="+", default=["Hara", "Ours", "Random"],
                    help="estimators to run (default: %(default)s)")
@@ -25,7 +25,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     return RunConfig(dataset=a.dataset, out=a.output, train=train, n_trials=a.n_trials, methods=a.methods,
                      remove=a.remove, retrain_all=a.retrain_all, data_dir=a.data_dir, n_train=a.n_train,
                      n_val=a.n_val, n_test=a.n_test, val_csv=a.val_csv, test_csv=a.test_csv,
-                     context=a.context, device_id=a.device_id, jobs=a.jobs, show_progress=not a.no_progress)
+                     context=a.context, device_id=a.device_id, jobs=a.jobs, show_progress=not a.no_progress,
+                     validate=a.validate)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -2,12 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
 from typing import Callable, List, Optional, Sequence
 
 from .errors import UserError
+
+# nnabla configures the root logger at import time and announces itself at INFO level on stderr;
+# configuring it first keeps stderr for warnings and our one-line errors.
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def positive_int(text: str) -> int:
@@ -65,6 +77,9 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_defau
     p.add_argument("--n-test", type=positive_int, default=None, help="use the first N test samples")
     p.add_argument("--val-csv", default=None, help="own data: validation CSV (default: beside the train CSV)")
     p.add_argument("--test-csv", default=None, help="own data: test CSV (default: beside the train CSV)")
+    p.add_argument("--validate", type=nonneg_int, default=0, metavar="K",
+                   help="after the influence stage, compare each estimate with actual leave-one-out retraining "
+                        "on about K samples (K/3 most negative, most positive, random per method)")
     p.add_argument("--no-augment", action="store_true", help="train without random crop and flip")
     p.add_argument("--overwrite", action="store_true", help="start the output folder afresh if its settings differ")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

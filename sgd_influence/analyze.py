@@ -83,6 +83,38 @@ def cache_sizes(paths: RunPaths, seeds: Iterable[int], methods: Iterable[str]) -
     return pd.DataFrame(rows, columns=["method", "seed", "files", "bytes"])
 
 
+def validation_summary(paths: RunPaths) -> Optional[pd.DataFrame]:
+    """validation.csv / validation_pairs.csv and one scatter plot per method, from the trials'
+    ``logs/validation_pairs_seed_<k>.csv``; None when no trial was validated."""
+    from .validate import agreement
+    files = sorted((paths.root / "logs").glob("validation_pairs_seed_*.csv"))
+    if not files:
+        return None
+    pairs = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    rows = [{"method": m, "seed": int(s), "n": len(df), **agreement(df.estimate, df.actual)}
+            for (m, s), df in pairs.groupby(["method", "seed"])]
+    table = pd.DataFrame(rows, columns=["method", "seed", "n", "pearson", "spearman", "kendall", "jaccard20"])
+    write_csv_atomic(paths.summary / "validation_pairs.csv", pairs)
+    write_csv_atomic(paths.summary / "validation.csv", table)
+    for m, df in pairs.groupby("method"):
+        fig, ax = plt.subplots(figsize=(4.8, 4.6))
+        ax.scatter(df.actual, df.estimate, s=14, alpha=0.7)
+        lo = float(min(df.actual.min(), df.estimate.min()))
+        hi = float(max(df.actual.max(), df.estimate.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="estimate = actual")
+        t = table[table.method == m]
+        ax.set_title(f"{m}: Pearson {t.pearson.mean():.3f}, Kendall {t.kendall.mean():.3f}")
+        ax.set_xlabel("actual change of validation loss (leave-one-out)")
+        ax.set_ylabel("estimated influence")
+        ax.legend(loc="upper left")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        with atomic_path(paths.fig / f"validation_{m}.png") as tmp:
+            fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+    return table
+
+
 def analyze(paths: RunPaths, seeds: List[int], methods: List[str], title: str = "",
             timings: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """Write summary.csv, cache_size.csv, timings.csv and fig/result.png; return the summary."""
@@ -92,4 +124,5 @@ def analyze(paths: RunPaths, seeds: List[int], methods: List[str], title: str = 
     if timings is not None:
         write_csv_atomic(paths.summary / "timings.csv", timings)
     plot_result(summary, paths.fig / "result.png", title)
+    validation_summary(paths)
     return summary

@@ -28,6 +28,7 @@ from datasets import DataBundle, load_dataset
 from . import analyze as analysis
 from .eval import SCORE_COLUMNS, removal_mask, retrain_scores
 from .infl import sgd_influence, validation_loss_grad
+from .validate import actual_influence, pick_validation_samples
 from .trace import Trace
 from .train import TrainConfig, load_training, train_with_trace, training_complete
 
@@ -56,6 +57,7 @@ class RunConfig:
     device_id: int = 0
     jobs: int = 1
     show_progress: bool = True
+    validate: int = 0
 
     @property
     def seeds(self) -> List[int]:
@@ -192,7 +194,11 @@ def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -
     steps_last = -(-len(data.train) // cfg.train.batch_size)
     if not training_complete(paths, seed, hara, steps_last):
         t0 = time.time()
-        train_with_trace(cfg.train, data, paths, seed, save_hara=hara, show_progress=cfg.show_progress)
+        try:
+            train_with_trace(cfg.train, data, paths, seed, save_hara=hara, show_progress=cfg.show_progress)
+        except BaseException:
+            shutil.rmtree(paths.weights(seed), ignore_errors=True)  # keep nothing of a failed stage
+            raise
         timings.add("train", "", time.time() - t0)
     trace, learner = load_training(cfg.train, data, paths, seed)
     trial = Trial(cfg, seed, data, paths, trace, learner)
@@ -209,6 +215,9 @@ def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -
             write_influence_csv(csv, influence_frame(data.train.ids, data.train.labels, scores))
             timings.add("infl", m.name, time.time() - t0)
         orders[m.name] = read_influence_csv(csv, len(data.train))["datasource_index"].to_numpy()
+
+    if cfg.validate > 0:
+        validate_trial(trial, methods, orders)
 
     ns = remove_list(cfg, len(data.train), log)
     base_rows = None
@@ -232,6 +241,34 @@ def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -
                                   removal_mask(len(data.train), orders[m.name], n), cfg.retrain_all)
             write_csv_atomic(out, pd.DataFrame(rows, columns=SCORE_COLUMNS))
             timings.add(f"eval_n{n}", m.name, time.time() - t0)
+
+
+def validate_trial(trial: Trial, methods: Sequence[Method], orders: Dict[str, np.ndarray]) -> None:
+    """Compare every method's estimate with the actual leave-one-out change of the validation loss
+    (counterfactual retraining of the last epoch, or of all epochs with -ra) on the samples picked
+    by ``pick_validation_samples``; pairs go to ``logs/validation_pairs_seed_<k>.csv``."""
+    cfg, seed, paths = trial.cfg, trial.seed, trial.paths
+    out = paths.root / "logs" / f"validation_pairs_seed_{seed}.csv"
+    if out.is_file():
+        return
+    n = len(trial.data.train)
+    scores = {}
+    for m in methods:
+        frame = read_influence_csv(paths.influence_csv(m.name, seed), n)
+        s = np.empty(n)
+        s[frame.datasource_index.to_numpy()] = frame.influence.to_numpy()
+        scores[m.name] = s
+    estimators = {k: v for k, v in scores.items() if k != "Random"}
+    if not estimators:
+        return
+    samples = pick_validation_samples(estimators, cfg.validate, seed)
+    t0 = time.time()
+    actual = actual_influence(cfg.train, trial.data, paths, seed, trial.trace, samples, cfg.retrain_all,
+                              show_progress=cfg.show_progress)
+    Timings(paths, seed).add("validate", "", time.time() - t0)
+    rows = [pd.DataFrame({"method": name, "seed": seed, "datasource_index": samples,
+                          "estimate": s[samples], "actual": actual}) for name, s in estimators.items()]
+    write_csv_atomic(out, pd.concat(rows, ignore_index=True))
 
 
 def _worker(args):

@@ -60,3 +60,16 @@ def agreement(estimate: np.ndarray, actual: np.ndarray, k: int = 10) -> Dict[str
             "spearman": float(stats.spearmanr(estimate, actual)[0]),
             "kendall": float(stats.kendalltau(estimate, actual)[0]),
             "jaccard20": len(a & b) / len(a | b)}
+
+
+def pick_validation_samples(scores_by_method: Dict[str, np.ndarray], k: int, seed: int) -> np.ndarray:
+    """Hara et al.'s selection: for each method k/3 most negative, k/3 most positive and k/3
+    random training samples by its ranking, pooled (sorted, without repeats)."""
+    third = max(1, k // 3)
+    rng = np.random.default_rng([seed, 4])
+    picked = []
+    for name in sorted(scores_by_method):
+        s = scores_by_method[name]
+        order = np.argsort(s, kind="stable")
+        picked += [order[:third], order[-third:], rng.choice(len(s), min(third, len(s)), replace=False)]
+    return np.unique(np.concatenate(picked))

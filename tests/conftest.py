@@ -9,9 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 MNIST_DIR = ROOT.parent / "shared" / "datasets" / "mnist"
 
-import nnabla  # noqa: E402,F401
-
-logging.getLogger("nnabla").setLevel(logging.WARNING)
+import common.cli  # noqa: E402,F401  (quiets nnabla's INFO logging before nnabla is imported)
 
 
 @pytest.fixture(scope="session")
