@@ -1,0 +1,241 @@
+"""Benchmark of the influence stage (cnn6, 5,000 MNIST samples, batch 32): `make bench`.
+
+Each measurement runs in its own subprocess (`--task NAME`), which reports its seconds and its
+peak resident memory (ru_maxrss); the parent prints a table and writes bench/results.json.
+Ratios are to one training epoch measured in the same run (the machine is shared: only ratios
+taken side by side mean anything). Influence stages run `--steps` steps of the recursion
+(default 20 of the 157 of the last epoch) and are extrapolated linearly to the whole epoch as
+first step (graph building) + per-step cost x remaining steps; `--steps 0` runs them whole.
+
+    .venv/bin/python bench/bench_influence.py [--steps N] [--n-train 5000] [--loop 256]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MNIST = ROOT.parent / "shared" / "datasets" / "mnist"
+WORK = Path(os.environ.get("BENCH_WORK", "/tmp/bench_influence_work"))
+BATCH, LR = 32, 0.05
+
+
+def _setup(n_train):
+    import logging
+    logging.getLogger("nnabla").setLevel(logging.WARNING)
+    from datasets import load_dataset
+    from common.paths import RunPaths
+    from sgd_influence.train import TrainConfig
+    data = load_dataset("mnist", 0, data_dir=str(MNIST), n_train=n_train, n_val=1000, n_test=1000)
+    cfg = TrainConfig(model="cnn6", epochs=1, batch_size=BATCH, lr=LR, augment=True)
+    return data, cfg, RunPaths(WORK)
+
+
+def task(name: str, args) -> dict:
+    import numpy as np
+    from common.autodiff import vdot, vnorm
+    from common.batches import training_batch
+    from common.params_io import load_params
+    from sgd_influence.infl import sgd_influence, validation_loss_grad
+    from sgd_influence.train import load_training, train_with_trace
+    data, cfg, paths = _setup(args.n_train)
+    out = {}
+    if name == "train":  # one epoch with the trace and Hara's cache (also prepares the others)
+        t0 = time.perf_counter()
+        train_with_trace(cfg, data, paths, 0, save_hara=True, show_progress=False)
+        out["seconds"] = time.perf_counter() - t0
+        out["steps"] = -(-len(data.train) // BATCH)
+        return out
+    trace, learner = load_training(cfg, data, paths, 0)
+    steps = trace.last_epoch_steps()
+    if name == "products":  # batched vs batch-1 loop, inference-mode BN (a batch of one has no batch stats)
+        u = validation_loss_grad(learner, data)
+        n = args.loop
+        idx = np.arange(n)
+        x, y = training_batch(data, idx, None, False)
+        res = {}
+        for method in ("taps", "eps"):
+            learner.per_sample_grad_dot(x[:BATCH], y[:BATCH], u, train=False, method=method)  # build
+            t0 = time.perf_counter()
+            res[method] = np.concatenate([learner.per_sample_grad_dot(x[s:s + BATCH], y[s:s + BATCH], u,
+                                                                      train=False, method=method)
+                                          for s in range(0, n, BATCH)])
+            out[f"batched_{method}_seconds"] = (time.perf_counter() - t0) * len(data.train) / n
+        learner.mean_loss_grad([(x[:1], y[:1])])
+        t0 = time.perf_counter()
+        loop = np.array([vdot(u, learner.mean_loss_grad([(x[i:i + 1], y[i:i + 1])])) for i in range(n)])
+        out["loop_seconds"] = (time.perf_counter() - t0) * len(data.train) / n
+        scale = np.abs(loop).max()
+        out["max_rel_diff_taps"] = float(np.abs(res["taps"] - loop).max() / scale)
+        out["max_rel_diff_eps"] = float(np.abs(res["eps"] - loop).max() / scale)
+        out["samples_timed"] = n
+        return out
+    if name == "hvp":  # one mini-batch, training-mode BN, trained weights
+        u = validation_loss_grad(learner, data)
+        idx, seeds = trace.batch(int(steps[0]))
+        x, y = training_batch(data, idx, seeds, True)
+        t = {}
+        vals = {}
+        calls = {"double_backward": lambda: learner.hessian_vector_product(x, y, u, method="double_backward"),
+                 "forward": lambda: learner.hessian_vector_product(x, y, u, method="forward"),
+                 "fused": lambda: learner.grad_dot_and_hvp(x, y, u)[1],
+                 "dots_eps": lambda: learner.per_sample_grad_dot(x, y, u, method="eps"),
+                 "dots_taps": lambda: learner.per_sample_grad_dot(x, y, u, method="taps"),
+                 "train_step": lambda: learner.sgd_step(x, y, 0.0)}
+        for k, f in calls.items():
+            vals[k] = f()
+        state = learner.state()
+        for k in calls:  # interleaved repetitions, best of 3
+            t[k] = []
+        for _ in range(3):
+            for k, f in calls.items():
+                t0 = time.perf_counter()
+                f()
+                t[k].append(time.perf_counter() - t0)
+        learner.set_state(state)
+        ref = vals["double_backward"]
+        for k in ("double_backward", "forward", "fused"):
+            out[f"{k}_seconds"] = min(t[k])
+            out[f"{k}_rel_err"] = vnorm({p: vals[k][p] - ref[p] for p in ref}) / vnorm(ref)
+        for k in ("dots_eps", "dots_taps", "train_step"):
+            out[f"{k}_seconds"] = min(t[k])
+        return out
+    if name.startswith(("ours", "hara")):  # ours / hara / ours_ref / hara_ref
+        u = validation_loss_grad(learner, data)
+        ref = name.endswith("_ref")
+        state_at = (lambda s: load_params(paths.hara_step(0, s))) if name.startswith("hara") else None
+        n = args.steps or len(steps)
+        if ref:  # the code before this work: double-backward HVP, eps products, separate calls
+            learner.default_hvp, learner.default_dot = "double_backward", "eps"
+        kw = dict(state_at=state_at, fused=not ref, prefetch=not ref)
+        t0 = time.perf_counter()
+        sgd_influence(learner, data, trace, u, True, max_steps=1, **kw)  # builds the graphs
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        infl = sgd_influence(learner, data, trace, u, True, max_steps=n, **kw)
+        sec = time.perf_counter() - t0
+        full = sec if n >= len(steps) else first + sec / n * (len(steps) - 1)
+        out.update(steps_run=n, steps_epoch=len(steps), first_step_seconds=first, per_step_seconds=sec / n,
+                   seconds=full)
+        np.save(WORK / f"infl_{name}.npy", infl)
+        return out
+    raise SystemExit(f"unknown task {name}")
+
+
+def run_task(name, args) -> dict:
+    cmd = [sys.executable, __file__, "--task", name, "--steps", str(args.steps), "--n-train", str(args.n_train),
+           "--loop", str(args.loop)]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if r.returncode != 0:
+        raise SystemExit(f"task {name} failed:\n{r.stderr[-3000:]}")
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    res["wall_seconds"] = time.perf_counter() - t0
+    print(f"  {name}: {res}", flush=True)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--task")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--n-train", type=int, default=5000)
+    ap.add_argument("--loop", type=int, default=256)
+    ap.add_argument("--skip", default="", help="comma-separated tasks to leave out")
+    args = ap.parse_args()
+    if args.task:
+        res = task(args.task, args)
+        res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(res))
+        return
+    if not (MNIST / "train-images-idx3-ubyte.gz").is_file():
+        print(f"bench: real MNIST not found at {MNIST}; put the four IDX .gz files there. Skipped.")
+        return
+    import shutil
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    skip = set(filter(None, args.skip.split(",")))
+    R = {}
+    print(f"bench: cnn6, {args.n_train} MNIST samples, batch {BATCH}; one process per task", flush=True)
+    for name in ("train", "products", "hvp", "ours", "ours_ref", "hara", "hara_ref"):
+        if name not in skip:
+            R[name] = run_task(name, args)
+    import numpy as np
+    epoch = R["train"]["seconds"]
+    rows = {}
+
+    def row(key, seconds, **extra):
+        rows[key] = {"seconds": round(seconds, 3), "epochs": round(seconds / epoch, 3), **extra}
+
+    row("train_epoch", epoch, peak_rss_mib=round(R["train"]["peak_rss_mib"], 1))
+    if "products" in R:
+        p = R["products"]
+        row("products_batched_taps", p["batched_taps_seconds"], max_rel_diff_vs_loop=p["max_rel_diff_taps"],
+            note=f"{p['samples_timed']} samples timed, extrapolated")
+        row("products_batched_eps", p["batched_eps_seconds"], max_rel_diff_vs_loop=p["max_rel_diff_eps"])
+        row("products_batch1_loop", p["loop_seconds"])
+    if "hvp" in R:
+        h = R["hvp"]
+        for k in ("double_backward", "forward", "fused"):
+            row(f"hvp_{k}", h[f"{k}_seconds"], rel_err_vs_double_backward=h[f"{k}_rel_err"],
+                steps_per_train_step=round(h[f"{k}_seconds"] / h["train_step_seconds"], 2))
+        for k in ("dots_eps", "dots_taps", "train_step"):
+            row(f"minibatch_{k}", h[f"{k}_seconds"])
+    for name in ("ours", "ours_ref", "hara", "hara_ref"):
+        if name in R:
+            r = R[name]
+            extra = {"peak_rss_mib": round(r["peak_rss_mib"], 1),
+                     "steps_run": r["steps_run"], "steps_epoch": r["steps_epoch"]}
+            if not name.endswith("_ref") and f"{name}_ref" in R:
+                a = np.load(WORK / f"infl_{name}.npy")
+                b = np.load(WORK / f"infl_{name}_ref.npy")
+                extra["max_rel_diff_vs_ref"] = float(np.abs(a - b).max() / np.abs(b).max())
+            row(f"influence_{name}", r["seconds"], **extra)
+    # Projection: eval_sgd_influence.py -ds mnist -nt 10 (50,000 samples, 20 epochs, batch 32, 3 methods).
+    n_full, T = 50000, -(-50000 // BATCH)
+    step = epoch / R["train"]["steps"]
+    per_trial = {"train_20_epochs": 20 * T * step,
+                 "retrain_last_epoch_x37": 37 * T * step,  # 12 n x 3 methods, n=0 once
+                 }
+    if "ours" in R:
+        per_trial["ours"] = R["ours"]["per_step_seconds"] * T
+    if "hara" in R:
+        per_trial["hara"] = R["hara"]["per_step_seconds"] * T
+    cpu = 10 * sum(per_trial.values())
+    rows["projection_mnist_nt10_cpu"] = {"seconds": round(cpu), "hours": round(cpu / 3600, 1),
+                                         "hours_with_j2": round(cpu / 3600 / 2, 1),
+                                         "per_trial_seconds": {k: round(v) for k, v in per_trial.items()},
+                                         "note": "from measured per-step costs; evaluation passes excluded"}
+    # GPU: assume one modern GPU runs a cnn6 batch-32 step in ~3 ms (launch-bound) and an
+    # influence step (fused dots+HVP) in ~4x that; data preparation on the CPU ~1 ms per step.
+    gpu_step, gpu_infl = 0.004, 0.013
+    gpu = 10 * ((20 + 37) * T * gpu_step + 2 * T * gpu_infl)
+    rows["projection_mnist_nt10_gpu"] = {"seconds": round(gpu), "hours": round(gpu / 3600, 2),
+                                         "assumptions": "train step 4 ms, influence step 13 ms incl. host work "
+                                                        "(assumed, not measured: no GPU in this session)"}
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, nnabla CPU, load "
+            f"{os.getloadavg()[0]:.1f}", "n_train": args.n_train, "batch": BATCH, "steps_timed": args.steps}
+    (ROOT / "bench" / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(f"\n{meta}")
+    print(f"| {'row':32s} | {'seconds':>9s} | {'x epoch':>8s} | notes")
+    print(f"|{'-' * 34}|{'-' * 11}|{'-' * 10}|------")
+    for k, v in rows.items():
+        if "epochs" not in v:
+            continue
+        notes = ", ".join(f"{a}={b:.2e}" if isinstance(b, float) else f"{a}={b}" for a, b in v.items()
+                          if a not in ("seconds", "epochs"))
+        print(f"| {k:32s} | {v['seconds']:9.2f} | {v['epochs']:8.3f} | {notes}")
+    for k in ("projection_mnist_nt10_cpu", "projection_mnist_nt10_gpu"):
+        print(f"{k}: {rows[k]}")
+    print(f"wrote {ROOT / 'bench' / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
