@@ -1,0 +1,20 @@
+"""Koh & Liang's influence functions (ICML 2017) as the pipeline's "Influence_functions" method.
+
+``infl_j = <v, grad l(z_j)> / n_train`` with ``v ~= (H + alpha I)^-1 u``: ``H`` the Hessian of the
+mean training loss at the final parameters (batch norm in inference mode), ``u`` the gradient of
+the mean validation loss, ``alpha`` 10.0 for cifar10 and 0.1 otherwise. Negative = harmful
+(SPEC section 2). Solvers (``solvers``): MINRES (default) and conjugate gradient on full-batch
+Hessian-vector products, the original example's momentum SGD, and LiSSA; each reports its
+relative residual on the full-batch Hessian.
+
+Importing the package registers the method with ``sgd_influence.pipeline``.
+"""
+from .estimator import default_damping, influence_functions, influence_scores, inverse_hvp
+from .method import NAME, InfluenceRunConfig, compute, merge_solver_logs, register
+from .solvers import SOLVERS, SolverInfo, SolverOptions, conjugate_gradient, lissa, minres, momentum_sgd, solve
+
+register()
+
+__all__ = ["NAME", "SOLVERS", "InfluenceRunConfig", "SolverInfo", "SolverOptions", "compute",
+           "conjugate_gradient", "default_damping", "influence_functions", "influence_scores", "inverse_hvp",
+           "lissa", "merge_solver_logs", "minres", "momentum_sgd", "register", "solve"]

@@ -1,0 +1,91 @@
+"""The "Influence_functions" method of the pipeline and the run settings it reads.
+
+``InfluenceRunConfig`` is a ``RunConfig`` with the damping and solver settings. Trials run in
+spawned processes receive the config by pickling, which imports this module there and so
+registers the method in the child as well. The settings are part of the run manifest: an output
+folder holds one solver setting (influence CSVs that exist are not recomputed).
+
+Each trial's solve is written to ``logs/solver_seed_<k>.csv``; ``merge_solver_logs`` gathers them
+into ``summary/solver.csv``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import numpy as np
+import pandas as pd
+
+from common.errors import UserError
+from common.fileio import write_csv_atomic
+from sgd_influence.pipeline import Method, RunConfig, Trial, register_method
+
+from .estimator import SOLVER_COLUMNS, default_damping, influence_functions, solver_row
+from .solvers import SolverOptions
+
+NAME = "Influence_functions"
+DIVERGED = 1.0  # a residual above this is worse than v = 0
+
+
+@dataclass
+class InfluenceRunConfig(RunConfig):
+    """``RunConfig`` plus the influence-function settings (damping None: 10.0 cifar10, else 0.1)."""
+
+    out: str = "output_influence_functions"
+    methods: tuple = (NAME, "Random")
+    damping: Optional[float] = None
+    solver: SolverOptions = field(default_factory=SolverOptions)
+
+    @property
+    def resolved_damping(self) -> float:
+        return default_damping(self.dataset) if self.damping is None else float(self.damping)
+
+    def manifest(self) -> dict:
+        return {**super().manifest(), "damping": self.resolved_damping, **asdict(self.solver)}
+
+
+def solver_log(root: Union[str, Path], seed: int) -> Path:
+    return Path(root) / "logs" / f"solver_seed_{seed}.csv"
+
+
+def _settings(trial: Trial):
+    cfg = trial.cfg
+    damping = getattr(cfg, "resolved_damping", None)
+    if damping is None:
+        damping = default_damping(cfg.dataset)
+    return damping, getattr(cfg, "solver", SolverOptions())
+
+
+def compute(trial: Trial) -> np.ndarray:
+    """Influence-function scores of one trial; logs and records the solver's report."""
+    damping, options = _settings(trial)
+    scores, info = influence_functions(trial.learner, trial.data, trial.u, damping, options,
+                                       batch_size=trial.cfg.train.batch_size, seed=trial.seed,
+                                       show_progress=trial.cfg.show_progress, desc=f"{NAME} seed {trial.seed}")
+    row = solver_row(NAME, trial.seed, damping, info)
+    write_csv_atomic(solver_log(trial.paths.root, trial.seed), pd.DataFrame([row], columns=SOLVER_COLUMNS))
+    print(f"{NAME} seed {trial.seed}: {info.solver} solver, damping {damping:g}, {info.iterations} iterations, "
+          f"relative residual {info.residual:.3g}, {info.seconds:.1f} s" + (f" ({info.note})" if info.note else ""))
+    if not np.all(np.isfinite(scores)):
+        raise UserError(f"the {info.solver} solve of (H + {damping:g} I) v = u diverged for seed {trial.seed} "
+                        f"({info.note or 'non-finite v'}); use --solver cg or raise --damping")
+    if info.residual > DIVERGED:
+        print(f"warning: {NAME} seed {trial.seed}: the {info.solver} solve did not converge (relative residual "
+              f"{info.residual:.3g} > 1, worse than v = 0): its scores are not meaningful; "
+              f"use --solver cg or raise --damping")
+    return scores
+
+
+def merge_solver_logs(root: Union[str, Path], seeds: Iterable[int]) -> Optional[pd.DataFrame]:
+    """Write ``summary/solver.csv`` from the trials' solver logs (None when there are none)."""
+    frames = [pd.read_csv(f) for s in seeds if (f := solver_log(root, s)).is_file()]
+    if not frames:
+        return None
+    table = pd.concat(frames, ignore_index=True)
+    write_csv_atomic(Path(root) / "summary" / "solver.csv", table)
+    return table
+
+
+def register() -> None:
+    register_method(Method(NAME, compute))
