@@ -1,0 +1,59 @@
+"""Data cleansing with turn-over dropout (Kobayashi et al., 2020): train the network once with
+instance-specific dropout masks, score every training sample by the mean validation-loss gap
+between the sub-network that never saw it and the one that did, then retrain (standard training,
+no turn-over dropout) without the most harmful samples and summarise, beside Random removal.
+
+Besides the tree of eval_sgd_influence.py it writes, per trial: summary/turnover_loss_curve_<seed>.csv
+and fig/turnover_loss_curve_<seed>.png (paper Fig. 2), summary/explain_errors_<seed>.csv and
+fig/explain_errors_<seed>.png (paper Fig. 5), and the TD network in weights/seed_NN/turnover/."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from common.cli import add_run_arguments, positive_int, run_main
+from sgd_influence.pipeline import DEFAULT_REMOVE, run
+from sgd_influence.train import TrainConfig
+from turnover_dropout import NAME, TDRunConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(p, "output_turnover_dropout", DEFAULT_REMOVE)
+    p.add_argument("--methods", nargs="+", default=[NAME, "Random"],
+                   help="estimators to run (default: %(default)s; Hara and Ours may be added)")
+    p.add_argument("--td-layers", nargs="+", default=None, metavar="POINT",
+                   help="mask points turn-over dropout masks: cnn6 block1 block2 block3, mlp fc1, or 'all' "
+                        "(default: the topmost only, cnn6 block3 = the 128 maps feeding the affine layer)")
+    p.add_argument("--explain-k", type=positive_int, default=5,
+                   help="training images shown per misclassified test image (default 5)")
+    p.add_argument("--explain-max", type=positive_int, default=8,
+                   help="misclassified test images explained per trial (default 8)")
+    p.add_argument("--explain-same-label", action="store_true",
+                   help="explain errors only by training images labelled as the wrong class (as the paper's figures)")
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> TDRunConfig:
+    train = TrainConfig(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.learning_rate,
+                        augment=not a.no_augment)
+    return TDRunConfig(dataset=a.dataset, out=a.output, train=train, n_trials=a.n_trials, methods=a.methods,
+                       remove=a.remove, retrain_all=a.retrain_all, data_dir=a.data_dir, n_train=a.n_train,
+                       n_val=a.n_val, n_test=a.n_test, val_csv=a.val_csv, test_csv=a.test_csv,
+                       context=a.context, device_id=a.device_id, jobs=a.jobs, show_progress=not a.no_progress,
+                       td_layers=tuple(t for s in a.td_layers for t in s.split(",") if t) if a.td_layers else None, explain_k=a.explain_k,
+                       explain_max=a.explain_max, explain_same_label=a.explain_same_label)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    summary = run(config_from_args(args), overwrite=args.overwrite)
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"results in {args.output}/ (summary/summary.csv, fig/result.png, "
+          f"fig/turnover_loss_curve_<seed>.png, fig/explain_errors_<seed>.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,15 @@
+"""Turn-over dropout (Kobayashi et al., 2020): influence of a training instance from two
+sub-networks of one model trained with instance-specific dropout masks.
+
+Importing this package registers the "Turnover_dropout" method with ``sgd_influence.pipeline``.
+Modules: ``masks`` (volatile mask generation), ``network`` (masked training step, split forward),
+``train`` (TD training, loss curve, cache), ``influence`` (pairwise and validation influence),
+``report`` (loss-curve and explain-errors figures), ``method`` (the pipeline method),
+``mislabel_check`` (the label-noise detection check on MNIST).
+"""
+from .masks import P_KEEP, flip, instance_masks, resolve_layers
+from .method import METHOD, NAME, TDRunConfig, compute
+from .network import TDLearner
+
+__all__ = ["METHOD", "NAME", "P_KEEP", "TDLearner", "TDRunConfig", "compute", "flip", "instance_masks",
+           "resolve_layers"]

@@ -1,0 +1,121 @@
+"""Training with turn-over dropout, its per-epoch loss curve (paper Fig. 2), and its cache.
+
+The TD network is trained exactly like the standard one (same ``TrainConfig``, same initial
+parameters drawn from the trial seed, same seeded schedule and augmentation seeds), except that
+every training row is multiplied by its own mask ``m(z_i)`` at the chosen mask points.
+
+Cache, under ``weights/seed_NN/turnover/``: ``final.h5`` (the TD network), ``config.json``
+(layers, p, mask seed) and ``loss_log.csv`` (per epoch, written last: its presence marks the
+cache complete). A cache made with other layers / p / mask seed is not reused (it is retrained).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from common.batches import split_batches, training_batch
+from common.errors import UserError
+from common.fileio import write_csv_atomic, write_text_atomic
+from common.params_io import load_params, save_params
+from common.paths import RunPaths
+from datasets import DataBundle
+from sgd_influence.trace import Trace
+from sgd_influence.train import TrainConfig, new_learner
+
+from .influence import instance_losses
+from .masks import P_KEEP, keep_bits
+from .network import TDLearner
+
+CURVE_MAX = 2000   # training instances whose own/flipped loss is tracked per epoch
+CURVE_COLUMNS = ["epoch", "train_loss_steps", "train_loss_own_mask", "train_loss_flipped_mask",
+                 "train_loss_no_mask", "val_loss", "val_loss_random_mask", "test_loss",
+                 "val_accuracy", "test_accuracy", "seconds"]
+
+
+def cache_dir(paths: RunPaths, seed: int) -> Path:
+    return paths.weights(seed) / "turnover"
+
+
+def new_td_learner(cfg: TrainConfig, data: DataBundle, seed: int, layers: Sequence[str],
+                   p: float = P_KEEP) -> TDLearner:
+    """The TD network at the standard initial parameters of trial ``seed``; masks keyed on ``seed``."""
+    return TDLearner.from_learner(new_learner(cfg, data, seed), layers, seed, p)
+
+
+def _val_random_masks(td: TDLearner, n: int):
+    """Half-network masks for validation rows, from a stream no training instance uses."""
+    return {k: keep_bits(np.arange(n), td.mask_seed, "validation/" + k, c, td.p).astype(np.float32) / td.p
+            for k, c in td.shapes.items()}
+
+
+def epoch_curve_row(td: TDLearner, data: DataBundle, curve_idx: np.ndarray) -> dict:
+    """Own / flipped / no-mask loss of the tracked training instances, validation and test scores."""
+    own, flipped, full = instance_losses(td, data, curve_idx)
+    val_loss, val_acc = td.evaluate(split_batches(data, data.val))
+    test_loss, test_acc = td.evaluate(split_batches(data, data.test))
+    vm, total = _val_random_masks(td, len(data.val)), 0.0
+    for start, (x, y) in zip(range(0, len(data.val), 256), split_batches(data, data.val, 256)):
+        total += float(td.masked_losses(x, y, {k: v[start:start + len(x)] for k, v in vm.items()}).sum())
+    return {"train_loss_own_mask": float(own.mean()), "train_loss_flipped_mask": float(flipped.mean()),
+            "train_loss_no_mask": float(full.mean()), "val_loss": val_loss,
+            "val_loss_random_mask": total / max(1, len(data.val)), "test_loss": test_loss,
+            "val_accuracy": val_acc, "test_accuracy": test_acc}
+
+
+def train_turnover(cfg: TrainConfig, data: DataBundle, trace: Trace, seed: int, layers: Sequence[str],
+                   p: float = P_KEEP, show_progress: bool = False, desc: str = "turn-over train"
+                   ) -> Tuple[TDLearner, pd.DataFrame]:
+    """Train the TD network along ``trace``; returns it and the per-epoch loss curve."""
+    td = new_td_learner(cfg, data, seed, layers, p)
+    curve_idx = np.arange(min(len(data.train), CURVE_MAX))
+    rows = []
+    bar = tqdm(total=trace.n_steps, desc=desc, unit="step", disable=not show_progress, leave=False)
+    for epoch in range(trace.n_epochs):
+        t0 = time.time()
+        total, count = 0.0, 0
+        for t in trace.epoch_steps(epoch):
+            idx, seeds = trace.batch(t)
+            x, y = training_batch(data, idx, seeds, cfg.augment)
+            loss = td.td_sgd_step(x, y, idx, float(trace.lr[t]), batch_size=len(idx))
+            if not np.isfinite(loss):
+                raise UserError(f"the turn-over dropout training loss became {loss} at epoch {epoch + 1}; "
+                                f"lower the learning rate (-lr)")
+            total += loss * len(idx)
+            count += len(idx)
+            bar.update(1)
+        row = {"epoch": epoch + 1, "train_loss_steps": total / max(1, count)}
+        row.update(epoch_curve_row(td, data, curve_idx))
+        row["seconds"] = time.time() - t0
+        rows.append(row)
+    bar.close()
+    return td, pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+def cached_turnover(cfg: TrainConfig, data: DataBundle, trace: Trace, paths: RunPaths, seed: int,
+                    layers: Sequence[str], p: float = P_KEEP, show_progress: bool = False
+                    ) -> Tuple[TDLearner, pd.DataFrame, bool]:
+    """(TD network, loss curve, trained now?) from the cache, training and caching it if needed."""
+    folder = cache_dir(paths, seed)
+    final, log, conf = folder / "final.h5", folder / "loss_log.csv", folder / "config.json"
+    wanted = {"layers": list(layers), "p": p, "mask_seed": seed, "epochs": trace.n_epochs,
+              "n_train": len(data.train)}
+    if final.is_file() and log.is_file() and conf.is_file():
+        try:
+            ok = json.loads(conf.read_text()) == wanted
+        except ValueError:
+            ok = False
+        if ok:
+            td = new_td_learner(cfg, data, seed, layers, p)
+            td.set_state(load_params(final))
+            return td, pd.read_csv(log), False
+    td, curve = train_turnover(cfg, data, trace, seed, layers, p, show_progress, f"turn-over train seed {seed}")
+    save_params(final, td.params)
+    write_text_atomic(conf, json.dumps(wanted, indent=1))
+    write_csv_atomic(log, curve)
+    return td, curve, True
