@@ -1,0 +1,54 @@
+"""A run killed with SIGKILL and rerun gives the same bytes as an uninterrupted run."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["-ds", "digits", "-m", "cnn6", "-e", "1", "--n-train", "200", "--n-val", "100", "--n-test", "100",
+        "-r", "0", "1", "10", "40", "--no-progress", "-j", "1"]
+
+
+def start(out):
+    return subprocess.Popen([sys.executable, str(ROOT / "eval_sgd_influence.py"), "-o", str(out), *ARGS],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def kill_when(proc, path, timeout=600):
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, f"run ended before {path} appeared: {proc.stderr.read()}"
+        assert time.time() - t0 < timeout
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def results(out):
+    files = sorted(p for p in out.rglob("*.csv") if p.parts[-2] in ("Hara", "Ours", "Random", "No_Removal"))
+    return {str(p.relative_to(out)): p.read_bytes() for p in files}
+
+
+def test_sigkill_during_influence_and_retraining_then_rerun_matches(tmp_path):
+    ref = tmp_path / "ref"
+    p = start(ref)
+    assert p.wait() == 0, p.stderr.read()
+    expected = results(ref)
+    assert len(expected) == 3 + 3 * 4 + 1  # influence CSVs, score CSVs, the shared baseline
+
+    out = tmp_path / "killed"
+    # 1) killed while Ours is being computed (Hara's CSV is done, Ours' is not)
+    p = start(out)
+    kill_when(p, out / "influence" / "Hara" / "influence_hara_0.csv")
+    assert not (out / "influence" / "Ours" / "influence_ours_0.csv").exists()
+    # 2) killed during retraining
+    p = start(out)
+    kill_when(p, out / "score" / "Hara" / "score_delete_worst_1_seed_0.csv")
+    assert not (out / "summary" / "summary.csv").exists()
+    # 3) rerun to the end
+    p = start(out)
+    assert p.wait() == 0, p.stderr.read()
+    assert results(out) == expected
+    assert not list(out.rglob("*.partial*"))
