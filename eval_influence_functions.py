@@ -14,8 +14,7 @@ from typing import List, Optional
 
 from common.cli import add_run_arguments, positive_float, positive_int, run_main
 from influence_functions import NAME, SOLVERS, InfluenceRunConfig, SolverOptions, merge_solver_logs
-from sgd_influence.pipeline import DEFAULT_REMOVE, run
-from sgd_influence.train import TrainConfig
+from sgd_influence.pipeline import DEFAULT_REMOVE, config_fields, run
 
 
 def momentum(text: str) -> float:
@@ -56,16 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(a: argparse.Namespace) -> InfluenceRunConfig:
-    train = TrainConfig(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.learning_rate,
-                        augment=not a.no_augment)
     solver = SolverOptions(solver=a.solver, cg_iters=a.cg_iters, tol=a.tol, sgd_epochs=a.sgd_epochs,
                            sgd_lr=a.sgd_lr, sgd_momentum=a.sgd_momentum, lissa_scale=a.lissa_scale,
                            lissa_depth=a.lissa_depth, lissa_repeats=a.lissa_repeats)
-    return InfluenceRunConfig(dataset=a.dataset, out=a.output, train=train, n_trials=a.n_trials, methods=a.methods,
-                              remove=a.remove, retrain_all=a.retrain_all, data_dir=a.data_dir, n_train=a.n_train,
-                              n_val=a.n_val, n_test=a.n_test, val_csv=a.val_csv, test_csv=a.test_csv,
-                              context=a.context, device_id=a.device_id, jobs=a.jobs,
-                              show_progress=not a.no_progress, damping=a.damping, solver=solver)
+    return InfluenceRunConfig(**config_fields(a), damping=a.damping, solver=solver)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

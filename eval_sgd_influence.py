@@ -7,8 +7,7 @@ import sys
 from typing import List, Optional
 
 from common.cli import OneLineParser, add_run_arguments, run_main
-from sgd_influence.pipeline import DEFAULT_REMOVE, RunConfig, run
-from sgd_influence.train import TrainConfig
+from sgd_influence.pipeline import DEFAULT_REMOVE, RunConfig, config_fields, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,13 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(a: argparse.Namespace) -> RunConfig:
-    train = TrainConfig(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.learning_rate,
-                        augment=not a.no_augment)
-    return RunConfig(dataset=a.dataset, out=a.output, train=train, n_trials=a.n_trials, methods=a.methods,
-                     remove=a.remove, retrain_all=a.retrain_all, data_dir=a.data_dir, n_train=a.n_train,
-                     n_val=a.n_val, n_test=a.n_test, val_csv=a.val_csv, test_csv=a.test_csv,
-                     context=a.context, device_id=a.device_id, jobs=a.jobs, show_progress=not a.no_progress,
-                     validate=a.validate)
+    return RunConfig(**config_fields(a))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

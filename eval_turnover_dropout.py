@@ -13,8 +13,7 @@ import sys
 from typing import List, Optional
 
 from common.cli import add_run_arguments, positive_int, run_main
-from sgd_influence.pipeline import DEFAULT_REMOVE, run
-from sgd_influence.train import TrainConfig
+from sgd_influence.pipeline import DEFAULT_REMOVE, config_fields, run
 from turnover_dropout import NAME, TDRunConfig
 
 
@@ -36,14 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(a: argparse.Namespace) -> TDRunConfig:
-    train = TrainConfig(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.learning_rate,
-                        augment=not a.no_augment)
-    return TDRunConfig(dataset=a.dataset, out=a.output, train=train, n_trials=a.n_trials, methods=a.methods,
-                       remove=a.remove, retrain_all=a.retrain_all, data_dir=a.data_dir, n_train=a.n_train,
-                       n_val=a.n_val, n_test=a.n_test, val_csv=a.val_csv, test_csv=a.test_csv,
-                       context=a.context, device_id=a.device_id, jobs=a.jobs, show_progress=not a.no_progress,
-                       td_layers=tuple(t for s in a.td_layers for t in s.split(",") if t) if a.td_layers else None, explain_k=a.explain_k,
-                       explain_max=a.explain_max, explain_same_label=a.explain_same_label)
+    layers = tuple(t for s in a.td_layers for t in s.split(",") if t) if a.td_layers else None
+    return TDRunConfig(**config_fields(a), td_layers=layers, explain_k=a.explain_k, explain_max=a.explain_max,
+                       explain_same_label=a.explain_same_label)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

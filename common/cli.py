@@ -52,6 +52,15 @@ def positive_float(text: str) -> float:
     return v
 
 
+def fraction(text: str) -> float:
+    """A label-noise fraction in [0, 1)."""
+    from datasets.noise import check_fraction
+    try:
+        return check_fraction(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_default: Sequence[int]) -> None:
     """The original example's flags plus the project's (SPEC section 3)."""
     p.add_argument("-o", "--output", default=default_out, help="output folder (default: %(default)s)")
@@ -80,6 +89,16 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_defau
     p.add_argument("--validate", type=nonneg_int, default=0, metavar="K",
                    help="after the influence stage, compare each estimate with actual leave-one-out retraining "
                         "on about K samples (K/3 most negative, most positive, random per method)")
+    p.add_argument("--label-noise", type=fraction, default=0.0, metavar="FRACTION",
+                   help="flip this fraction of each trial's training labels (seeded, each to another class; "
+                        "validation and test untouched); influence CSVs get a 'noisy' column and the run "
+                        "summary/detection.csv and fig/detection.png (default 0)")
+    p.add_argument("--gallery", type=nonneg_int, default=32, metavar="N",
+                   help="fig/harmful_<method>_seed<k>.png: the N most harmful training images per method "
+                        "and trial (a CSV above 100; 0: none; default 32)")
+    p.add_argument("--cleanse", type=nonneg_int, nargs="+", default=[], metavar="N",
+                   help="write cleansed/<method>_seed<k>_remove<N>.csv: the training set without the N most "
+                        "harmful samples, as NNC CSV (with the trial's validation and test CSVs beside it)")
     p.add_argument("--no-augment", action="store_true", help="train without random crop and flip")
     p.add_argument("--overwrite", action="store_true", help="start the output folder afresh if its settings differ")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

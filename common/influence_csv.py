@@ -44,3 +44,10 @@ def read_influence_csv(path: Union[str, Path], n_train: int) -> pd.DataFrame:
         raise UserError(f"influence CSV {path} does not list the {n_train} training samples once each "
                         f"with columns {','.join(COLUMNS)}; delete it and rerun")
     return frame
+
+
+def scores_by_position(frame: pd.DataFrame) -> np.ndarray:
+    """The ``influence`` column of a (sorted) influence frame, indexed by training position."""
+    scores = np.empty(len(frame), np.float64)
+    scores[frame["datasource_index"].to_numpy()] = frame["influence"].to_numpy()
+    return scores

@@ -2,9 +2,15 @@
 
 Every stage reads its inputs from and writes its outputs to the output folder; an output that
 exists is complete (all files are written atomically) and is not computed again.
+
+With ``label_noise`` a seeded fraction of each trial's training labels is flipped (influence CSVs
+then get a ``noisy`` column). After the influence stage each method gets its harmful-sample gallery
+and cleansed datasets (``report``); after the analysis the run gets ``summary/cache_table.csv`` and,
+with label noise, the mislabel-detection curves.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing as mp
 import shutil
@@ -12,7 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -20,12 +26,14 @@ import pandas as pd
 from common.autodiff import Learner
 from common.errors import UserError
 from common.fileio import write_csv_atomic, write_text_atomic
-from common.influence_csv import influence_frame, read_influence_csv, write_influence_csv
+from common.influence_csv import influence_frame, read_influence_csv, scores_by_position, write_influence_csv
 from common.params_io import load_params
 from common.paths import RunPaths
 from datasets import DataBundle, load_dataset
+from datasets.noise import apply_label_noise, check_fraction
 
 from . import analyze as analysis
+from . import report
 from .eval import SCORE_COLUMNS, removal_mask, retrain_scores
 from .infl import sgd_influence, validation_loss_grad
 from .validate import actual_influence, pick_validation_samples
@@ -33,6 +41,8 @@ from .trace import Trace
 from .train import TrainConfig, load_training, train_with_trace, training_complete
 
 DEFAULT_REMOVE = [0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000]
+#: Manifest keys added after runs had been made: an old manifest without them had these values.
+MANIFEST_DEFAULTS = {"label_noise": 0.0}
 
 
 @dataclass
@@ -58,6 +68,9 @@ class RunConfig:
     jobs: int = 1
     show_progress: bool = True
     validate: int = 0
+    label_noise: float = 0.0
+    gallery: int = 32
+    cleanse: Sequence[int] = ()
 
     @property
     def seeds(self) -> List[int]:
@@ -65,7 +78,18 @@ class RunConfig:
 
     def manifest(self) -> dict:
         return {"dataset": self.dataset, **asdict(self.train), "n_train": self.n_train,
-                "n_val": self.n_val, "n_test": self.n_test}
+                "n_val": self.n_val, "n_test": self.n_test, "label_noise": float(self.label_noise)}
+
+
+def config_fields(a: argparse.Namespace) -> dict:
+    """``RunConfig`` keyword arguments from the flags of ``common.cli.add_run_arguments`` and ``--methods``."""
+    train = TrainConfig(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.learning_rate,
+                        augment=not a.no_augment)
+    return dict(dataset=a.dataset, out=a.output, train=train, n_trials=a.n_trials, methods=a.methods,
+                remove=a.remove, retrain_all=a.retrain_all, data_dir=a.data_dir, n_train=a.n_train,
+                n_val=a.n_val, n_test=a.n_test, val_csv=a.val_csv, test_csv=a.test_csv, context=a.context,
+                device_id=a.device_id, jobs=a.jobs, show_progress=not a.no_progress, validate=a.validate,
+                label_noise=a.label_noise, gallery=a.gallery, cleanse=a.cleanse)
 
 
 @dataclass
@@ -78,6 +102,8 @@ class Trial:
     paths: RunPaths
     trace: Trace
     learner: Learner
+    noisy: Optional[np.ndarray] = None          # training positions whose label was flipped (label noise)
+    true_labels: Optional[np.ndarray] = None    # training labels before flipping
     _u: Optional[dict] = None
 
     @property
@@ -132,6 +158,7 @@ def prepare_output(cfg: RunConfig, overwrite: bool) -> RunPaths:
     wanted = cfg.manifest()
     if paths.manifest.is_file():
         old = json.loads(paths.manifest.read_text())
+        old = {**MANIFEST_DEFAULTS, **old}
         diff = {k: (old.get(k), v) for k, v in wanted.items() if old.get(k) != v}
         if diff and not overwrite:
             what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
@@ -152,13 +179,22 @@ def prepare_output(cfg: RunConfig, overwrite: bool) -> RunPaths:
     return paths
 
 
-def load_trial_data(cfg: RunConfig, seed: int) -> DataBundle:
+def load_noisy_trial_data(cfg: RunConfig, seed: int) -> Tuple[DataBundle, np.ndarray, np.ndarray]:
+    """(data of trial ``seed`` with ``cfg.label_noise`` of its training labels flipped, noisy mask,
+    training labels before flipping); validation and test are never flipped."""
     data = load_dataset(cfg.dataset, seed, data_dir=cfg.data_dir, n_train=cfg.n_train, n_val=cfg.n_val,
                         n_test=cfg.n_test, val_csv=cfg.val_csv, test_csv=cfg.test_csv)
     if cfg.train.batch_size > len(data.train):
         raise UserError(f"batch size {cfg.train.batch_size} is larger than the {len(data.train)} training "
                         f"samples; lower -bs")
-    return data
+    true_labels = data.train.labels
+    data, noisy = apply_label_noise(data, cfg.label_noise, seed)
+    return data, noisy, true_labels
+
+
+def load_trial_data(cfg: RunConfig, seed: int) -> DataBundle:
+    """The data trial ``seed`` trains on (label noise applied)."""
+    return load_noisy_trial_data(cfg, seed)[0]
 
 
 class Timings:
@@ -184,11 +220,23 @@ def remove_list(cfg: RunConfig, n_train: int, log=print) -> List[int]:
     return keep
 
 
+def check_cleanse(cfg: RunConfig, n_train: int) -> List[int]:
+    """The --cleanse sizes, sorted; a UserError (before any training) when one is not below ``n_train``."""
+    ns = sorted({int(n) for n in cfg.cleanse})
+    bad = [n for n in ns if not 0 <= n < n_train]
+    if bad:
+        raise UserError(f"--cleanse {' '.join(map(str, bad))}: cannot remove that many of the {n_train} training "
+                        f"samples; choose 0 <= N < {n_train}")
+    return ns
+
+
 # ---------------------------------------------------------------------------- stages
-def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -> None:
-    """Train, estimate influence and retrain-with-removal for trial ``seed`` (resumable)."""
+def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -> int:
+    """Train, estimate influence, write the trial's reports and retrain-with-removal for trial ``seed``
+    (resumable); returns the number of training samples."""
     paths = RunPaths(cfg.out)
-    data = load_trial_data(cfg, seed)
+    data, noisy, true_labels = load_noisy_trial_data(cfg, seed)
+    check_cleanse(cfg, len(data.train))
     timings = Timings(paths, seed)
     hara = any(m.needs_hara_cache for m in methods)
     steps_last = -(-len(data.train) // cfg.train.batch_size)
@@ -201,9 +249,9 @@ def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -
             raise
         timings.add("train", "", time.time() - t0)
     trace, learner = load_training(cfg.train, data, paths, seed)
-    trial = Trial(cfg, seed, data, paths, trace, learner)
+    trial = Trial(cfg, seed, data, paths, trace, learner, noisy, true_labels)
 
-    orders = {}
+    frames = {}
     for m in methods:
         csv = paths.influence_csv(m.name, seed)
         if not csv.is_file():
@@ -212,9 +260,12 @@ def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -
             if not np.all(np.isfinite(scores)):
                 raise UserError(f"{m.name} produced non-finite influence for seed {seed}; "
                                 f"lower the learning rate (-lr) or check the training log")
-            write_influence_csv(csv, influence_frame(data.train.ids, data.train.labels, scores))
+            write_influence_csv(csv, influence_frame(data.train.ids, data.train.labels, scores,
+                                                     noisy if cfg.label_noise > 0 else None))
             timings.add("infl", m.name, time.time() - t0)
-        orders[m.name] = read_influence_csv(csv, len(data.train))["datasource_index"].to_numpy()
+        frames[m.name] = read_influence_csv(csv, len(data.train))
+    orders = {name: frame["datasource_index"].to_numpy() for name, frame in frames.items()}
+    write_trial_reports(trial, frames)
 
     if cfg.validate > 0:
         validate_trial(trial, methods, orders)
@@ -241,6 +292,42 @@ def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -
                                   removal_mask(len(data.train), orders[m.name], n), cfg.retrain_all)
             write_csv_atomic(out, pd.DataFrame(rows, columns=SCORE_COLUMNS))
             timings.add(f"eval_n{n}", m.name, time.time() - t0)
+    return len(data.train)
+
+
+def write_trial_reports(trial: Trial, frames: Dict[str, pd.DataFrame]) -> None:
+    """Per method (Random included, as a control): the harmful-sample gallery (``cfg.gallery`` images,
+    0: none) and the cleansed datasets without the ``cfg.cleanse`` most harmful samples. Existing
+    files are kept."""
+    cfg, seed, paths = trial.cfg, trial.seed, trial.paths
+    true_labels = trial.true_labels if cfg.label_noise > 0 else None
+    roots = report.image_roots(cfg.dataset, cfg.val_csv, cfg.test_csv)
+    cleanse = check_cleanse(cfg, len(trial.data.train))
+    for name, frame in frames.items():
+        path = report.gallery_path(paths.root, name, seed)
+        if cfg.gallery > 0 and not (path.is_file() or path.with_suffix(".csv").is_file()):
+            what = "Random (control: a random order, not an influence)" if name == "Random" else name.replace("_", " ")
+            title = f"{what}: {cfg.dataset} / {cfg.train.model}, seed {seed}{_noise_text(cfg)}"
+            report.harmful_gallery(trial.data, frame, path, n=cfg.gallery, title=title, true_labels=true_labels)
+        for n in cleanse:
+            report.write_cleansed_csv(trial.data, frame, n, paths.root, roots, method=name, seed=seed)
+
+
+def write_run_reports(cfg: RunConfig, paths: RunPaths, n_train: int, title: str) -> None:
+    """``summary/cache_table.csv`` (the paper's Table 1 for this run's setting, beside the measured
+    ``cache_size.csv``) and, with label noise, ``summary/detection.csv`` and ``fig/detection.png``."""
+    seeds = cfg.seeds
+    measured = pd.read_csv(paths.summary / "cache_size.csv")
+    report.write_cache_table(paths.root, paths.params(seeds[0], "final"), cfg.dataset, n_train,
+                             cfg.train.batch_size, cfg.train.epochs, measured=measured)
+    if cfg.label_noise > 0:
+        frames = report.collect_detection_frames(paths.root, list(cfg.methods), seeds)
+        if frames:
+            report.write_detection(paths.root, frames, title + _noise_text(cfg))
+
+
+def _noise_text(cfg: RunConfig) -> str:
+    return f", {100 * cfg.label_noise:g}% of training labels flipped" if cfg.label_noise > 0 else ""
 
 
 def validate_trial(trial: Trial, methods: Sequence[Method], orders: Dict[str, np.ndarray]) -> None:
@@ -254,10 +341,7 @@ def validate_trial(trial: Trial, methods: Sequence[Method], orders: Dict[str, np
     n = len(trial.data.train)
     scores = {}
     for m in methods:
-        frame = read_influence_csv(paths.influence_csv(m.name, seed), n)
-        s = np.empty(n)
-        s[frame.datasource_index.to_numpy()] = frame.influence.to_numpy()
-        scores[m.name] = s
+        scores[m.name] = scores_by_position(read_influence_csv(paths.influence_csv(m.name, seed), n))
     estimators = {k: v for k, v in scores.items() if k != "Random"}
     if not estimators:
         return
@@ -275,29 +359,33 @@ def _worker(args):
     cfg, seed, names = args
     from common.context import set_context
     set_context(cfg.context, cfg.device_id)
-    run_trial(cfg, seed, [METHODS[n] for n in names])
-    return seed
+    return seed, run_trial(cfg, seed, [METHODS[n] for n in names])
 
 
 def run(cfg: RunConfig, overwrite: bool = False) -> pd.DataFrame:
-    """Run every trial (``cfg.jobs`` at a time, in separate processes) and the analysis."""
+    """Run every trial (``cfg.jobs`` at a time, in separate processes), the analysis and the run's reports."""
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    check_fraction(cfg.label_noise)
+    if cfg.gallery < 0:
+        raise UserError(f"gallery size must not be negative, got {cfg.gallery}")
     paths = prepare_output(cfg, overwrite)
     methods = [METHODS[m] for m in cfg.methods]
     seeds = cfg.seeds
     jobs = max(1, min(cfg.jobs, len(seeds)))
+    n_train = {}
     if jobs == 1:
         from common.context import set_context
         set_context(cfg.context, cfg.device_id)
         for seed in seeds:
-            run_trial(cfg, seed, methods)
+            n_train[seed] = run_trial(cfg, seed, methods)
     else:
         with mp.get_context("spawn").Pool(jobs) as pool:
-            for _ in pool.imap_unordered(_worker, [(cfg, s, list(cfg.methods)) for s in seeds]):
-                pass
+            n_train.update(pool.imap_unordered(_worker, [(cfg, s, list(cfg.methods)) for s in seeds]))
     timings = pd.concat([pd.read_csv(f) for f in sorted((paths.root / "logs").glob("timings_seed_*.csv"))],
                         ignore_index=True) if (paths.root / "logs").is_dir() else None
     title = f"{cfg.dataset} / {cfg.train.model}, {len(seeds)} trial(s)"
-    return analysis.analyze(paths, seeds, list(cfg.methods), title, timings)
+    summary = analysis.analyze(paths, seeds, list(cfg.methods), title, timings)
+    write_run_reports(cfg, paths, n_train[seeds[0]], title)
+    return summary

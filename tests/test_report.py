@@ -2,6 +2,7 @@
 dataset (built-in and own CSV data), and the paper's Table 1 (cache sizes)."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -302,3 +303,157 @@ def test_cache_table_cli_param_file_and_write(tmp_path, capsys):
     assert list(saved["method"]) == ["All parameters", "Hara", "Ours"] and saved["dataset"][0] == "digits"
     assert saved.loc[1, "files"] == math.ceil(1197 / 32) and saved.loc[2, "measured_bytes"] == 100
     assert math.isnan(saved.loc[0, "measured_bytes"]) and len(out) == 3
+
+
+# ---------------------------------------------------------------- the reports wired into the pipeline
+NOISY_ARGS = ["-ds", "digits", "-m", "logreg", "-e", "2", "--n-train", "200", "--n-val", "100", "--n-test", "100",
+              "--label-noise", "0.1", "--cleanse", "20", "-r", "0", "10", "-j", "1", "--no-progress"]
+METHOD_NAMES = ("Hara", "Ours", "Random")
+
+
+@pytest.fixture(scope="module")
+def noisy_run(tmp_path_factory):
+    """One digits run with 10% label noise, --cleanse 20 and the default gallery (about 5 s)."""
+    import eval_sgd_influence
+    out = tmp_path_factory.mktemp("noisy") / "out"
+    assert eval_sgd_influence.main(["-o", str(out), *NOISY_ARGS]) == 0
+    clean = load_dataset("digits", 0, n_train=200, n_val=100, n_test=100)
+    return out, clean
+
+
+def test_pipeline_label_noise_flips_train_labels_only(noisy_run):
+    out, clean = noisy_run
+    masks = []
+    for m in METHOD_NAMES:
+        csv = out / "influence" / m / f"influence_{m.lower()}_0.csv"
+        frame = read_influence_csv(csv, 200)          # the 5-column file is accepted
+        assert list(frame.columns) == ["x:image", "y:label", "influence", "datasource_index", "noisy"]
+        assert frame["noisy"].isin([0, 1]).all() and frame["noisy"].sum() == 20
+        idx = frame["datasource_index"].to_numpy()
+        noisy = np.zeros(200, bool)
+        noisy[idx] = frame["noisy"].to_numpy().astype(bool)
+        labels = np.empty(200, np.int64)
+        labels[idx] = frame["y:label"].to_numpy()
+        assert np.all(labels[noisy] != clean.train.labels[noisy])          # flipped to another class
+        assert np.array_equal(labels[~noisy], clean.train.labels[~noisy])  # the others untouched
+        masks.append(noisy)
+    assert all(np.array_equal(masks[0], k) for k in masks[1:])            # one noise per trial
+    val = pd.read_csv(out / "cleansed" / "validation_seed0.csv")
+    test = pd.read_csv(out / "cleansed" / "test.csv")
+    assert np.array_equal(val["y:label"], clean.val.labels) and np.array_equal(test["y:label"], clean.test.labels)
+    assert json.loads((out / "manifest.json").read_text())["label_noise"] == 0.1
+
+
+def test_pipeline_writes_galleries_detection_and_cache_table(noisy_run):
+    out, _ = noisy_run
+    for m in METHOD_NAMES:
+        png = report.gallery_path(out, m, 0)
+        assert png.name == f"harmful_{m.lower()}_seed0.png"
+        with Image.open(png) as img:
+            assert img.size[0] > img.size[1] > 200                  # 8 columns x 4 rows
+    curves = pd.read_csv(out / "summary" / "detection.csv")
+    assert list(curves.columns) == report.DETECTION_COLUMNS and sorted(curves.method.unique()) == list(METHOD_NAMES)
+    assert len(curves) == 3 * 101 and (curves.seed == 0).all()
+    last = curves[curves.checked_fraction == 1.0].set_index("method")["found_fraction"]
+    assert (last == 1.0).all() and len(last) == 3
+    assert (curves[curves.checked_fraction == 0.0]["found_fraction"] == 0.0).all()
+    # Hara's curve at 10% checked equals the flipped share of its 20 most harmful rows
+    hara = read_influence_csv(out / "influence" / "Hara" / "influence_hara_0.csv", 200)
+    at10 = curves[(curves.method == "Hara") & (curves.checked_fraction == 0.1)]["found_fraction"].item()
+    assert at10 == pytest.approx(hara["noisy"][:20].sum() / 20)
+    assert (out / "fig" / "detection.png").stat().st_size > 10_000
+    table = pd.read_csv(out / "summary" / "cache_table.csv").set_index("method")
+    assert list(table.index) == ["All parameters", "Hara", "Ours"]
+    assert table.loc["Hara", "files"] == math.ceil(200 / 32) == 7 and table.loc["All parameters", "files"] == 14
+    assert (table.n_train == 200).all() and (table.epochs == 2).all() and (table.dataset == "digits").all()
+    measured = pd.read_csv(out / "summary" / "cache_size.csv").set_index("method")
+    assert table.loc["Hara", "measured_bytes"] == measured.loc["Hara", "bytes"] == table.loc["Hara", "bytes"]
+    assert table.loc["Ours", "measured_bytes"] == table.loc["Ours", "param_file_bytes"]
+    assert no_partials(out)
+
+
+def test_pipeline_cleansed_csv_loads_and_trains(noisy_run, tmp_path):
+    import eval_sgd_influence
+    out, clean = noisy_run
+    for m in METHOD_NAMES:
+        csv = out / "cleansed" / f"{m.lower()}_seed0_remove20.csv"
+        table = pd.read_csv(csv)
+        assert list(table.columns) == ["x:image", "y:label"] and len(table) == 180
+        frame = read_influence_csv(out / "influence" / m / f"influence_{m.lower()}_0.csv", 200)
+        removed = {f"../images/{i}.png" for i in frame["x:image"][:20]}
+        kept = {f"../images/{i}.png" for i in frame["x:image"][20:]}
+        assert set(table["x:image"]) == kept and not removed & set(table["x:image"])
+        # the kept samples carry the labels the trial trained on (flipped ones included)
+        given = dict(zip(frame["x:image"], frame["y:label"]))
+        assert [given[p[len("../images/"):-len(".png")]] for p in table["x:image"]] == list(table["y:label"])
+    csv = out / "cleansed" / "ours_seed0_remove20.csv"
+    val, test = out / "cleansed" / "validation_seed0.csv", out / "cleansed" / "test.csv"
+    back = load_dataset(str(csv), 0, val_csv=str(val), test_csv=str(test))
+    assert (len(back.train), len(back.val), len(back.test)) == (180, 100, 100)
+    assert np.array_equal(back.test.images, clean.test.images)
+    again = tmp_path / "again"
+    assert eval_sgd_influence.main(["-o", str(again), "-ds", str(csv), "--val-csv", str(val), "--test-csv", str(test),
+                                    "-m", "logreg", "-e", "1", "-r", "0", "--methods", "Random", "--gallery", "0",
+                                    "-j", "1", "--no-progress"]) == 0
+    assert len(pd.read_csv(again / "influence" / "Random" / "influence_random_0.csv")) == 180
+    assert not (again / "fig" / "harmful_random_seed0.png").exists() and not (again / "cleansed").exists()
+    assert not (again / "summary" / "detection.csv").exists()
+
+
+def test_pipeline_rerun_keeps_reports(noisy_run):
+    import eval_sgd_influence
+    out, _ = noisy_run
+    files = [report.gallery_path(out, m, 0) for m in METHOD_NAMES] + sorted((out / "cleansed").glob("*.csv"))
+    stamp = {f: f.stat().st_mtime_ns for f in files}
+    assert eval_sgd_influence.main(["-o", str(out), *NOISY_ARGS]) == 0
+    assert {f: f.stat().st_mtime_ns for f in files} == stamp
+
+
+def test_changed_label_noise_is_refused_unless_overwrite(tmp_path):
+    import eval_sgd_influence
+    out = tmp_path / "o"
+    base = ["-o", str(out), "-m", "logreg", "-e", "1", "--n-train", "100", "--n-val", "50", "--n-test", "50",
+            "-r", "0", "--methods", "Random", "--gallery", "0", "-j", "1", "--no-progress"]
+    assert eval_sgd_influence.main(base + ["--label-noise", "0.1"]) == 0
+    with pytest.raises(UserError, match=r"other settings \(label_noise 0.1 -> 0.2\).*--overwrite"):
+        eval_sgd_influence.main(base + ["--label-noise", "0.2"])
+    with pytest.raises(UserError, match=r"label_noise 0.1 -> 0.0"):
+        eval_sgd_influence.main(base)
+    assert eval_sgd_influence.main(base + ["--label-noise", "0.2", "--overwrite"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["label_noise"] == 0.2
+    assert pd.read_csv(out / "influence" / "Random" / "influence_random_0.csv")["noisy"].sum() == 20
+    # a manifest written before label noise existed means no noise
+    assert eval_sgd_influence.main(base + ["--overwrite"]) == 0
+    manifest = {k: v for k, v in json.loads((out / "manifest.json").read_text()).items() if k != "label_noise"}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert eval_sgd_influence.main(base) == 0
+    with pytest.raises(UserError, match=r"label_noise 0.0 -> 0.3"):
+        eval_sgd_influence.main(base + ["--label-noise", "0.3"])
+
+
+def test_report_flags_reach_every_driver(capsys):
+    import eval_influence_functions
+    import eval_sgd_influence
+    import eval_turnover_dropout
+    args = ["--label-noise", "0.25", "--gallery", "0", "--cleanse", "5", "50", "--validate", "3", "-e", "4"]
+    for driver in (eval_sgd_influence, eval_influence_functions, eval_turnover_dropout):
+        cfg = driver.config_from_args(driver.build_parser().parse_args(args))
+        assert (cfg.label_noise, cfg.gallery, list(cfg.cleanse), cfg.validate, cfg.train.epochs) == \
+            (0.25, 0, [5, 50], 3, 4)
+        assert cfg.manifest()["label_noise"] == 0.25
+        default = driver.config_from_args(driver.build_parser().parse_args([]))
+        assert (default.label_noise, default.gallery, list(default.cleanse)) == (0.0, 32, [])
+    for bad in ("1.0", "-0.1", "x"):
+        with pytest.raises(SystemExit):
+            eval_sgd_influence.build_parser().parse_args(["--label-noise", bad])
+        assert "[0, 1)" in capsys.readouterr().err
+
+
+def test_cleanse_not_below_training_size_fails_before_training(tmp_path):
+    from sgd_influence.pipeline import RunConfig, run
+    from sgd_influence.train import TrainConfig
+    cfg = RunConfig(out=str(tmp_path / "o"), train=TrainConfig(model="logreg", epochs=1), n_train=100, n_val=50,
+                    n_test=50, methods=("Random",), remove=(0,), cleanse=(10, 100), show_progress=False)
+    with pytest.raises(UserError, match=r"--cleanse 100: .* 100 training samples"):
+        run(cfg)
+    assert not (tmp_path / "o" / "weights").exists()
