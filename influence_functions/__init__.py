@@ -10,11 +10,11 @@ relative residual on the full-batch Hessian.
 Importing the package registers the method with ``sgd_influence.pipeline``.
 """
 from .estimator import default_damping, influence_functions, influence_scores, inverse_hvp
-from .method import NAME, InfluenceRunConfig, compute, merge_solver_logs, register
+from .method import NAME, ORIGINAL_SIGN, InfluenceRunConfig, compute, compute_original_sign, merge_solver_logs, register
 from .solvers import SOLVERS, SolverInfo, SolverOptions, conjugate_gradient, lissa, minres, momentum_sgd, solve
 
 register()
 
-__all__ = ["NAME", "SOLVERS", "InfluenceRunConfig", "SolverInfo", "SolverOptions", "compute",
+__all__ = ["NAME", "ORIGINAL_SIGN", "compute_original_sign", "SOLVERS", "InfluenceRunConfig", "SolverInfo", "SolverOptions", "compute",
            "conjugate_gradient", "default_damping", "influence_functions", "influence_scores", "inverse_hvp",
            "lissa", "merge_solver_logs", "minres", "momentum_sgd", "register", "solve"]

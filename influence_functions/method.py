@@ -19,12 +19,15 @@ import pandas as pd
 
 from common.errors import UserError
 from common.fileio import write_csv_atomic
+from common.influence_csv import read_influence_csv, scores_by_position
 from sgd_influence.pipeline import Method, RunConfig, Trial, register_method
 
 from .estimator import SOLVER_COLUMNS, default_damping, influence_functions, solver_row
 from .solvers import SolverOptions
 
 NAME = "Influence_functions"
+#: The original example's stored value (the negated estimate), as a method for comparison only.
+ORIGINAL_SIGN = "Influence_functions_original_sign"
 DIVERGED = 1.0  # a residual above this is worse than v = 0
 
 
@@ -77,6 +80,15 @@ def compute(trial: Trial) -> np.ndarray:
     return scores
 
 
+def compute_original_sign(trial: Trial) -> np.ndarray:
+    """``-infl``: what the original example stored, so that its ascending order removes the most
+    *helpful* samples first. Reuses this trial's Influence_functions CSV (no second solve)."""
+    csv = trial.paths.influence_csv(NAME, trial.seed)
+    if not csv.is_file():
+        raise UserError(f"{ORIGINAL_SIGN} reuses the {NAME} scores: list {NAME} before it in --methods")
+    return -scores_by_position(read_influence_csv(csv, len(trial.data.train)))
+
+
 def merge_solver_logs(root: Union[str, Path], seeds: Iterable[int]) -> Optional[pd.DataFrame]:
     """Write ``summary/solver.csv`` from the trials' solver logs (None when there are none)."""
     frames = [pd.read_csv(f) for s in seeds if (f := solver_log(root, s)).is_file()]
@@ -89,3 +101,4 @@ def merge_solver_logs(root: Union[str, Path], seeds: Iterable[int]) -> Optional[
 
 def register() -> None:
     register_method(Method(NAME, compute))
+    register_method(Method(ORIGINAL_SIGN, compute_original_sign))

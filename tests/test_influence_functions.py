@@ -24,7 +24,6 @@ from datasets import DataBundle, Split, load_dataset, to_network_input
 from influence_functions import (NAME, SolverOptions, conjugate_gradient, default_damping, influence_functions,
                                  lissa, minres, momentum_sgd, solve)
 from influence_functions.estimator import ParamSpace, full_hvp, influence_scores, inverse_hvp, minibatch_hvps
-from influence_functions.mislabel_check import flip_labels, most_harmful
 from influence_functions.solvers import estimate_top_eigenvalue, relative_residual
 from models import build_model
 
@@ -336,11 +335,21 @@ def test_driver_writes_the_output_tree(tmp_path, capsys):
     assert "other settings" in err and "solver minres -> sgd" in err
 
 
-def test_flip_labels_for_the_mislabel_check():
-    labels = np.random.default_rng(0).integers(0, 10, 2000)
-    new, flipped = flip_labels(labels, 0.1, 10, seed=0)
-    assert flipped.sum() == 200 and np.all(new[flipped] != labels[flipped])
-    assert np.array_equal(new[~flipped], labels[~flipped]) and new.min() >= 0 and new.max() <= 9
-    again, _ = flip_labels(labels, 0.1, 10, seed=0)
-    assert np.array_equal(new, again)
-    assert list(most_harmful(np.array([0.3, -1.0, 0.3, -2.0]), 3)) == [3, 1, 0]
+def test_original_sign_method_negates_the_stored_influence(tmp_path):
+    from common.errors import UserError
+    from common.influence_csv import influence_frame, write_influence_csv
+    from common.paths import RunPaths
+    from influence_functions import ORIGINAL_SIGN, compute_original_sign
+
+    paths = RunPaths(tmp_path)
+    trial = SimpleNamespace(paths=paths, seed=3, data=SimpleNamespace(train=np.zeros(4)))
+    with pytest.raises(UserError, match=f"list {NAME} before it in --methods"):
+        compute_original_sign(trial)
+    scores = np.array([0.3, -0.2, 0.1, -0.5])
+    csv = paths.influence_csv(NAME, 3)
+    csv.parent.mkdir(parents=True)
+    write_influence_csv(csv, influence_frame(np.array(["a", "b", "c", "d"]), np.arange(4), scores))
+    assert np.array_equal(compute_original_sign(trial), -scores)
+    # its ascending order (removal order) is the most helpful first: positions 0, 2, 1, 3
+    assert list(np.argsort(compute_original_sign(trial), kind="stable")) == [0, 2, 1, 3]
+    assert ORIGINAL_SIGN == "Influence_functions_original_sign"

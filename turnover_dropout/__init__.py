@@ -4,8 +4,8 @@ sub-networks of one model trained with instance-specific dropout masks.
 Importing this package registers the "Turnover_dropout" method with ``sgd_influence.pipeline``.
 Modules: ``masks`` (volatile mask generation), ``network`` (masked training step, split forward),
 ``train`` (TD training, loss curve, cache), ``influence`` (pairwise and validation influence),
-``report`` (loss-curve and explain-errors figures), ``method`` (the pipeline method),
-``mislabel_check`` (the label-noise detection check on MNIST).
+``report`` (loss-curve and explain-errors figures), ``method`` (the pipeline method). The
+label-noise detection check runs through the driver: ``eval_turnover_dropout.py --label-noise 0.1``.
 """
 from .masks import P_KEEP, flip, instance_masks, resolve_layers
 from .method import METHOD, NAME, TDRunConfig, compute
