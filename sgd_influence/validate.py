@@ -3,7 +3,7 @@ sample is left out, by counterfactual retraining (Hara et al., 2019, Sec. 5), an
 agreement measures between estimates and truth."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 from scipy import stats
@@ -22,9 +22,25 @@ def _val_loss(learner, data: DataBundle) -> float:
     return learner.evaluate(split_batches(data, data.val))[0]
 
 
+def first_affected_step(trace: Trace, steps: np.ndarray, removed: np.ndarray) -> Optional[int]:
+    """The first of ``steps`` whose mini-batch holds a removed sample (None: no step does)."""
+    for t in steps:
+        if removed[trace.batch(int(t))[0]].any():
+            return int(t)
+    return None
+
+
 def _retrained(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int, trace: Trace,
                removed: np.ndarray, retrain_all: bool):
     if not retrain_all:
+        # Steps before the first one that sees a removed sample are those of the recorded run, so
+        # with Hara's cache the counterfactual starts there (replay is exact on the CPU).
+        steps = trace.last_epoch_steps()
+        t = first_affected_step(trace, steps, removed)
+        if t is not None and t != int(steps[0]) and paths.hara_step(seed, t).is_file():
+            learner = learner_from_file(cfg, data, paths.hara_step(seed, t))
+            run_steps(learner, data, trace, steps[steps >= t], cfg.augment, removed=removed)
+            return learner
         return retrain_last_epoch(cfg, data, paths, seed, trace, removed)
     learner = learner_from_file(cfg, data, paths.params(seed, "initial"))
     run_steps(learner, data, trace, range(trace.n_steps), cfg.augment, removed=removed)

@@ -46,6 +46,28 @@ def test_hara_matches_actual_counterfactual_retraining(logreg_trial):
     assert np.all(np.sign(hara[order[:5]]) == np.sign(actual[np.searchsorted(samples, order[:5])]))
 
 
+def test_counterfactual_from_hara_cache_equals_full_last_epoch(logreg_trial, tmp_path):
+    # with Hara's per-step cache the leave-one-out retraining starts at the first step that sees
+    # the sample; without the cache it replays the whole last epoch: same bytes on the CPU
+    import shutil
+    from sgd_influence.validate import first_affected_step
+    cfg, data, paths, trace, _, _ = logreg_trial
+    steps = trace.last_epoch_steps()
+    late = trace.batch(int(steps[-2]))[0][:2]
+    removed = np.zeros(len(data.train), bool)
+    removed[late] = True
+    assert first_affected_step(trace, steps, removed) == int(steps[-2])
+    assert first_affected_step(trace, steps, np.zeros(len(data.train), bool)) is None
+    with_cache = actual_influence(cfg.train, data, paths, 0, trace, late)
+    bare = RunPaths(tmp_path)
+    for which in ("start_last_epoch", "initial", "final"):
+        bare.params(0, which).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(paths.params(0, which), bare.params(0, which))
+    assert not bare.hara_dir(0).exists()
+    without = actual_influence(cfg.train, data, bare, 0, trace, late)
+    assert np.array_equal(with_cache, without) and np.all(with_cache != 0)
+
+
 def test_influence_is_zero_only_for_samples_outside_the_last_epoch(logreg_trial):
     _, data, _, _, hara, ours = logreg_trial
     assert hara.shape == ours.shape == (len(data.train),)
