@@ -20,7 +20,7 @@ of the estimators' parameter space.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import nnabla as nn
 import nnabla.functions as F
@@ -363,7 +363,11 @@ class Learner:
         n = len(x)
         g = self._graph("train", n, True, self._build_train)
         g.x.d, g.y.d = x, self._onehot(y)
-        g.scale.d = 1.0 / float(batch_size or n)
+        return self._apply_sgd(g, lr, batch_size or n)
+
+    def _apply_sgd(self, g, lr: float, batch_size: int) -> float:
+        """One update of the training graph ``g`` (inputs already set): loss scaled by 1/batch_size."""
+        g.scale.d = 1.0 / float(batch_size)
         g.loss.forward(clear_no_need_grad=True)
         self._solver.zero_grad()
         g.loss.backward(clear_buffer=True)

@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from common.fileio import atomic_path, write_csv_atomic  # noqa: E402
+from common.figures import save_figure  # noqa: E402
+from common.fileio import write_csv_atomic  # noqa: E402
 from common.paths import RunPaths  # noqa: E402
 
 NO_REMOVAL = "No_Removal"
@@ -61,9 +62,7 @@ def plot_result(summary: pd.DataFrame, path: Path, title: str = "") -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def cache_sizes(paths: RunPaths, seeds: Iterable[int], methods: Iterable[str]) -> pd.DataFrame:
@@ -109,9 +108,7 @@ def validation_summary(paths: RunPaths) -> Optional[pd.DataFrame]:
         ax.legend(loc="upper left")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        with atomic_path(paths.fig / f"validation_{m}.png") as tmp:
-            fig.savefig(tmp, dpi=110)
-        plt.close(fig)
+        save_figure(fig, paths.fig / f"validation_{m}.png", dpi=110)
     return table
 
 

@@ -19,7 +19,7 @@ training mode on the whole recorded mini-batch, as the training step they retrac
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, Iterator, Mapping, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 import numpy as np
 from tqdm import tqdm

@@ -14,10 +14,8 @@ import argparse
 import json
 import multiprocessing as mp
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np

@@ -34,7 +34,8 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from common.errors import UserError  # noqa: E402
-from common.fileio import atomic_path, partial_path, write_csv_atomic  # noqa: E402
+from common.figures import save_figure, show_image  # noqa: E402
+from common.fileio import partial_path, write_csv_atomic  # noqa: E402
 
 PathLike = Union[str, Path]
 GALLERY_MAX = 100          # more images than this: a CSV instead of a picture
@@ -53,12 +54,6 @@ def _root(out) -> Path:
     return Path(out.root)
 
 
-def _save_fig(fig, path: Path, dpi: int) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-
-
 # ============================================================================ gallery
 def gallery_path(out, method: str, seed: int) -> Path:
     """``<out>/fig/harmful_<method lower>_seed<k>.png``."""
@@ -68,17 +63,6 @@ def gallery_path(out, method: str, seed: int) -> Path:
 def _is_image_data(images) -> bool:
     return isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1] in (1, 3) \
         and min(images.shape[2:]) >= 4
-
-
-def _show(ax, image: np.ndarray) -> None:
-    """A uint8 (C, H, W) image as stored (no normalisation), grey or RGB."""
-    img = np.asarray(image)
-    if img.shape[0] == 1:
-        ax.imshow(img[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    else:
-        ax.imshow(np.transpose(img, (1, 2, 0)), interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def _label_text(label: int, names: Optional[Sequence[str]]) -> str:
@@ -137,7 +121,7 @@ def harmful_gallery(data, frame: pd.DataFrame, path: PathLike, n: int = 32, titl
             continue
         row = top.iloc[k]
         idx = int(row["datasource_index"])
-        _show(ax, images[idx])
+        show_image(ax, images[idx])
         label = int(row["y:label"])
         text = f"{k + 1}. #{idx}\ny={_label_text(label, class_names)}"
         if noisy[k] and true_labels is not None:
@@ -149,7 +133,7 @@ def harmful_gallery(data, frame: pd.DataFrame, path: PathLike, n: int = 32, titl
             side.set_color("tab:red")
             side.set_linewidth(2.5)
     fig.text(0.5, 1 - 0.1 / height, "\n".join(lines), ha="center", va="top", fontsize=9, linespacing=1.25)
-    _save_fig(fig, path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return path
 
 
@@ -370,7 +354,7 @@ def plot_detection(curves: pd.DataFrame, path: PathLike, title: str = "",
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8.5)
     fig.tight_layout()
-    _save_fig(fig, path, dpi=120)
+    save_figure(fig, path, dpi=120)
     return path
 
 

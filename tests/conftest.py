@@ -1,5 +1,3 @@
-import logging
-import os
 import sys
 from pathlib import Path
 

@@ -1,5 +1,4 @@
 """Bad input ends in one line on stderr, a non-zero exit code, no traceback, nothing half-written."""
-import gzip
 import shutil
 import subprocess
 import sys

@@ -149,7 +149,6 @@ def test_hara_ranks_flipped_labels_as_harmful(tmp_path):
     # 10% of the training labels flipped: the most harmful 10% by Hara and Ours hold far more
     # of them than a random 10% would (logistic regression on digits keeps this test fast).
     from sgd_influence.infl import sgd_influence, validation_loss_grad
-    from sgd_influence.pipeline import Trial
     from common.params_io import load_params
     cfg = RunConfig(dataset="digits", out=str(tmp_path), methods=(), remove=(), show_progress=False,
                     train=TrainConfig(model="logreg", epochs=4, batch_size=32, lr=0.05, augment=False))

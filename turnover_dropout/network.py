@@ -112,13 +112,7 @@ class TDLearner(Learner):
         g = self._graph("td_train", n, True, self._build_td_train)
         g.x.d, g.y.d = x, self._onehot(y)
         self._set_masks(g, self.masks(indices) if masks is None else masks)
-        g.scale.d = 1.0 / float(batch_size or n)
-        g.loss.forward(clear_no_need_grad=True)
-        self._solver.zero_grad()
-        g.loss.backward(clear_buffer=True)
-        self._solver.set_learning_rate(lr)
-        self._solver.update()
-        return float(np.mean(g.losses.d))
+        return self._apply_sgd(g, lr, batch_size or n)
 
     # ------------------------------------------------------------------ split forward (inference)
     def _feature_shape(self) -> tuple:

@@ -3,7 +3,6 @@ explanation of test errors by their most influential training images (paper Fig.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import matplotlib
 
@@ -14,7 +13,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from common.batches import split_batches  # noqa: E402
-from common.fileio import atomic_path, write_csv_atomic  # noqa: E402
+from common.figures import save_figure, show_image  # noqa: E402
+from common.fileio import write_csv_atomic  # noqa: E402
 from datasets import DataBundle  # noqa: E402
 
 from .influence import influence_on_targets, split_features  # noqa: E402
@@ -22,12 +22,6 @@ from .network import TDLearner  # noqa: E402
 
 EXPLAIN_COLUMNS = ["test_index", "test_id", "true_label", "predicted_label", "rank", "datasource_index",
                    "train_id", "train_label", "influence_on_wrong"]
-
-
-def _save(fig, path: Path, dpi: int = 130) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------- Fig. 2
@@ -51,7 +45,7 @@ def plot_loss_curve(curve: pd.DataFrame, path: Path, title: str = "") -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=130)
 
 
 # ---------------------------------------------------------------------------- Fig. 5
@@ -86,16 +80,6 @@ def explain_errors(td: TDLearner, data: DataBundle, k: int = 5, max_errors: int 
     return pd.DataFrame(rows, columns=EXPLAIN_COLUMNS)
 
 
-def _show(ax, image: np.ndarray) -> None:
-    img = np.asarray(image)
-    if img.shape[0] == 1:
-        ax.imshow(img[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    else:
-        ax.imshow(np.transpose(img, (1, 2, 0)), interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
 def plot_explain_errors(table: pd.DataFrame, data: DataBundle, path: Path, title: str = "") -> None:
     """Top row: misclassified test images; under each, its most influential training images."""
     tests = list(dict.fromkeys(table["test_index"].tolist())) if len(table) else []
@@ -110,7 +94,7 @@ def plot_explain_errors(table: pd.DataFrame, data: DataBundle, path: Path, title
         sub = table[table["test_index"] == t].sort_values("rank")
         first = sub.iloc[0]
         ax = axes[0, c]
-        _show(ax, data.test.images[t])
+        show_image(ax, data.test.images[t])
         ax.set_title(f"test #{t}\ntrue {first.true_label} -> pred {first.predicted_label}",
                      fontsize=9, color="tab:red")
         for r in range(1, nrow):
@@ -120,7 +104,7 @@ def plot_explain_errors(table: pd.DataFrame, data: DataBundle, path: Path, title
                 ax.axis("off")
                 continue
             row = row.iloc[0]
-            _show(ax, data.train.images[int(row.datasource_index)])
+            show_image(ax, data.train.images[int(row.datasource_index)])
             same = int(row.train_label) == int(first.predicted_label)
             ax.set_title(f"label {row.train_label}, #{row.datasource_index}\nI={row.influence_on_wrong:+.3g}",
                          fontsize=8, color="tab:blue" if same else "k")
@@ -130,7 +114,7 @@ def plot_explain_errors(table: pd.DataFrame, data: DataBundle, path: Path, title
                  "training images with the largest influence towards the wrong prediction\n"
                  "I = L(f^m~(z_i), (x, pred)) - L(f^m(z_i), (x, pred)) > 0: z_i lowers the wrong class's loss "
                  "(blue title: labelled as the wrong class)", fontsize=8.5)
-    _save(fig, path)
+    save_figure(fig, path, dpi=130)
 
 
 def write_explain_errors(td: TDLearner, data: DataBundle, csv: Path, png: Path, k: int = 5,
