@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -43,9 +43,8 @@ def summarize(scores: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def plot_result(summary: pd.DataFrame, path: Path, title: str = "") -> None:
-    """Test accuracy against number of removed samples (log x), mean +- std, No Removal flat."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+def draw_result(ax, summary: pd.DataFrame, title: str = "") -> None:
+    """Test accuracy against number of removed samples on ``ax`` (log x, mean +- std, No Removal flat)."""
     base = summary[summary.method == NO_REMOVAL]
     for method, df in summary[(summary.method != NO_REMOVAL) & (summary.n_drops > 0)].groupby("method"):
         df = df.sort_values("n_drops")
@@ -61,8 +60,26 @@ def plot_result(summary: pd.DataFrame, path: Path, title: str = "") -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
+
+
+def plot_result(summary: pd.DataFrame, path: Path, title: str = "") -> None:
+    """``fig/result.png``: ``draw_result`` on one axis (the paper's Fig. 2 and 4)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    draw_result(ax, summary, title)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
+
+
+def plot_result_panels(summaries: Sequence[Tuple[str, pd.DataFrame]], path: Path, title: str = "") -> None:
+    """One ``draw_result`` panel per (title, summary), side by side (the paper's Fig. 5)."""
+    n = len(summaries)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.2), squeeze=False)
+    for ax, (name, summary) in zip(axes[0], summaries):
+        draw_result(ax, summary, name)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
 
 
 def cache_sizes(paths: RunPaths, seeds: Iterable[int], methods: Iterable[str]) -> pd.DataFrame:

@@ -457,3 +457,27 @@ def test_cleanse_not_below_training_size_fails_before_training(tmp_path):
     with pytest.raises(UserError, match=r"--cleanse 100: .* 100 training samples"):
         run(cfg)
     assert not (tmp_path / "o" / "weights").exists()
+
+
+def test_figure5_draws_one_panel_per_run_and_refuses_unfinished_folders(tmp_path, capsys):
+    import json
+    import figure5
+    from common.cli import run_main
+    folders = []
+    for bs in (32, 64):
+        f = tmp_path / f"bs{bs}"
+        (f / "summary").mkdir(parents=True)
+        (f / "manifest.json").write_text(json.dumps({"dataset": "digits", "model": "mlp", "batch_size": bs}))
+        rows = [("No_Removal", 0, 0.90), ("Ours", 10, 0.91), ("Ours", 40, 0.92), ("Random", 10, 0.89)]
+        pd.DataFrame([{"method": m, "n_drops": n, "n_trials": 3, "test_accuracy_mean": a, "test_accuracy_std": 0.01}
+                      for m, n, a in rows]).to_csv(f / "summary" / "summary.csv", index=False)
+        folders.append(str(f))
+    assert figure5.panel(Path(folders[1]))[0] == "digits / mlp, batch 64 (3 trials)"
+    out = tmp_path / "fig5.png"
+    assert run_main(figure5.main, folders + ["-o", str(out)]) == 0
+    from PIL import Image
+    w, h = Image.open(out).size
+    assert w > 1.8 * h  # two panels side by side
+    assert run_main(figure5.main, [str(tmp_path / "missing"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no summary/summary.csv" in err[0] and "run the driver with -o" in err[0]
