@@ -17,8 +17,9 @@ $(STAMP): requirements.txt scripts/find_python.sh
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# demo: cnn6 on digits, 4 epochs, 10% flipped labels, the whole output tree in output_demo/ (~8 min here)
 demo: $(STAMP)
-	$(PY) eval_sgd_influence.py -ds digits -o output_demo $(DEMO_ARGS)
+	$(PY) eval_sgd_influence.py -ds digits -o output_demo -e 4 --label-noise 0.1 --validate 6 -r 0 10 100 --cleanse 100 $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/bench_influence.py
