@@ -201,12 +201,13 @@ class Timings:
     def __init__(self, paths: RunPaths, seed: int):
         self.path = paths.root / "logs" / f"timings_seed_{seed}.csv"
         self.seed = seed
-        self.rows = pd.read_csv(self.path).to_dict("records") if self.path.is_file() else []
 
     def add(self, stage: str, method: str, seconds: float) -> None:
-        self.rows = [r for r in self.rows if (r["stage"], r["method"]) != (stage, method)]
-        self.rows.append({"stage": stage, "method": method, "seed": self.seed, "seconds": round(seconds, 3)})
-        write_csv_atomic(self.path, pd.DataFrame(self.rows, columns=["stage", "method", "seed", "seconds"]))
+        """Record (or replace) the row of (stage, method); rows written by others are kept."""
+        rows = pd.read_csv(self.path, keep_default_na=False).to_dict("records") if self.path.is_file() else []
+        rows = [r for r in rows if (r["stage"], r["method"]) != (stage, method)]
+        rows.append({"stage": stage, "method": method, "seed": self.seed, "seconds": round(seconds, 3)})
+        write_csv_atomic(self.path, pd.DataFrame(rows, columns=["stage", "method", "seed", "seconds"]))
 
 
 def remove_list(cfg: RunConfig, n_train: int, log=print) -> List[int]:

@@ -168,3 +168,19 @@ def test_hara_ranks_flipped_labels_as_harmful(tmp_path):
         s = sgd_influence(learner, data, trace, u, False, state_at=state_at)
         found = is_flipped[np.argsort(s, kind="stable")[: n // 10]].sum()
         assert found >= 2 * 0.1 * len(flipped), found  # random 10% finds 10% of them
+
+
+def test_timings_from_two_writers_keep_each_others_rows(tmp_path):
+    # the validation stage records its time through its own Timings object while the trial's
+    # object records the others: no row may overwrite another writer's
+    from sgd_influence.pipeline import Timings
+    paths = RunPaths(tmp_path)
+    (tmp_path / "logs").mkdir()
+    trial, validation = Timings(paths, 0), Timings(paths, 0)
+    trial.add("train", "", 1.5)
+    validation.add("validate", "", 2.0)
+    trial.add("eval", "No_Removal", 3.0)
+    trial.add("train", "", 4.0)  # a rerun replaces its own row
+    rows = pd.read_csv(tmp_path / "logs" / "timings_seed_0.csv", keep_default_na=False)
+    assert [(r.stage, r.method, r.seconds) for r in rows.itertuples()] == [
+        ("validate", "", 2.0), ("eval", "No_Removal", 3.0), ("train", "", 4.0)]
