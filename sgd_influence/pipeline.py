@@ -235,7 +235,7 @@ def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -
     (resumable); returns the number of training samples."""
     paths = RunPaths(cfg.out)
     data, noisy, true_labels = load_noisy_trial_data(cfg, seed)
-    check_cleanse(cfg, len(data.train))
+    cleanse = check_cleanse(cfg, len(data.train))  # before training: a bad size fails fast
     timings = Timings(paths, seed)
     hara = any(m.needs_hara_cache for m in methods)
     steps_last = -(-len(data.train) // cfg.train.batch_size)
@@ -264,10 +264,10 @@ def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -
             timings.add("infl", m.name, time.time() - t0)
         frames[m.name] = read_influence_csv(csv, len(data.train))
     orders = {name: frame["datasource_index"].to_numpy() for name, frame in frames.items()}
-    write_trial_reports(trial, frames)
+    write_trial_reports(trial, frames, cleanse)
 
     if cfg.validate > 0:
-        validate_trial(trial, methods, orders)
+        validate_trial(trial, frames)
 
     ns = remove_list(cfg, len(data.train), log)
     base_rows = None
@@ -294,14 +294,13 @@ def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -
     return len(data.train)
 
 
-def write_trial_reports(trial: Trial, frames: Dict[str, pd.DataFrame]) -> None:
+def write_trial_reports(trial: Trial, frames: Dict[str, pd.DataFrame], cleanse: Sequence[int]) -> None:
     """Per method (Random included, as a control): the harmful-sample gallery (``cfg.gallery`` images,
-    0: none) and the cleansed datasets without the ``cfg.cleanse`` most harmful samples. Existing
-    files are kept."""
+    0: none) and the cleansed datasets without the ``cleanse`` most harmful samples (sizes checked by
+    ``check_cleanse``). Existing files are kept."""
     cfg, seed, paths = trial.cfg, trial.seed, trial.paths
     true_labels = trial.true_labels if cfg.label_noise > 0 else None
     roots = report.image_roots(cfg.dataset, cfg.val_csv, cfg.test_csv)
-    cleanse = check_cleanse(cfg, len(trial.data.train))
     for name, frame in frames.items():
         path = report.gallery_path(paths.root, name, seed)
         if cfg.gallery > 0 and not (path.is_file() or path.with_suffix(".csv").is_file()):
@@ -329,7 +328,7 @@ def _noise_text(cfg: RunConfig) -> str:
     return f", {100 * cfg.label_noise:g}% of training labels flipped" if cfg.label_noise > 0 else ""
 
 
-def validate_trial(trial: Trial, methods: Sequence[Method], orders: Dict[str, np.ndarray]) -> None:
+def validate_trial(trial: Trial, frames: Dict[str, pd.DataFrame]) -> None:
     """Compare every method's estimate with the actual leave-one-out change of the validation loss
     (counterfactual retraining of the last epoch, or of all epochs with -ra) on the samples picked
     by ``pick_validation_samples``; pairs go to ``logs/validation_pairs_seed_<k>.csv``."""
@@ -337,11 +336,7 @@ def validate_trial(trial: Trial, methods: Sequence[Method], orders: Dict[str, np
     out = paths.root / "logs" / f"validation_pairs_seed_{seed}.csv"
     if out.is_file():
         return
-    n = len(trial.data.train)
-    scores = {}
-    for m in methods:
-        scores[m.name] = scores_by_position(read_influence_csv(paths.influence_csv(m.name, seed), n))
-    estimators = {k: v for k, v in scores.items() if k != "Random"}
+    estimators = {name: scores_by_position(f) for name, f in frames.items() if name != "Random"}
     if not estimators:
         return
     samples = pick_validation_samples(estimators, cfg.validate, seed)
