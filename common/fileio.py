@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -19,6 +20,32 @@ def partial_path(path: PathLike) -> Path:
     """Temporary sibling of ``path`` that keeps its extension (nnabla picks formats by it)."""
     p = Path(path)
     return p.with_name(f"{p.stem}{PARTIAL_TAG}-{os.getpid()}{p.suffix}")
+
+
+_PARTIAL = re.compile(re.escape(PARTIAL_TAG) + r"-(\d+)")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_partials(root: PathLike) -> int:
+    """Delete the ``*.partial-<pid>*`` files under ``root`` whose writing process is gone (left by a
+    killed run); returns how many. Files of running processes are kept."""
+    removed = 0
+    for f in Path(root).rglob(f"*{PARTIAL_TAG}-*"):
+        m = _PARTIAL.search(f.name)
+        if m and f.is_file() and not _alive(int(m.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+                removed += 1
+    return removed
 
 
 @contextlib.contextmanager

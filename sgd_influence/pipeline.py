@@ -23,7 +23,7 @@ import pandas as pd
 
 from common.autodiff import Learner
 from common.errors import UserError
-from common.fileio import write_csv_atomic, write_text_atomic
+from common.fileio import remove_stale_partials, write_csv_atomic, write_text_atomic
 from common.influence_csv import influence_frame, read_influence_csv, scores_by_position, write_influence_csv
 from common.params_io import load_params
 from common.paths import RunPaths
@@ -151,7 +151,8 @@ def register_method(method: Method) -> None:
 
 # ---------------------------------------------------------------------------- bookkeeping
 def prepare_output(cfg: RunConfig, overwrite: bool) -> RunPaths:
-    """Check (or start) the output folder's manifest; refuse outputs of other settings."""
+    """Check (or start) the output folder's manifest; refuse outputs of other settings; delete the
+    temporary files a killed run left behind."""
     paths = RunPaths(cfg.out)
     wanted = cfg.manifest()
     if paths.manifest.is_file():
@@ -174,6 +175,7 @@ def prepare_output(cfg: RunConfig, overwrite: bool) -> RunPaths:
         write_text_atomic(paths.manifest, json.dumps(wanted, indent=1, sort_keys=True))
     except OSError as exc:
         raise UserError(f"cannot write to output folder {paths.root} ({exc.strerror}); choose another -o") from None
+    remove_stale_partials(paths.root)  # temporary files of a killed run
     return paths
 
 

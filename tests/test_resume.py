@@ -52,3 +52,22 @@ def test_sigkill_during_influence_and_retraining_then_rerun_matches(tmp_path):
     assert p.wait() == 0, p.stderr.read()
     assert results(out) == expected
     assert not list(out.rglob("*.partial*"))
+
+
+def test_stale_partial_files_of_dead_processes_are_removed(tmp_path):
+    # a SIGKILL can land inside an atomic write: its temporary file stays until the next run
+    # starts; files of processes still running are left alone
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from common.fileio import partial_path, remove_stale_partials
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "logs").mkdir()
+    stale = tmp_path / "logs" / f"timings_seed_0.partial-{dead.pid}.csv"
+    stale.write_text("half")
+    mine = partial_path(tmp_path / "influence.csv")
+    mine.write_text("being written")
+    done = tmp_path / "logs" / "timings_seed_0.csv"
+    done.write_text("stage\n")
+    assert remove_stale_partials(tmp_path) == 1
+    assert not stale.exists() and mine.exists() and done.read_text() == "stage\n"
+    assert remove_stale_partials(tmp_path) == 0
