@@ -10,6 +10,8 @@ variables. It offers exactly the primitives the estimators and the retraining ne
 * ``mean_loss_grad``: ``grad (1/n) sum_i l(z_i)`` over a whole data set (float64 accumulation);
 * ``per_sample_grad_dot``: ``<u, g_i>`` for every row of a mini-batch in one pass (tangent trick,
   see ``models.networks``);
+* ``removal_grad_dot``: ``d/dw_i <u, grad sum_k w_k l_k>`` at ``w = 1`` for every row: what leaving
+  row i out of a training step changes, batch statistics of training-mode batch norm included;
 * ``hessian_vector_product``: ``H v`` with ``H`` the Hessian of the mini-batch mean loss, by
   ``nn.grad`` double backward.
 
@@ -27,7 +29,8 @@ import nnabla.functions as F
 import nnabla.solvers as S
 import numpy as np
 
-from models.networks import Model, Tangent, per_sample_loss
+from models.networks import (Model, Tangent, batch_standardize, channel_affine, per_sample_loss,
+                             weighted_batch_mean)
 
 Vector = Dict[str, np.ndarray]
 
@@ -45,18 +48,6 @@ def _persist(v: nn.Variable) -> nn.Variable:
 
 
 # ---------------------------------------------------------------------- forward-mode tangents
-def _channel_affine(h, scale, bias=None):
-    """``h * scale + bias`` per channel, ``scale``/``bias`` of shape (1, C, 1, 1).
-
-    A grouped 1x1 convolution (one group per channel): on nnabla's CPU backend it is several
-    times faster, forward and backward, than the broadcasting ``Mul2``/``Add2`` it replaces, and
-    unlike ``depthwise_convolution`` it can be differentiated twice by ``nn.grad``.
-    """
-    c = scale.shape[1]
-    return F.convolution(h, F.reshape(scale, (c, 1, 1, 1)), None if bias is None else F.reshape(bias, (c,)),
-                         group=c)
-
-
 def _product_rowsum(a, b):
     """``sum over non-batch axes of a * b`` by ``MulN``: forward only (nnabla's CPU ``Mul2`` is ~3x
     slower; ``MulN``'s graph-level backward divides by its inputs, so it is never differentiated)."""
@@ -89,9 +80,11 @@ class _Jvp:
 
     MODELS = ("logreg", "mlp", "cnn6")
 
-    def __init__(self, model: Model, params, V, stats, train: bool, tangent: bool = True):
+    def __init__(self, model: Model, params, V, stats, train: bool, tangent: bool = True,
+                 weights: Optional[nn.Variable] = None):
         self.model, self.P, self.V, self.stats, self.train = model, params, V, stats, train
         self.tangent = tangent
+        self.weights = weights if train else None
         self.taps = []
 
     @classmethod
@@ -116,33 +109,30 @@ class _Jvp:
     def batch_norm(self, h, dh, prefix):
         beta, gamma = self.P[f"{prefix}/beta"], self.P[f"{prefix}/gamma"]
         mean, var = self.stats[f"{prefix}/mean"], self.stats[f"{prefix}/var"]
-        out = F.batch_normalization(h, beta, gamma, mean, var, axes=[1], decay_rate=0.9, eps=1e-5,
-                                    batch_stat=self.train)
+        w = self.weights
         if self.train:
-            # The batch statistics, differentiable (nnabla 1.39's ``output_stat=True`` cannot be
-            # differentiated twice): centre, then the biased variance as batch norm uses.
-            axes = (0, 2, 3)
-            mean = F.mean(h, axis=axes, keepdims=True)
-            hc = _channel_affine(h, F.constant(1.0, mean.shape), -mean)
-            var = F.mean(F.pow_scalar(hc, 2.0), axis=axes, keepdims=True)
-            inv = F.pow_scalar(var + 1e-5, -0.5)
-            xhat = _channel_affine(hc, inv)
+            xhat, inv = batch_standardize(h, w)
+            out = (channel_affine(xhat, gamma, beta) if w is not None else
+                   F.batch_normalization(h, beta, gamma, mean, var, axes=[1], decay_rate=0.9, eps=1e-5,
+                                         batch_stat=True))
         else:
+            out = F.batch_normalization(h, beta, gamma, mean, var, axes=[1], decay_rate=0.9, eps=1e-5,
+                                        batch_stat=False)
             inv = F.pow_scalar(var + 1e-5, -0.5)
-            xhat = _channel_affine(h, inv, -mean * inv)
-        t = _channel_affine(xhat, self.V[f"{prefix}/gamma"], self.V[f"{prefix}/beta"])
+            xhat = channel_affine(h, inv, -mean * inv)
+        t = channel_affine(xhat, self.V[f"{prefix}/gamma"], self.V[f"{prefix}/beta"])
         self.taps.append((out, t))
         if not self.tangent:
             return out, None
         a = gamma * inv
         if not self.train:
-            return out, _channel_affine(dh, a) + t
-        # Batch statistics: d xhat = (dc - xhat * mean(xhat * dc)) / s with dc = dh - mean(dh);
+            return out, channel_affine(dh, a) + t
+        # Batch statistics (row-weighted means where weights are given):
+        # d xhat = (dc - xhat * mean(xhat * dc)) / s with dc = dh - mean(dh);
         # mean(xhat * dc) = mean(xhat * dh) as mean(xhat) = 0.
-        axes = (0, 2, 3)
-        mdh = F.mean(dh, axis=axes, keepdims=True)
-        m = F.mean(xhat * dh, axis=axes, keepdims=True)
-        return out, _channel_affine(dh, a, -a * mdh) + _channel_affine(xhat, -a * m) + t
+        mdh = weighted_batch_mean(dh, w)
+        m = weighted_batch_mean(xhat * dh, w)
+        return out, channel_affine(dh, a, -a * mdh) + channel_affine(xhat, -a * m) + t
 
     def relu(self, h, dh):
         if not self.tangent:
@@ -312,16 +302,36 @@ class Learner:
         return _Graph(x=x, y=y, V=V, hv=hv)
 
     def _build_fused(self, batch: int, train: bool) -> _Graph:
-        """One forward pass for both the per-sample products and ``H v`` (same direction)."""
+        """One forward-mode pass and one backward pass for both ``H u`` and the removal products.
+
+        ``gv = (1/B) sum_k w_k <u, grad l_k>`` (row weights ``w = 1`` in the loss and, in training
+        mode, in the batch statistics): ``d gv / d theta = H u`` and ``B d gv / d w_i`` is
+        ``removal_grad_dot``'s product for row i, from the same backward pass.
+        """
         x, y = self._inputs(batch)
         V = self._direction_vars()
-        jvp = _Jvp(self.model, self.params, V, self._stats(train), train)
-        logits, dlogits = jvp.forward(x)
-        dots = _persist(jvp.per_sample_dots(F.sum(per_sample_loss(logits, y))))
-        gv = F.sum(_loss_tangent(logits, dlogits, y)) * (1.0 / batch)
-        hv = nn.grad([gv], list(self.trainable.values()))
-        hv = [_persist(h) if h is not None else None for h in hv]
-        return _Graph(x=x, y=y, V=V, hv=hv, dots=dots)
+        w = nn.Variable.from_numpy_array(np.ones(batch, np.float32), need_grad=True)
+        logits, dlogits = _Jvp(self.model, self.params, V, self._stats(train), train, weights=w).forward(x)
+        gv = F.sum(w * _loss_tangent(logits, dlogits, y)) * (1.0 / batch)
+        grads = nn.grad([gv], list(self.trainable.values()) + [w])
+        hv = [_persist(h) if h is not None else None for h in grads[:-1]]
+        return _Graph(x=x, y=y, V=V, hv=hv, dots=_persist(grads[-1] * float(batch)))
+
+    def _build_removal_dot(self, batch: int, train: bool) -> _Graph:
+        """``removal_grad_dot`` by double backward: ``d/dw <U, grad_theta sum_k w_k l_k(theta; w)>``."""
+        x, y = self._inputs(batch)
+        U = self._direction_vars()
+        w = nn.Variable.from_numpy_array(np.ones(batch, np.float32), need_grad=True)
+        params = list(self.trainable.values())
+        logits = self.model.logits(x, self.params, train=train, stats=self._stats(train), row_weights=w)
+        grads = nn.grad([F.sum(w * per_sample_loss(logits, y))], params)
+        gu = None
+        for g, u in zip(grads, U.values()):
+            if g is None:
+                continue
+            term = F.sum(g * u)
+            gu = term if gu is None else gu + term
+        return _Graph(x=x, y=y, U=U, dots=_persist(nn.grad([gu], [w])[0]))
 
     def _build_dot_taps(self, batch: int, train: bool) -> _Graph:
         """Per-sample products from layer taps (``_Jvp.per_sample_dots``), no ``eps`` variable."""
@@ -449,15 +459,31 @@ class Learner:
         F.sink(*[h for h in g.hv if h is not None]).forward(clear_no_need_grad=True)
         return self._hv_dict(g.hv)
 
+    def removal_grad_dot(self, x: np.ndarray, y: np.ndarray, u: Mapping[str, np.ndarray],
+                         train: bool = True) -> np.ndarray:
+        """``d/dw_i <u, grad_theta sum_k w_k l_k>`` at ``w = 1`` for every row i (double backward).
+
+        ``w`` weights each row's loss and, for batch normalisation in training mode, its share of
+        the batch mean and variance, so minus this product is the first-order change of
+        ``<u, batch gradient>`` when row i is left out of the step (the counterfactual SGD step
+        drops the row, from its batch statistics too). Without training-mode batch norm it is
+        ``<u, grad l(z_i)>``.
+        """
+        g = self._graph("removal_dot", len(x), train, self._build_removal_dot)
+        g.x.d, g.y.d = x, self._onehot(y)
+        self._set_direction(g.U, u)
+        g.dots.forward(clear_no_need_grad=True)
+        return g.dots.d.astype(np.float64).copy()
+
     def grad_dot_and_hvp(self, x: np.ndarray, y: np.ndarray, u: Mapping[str, np.ndarray],
                          train: bool = True, method: Optional[str] = None) -> Tuple[np.ndarray, Vector]:
-        """``(per_sample_grad_dot(x, y, u), hessian_vector_product(x, y, u))`` in one pass.
+        """``(removal_grad_dot(x, y, u), hessian_vector_product(x, y, u))`` in one pass.
 
-        With forward-mode products available one graph shares the forward pass (and the
-        tangent layers ``f(h; u)``) between the two; otherwise the two separate calls.
+        With forward-mode products available one graph computes both from one forward-mode pass
+        and one backward pass (``_build_fused``); otherwise the two separate calls.
         """
         if self.hvp_method(method) != "forward":
-            return (self.per_sample_grad_dot(x, y, u, train=train),
+            return (self.removal_grad_dot(x, y, u, train=train),
                     self.hessian_vector_product(x, y, u, train=train, method=method))
         g = self._graph("fused", len(x), train, self._build_fused)
         g.x.d, g.y.d = x, self._onehot(y)

@@ -2,8 +2,13 @@
 
 Both run the backward recursion over the steps t of the last epoch, T-1 down to its first:
 
-    infl_j += (lr_t / |S_t|) <u, g_j(theta_t)>          for j in S_t
+    infl_j += (lr_t / |S_t|) d/dw_j <u, G_t(w)>           for j in S_t
     u      <- u - lr_t H_t(theta_t) u                    H_t: Hessian of the mini-batch mean loss
+
+with ``G_t(w) = grad sum_{k in S_t} w_k l(z_k; theta_t)`` at ``w = 1``, the weights also inside
+the batch statistics of training-mode batch norm (``Learner.removal_grad_dot``): leaving z_j out
+of a step drops it from the loss and from the normalisation of the other rows. Without batch
+norm, ``d/dw_j <u, G_t> = <u, grad l(z_j; theta_t)>`` as in Hara et al.
 
 from ``u = grad of the mean validation loss at theta_T``. ``infl_j`` estimates the change of
 the mean validation loss when z_j is left out of the last epoch (negative = harmful). "Hara"
@@ -86,7 +91,7 @@ def sgd_influence(learner: Learner, data: DataBundle, trace: Trace, u: Mapping[s
             if fused:
                 dots, hu = learner.grad_dot_and_hvp(x, y, u, train=True)
             else:
-                dots = learner.per_sample_grad_dot(x, y, u, train=True)
+                dots = learner.removal_grad_dot(x, y, u, train=True)
                 hu = learner.hessian_vector_product(x, y, u, train=True)
             infl[idx] += (lr / len(idx)) * dots
             u = {k: u[k] - lr * hu[k] for k in u}

@@ -128,3 +128,47 @@ def test_sgd_step_scales_by_the_original_batch_size():
     b.sgd_step(x, y, lr=0.1, batch_size=8)  # sum over 4 rows / 8: half the step
     np.testing.assert_allclose(b.params["fc/affine/W"].d - w0, (a.params["fc/affine/W"].d - w0) / 2, rtol=1e-4,
                                atol=1e-8)
+
+
+def test_row_weighted_batch_statistics_drop_a_row_at_weight_zero():
+    import nnabla as nn
+    import nnabla.functions as F
+    from models.networks import batch_standardize
+    rs = np.random.RandomState(3)
+    h = rs.randn(6, 3, 4, 4).astype(np.float32) * 2 + 1
+    w = nn.Variable.from_numpy_array(np.array([1, 1, 0, 1, 1, 1], np.float32))
+    xhat = batch_standardize(nn.Variable.from_numpy_array(h), w)[0]
+    xhat.forward()
+    kept = np.delete(h, 2, axis=0)
+    ref = F.batch_normalization(nn.Variable.from_numpy_array(kept), nn.Variable.from_numpy_array(np.zeros((1, 3, 1, 1), np.float32)),
+                                nn.Variable.from_numpy_array(np.ones((1, 3, 1, 1), np.float32)),
+                                nn.Variable((1, 3, 1, 1)), nn.Variable((1, 3, 1, 1)), batch_stat=True)
+    ref.forward()
+    np.testing.assert_allclose(np.delete(xhat.d, 2, axis=0), ref.d, rtol=1e-4, atol=1e-5)
+
+
+def test_removal_products_predict_leaving_a_row_out_of_a_batch_norm_step():
+    # <u, G(S)> - <u, G(S without i)> computed by actually dropping row i (batch statistics of the
+    # other rows change too): the removal product follows it, the row's own gradient share does not.
+    L = make("cnn6", shape=(1, 16, 16))
+    x, y = data(16, shape=(1, 16, 16))
+    u = rand_vec(L)
+    full = 16 * vdot(u, L.mean_loss_grad([(x, y)], train=True))
+    actual = np.array([full - 15 * vdot(u, L.mean_loss_grad([(np.delete(x, i, 0), np.delete(y, i))], train=True))
+                       for i in range(16)])
+    removal = L.removal_grad_dot(x, y, u, train=True)
+    share = L.per_sample_grad_dot(x, y, u, train=True)
+    r_removal, r_share = np.corrcoef(removal, actual)[0, 1], np.corrcoef(share, actual)[0, 1]
+    assert r_removal > 0.8 and r_removal > r_share + 0.1, (r_removal, r_share)
+
+
+def test_batch_standardize_is_accurate_where_the_mean_is_large():
+    import nnabla as nn
+    from models.networks import batch_standardize
+    h = (np.random.RandomState(0).randn(8, 4, 8, 8) * 0.5 + 30.0).astype(np.float32)
+    xhat = batch_standardize(nn.Variable.from_numpy_array(h))[0]
+    xhat.forward()
+    h64 = h.astype(np.float64)
+    m = h64.mean(axis=(0, 2, 3), keepdims=True)
+    ref = (h64 - m) / np.sqrt(((h64 - m) ** 2).mean(axis=(0, 2, 3), keepdims=True) + 1e-5)
+    assert np.abs(xhat.d - ref).max() < 1e-4
