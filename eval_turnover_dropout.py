@@ -12,32 +12,25 @@ import argparse
 import sys
 from typing import List, Optional
 
-from common.cli import add_run_arguments, positive_int, run_main
+from common.cli import add_run_arguments, run_main
 from sgd_influence.pipeline import DEFAULT_REMOVE, config_fields, run
 from turnover_dropout import NAME, TDRunConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_arguments(p, "output_turnover_dropout", DEFAULT_REMOVE)
+    add_run_arguments(p, "output_turnover_dropout", DEFAULT_REMOVE, explain_max=8)
     p.add_argument("--methods", nargs="+", default=[NAME, "Random"],
                    help="estimators to run (default: %(default)s; Hara and Ours may be added)")
     p.add_argument("--td-layers", nargs="+", default=None, metavar="POINT",
                    help="mask points turn-over dropout masks: cnn6 block1 block2 block3, mlp fc1, or 'all' "
                         "(default: the topmost only, cnn6 block3 = the 128 maps feeding the affine layer)")
-    p.add_argument("--explain-k", type=positive_int, default=5,
-                   help="training images shown per misclassified test image (default 5)")
-    p.add_argument("--explain-max", type=positive_int, default=8,
-                   help="misclassified test images explained per trial (default 8)")
-    p.add_argument("--explain-same-label", action="store_true",
-                   help="explain errors only by training images labelled as the wrong class (as the paper's figures)")
     return p
 
 
 def config_from_args(a: argparse.Namespace) -> TDRunConfig:
     layers = tuple(t for s in a.td_layers for t in s.split(",") if t) if a.td_layers else None
-    return TDRunConfig(**config_fields(a), td_layers=layers, explain_k=a.explain_k, explain_max=a.explain_max,
-                       explain_same_label=a.explain_same_label)
+    return TDRunConfig(**config_fields(a), td_layers=layers)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -61,8 +61,10 @@ def fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_default: Sequence[int]) -> None:
-    """The original example's flags plus the project's (SPEC section 3)."""
+def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_default: Sequence[int],
+                      explain_max: int = 0) -> None:
+    """The original example's flags plus the project's (SPEC section 3); ``explain_max``: the
+    driver's default number of test errors explained."""
     p.add_argument("-o", "--output", default=default_out, help="output folder (default: %(default)s)")
     p.add_argument("-ds", "--dataset", default="digits",
                    help="digits (embedded), mnist, cifar10, stl10, or a path to an NNC train CSV")
@@ -99,6 +101,15 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_defau
     p.add_argument("--cleanse", type=nonneg_int, nargs="+", default=[], metavar="N",
                    help="write cleansed/<method>_seed<k>_remove<N>.csv: the training set without the N most "
                         "harmful samples, as NNC CSV (with the trial's validation and test CSVs beside it)")
+    g = p.add_argument_group("explaining test errors (paper of turn-over dropout, Fig. 5)")
+    g.add_argument("--explain-max", type=nonneg_int, default=explain_max, metavar="N",
+                   help="explain the first N misclassified test images per trial by their most influential "
+                        "training images: fig/ and summary/explain_errors_*; Hara and Ours run one influence "
+                        f"recursion per image (default {explain_max}; 0: none)")
+    g.add_argument("--explain-k", type=positive_int, default=5,
+                   help="training images shown per misclassified test image (default 5)")
+    g.add_argument("--explain-same-label", action="store_true",
+                   help="explain errors only by training images labelled as the wrong class (as the paper's figures)")
     p.add_argument("--no-augment", action="store_true", help="train without random crop and flip")
     p.add_argument("--overwrite", action="store_true", help="start the output folder afresh if its settings differ")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -23,6 +23,7 @@ import pandas as pd
 
 from common.autodiff import Learner
 from common.errors import UserError
+from common.explain import plot_explanations
 from common.fileio import remove_stale_partials, write_csv_atomic, write_text_atomic
 from common.influence_csv import influence_frame, read_influence_csv, scores_by_position, write_influence_csv
 from common.params_io import load_params
@@ -33,6 +34,7 @@ from datasets.noise import apply_label_noise, check_fraction
 from . import analyze as analysis
 from . import report
 from .eval import SCORE_COLUMNS, removal_mask, retrain_scores
+from .explain import SGD_FORMULA, explain_errors
 from .infl import sgd_influence, validation_loss_grad
 from .validate import actual_influence, pick_validation_samples
 from .trace import Trace
@@ -69,6 +71,9 @@ class RunConfig:
     label_noise: float = 0.0
     gallery: int = 32
     cleanse: Sequence[int] = ()
+    explain_k: int = 5
+    explain_max: int = 0
+    explain_same_label: bool = False
 
     @property
     def seeds(self) -> List[int]:
@@ -87,7 +92,8 @@ def config_fields(a: argparse.Namespace) -> dict:
                 remove=a.remove, retrain_all=a.retrain_all, data_dir=a.data_dir, n_train=a.n_train,
                 n_val=a.n_val, n_test=a.n_test, val_csv=a.val_csv, test_csv=a.test_csv, context=a.context,
                 device_id=a.device_id, jobs=a.jobs, show_progress=not a.no_progress, validate=a.validate,
-                label_noise=a.label_noise, gallery=a.gallery, cleanse=a.cleanse)
+                label_noise=a.label_noise, gallery=a.gallery, cleanse=a.cleanse, explain_k=a.explain_k,
+                explain_max=a.explain_max, explain_same_label=a.explain_same_label)
 
 
 @dataclass
@@ -119,6 +125,8 @@ class Method:
     name: str
     compute: Callable[[Trial], np.ndarray]
     needs_hara_cache: bool = False
+    #: ``compute`` follows ``trial.u``, so restarting it from a test loss's gradient explains an error
+    explains_errors: bool = False
 
 
 def _hara(trial: Trial) -> np.ndarray:
@@ -138,8 +146,8 @@ def _random(trial: Trial) -> np.ndarray:
 
 
 METHODS: Dict[str, Method] = {
-    "Hara": Method("Hara", _hara, needs_hara_cache=True),
-    "Ours": Method("Ours", _ours),
+    "Hara": Method("Hara", _hara, needs_hara_cache=True, explains_errors=True),
+    "Ours": Method("Ours", _ours, explains_errors=True),
     "Random": Method("Random", _random),
 }
 
@@ -267,6 +275,9 @@ def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -
         frames[m.name] = read_influence_csv(csv, len(data.train))
     orders = {name: frame["datasource_index"].to_numpy() for name, frame in frames.items()}
     write_trial_reports(trial, frames, cleanse)
+    for m in methods:
+        if cfg.explain_max > 0 and m.explains_errors:
+            explain_trial(trial, m, timings)
 
     if cfg.validate > 0:
         validate_trial(trial, frames)
@@ -311,6 +322,23 @@ def write_trial_reports(trial: Trial, frames: Dict[str, pd.DataFrame], cleanse: 
             report.harmful_gallery(trial.data, frame, path, n=cfg.gallery, title=title, true_labels=true_labels)
         for n in cleanse:
             report.write_cleansed_csv(trial.data, frame, n, paths.root, roots, method=name, seed=seed)
+
+
+def explain_trial(trial: Trial, method: Method, timings: Timings) -> None:
+    """``summary/explain_errors_<method>_<seed>.csv`` and ``fig/explain_errors_<method>_<seed>.png``:
+    the first ``cfg.explain_max`` misclassified test images and their ``cfg.explain_k`` most
+    influential training images by ``method`` (one influence recursion per image)."""
+    cfg, seed, paths = trial.cfg, trial.seed, trial.paths
+    csv = paths.summary / f"explain_errors_{method.name}_{seed}.csv"
+    png = paths.fig / f"explain_errors_{method.name}_{seed}.png"
+    if csv.is_file() and png.is_file():
+        return
+    t0 = time.time()
+    table = explain_errors(trial, method.compute, cfg.explain_k, cfg.explain_max, cfg.explain_same_label)
+    write_csv_atomic(csv, table)
+    title = f"{method.name}: {cfg.dataset} / {cfg.train.model}, seed {seed}{_noise_text(cfg)}"
+    plot_explanations(table, trial.data, png, title, SGD_FORMULA)
+    timings.add("explain", method.name, time.time() - t0)
 
 
 def write_run_reports(cfg: RunConfig, paths: RunPaths, n_train: int, title: str) -> None:

@@ -184,3 +184,31 @@ def test_timings_from_two_writers_keep_each_others_rows(tmp_path):
     rows = pd.read_csv(tmp_path / "logs" / "timings_seed_0.csv", keep_default_na=False)
     assert [(r.stage, r.method, r.seconds) for r in rows.itertuples()] == [
         ("validate", "", 2.0), ("eval", "No_Removal", 3.0), ("train", "", 4.0)]
+
+
+def test_explaining_errors_restarts_the_recursion_from_the_wrong_class_loss(logreg_trial):
+    from dataclasses import replace
+    from common.params_io import load_params
+    from datasets import to_network_input
+    from sgd_influence.infl import sgd_influence
+    from sgd_influence.pipeline import Timings, Trial, explain_trial
+    cfg, data, paths, trace, _, _ = logreg_trial
+    _, learner = load_training(cfg.train, data, paths, 0)
+    trial = Trial(replace(cfg, explain_max=2, explain_k=3), 0, data, paths, trace, learner)
+    explain_trial(trial, METHODS["Hara"], Timings(paths, 0))
+    table = pd.read_csv(paths.summary / "explain_errors_Hara_0.csv")
+    assert (paths.fig / "explain_errors_Hara_0.png").stat().st_size > 10_000
+    assert len(table) == 6 and table.test_index.nunique() == 2
+    assert (table.predicted_label != table.true_label).all()
+    assert (table.train_label == data.train.labels[table.datasource_index]).all()
+    assert (table.train_id == data.train.ids[table.datasource_index]).all()
+    # the listed values are the recursion started from grad l((x_t, predicted class))
+    first = table.iloc[0]
+    t = int(first.test_index)
+    x = to_network_input(data.test.images[t:t + 1], data.mean, data.std)
+    u = learner.mean_loss_grad([(x, np.array([first.predicted_label]))], train=False)
+    direct = sgd_influence(learner, data, trace, u, cfg.train.augment,
+                           state_at=lambda s: load_params(paths.hara_step(0, s)))
+    rows = table[table.test_index == t]
+    np.testing.assert_allclose(rows.influence_on_wrong, np.sort(direct)[::-1][:3], rtol=1e-6)
+    assert list(rows.datasource_index) == list(np.argsort(-direct, kind="stable")[:3])

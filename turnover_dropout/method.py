@@ -36,17 +36,14 @@ NAME = "Turnover_dropout"
 class TDRunConfig(RunConfig):
     """``RunConfig`` plus the turn-over dropout settings.
 
-    ``td_layers``: mask points to mask (None = the model's topmost: cnn6 'block3', mlp 'fc1');
-    ``explain_k`` / ``explain_max``: training images shown per error / test errors explained;
-    ``explain_same_label``: candidates only among training images labelled as the wrong class.
+    ``td_layers``: mask points to mask (None = the model's topmost: cnn6 'block3', mlp 'fc1').
+    Explaining test errors is cheap here (two forward passes per pair): on by default.
     """
 
     out: str = "output_turnover_dropout"
     methods: Tuple[str, ...] = (NAME, "Random")
     td_layers: Optional[Tuple[str, ...]] = None
-    explain_k: int = 5
     explain_max: int = 8
-    explain_same_label: bool = False
 
     def manifest(self) -> dict:
         return {**super().manifest(), "td_layers": list(layers_of(self)), "td_p": P_KEEP}
@@ -91,11 +88,11 @@ def compute(trial: Trial) -> np.ndarray:
     scores = validation_influence(td, data, show_progress=cfg.show_progress)
     times.append(("influence", time.time() - t0))
 
-    if not (out["explain_csv"].is_file() and out["explain_png"].is_file()):
+    if cfg.explain_max > 0 and not (out["explain_csv"].is_file() and out["explain_png"].is_file()):
         t0 = time.time()
         write_explain_errors(td, data, out["explain_csv"], out["explain_png"],
-                             k=int(getattr(cfg, "explain_k", 5)), max_errors=int(getattr(cfg, "explain_max", 8)),
-                             title=title, same_label=bool(getattr(cfg, "explain_same_label", False)))
+                             k=cfg.explain_k, max_errors=cfg.explain_max, title=title,
+                             same_label=cfg.explain_same_label)
         times.append(("explain_errors", time.time() - t0))
     write_csv_atomic(out["timings"], pd.DataFrame(
         [{"stage": s, "seed": seed, "seconds": round(v, 3), "n_train": len(data.train), "n_val": len(data.val),

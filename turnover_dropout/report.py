@@ -13,15 +13,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from common.batches import split_batches  # noqa: E402
-from common.figures import save_figure, show_image  # noqa: E402
+from common.explain import EXPLAIN_COLUMNS, explanation_table, misclassified, plot_explanations  # noqa: E402
+from common.figures import save_figure  # noqa: E402
 from common.fileio import write_csv_atomic  # noqa: E402
 from datasets import DataBundle  # noqa: E402
 
 from .influence import influence_on_targets, split_features  # noqa: E402
 from .network import TDLearner  # noqa: E402
-
-EXPLAIN_COLUMNS = ["test_index", "test_id", "true_label", "predicted_label", "rank", "datasource_index",
-                   "train_id", "train_label", "influence_on_wrong"]
 
 
 # ---------------------------------------------------------------------------- Fig. 2
@@ -49,6 +47,9 @@ def plot_loss_curve(curve: pd.DataFrame, path: Path, title: str = "") -> None:
 
 
 # ---------------------------------------------------------------------------- Fig. 5
+TD_FORMULA = "I = L(f^m~(z_i), (x, pred)) - L(f^m(z_i), (x, pred)) > 0: z_i lowers the wrong class's loss"
+
+
 def explain_errors(td: TDLearner, data: DataBundle, k: int = 5, max_errors: int = 8,
                    same_label: bool = False) -> pd.DataFrame:
     """For the first ``max_errors`` test images the TD network (no mask) gets wrong, the ``k``
@@ -61,65 +62,17 @@ def explain_errors(td: TDLearner, data: DataBundle, k: int = 5, max_errors: int 
     labelled as the wrong class are candidates (the paper's Figs. 3-5 show such images).
     """
     preds = np.concatenate([td.losses_and_predictions(x, y)[1] for x, y in split_batches(data, data.test)])
-    wrong = np.flatnonzero(preds != data.test.labels)[:max_errors]
+    wrong = misclassified(preds, data.test.labels, max_errors)
     if len(wrong) == 0:
         return pd.DataFrame(columns=EXPLAIN_COLUMNS)
     h = split_features(td, data, data.test, wrong)
     infl = influence_on_targets(td, h, preds[wrong], len(data.train), reduce_mean=False)  # (n_train, E)
-    rows = []
-    for j, t in enumerate(wrong):
-        order = np.lexsort((np.arange(len(data.train)), -infl[:, j]))
-        if same_label:
-            order = order[data.train.labels[order] == preds[t]]
-        order = order[:k]
-        for r, i in enumerate(order, start=1):
-            rows.append({"test_index": int(t), "test_id": str(data.test.ids[t]),
-                         "true_label": int(data.test.labels[t]), "predicted_label": int(preds[t]),
-                         "rank": r, "datasource_index": int(i), "train_id": str(data.train.ids[i]),
-                         "train_label": int(data.train.labels[i]), "influence_on_wrong": float(infl[i, j])})
-    return pd.DataFrame(rows, columns=EXPLAIN_COLUMNS)
-
-
-def plot_explain_errors(table: pd.DataFrame, data: DataBundle, path: Path, title: str = "") -> None:
-    """Top row: misclassified test images; under each, its most influential training images."""
-    tests = list(dict.fromkeys(table["test_index"].tolist())) if len(table) else []
-    k = int(table["rank"].max()) if len(table) else 0
-    ncol, nrow = max(1, len(tests)), 1 + k
-    fig, axes = plt.subplots(nrow, ncol, figsize=(1.6 * ncol + 1.0, 1.95 * nrow + 1.0), squeeze=False,
-                             constrained_layout=True)
-    if not tests:
-        axes[0, 0].axis("off")
-        axes[0, 0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
-    for c, t in enumerate(tests):
-        sub = table[table["test_index"] == t].sort_values("rank")
-        first = sub.iloc[0]
-        ax = axes[0, c]
-        show_image(ax, data.test.images[t])
-        ax.set_title(f"test #{t}\ntrue {first.true_label} -> pred {first.predicted_label}",
-                     fontsize=9, color="tab:red")
-        for r in range(1, nrow):
-            ax = axes[r, c]
-            row = sub[sub["rank"] == r]
-            if not len(row):
-                ax.axis("off")
-                continue
-            row = row.iloc[0]
-            show_image(ax, data.train.images[int(row.datasource_index)])
-            same = int(row.train_label) == int(first.predicted_label)
-            ax.set_title(f"label {row.train_label}, #{row.datasource_index}\nI={row.influence_on_wrong:+.3g}",
-                         fontsize=8, color="tab:blue" if same else "k")
-    for r in range(nrow):
-        axes[r, 0].set_ylabel("misclassified\ntest image" if r == 0 else f"rank {r}", fontsize=9)
-    fig.suptitle((title + "\n" if title else "") +
-                 "training images with the largest influence towards the wrong prediction\n"
-                 "I = L(f^m~(z_i), (x, pred)) - L(f^m(z_i), (x, pred)) > 0: z_i lowers the wrong class's loss "
-                 "(blue title: labelled as the wrong class)", fontsize=8.5)
-    save_figure(fig, path, dpi=130)
+    return explanation_table(data, wrong, preds, infl, k, same_label)
 
 
 def write_explain_errors(td: TDLearner, data: DataBundle, csv: Path, png: Path, k: int = 5,
                          max_errors: int = 8, title: str = "", same_label: bool = False) -> pd.DataFrame:
     table = explain_errors(td, data, k, max_errors, same_label)
     write_csv_atomic(csv, table)
-    plot_explain_errors(table, data, png, title)
+    plot_explanations(table, data, png, title, TD_FORMULA)
     return table

@@ -1,0 +1,50 @@
+"""Explaining test errors with an SGD-influence estimator (Hara or Ours), one recursion per image.
+
+For a misclassified test image ``(x, y)`` predicted as ``c``, the recursion of ``infl.sgd_influence``
+is started from ``u = grad_theta l((x, c); theta_T)`` (batch norm in inference mode, as every test
+loss) instead of the validation-loss gradient: ``infl[i]`` then estimates the change of the
+*wrong class's* loss when ``z_i`` is left out of the last epoch, the quantity ``common.explain``
+ranks (positive = ``z_i`` pushes towards the error). Cost: one influence stage per explained image.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from common.batches import split_batches
+from common.explain import EXPLAIN_COLUMNS, explanation_table, misclassified
+from datasets import to_network_input
+
+#: What ``I`` means in the SGD-influence explanation figure.
+SGD_FORMULA = "I = estimated change of the wrong class's loss when z_i leaves the last epoch; I > 0: z_i pushes towards it"
+
+
+def test_predictions(trial) -> np.ndarray:
+    """Predicted class of every test image at the final parameters (inference mode)."""
+    data = trial.data
+    return np.concatenate([trial.learner.losses_and_predictions(x, y)[1] for x, y in split_batches(data, data.test)])
+
+
+def wrong_class_influence(trial, compute: Callable, wrong: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    """(n_train, len(wrong)): ``compute`` (a ``Method.compute``) run once per test image ``wrong[e]``
+    with the trial's ``u`` replaced by the gradient of that image's loss for its predicted class."""
+    data, learner = trial.data, trial.learner
+    cols = []
+    for t in wrong:
+        x = to_network_input(data.test.images[t:t + 1], data.mean, data.std)
+        u = learner.mean_loss_grad([(x, np.asarray(preds[t:t + 1]))], train=False)
+        cols.append(compute(replace(trial, _u=u)))
+    return np.stack(cols, axis=1) if cols else np.zeros((len(data.train), 0))
+
+
+def explain_errors(trial, compute: Callable, k: int, max_errors: int, same_label: bool = False) -> pd.DataFrame:
+    """The table of ``common.explain`` for the first ``max_errors`` misclassified test images."""
+    preds = test_predictions(trial)
+    wrong = misclassified(preds, trial.data.test.labels, max_errors)
+    if len(wrong) == 0:
+        return pd.DataFrame(columns=EXPLAIN_COLUMNS)
+    infl = wrong_class_influence(trial, compute, wrong, preds)
+    return explanation_table(trial.data, wrong, preds, infl, k, same_label)
