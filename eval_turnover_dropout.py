@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(p, "output_turnover_dropout", DEFAULT_REMOVE, explain_max=8)
     p.add_argument("--methods", nargs="+", default=[NAME, "Random"],
-                   help="estimators to run (default: %(default)s; Hara and Ours may be added)")
+                   help="estimators to run (default: %(default)s; Turnover_dropout_self (self-influence, to find "
+                        "mislabeled samples), Hara and Ours may be added)")
     p.add_argument("--td-layers", nargs="+", default=None, metavar="POINT",
                    help="mask points turn-over dropout masks: cnn6 block1 block2 block3, mlp fc1, or 'all' "
                         "(default: the topmost only, cnn6 block3 = the 128 maps feeding the affine layer)")

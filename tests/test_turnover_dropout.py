@@ -252,3 +252,23 @@ def test_explain_errors_sign_and_same_label(tiny_td):
     h = tdi.split_features(td, data, data.test, np.array([row.test_index]))
     all_i = tdi.influence_on_targets(td, h, y, 120, reduce_mean=False)[:, 0]
     assert abs(all_i.max() - row.influence_on_wrong) < 1e-5
+
+
+def test_self_influence_finds_flipped_labels_and_the_check_splits_them(tmp_path):
+    out = tmp_path / "noisy"
+    args = ["-ds", "digits", "-m", "mlp", "-e", "20", "--n-train", "400", "--label-noise", "0.2", "-r", "0",
+            "--methods", "Turnover_dropout", "Turnover_dropout_self", "--explain-max", "0", "--gallery", "0",
+            "-j", "1", "--no-progress", "-o", str(out)]
+    assert driver.main(args) == 0
+    infl = pd.read_csv(out / "influence/Turnover_dropout_self/influence_turnover_dropout_self_0.csv")
+    assert len(infl) == 400 and infl.influence.is_monotonic_increasing
+    found = int(infl.noisy.iloc[:40].sum())  # 80 flipped of 400: a random 10% holds 8 (measured 29)
+    assert found >= 24, found
+    check = pd.read_csv(out / "summary/turnover_check_0.csv").set_index("group")
+    assert list(check.index) == ["all", "clean", "flipped_label"]
+    assert list(check.n) == [400, 320, 80]
+    assert check.loc["flipped_label", "train_loss_flipped_mask"] > 2 * check.loc["clean", "train_loss_flipped_mask"]
+    assert bool(check.loc["clean", "flipped_closer_to_val"])
+    assert not (out / "summary/explain_errors_0.csv").exists()   # --explain-max 0
+    det = pd.read_csv(out / "summary/detection.csv")
+    assert {"Turnover_dropout", "Turnover_dropout_self"} <= set(det.method)

@@ -24,12 +24,13 @@ from common.fileio import write_csv_atomic
 from models import MODELS
 from sgd_influence.pipeline import Method, RunConfig, Trial, register_method
 
-from .influence import validation_influence
+from .influence import instance_losses, validation_influence
 from .masks import P_KEEP, resolve_layers
 from .report import plot_loss_curve, write_explain_errors
-from .train import cached_turnover
+from .train import cached_turnover, loss_check
 
 NAME = "Turnover_dropout"
+SELF_NAME = "Turnover_dropout_self"
 
 
 @dataclass
@@ -63,26 +64,51 @@ def output_paths(trial: Trial) -> dict:
     p, s = trial.paths, trial.seed
     return {"curve_csv": p.summary / f"turnover_loss_curve_{s}.csv",
             "curve_png": p.fig / f"turnover_loss_curve_{s}.png",
+            "check_csv": p.summary / f"turnover_check_{s}.csv",
             "explain_csv": p.summary / f"explain_errors_{s}.csv",
             "explain_png": p.fig / f"explain_errors_{s}.png",
             "timings": p.root / "logs" / f"turnover_timings_seed_{s}.csv"}
 
 
-def compute(trial: Trial) -> np.ndarray:
-    """Turn-over dropout influence of every training instance of ``trial`` (negative = harmful)."""
+def _title(trial: Trial, layers) -> str:
+    return f"{trial.cfg.dataset} / {trial.cfg.train.model}, turn-over dropout on {'+'.join(layers)}, seed {trial.seed}"
+
+
+def turnover_network(trial: Trial, times: list):
+    """The trial's TD network (trained once, then from the cache), with its loss-curve figure and
+    ``summary/turnover_check_<seed>.csv`` written beside it if missing."""
     cfg, data, seed = trial.cfg, trial.data, trial.seed
     layers = layers_of(cfg)
     out = output_paths(trial)
-    title = f"{cfg.dataset} / {cfg.train.model}, turn-over dropout on {'+'.join(layers)}, seed {seed}"
-    times = []
-
     t0 = time.time()
     td, curve, trained = cached_turnover(cfg.train, data, trial.trace, trial.paths, seed, layers,
                                          show_progress=cfg.show_progress)
     times.append(("td_train" if trained else "td_load", time.time() - t0))
     if not (out["curve_csv"].is_file() and out["curve_png"].is_file()):
         write_csv_atomic(out["curve_csv"], curve)
-        plot_loss_curve(curve, out["curve_png"], title)
+        plot_loss_curve(curve, out["curve_png"], _title(trial, layers))
+    if not out["check_csv"].is_file():
+        write_csv_atomic(out["check_csv"], loss_check(td, data, trial.noisy if cfg.label_noise > 0 else None))
+    return td, layers
+
+
+def _write_times(trial: Trial, times: list, layers, method: str) -> None:
+    path = output_paths(trial)["timings"]
+    rows = [{"method": method, "stage": s, "seed": trial.seed, "seconds": round(v, 3), "n_train": len(trial.data.train),
+             "n_val": len(trial.data.val), "layers": "+".join(layers)} for s, v in times]
+    if path.is_file():
+        old = pd.read_csv(path)
+        if "method" in old:
+            rows = old[old["method"] != method].to_dict("records") + rows
+    write_csv_atomic(path, pd.DataFrame(rows))
+
+
+def compute(trial: Trial) -> np.ndarray:
+    """Turn-over dropout influence of every training instance of ``trial`` (negative = harmful)."""
+    cfg, data = trial.cfg, trial.data
+    out = output_paths(trial)
+    times = []
+    td, layers = turnover_network(trial, times)
 
     t0 = time.time()
     scores = validation_influence(td, data, show_progress=cfg.show_progress)
@@ -91,14 +117,28 @@ def compute(trial: Trial) -> np.ndarray:
     if cfg.explain_max > 0 and not (out["explain_csv"].is_file() and out["explain_png"].is_file()):
         t0 = time.time()
         write_explain_errors(td, data, out["explain_csv"], out["explain_png"],
-                             k=cfg.explain_k, max_errors=cfg.explain_max, title=title,
+                             k=cfg.explain_k, max_errors=cfg.explain_max, title=_title(trial, layers),
                              same_label=cfg.explain_same_label)
         times.append(("explain_errors", time.time() - t0))
-    write_csv_atomic(out["timings"], pd.DataFrame(
-        [{"stage": s, "seed": seed, "seconds": round(v, 3), "n_train": len(data.train), "n_val": len(data.val),
-          "layers": "+".join(layers)} for s, v in times]))
+    _write_times(trial, times, layers, NAME)
     return scores
 
 
+def compute_self(trial: Trial) -> np.ndarray:
+    """Minus the self-influence ``I(z_i, z_i) = L(f^{m~(z_i)}, z_i) - L(f^{m(z_i)}, z_i)`` of every
+    training instance: how much ``z_i``'s own loss rises without ``z_i`` (Koh & Liang's ranking for
+    fixing mislabeled examples, estimated by turn-over dropout). Negated so that, as for every
+    method, the lowest score comes first: samples only memorised, not predicted, lead."""
+    times = []
+    td, layers = turnover_network(trial, times)
+    t0 = time.time()
+    own, flipped, _ = instance_losses(td, trial.data, np.arange(len(trial.data.train)))
+    times.append(("self_influence", time.time() - t0))
+    _write_times(trial, times, layers, SELF_NAME)
+    return own - flipped
+
+
 METHOD = Method(NAME, compute)
+SELF_METHOD = Method(SELF_NAME, compute_self)
 register_method(METHOD)
+register_method(SELF_METHOD)

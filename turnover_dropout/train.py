@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,8 @@ CURVE_MAX = 2000   # training instances whose own/flipped loss is tracked per ep
 CURVE_COLUMNS = ["epoch", "train_loss_steps", "train_loss_own_mask", "train_loss_flipped_mask",
                  "train_loss_no_mask", "val_loss", "val_loss_random_mask", "test_loss",
                  "val_accuracy", "test_accuracy", "seconds"]
+CHECK_COLUMNS = ["group", "n", "train_loss_own_mask", "train_loss_flipped_mask", "train_loss_no_mask", "val_loss",
+                 "val_loss_random_mask", "flipped_closer_to_val"]
 
 
 def cache_dir(paths: RunPaths, seed: int) -> Path:
@@ -66,6 +68,28 @@ def epoch_curve_row(td: TDLearner, data: DataBundle, curve_idx: np.ndarray) -> d
             "train_loss_no_mask": float(full.mean()), "val_loss": val_loss,
             "val_loss_random_mask": total / max(1, len(data.val)), "test_loss": test_loss,
             "val_accuracy": val_acc, "test_accuracy": test_acc}
+
+
+def loss_check(td: TDLearner, data: DataBundle, noisy: Optional[np.ndarray] = None) -> pd.DataFrame:
+    """The paper's Fig. 2 check on the final TD network, one row per group of training instances
+    (all; with label noise also 'clean' and 'flipped_label'): own-, flipped- and no-mask training
+    loss beside the validation loss (no mask and random half mask), and whether the flipped-mask
+    loss is closer to the validation loss than to the own-mask training loss. A flipped label's
+    own loss is memorised and its flipped-mask loss is that of the true class, so only the clean
+    group can track the validation loss."""
+    n = len(data.train)
+    groups = [("all", np.arange(n))]
+    if noisy is not None:
+        groups += [("clean", np.flatnonzero(~noisy)), ("flipped_label", np.flatnonzero(noisy))]
+    rows = []
+    for name, idx in groups:
+        if len(idx) == 0:
+            continue
+        r = epoch_curve_row(td, data, idx)
+        rows.append({"group": name, "n": len(idx), **{k: r[k] for k in CHECK_COLUMNS[2:-1]},
+                     "flipped_closer_to_val": bool(abs(r["train_loss_flipped_mask"] - r["val_loss"]) <
+                                                   abs(r["train_loss_flipped_mask"] - r["train_loss_own_mask"]))})
+    return pd.DataFrame(rows, columns=CHECK_COLUMNS)
 
 
 def train_turnover(cfg: TrainConfig, data: DataBundle, trace: Trace, seed: int, layers: Sequence[str],
