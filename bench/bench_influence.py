@@ -27,13 +27,13 @@ WORK = Path(os.environ.get("BENCH_WORK", "/tmp/bench_influence_work"))
 BATCH, LR = 32, 0.05
 
 
-def _setup(n_train):
+def _setup(n_train, n_val=1000):
     import logging
     logging.getLogger("nnabla").setLevel(logging.WARNING)
     from datasets import load_dataset
     from common.paths import RunPaths
     from sgd_influence.train import TrainConfig
-    data = load_dataset("mnist", 0, data_dir=str(MNIST), n_train=n_train, n_val=1000, n_test=1000)
+    data = load_dataset("mnist", 0, data_dir=str(MNIST), n_train=n_train, n_val=n_val, n_test=1000)
     cfg = TrainConfig(model="cnn6", epochs=1, batch_size=BATCH, lr=LR, augment=True)
     return data, cfg, RunPaths(WORK)
 
@@ -45,8 +45,23 @@ def task(name: str, args) -> dict:
     from common.params_io import load_params
     from sgd_influence.infl import sgd_influence, validation_loss_grad
     from sgd_influence.train import load_training, train_with_trace
-    data, cfg, paths = _setup(args.n_train)
     out = {}
+    if name == "full_mnist_memory":  # peak memory of Ours' stage on all 50,000 training samples
+        from sgd_influence.trace import make_schedule
+        from sgd_influence.train import new_learner
+        full, cfg, _ = _setup(None, None)
+        learner = new_learner(cfg, full, 0)  # memory does not depend on the weights' values
+        trace = make_schedule(len(full.train), 1, BATCH, LR, 0)
+        t0 = time.perf_counter()
+        u = validation_loss_grad(learner, full)
+        out["u_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        n = args.steps or 20
+        sgd_influence(learner, full, trace, u, True, max_steps=n)
+        out.update(n_train=len(full.train), n_val=len(full.val), steps_run=n,
+                   influence_seconds=time.perf_counter() - t0)
+        return out
+    data, cfg, paths = _setup(args.n_train)
     if name == "train":  # one epoch with the trace and Hara's cache (also prepares the others)
         t0 = time.perf_counter()
         train_with_trace(cfg, data, paths, 0, save_hara=True, show_progress=False)
@@ -88,6 +103,7 @@ def task(name: str, args) -> dict:
                  "fused": lambda: learner.grad_dot_and_hvp(x, y, u)[1],
                  "dots_eps": lambda: learner.per_sample_grad_dot(x, y, u, method="eps"),
                  "dots_taps": lambda: learner.per_sample_grad_dot(x, y, u, method="taps"),
+                 "removal_dots_double_backward": lambda: learner.removal_grad_dot(x, y, u),
                  "train_step": lambda: learner.sgd_step(x, y, 0.0)}
         for k, f in calls.items():
             vals[k] = f()
@@ -104,15 +120,17 @@ def task(name: str, args) -> dict:
         for k in ("double_backward", "forward", "fused"):
             out[f"{k}_seconds"] = min(t[k])
             out[f"{k}_rel_err"] = vnorm({p: vals[k][p] - ref[p] for p in ref}) / vnorm(ref)
-        for k in ("dots_eps", "dots_taps", "train_step"):
+        for k in ("dots_eps", "dots_taps", "removal_dots_double_backward", "train_step"):
             out[f"{k}_seconds"] = min(t[k])
+        rd = vals["removal_dots_double_backward"]
+        out["fused_dots_rel_err"] = float(np.abs(learner.grad_dot_and_hvp(x, y, u)[0] - rd).max() / np.abs(rd).max())
         return out
     if name.startswith(("ours", "hara")):  # ours / hara / ours_ref / hara_ref
         u = validation_loss_grad(learner, data)
         ref = name.endswith("_ref")
         state_at = (lambda s: load_params(paths.hara_step(0, s))) if name.startswith("hara") else None
         n = args.steps or len(steps)
-        if ref:  # the code before this work: double-backward HVP, eps products, separate calls
+        if ref:  # the straightforward way: double-backward HVP and removal products, separate calls
             learner.default_hvp, learner.default_dot = "double_backward", "eps"
         kw = dict(state_at=state_at, fused=not ref, prefetch=not ref)
         t0 = time.perf_counter()
@@ -164,7 +182,7 @@ def main():
     skip = set(filter(None, args.skip.split(",")))
     R = {}
     print(f"bench: cnn6, {args.n_train} MNIST samples, batch {BATCH}; one process per task", flush=True)
-    for name in ("train", "products", "hvp", "ours", "ours_ref", "hara", "hara_ref"):
+    for name in ("train", "products", "hvp", "ours", "ours_ref", "hara", "hara_ref", "full_mnist_memory"):
         if name not in skip:
             R[name] = run_task(name, args)
     import numpy as np
@@ -186,8 +204,9 @@ def main():
         for k in ("double_backward", "forward", "fused"):
             row(f"hvp_{k}", h[f"{k}_seconds"], rel_err_vs_double_backward=h[f"{k}_rel_err"],
                 steps_per_train_step=round(h[f"{k}_seconds"] / h["train_step_seconds"], 2))
-        for k in ("dots_eps", "dots_taps", "train_step"):
+        for k in ("dots_eps", "dots_taps", "removal_dots_double_backward", "train_step"):
             row(f"minibatch_{k}", h[f"{k}_seconds"])
+        rows["hvp_fused"]["dots_rel_err_vs_double_backward"] = h["fused_dots_rel_err"]
     for name in ("ours", "ours_ref", "hara", "hara_ref"):
         if name in R:
             r = R[name]
@@ -198,8 +217,14 @@ def main():
                 b = np.load(WORK / f"infl_{name}_ref.npy")
                 extra["max_rel_diff_vs_ref"] = float(np.abs(a - b).max() / np.abs(b).max())
             row(f"influence_{name}", r["seconds"], **extra)
+    if "full_mnist_memory" in R:
+        m = R["full_mnist_memory"]
+        rows["influence_ours_full_mnist_memory"] = {
+            "peak_rss_mib": round(m["peak_rss_mib"], 1), "n_train": m["n_train"], "n_val": m["n_val"],
+            "steps_run": m["steps_run"], "note": "measured: all of MNIST in memory, u over the 10,000 "
+            "validation images, then the recursion (initial weights; memory does not depend on them)"}
     # Projection: eval_sgd_influence.py -ds mnist -nt 10 (50,000 samples, 20 epochs, batch 32, 3 methods).
-    n_full, T = 50000, -(-50000 // BATCH)
+    T = -(-50000 // BATCH)
     step = epoch / R["train"]["steps"]
     per_trial = {"train_20_epochs": 20 * T * step,
                  "retrain_last_epoch_x37": 37 * T * step,  # 12 n x 3 methods, n=0 once
@@ -232,7 +257,9 @@ def main():
         notes = ", ".join(f"{a}={b:.2e}" if isinstance(b, float) else f"{a}={b}" for a, b in v.items()
                           if a not in ("seconds", "epochs"))
         print(f"| {k:32s} | {v['seconds']:9.2f} | {v['epochs']:8.3f} | {notes}")
-    for k in ("projection_mnist_nt10_cpu", "projection_mnist_nt10_gpu"):
+    for k in ("influence_ours_full_mnist_memory", "projection_mnist_nt10_cpu", "projection_mnist_nt10_gpu"):
+        if k not in rows:
+            continue
         print(f"{k}: {rows[k]}")
     print(f"wrote {ROOT / 'bench' / 'results.json'}")
 

@@ -112,9 +112,7 @@ class _Jvp:
         w = self.weights
         if self.train:
             xhat, inv = batch_standardize(h, w)
-            out = (channel_affine(xhat, gamma, beta) if w is not None else
-                   F.batch_normalization(h, beta, gamma, mean, var, axes=[1], decay_rate=0.9, eps=1e-5,
-                                         batch_stat=True))
+            out = channel_affine(xhat, gamma, beta)
         else:
             out = F.batch_normalization(h, beta, gamma, mean, var, axes=[1], decay_rate=0.9, eps=1e-5,
                                         batch_stat=False)
@@ -175,6 +173,16 @@ class _Jvp:
             term = _product_rowsum(d, t)
             dots = term if dots is None else dots + term
         return dots
+
+
+def _graph_dot(grads, directions):
+    """``sum_p <grads_p, directions_p>`` as a graph scalar (``None`` gradients skipped)."""
+    total = None
+    for g, v in zip(grads, directions):
+        if g is not None:
+            term = F.sum(g * v)
+            total = term if total is None else total + term
+    return total
 
 
 def _loss_tangent(logits, dlogits, onehot):
@@ -254,7 +262,8 @@ class Learner:
 
     def _build_grad(self, batch: int, train: bool) -> _Graph:
         x, y = self._inputs(batch)
-        logits = self.model.logits(x, self.params, train=train, stats=self._stats(train))
+        logits = self.model.logits(x, self.params, train=train, stats=self._stats(train),
+                                   row_weights=self._unit_weights(batch) if train else None)
         loss = F.sum(per_sample_loss(logits, y))
         grads = nn.grad([loss], list(self.trainable.values()))
         grads = [_persist(g) if g is not None else None for g in grads]
@@ -278,18 +287,19 @@ class Learner:
         x, y = self._inputs(batch)
         V = self._direction_vars()
         params = list(self.trainable.values())
-        logits = self.model.logits(x, self.params, train=train, stats=self._stats(train))
+        logits = self.model.logits(x, self.params, train=train, stats=self._stats(train),
+                                   row_weights=self._unit_weights(batch) if train else None)
         loss = F.mean(per_sample_loss(logits, y))
-        grads = nn.grad([loss], params)
-        gv = None
-        for g, v in zip(grads, V.values()):
-            if g is None:
-                continue
-            term = F.sum(g * v)
-            gv = term if gv is None else gv + term
+        gv = _graph_dot(nn.grad([loss], params), V.values())
         hv = nn.grad([gv], params)
         hv = [_persist(h) if h is not None else None for h in hv]
         return _Graph(x=x, y=y, V=V, hv=hv)
+
+    @staticmethod
+    def _unit_weights(batch: int) -> nn.Variable:
+        """Row weights 1: training-mode batch norm in the two-pass form the forward-mode graphs use
+        (nnabla's fused kernel computes the variance as E[h^2] - E[h]^2, less accurately)."""
+        return nn.Variable.from_numpy_array(np.ones(batch, np.float32))
 
     def _build_hvp_forward(self, batch: int, train: bool) -> _Graph:
         """``H v`` as the gradient of the forward-mode directional derivative ``<v, grad L>``."""
@@ -324,13 +334,7 @@ class Learner:
         w = nn.Variable.from_numpy_array(np.ones(batch, np.float32), need_grad=True)
         params = list(self.trainable.values())
         logits = self.model.logits(x, self.params, train=train, stats=self._stats(train), row_weights=w)
-        grads = nn.grad([F.sum(w * per_sample_loss(logits, y))], params)
-        gu = None
-        for g, u in zip(grads, U.values()):
-            if g is None:
-                continue
-            term = F.sum(g * u)
-            gu = term if gu is None else gu + term
+        gu = _graph_dot(nn.grad([F.sum(w * per_sample_loss(logits, y))], params), U.values())
         return _Graph(x=x, y=y, U=U, dots=_persist(nn.grad([gu], [w])[0]))
 
     def _build_dot_taps(self, batch: int, train: bool) -> _Graph:

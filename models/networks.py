@@ -103,12 +103,14 @@ def batch_standardize(h, weights=None, eps: float = 1e-5):
 def _batch_norm(h, params, prefix: str, train: bool, tangent: Optional[Tangent], stats, row_weights=None):
     """Batch normalisation; ``stats`` maps 'mean'/'var' names to the variables to use (and update).
 
-    ``row_weights`` (training mode only): batch statistics weighted per row, running statistics
-    not updated.
+    Training mode with ``row_weights`` (batch statistics weighted per row) or a tangent: the
+    two-pass form of ``batch_standardize``, running statistics not updated. The analysis graphs
+    use it; plain training keeps nnabla's fused kernel, whose variance ``E[h^2] - E[h]^2`` in
+    float32 is less accurate where a channel's mean is large.
     """
     beta, gamma = params[f"{prefix}/beta"], params[f"{prefix}/gamma"]
     mean, var = stats[f"{prefix}/mean"], stats[f"{prefix}/var"]
-    if train and row_weights is not None:
+    if train and (row_weights is not None or tangent is not None):
         xhat = batch_standardize(h, row_weights)[0]
         if tangent is None:
             return channel_affine(xhat, gamma, beta)

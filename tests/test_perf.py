@@ -28,10 +28,7 @@ def test_fused_dots_and_hvp_equal_separate_calls(name, train):
     ref_dots = L.removal_grad_dot(x, y, u, train=train)
     ref_hv = L.hessian_vector_product(x, y, u, train=train, method="double_backward")
     np.testing.assert_allclose(dots, ref_dots, rtol=1e-5, atol=1e-5 * np.abs(ref_dots).max())
-    # Training-mode batch norm: the fused graph standardises with the explicit (two-pass) batch
-    # variance, nnabla's fused batch_normalization with E[h^2] - E[h]^2 in float32, which is off
-    # by ~1e-4 relative where the mean is large (test_batch_standardize_is_accurate).
-    assert rel(hv, ref_hv) < (2e-3 if (name == "cnn6" and train) else 1e-5)
+    assert rel(hv, ref_hv) < 1e-5
     if not (name == "cnn6" and train):
         # Without batch statistics, removing a row removes exactly its own gradient.
         own = L.per_sample_grad_dot(x, y, u, train=train, method="eps")
@@ -91,4 +88,4 @@ def test_fused_prefetched_influence_equals_reference_influence(tmp_path):
         ref = sgd_influence(learner, data, trace, u, True, state_at=state_at, fused=False, prefetch=False)
         learner.default_hvp, learner.default_dot = "auto", "auto"
         err = np.abs(fast - ref).max() / np.abs(ref).max()
-        assert err < 1e-3, err  # batch-norm variance rounding, see test_fused_dots_and_hvp_equal_separate_calls
+        assert err < 1e-5, err
