@@ -29,6 +29,7 @@ import nnabla.functions as F
 import nnabla.solvers as S
 import numpy as np
 
+from common.fastmul import mul
 from models.networks import (Model, Tangent, batch_standardize, channel_affine, per_sample_loss,
                              weighted_batch_mean)
 
@@ -60,7 +61,7 @@ def _pool_tangent(dh, h, out_shape):
     ``MaxPoolingBackwardDataGrad``, has a wrong graph-level backward in 1.39)."""
     pick = F.max_pooling_backward(F.constant(1.0, out_shape), h, (2, 2), (2, 2))
     pick.need_grad = False
-    return F.sum_pooling(dh * pick, (2, 2))
+    return F.sum_pooling(mul(dh, pick), (2, 2))
 
 
 class _Jvp:
@@ -129,7 +130,7 @@ class _Jvp:
         # d xhat = (dc - xhat * mean(xhat * dc)) / s with dc = dh - mean(dh);
         # mean(xhat * dc) = mean(xhat * dh) as mean(xhat) = 0.
         mdh = weighted_batch_mean(dh, w)
-        m = weighted_batch_mean(xhat * dh, w)
+        m = weighted_batch_mean(mul(xhat, dh), w)
         return out, channel_affine(dh, a, -a * mdh) + channel_affine(xhat, -a * m) + t
 
     def relu(self, h, dh):
@@ -137,7 +138,7 @@ class _Jvp:
             return F.relu(h), None
         mask = F.greater_scalar(h, 0.0)
         mask.need_grad = False
-        return F.relu(h), dh * mask
+        return F.relu(h), mul(dh, mask)
 
     def max_pool(self, h, dh):
         out = F.max_pooling(h, (2, 2))
@@ -305,7 +306,8 @@ class Learner:
         """``H v`` as the gradient of the forward-mode directional derivative ``<v, grad L>``."""
         x, y = self._inputs(batch)
         V = self._direction_vars()
-        logits, dlogits = _Jvp(self.model, self.params, V, self._stats(train), train).forward(x)
+        w = self._unit_weights(batch) if train else None
+        logits, dlogits = _Jvp(self.model, self.params, V, self._stats(train), train, weights=w).forward(x)
         gv = F.sum(_loss_tangent(logits, dlogits, y)) * (1.0 / batch)
         hv = nn.grad([gv], list(self.trainable.values()))
         hv = [_persist(h) if h is not None else None for h in hv]

@@ -29,6 +29,8 @@ import nnabla.initializer as I
 import nnabla.parametric_functions as PF
 import numpy as np
 
+from common.fastmul import mul
+
 Params = "OrderedDict[str, nn.Variable]"
 
 
@@ -95,7 +97,7 @@ def batch_standardize(h, weights=None, eps: float = 1e-5):
     """
     mean = weighted_batch_mean(h, weights)
     hc = channel_affine(h, F.constant(1.0, mean.shape), -mean)
-    var = weighted_batch_mean(F.pow_scalar(hc, 2.0), weights)
+    var = weighted_batch_mean(mul(hc, hc), weights)
     inv = F.pow_scalar(var + eps, -0.5)
     return channel_affine(hc, inv), inv
 
