@@ -43,7 +43,7 @@ def task(name: str, args) -> dict:
     from common.autodiff import vdot, vnorm
     from common.batches import training_batch
     from common.params_io import load_params
-    from sgd_influence.infl import sgd_influence, validation_loss_grad
+    from sgd_influence.infl import sgd_influence, validation_loss_grad, validation_loss_stats_grad
     from sgd_influence.train import load_training, train_with_trace
     out = {}
     if name == "full_mnist_memory":  # peak memory of Ours' stage on all 50,000 training samples
@@ -53,11 +53,11 @@ def task(name: str, args) -> dict:
         learner = new_learner(cfg, full, 0)  # memory does not depend on the weights' values
         trace = make_schedule(len(full.train), 1, BATCH, LR, 0)
         t0 = time.perf_counter()
-        u = validation_loss_grad(learner, full)
+        u, u_stats = validation_loss_grad(learner, full), validation_loss_stats_grad(learner, full)
         out["u_seconds"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         n = args.steps or 20
-        sgd_influence(learner, full, trace, u, True, max_steps=n)
+        sgd_influence(learner, full, trace, u, True, max_steps=n, u_stats=u_stats)
         out.update(n_train=len(full.train), n_val=len(full.val), steps_run=n,
                    influence_seconds=time.perf_counter() - t0)
         return out
@@ -132,7 +132,8 @@ def task(name: str, args) -> dict:
         n = args.steps or len(steps)
         if ref:  # the straightforward way: double-backward HVP and removal products, separate calls
             learner.default_hvp, learner.default_dot = "double_backward", "eps"
-        kw = dict(state_at=state_at, fused=not ref, prefetch=not ref)
+        kw = dict(state_at=state_at, fused=not ref, prefetch=not ref,
+                  u_stats=validation_loss_stats_grad(learner, data))
         t0 = time.perf_counter()
         sgd_influence(learner, data, trace, u, True, max_steps=1, **kw)  # builds the graphs
         first = time.perf_counter() - t0

@@ -30,7 +30,7 @@ import nnabla.solvers as S
 import numpy as np
 
 from common.fastmul import mul
-from models.networks import (Model, Tangent, batch_standardize, channel_affine, per_sample_loss,
+from models.networks import (BN_DECAY, Model, Tangent, batch_standardize, channel_affine, per_sample_loss,
                              weighted_batch_mean)
 
 Vector = Dict[str, np.ndarray]
@@ -76,7 +76,9 @@ class _Jvp:
     a per-sample ``eps_i`` on ``eps_i * t``, without building ``eps``).
 
     Supported: ``logreg``, ``mlp``, ``cnn6`` (conv, batch norm in training or inference mode, ReLU,
-    max pooling 2x2, affine). Batch norm in training mode differentiates its batch statistics.
+    max pooling 2x2, affine). Batch norm in training mode differentiates its batch statistics and
+    records them in ``batch_stats`` as ``(prefix, mean, running_var)``: what the training step
+    feeds into the running statistics.
     """
 
     MODELS = ("logreg", "mlp", "cnn6")
@@ -87,6 +89,7 @@ class _Jvp:
         self.tangent = tangent
         self.weights = weights if train else None
         self.taps = []
+        self.batch_stats = []
 
     @classmethod
     def supported(cls, model: Model) -> bool:
@@ -112,10 +115,12 @@ class _Jvp:
         mean, var = self.stats[f"{prefix}/mean"], self.stats[f"{prefix}/var"]
         w = self.weights
         if self.train:
-            xhat, inv = batch_standardize(h, w)
+            st = batch_standardize(h, w)
+            xhat, inv = st.xhat, st.inv
+            self.batch_stats.append((prefix, st.mean, st.running_var))
             out = channel_affine(xhat, gamma, beta)
         else:
-            out = F.batch_normalization(h, beta, gamma, mean, var, axes=[1], decay_rate=0.9, eps=1e-5,
+            out = F.batch_normalization(h, beta, gamma, mean, var, axes=[1], decay_rate=BN_DECAY, eps=1e-5,
                                         batch_stat=False)
             inv = F.pow_scalar(var + 1e-5, -0.5)
             xhat = channel_affine(h, inv, -mean * inv)
@@ -189,6 +194,12 @@ def _graph_dot(grads, directions):
 def _loss_tangent(logits, dlogits, onehot):
     """Per-row directional derivative of ``per_sample_loss``: ``<softmax(z) - y, dz>``."""
     return F.sum((F.softmax(logits, axis=1) - onehot) * dlogits, axis=1)
+
+
+def _running_stats_dot(batch_stats, U_stats):
+    """``S = sum_layers <U_mean, batch mean> + <U_var, unbiased batch variance>`` (None: no batch norm)."""
+    return _graph_dot([a for _, m, v in batch_stats for a in (m, v)],
+                      [U_stats[f"{p}/{k}"] for p, _, _ in batch_stats for k in ("mean", "var")])
 
 
 class Learner:
@@ -318,16 +329,48 @@ class Learner:
 
         ``gv = (1/B) sum_k w_k <u, grad l_k>`` (row weights ``w = 1`` in the loss and, in training
         mode, in the batch statistics): ``d gv / d theta = H u`` and ``B d gv / d w_i`` is
-        ``removal_grad_dot``'s product for row i, from the same backward pass.
+        ``removal_grad_dot``'s product for row i, from the same backward pass. With training-mode
+        batch norm the objective is ``gv - c S`` (``S``: ``_running_stats_dot`` with directions
+        ``U_stats``, ``c`` the input ``stat_scale``), so the same pass also differentiates what the
+        step feeds into the running statistics (``grad_dot_and_hvp``).
         """
         x, y = self._inputs(batch)
         V = self._direction_vars()
         w = nn.Variable.from_numpy_array(np.ones(batch, np.float32), need_grad=True)
-        logits, dlogits = _Jvp(self.model, self.params, V, self._stats(train), train, weights=w).forward(x)
+        jvp = _Jvp(self.model, self.params, V, self._stats(train), train, weights=w)
+        logits, dlogits = jvp.forward(x)
         gv = F.sum(w * _loss_tangent(logits, dlogits, y)) * (1.0 / batch)
+        U_stats = self._stat_direction_vars()
+        scale = nn.Variable(())
+        stats_dot = _running_stats_dot(jvp.batch_stats, U_stats)
+        if stats_dot is not None:
+            gv = gv - scale * stats_dot
         grads = nn.grad([gv], list(self.trainable.values()) + [w])
         hv = [_persist(h) if h is not None else None for h in grads[:-1]]
-        return _Graph(x=x, y=y, V=V, hv=hv, dots=_persist(grads[-1] * float(batch)))
+        return _Graph(x=x, y=y, V=V, hv=hv, dots=_persist(grads[-1] * float(batch)), U_stats=U_stats,
+                      stat_scale=scale)
+
+    def _stat_direction_vars(self) -> "OrderedDict[str, nn.Variable]":
+        return OrderedDict((k, nn.Variable(self.params[k].shape)) for k in self.stat_names)
+
+    def _build_stats_products(self, batch: int, train: bool) -> _Graph:
+        """``(d S / d w_i, d S / d theta)`` for ``S = _running_stats_dot`` (training mode, reference)."""
+        x, _ = self._inputs(batch)
+        w = nn.Variable.from_numpy_array(np.ones(batch, np.float32), need_grad=True)
+        jvp = _Jvp(self.model, self.params, self._direction_vars(), self._stats(True), True, tangent=False,
+                   weights=w)
+        jvp.forward(x)
+        U_stats = self._stat_direction_vars()
+        grads = nn.grad([_running_stats_dot(jvp.batch_stats, U_stats)], list(self.trainable.values()) + [w])
+        return _Graph(x=x, U_stats=U_stats, dots=_persist(grads[-1]),
+                      grads=[_persist(g) if g is not None else None for g in grads[:-1]])
+
+    def _build_stats_grad(self, batch: int, train: bool) -> _Graph:
+        x, y = self._inputs(batch)
+        stats = OrderedDict((k, nn.Variable(self.params[k].shape, need_grad=True)) for k in self.stat_names)
+        logits = self.model.logits(x, self.params, train=False, stats={**self.params, **stats})
+        grads = nn.grad([F.sum(per_sample_loss(logits, y))], list(stats.values()))
+        return _Graph(x=x, y=y, stats=stats, grads=[_persist(g) for g in grads])
 
     def _build_removal_dot(self, batch: int, train: bool) -> _Graph:
         """``removal_grad_dot`` by double backward: ``d/dw <U, grad_theta sum_k w_k l_k(theta; w)>``."""
@@ -422,6 +465,34 @@ class Learner:
             n += len(x)
         return {k: a / n for k, a in acc.items()}
 
+    def running_stats_grad(self, batches: Iterable[Tuple[np.ndarray, np.ndarray]]) -> Vector:
+        """grad of (1/n) sum over all rows of l(z) (inference mode) w.r.t. batch norm's running
+        means and variances, keyed by their names (empty for a model without batch norm)."""
+        if not self.stat_names:
+            return {}
+        acc = {k: np.zeros(self.params[k].shape) for k in self.stat_names}
+        n = 0
+        for x, y in batches:
+            g = self._graph("stats_grad", len(x), False, self._build_stats_grad)
+            g.x.d, g.y.d = x, self._onehot(y)
+            for k, v in g.stats.items():
+                v.d = self.params[k].d
+            F.sink(*g.grads).forward(clear_no_need_grad=True)
+            for k, gv in zip(g.stats, g.grads):
+                acc[k] += gv.d
+            n += len(x)
+        return {k: a / n for k, a in acc.items()}
+
+    def running_stats_products(self, x: np.ndarray, u_stats: Mapping[str, np.ndarray]) -> Tuple[np.ndarray, Vector]:
+        """``(d S / d w_i for every row, d S / d theta)`` with ``S = sum_l <u_mean_l, mu_l(w)> +
+        <u_var_l, sigma2_l(w)>``: the row-weighted batch mean and unbiased variance of each
+        training-mode batch norm, the statistics the training step moves the running ones toward."""
+        g = self._graph("stats_products", len(x), True, self._build_stats_products)
+        g.x.d = x
+        self._set_direction(g.U_stats, u_stats)
+        F.sink(g.dots, *[h for h in g.grads if h is not None]).forward(clear_no_need_grad=True)
+        return g.dots.d.astype(np.float64).copy(), self._hv_dict(g.grads)
+
     def per_sample_grad_dot(self, x: np.ndarray, y: np.ndarray, u: Mapping[str, np.ndarray],
                             train: bool = True, method: Optional[str] = None) -> np.ndarray:
         """``<u, g_i>`` for every row i, where ``g_i`` is row i's share of grad sum_k l(z_k).
@@ -491,11 +562,54 @@ class Learner:
         if self.hvp_method(method) != "forward":
             return (self.removal_grad_dot(x, y, u, train=train),
                     self.hessian_vector_product(x, y, u, train=train, method=method))
+        return self._fused(x, y, u, train, None, 0.0)
+
+    def _fused(self, x, y, u, train: bool, u_stats: Optional[Mapping[str, np.ndarray]], stat_scale: float):
         g = self._graph("fused", len(x), train, self._build_fused)
         g.x.d, g.y.d = x, self._onehot(y)
         self._set_direction(g.V, u)
+        for k, var in g.U_stats.items():
+            var.d = 0.0 if u_stats is None else u_stats[k]
+        g.stat_scale.d = stat_scale
         F.sink(g.dots, *[h for h in g.hv if h is not None]).forward(clear_no_need_grad=True)
         return g.dots.d.astype(np.float64).copy(), self._hv_dict(g.hv)
+
+    def step_backward(self, x: np.ndarray, y: np.ndarray, lr: float, u: Mapping[str, np.ndarray],
+                      u_stats: Optional[Mapping[str, np.ndarray]] = None, fused: bool = True
+                      ) -> Tuple[np.ndarray, Vector, Vector]:
+        """Pull a direction back through one recorded training step (rows ``x, y``, rate ``lr``).
+
+        The step maps ``theta -> theta - (lr/B) grad sum_k w_k l_k`` and each running statistic
+        ``r -> d r + (1 - d) s(w)`` (``d = BN_DECAY``, ``s`` the batch mean or unbiased variance;
+        rows weighted by ``w = 1`` in the loss and the batch statistics). With ``(u, u_stats)`` the
+        derivative of a function of the step's output, returns ``(delta, u_prev, u_stats_prev)``:
+
+        * ``delta_i = (lr/B) d/dw_i <u, grad sum_k w_k l_k> - (1 - d) d/dw_i S``: the first-order
+          change of the function when row i leaves the step (``S = sum <u_stats, s(w)>``);
+        * ``u_prev = u - lr H u + (1 - d) dS/dtheta`` and ``u_stats_prev = d u_stats``: its
+          derivative w.r.t. the step's input (H: Hessian of the rows' mean loss).
+
+        Without batch norm (or ``u_stats`` None) the statistics terms vanish: Hara et al.'s step.
+        ``fused``: one graph (``_build_fused``) where the model allows; False: separate calls.
+        """
+        B = len(x)
+        use_stats = bool(u_stats) and bool(self.stat_names)
+        c = 1.0 - BN_DECAY
+        if fused and self.hvp_method() == "forward":
+            dots, g = self._fused(x, y, u, True, u_stats if use_stats else None, c / lr if use_stats else 0.0)
+            delta = (lr / B) * dots
+            u_prev = {k: u[k] - lr * g[k] for k in u}
+        else:
+            dots = self.removal_grad_dot(x, y, u, train=True)
+            hu = self.hessian_vector_product(x, y, u, train=True)
+            delta = (lr / B) * dots
+            u_prev = {k: u[k] - lr * hu[k] for k in u}
+            if use_stats:
+                sd, sg = self.running_stats_products(x, u_stats)
+                delta = delta - c * sd
+                u_prev = {k: u_prev[k] + c * sg[k] for k in u}
+        u_stats_prev = {k: BN_DECAY * v for k, v in u_stats.items()} if u_stats else {}
+        return delta, u_prev, u_stats_prev
 
 
 # ---------------------------------------------------------------------- vector helpers

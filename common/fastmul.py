@@ -14,6 +14,9 @@ the gradients of ``Mul2``, ``ReLU`` and ``PowScalar(2)`` use ``MulN`` too. The m
 the float32 results agree with the stock functions' to rounding (1e-6 relative on cnn6's fused
 influence step, ``tests/test_autodiff.py``). Products with broadcasting keep nnabla's own
 backward. Registration happens on import.
+
+Only for graphs differentiated by ``nn.grad``: ``Variable.backward()`` runs nnabla's C++ ``MulN``
+backward, which also divides by the inputs (NaN at zeros). The training graphs never use ``mul``.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import nnabla as nn
 import nnabla.functions as F
@@ -88,18 +88,41 @@ def weighted_batch_mean(a, weights=None):
     return F.reshape(s, (1, c, 1, 1)) / F.reshape(F.sum(weights) * float(hw), (1, 1, 1, 1))
 
 
-def batch_standardize(h, weights=None, eps: float = 1e-5):
+#: Batch norm's running statistics: ``r <- BN_DECAY * r + (1 - BN_DECAY) * batch statistic``
+#: (nnabla updates the running variance with the unbiased batch variance, n / (n - 1)).
+BN_DECAY = 0.9
+
+
+class Standardized(NamedTuple):
+    """``batch_standardize``'s result: ``xhat = (h - mean) * inv``, ``inv = (var + eps)^-1/2``;
+    ``mean`` and the biased ``var`` (1, C, 1, 1); ``running_var``: the unbiased variance
+    ``var * n / (n - 1)`` (n = rows x H x W, row-weighted) that updates the running variance."""
+
+    xhat: nn.Variable
+    inv: nn.Variable
+    mean: nn.Variable
+    var: nn.Variable
+    running_var: nn.Variable
+
+
+def batch_standardize(h, weights=None, eps: float = 1e-5) -> Standardized:
     """Training-mode batch normalisation without its affine part, written out differentiably.
 
-    Returns ``(xhat, inv)``: ``xhat = (h - mean) * inv``, ``inv = (var + eps)^-1/2``, with the
-    (optionally row-weighted) batch mean and biased variance per channel, as batch norm uses.
+    The (optionally row-weighted) batch mean and biased variance per channel, as batch norm uses.
     nnabla 1.39's fused ``batch_normalization(output_stat=True)`` cannot be differentiated twice.
     """
     mean = weighted_batch_mean(h, weights)
     hc = channel_affine(h, F.constant(1.0, mean.shape), -mean)
     var = weighted_batch_mean(mul(hc, hc), weights)
     inv = F.pow_scalar(var + eps, -0.5)
-    return channel_affine(hc, inv), inv
+    hw = float(np.prod(h.shape[2:]))
+    if weights is None:
+        n = h.shape[0] * hw
+        running_var = var * (n / (n - 1.0))
+    else:
+        n = F.reshape(F.sum(weights) * hw, (1, 1, 1, 1))
+        running_var = var * n / (n - 1.0)
+    return Standardized(channel_affine(hc, inv), inv, mean, var, running_var)
 
 
 def _batch_norm(h, params, prefix: str, train: bool, tangent: Optional[Tangent], stats, row_weights=None):
@@ -113,17 +136,21 @@ def _batch_norm(h, params, prefix: str, train: bool, tangent: Optional[Tangent],
     beta, gamma = params[f"{prefix}/beta"], params[f"{prefix}/gamma"]
     mean, var = stats[f"{prefix}/mean"], stats[f"{prefix}/var"]
     if train and (row_weights is not None or tangent is not None):
-        xhat = batch_standardize(h, row_weights)[0]
+        xhat = batch_standardize(h, row_weights).xhat
         if tangent is None:
             return channel_affine(xhat, gamma, beta)
+    elif tangent is None and not train and (mean.need_grad or var.need_grad):
+        # nnabla's batch norm has no gradient w.r.t. the running statistics: written out.
+        a = gamma * F.pow_scalar(var + 1e-5, -0.5)
+        return channel_affine(h, a, beta - mean * a)
     elif tangent is None:
-        return F.batch_normalization(h, beta, gamma, mean, var, axes=[1], decay_rate=0.9,
+        return F.batch_normalization(h, beta, gamma, mean, var, axes=[1], decay_rate=BN_DECAY,
                                      eps=1e-5, batch_stat=train)
     else:
         # Unfused form so that the affine part can carry the per-sample tangent.
         zero = nn.Variable.from_numpy_array(np.zeros(beta.shape, np.float32))
         one = nn.Variable.from_numpy_array(np.ones(gamma.shape, np.float32))
-        xhat = F.batch_normalization(h, zero, one, mean, var, axes=[1], decay_rate=0.9,
+        xhat = F.batch_normalization(h, zero, one, mean, var, axes=[1], decay_rate=BN_DECAY,
                                      eps=1e-5, batch_stat=train)
     U = tangent.direction
     e = F.reshape(tangent.eps, (-1, 1, 1, 1))

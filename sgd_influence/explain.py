@@ -2,7 +2,7 @@
 
 For a misclassified test image ``(x, y)`` predicted as ``c``, the recursion of ``infl.sgd_influence``
 is started from ``u = grad_theta l((x, c); theta_T)`` (batch norm in inference mode, as every test
-loss) instead of the validation-loss gradient: ``infl[i]`` then estimates the change of the
+loss; with the loss's gradient w.r.t. the running statistics) instead of the validation-loss gradient: ``infl[i]`` then estimates the change of the
 *wrong class's* loss when ``z_i`` is left out of the last epoch, the quantity ``common.explain``
 ranks (positive = ``z_i`` pushes towards the error). Cost: one influence stage per explained image.
 """
@@ -35,8 +35,9 @@ def wrong_class_influence(trial, compute: Callable, wrong: np.ndarray, preds: np
     cols = []
     for t in wrong:
         x = to_network_input(data.test.images[t:t + 1], data.mean, data.std)
-        u = learner.mean_loss_grad([(x, np.asarray(preds[t:t + 1]))], train=False)
-        cols.append(compute(replace(trial, _u=u)))
+        batch = [(x, np.asarray(preds[t:t + 1]))]
+        u, u_stats = learner.mean_loss_grad(batch, train=False), learner.running_stats_grad(batch)
+        cols.append(compute(replace(trial, _u=u, _u_stats=u_stats)))
     return np.stack(cols, axis=1) if cols else np.zeros((len(data.train), 0))
 
 

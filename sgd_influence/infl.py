@@ -14,6 +14,14 @@ from ``u = grad of the mean validation loss at theta_T``. ``infl_j`` estimates t
 the mean validation loss when z_j is left out of the last epoch (negative = harmful). "Hara"
 uses the parameters cached before every step; "Ours" uses theta_T at every step.
 
+Batch norm's running statistics ``r`` are part of the state the validation loss depends on
+(inference mode), and every training step moves them: ``r <- d r + (1 - d) s_t(w)`` with
+``s_t`` the batch mean or unbiased variance of its rows. With ``u_stats = dL_val/dr`` at the
+end, each step adds ``- (1 - d) d/dw_j <u_stats, s_t>`` to ``infl_j``, ``u`` gains
+``(1 - d) d<u_stats, s_t>/dtheta`` and ``u_stats <- d u_stats`` (``Learner.step_backward``).
+The papers leave this term out (``u_stats=None``); at small learning rates it is a
+large part of the actual effect of leaving a sample out.
+
 Speed: by default each step runs one graph whose forward pass serves both the per-sample
 products and the Hessian-vector product (forward-mode tangents, ``common.autodiff._Jvp``), and
 Hara's parameter files are read one step ahead by a thread. Same math as the separate calls.
@@ -43,6 +51,11 @@ def validation_loss_grad(learner: Learner, data: DataBundle) -> Vector:
     return learner.mean_loss_grad(split_batches(data, data.val), train=False)
 
 
+def validation_loss_stats_grad(learner: Learner, data: DataBundle) -> Vector:
+    """``dL_val/dr`` for batch norm's running means and variances r (empty without batch norm)."""
+    return learner.running_stats_grad(split_batches(data, data.val))
+
+
 def _prefetched(state_at: StateAt, steps) -> Iterator[Mapping[str, np.ndarray]]:
     """``state_at(t)`` for each t of ``steps`` in order, the next one read by a thread meanwhile."""
     steps = [int(t) for t in steps]
@@ -60,7 +73,8 @@ def _prefetched(state_at: StateAt, steps) -> Iterator[Mapping[str, np.ndarray]]:
 def sgd_influence(learner: Learner, data: DataBundle, trace: Trace, u: Mapping[str, np.ndarray],
                   augment: bool, state_at: Optional[StateAt] = None, show_progress: bool = False,
                   desc: str = "influence", fused: bool = True, prefetch: bool = True,
-                  max_steps: Optional[int] = None) -> np.ndarray:
+                  max_steps: Optional[int] = None, u_stats: Optional[Mapping[str, np.ndarray]] = None
+                  ) -> np.ndarray:
     """Influence of every training sample on ``<u, theta_T>`` through the last epoch.
 
     ``state_at(t)`` returns the parameters before step t (Hara); ``None`` keeps the learner's
@@ -71,9 +85,12 @@ def sgd_influence(learner: Learner, data: DataBundle, trace: Trace, u: Mapping[s
     product (``Learner.grad_dot_and_hvp``); False makes the two separate calls (the reference).
     ``prefetch``: read ``state_at`` of the next step in a thread while this one computes.
     ``max_steps``: only the last ``max_steps`` steps (benchmarks; the result is then partial).
+    ``u_stats``: the derivative of the same function w.r.t. batch norm's running statistics
+    (``validation_loss_stats_grad``); None leaves their effect out, as the papers do.
     """
     infl = np.zeros(len(data.train))
     u = {k: np.asarray(v, np.float64) for k, v in u.items()}
+    u_stats = {k: np.asarray(v, np.float64) for k, v in (u_stats or {}).items()}
     final_state = learner.state() if state_at is not None else None
     steps = trace.last_epoch_steps()[::-1]
     if max_steps is not None:
@@ -87,14 +104,8 @@ def sgd_influence(learner: Learner, data: DataBundle, trace: Trace, u: Mapping[s
                 learner.set_state(next(states))
             idx, seeds = trace.batch(int(t))
             x, y = training_batch(data, idx, seeds, augment)
-            lr = float(trace.lr[t])
-            if fused:
-                dots, hu = learner.grad_dot_and_hvp(x, y, u, train=True)
-            else:
-                dots = learner.removal_grad_dot(x, y, u, train=True)
-                hu = learner.hessian_vector_product(x, y, u, train=True)
-            infl[idx] += (lr / len(idx)) * dots
-            u = {k: u[k] - lr * hu[k] for k in u}
+            delta, u, u_stats = learner.step_backward(x, y, float(trace.lr[t]), u, u_stats, fused=fused)
+            infl[idx] += delta
     finally:
         if states is not None and hasattr(states, "close"):
             states.close()

@@ -35,7 +35,7 @@ from . import analyze as analysis
 from . import report
 from .eval import SCORE_COLUMNS, removal_mask, retrain_scores
 from .explain import SGD_FORMULA, explain_errors
-from .infl import sgd_influence, validation_loss_grad
+from .infl import sgd_influence, validation_loss_grad, validation_loss_stats_grad
 from .validate import actual_influence, pick_validation_samples
 from .trace import Trace
 from .train import TrainConfig, load_training, train_with_trace, training_complete
@@ -109,6 +109,7 @@ class Trial:
     noisy: Optional[np.ndarray] = None          # training positions whose label was flipped (label noise)
     true_labels: Optional[np.ndarray] = None    # training labels before flipping
     _u: Optional[dict] = None
+    _u_stats: Optional[dict] = None
 
     @property
     def u(self) -> dict:
@@ -116,6 +117,13 @@ class Trial:
         if self._u is None:
             self._u = validation_loss_grad(self.learner, self.data)
         return self._u
+
+    @property
+    def u_stats(self) -> dict:
+        """Its gradient w.r.t. batch norm's running statistics (computed once; empty without)."""
+        if self._u_stats is None:
+            self._u_stats = validation_loss_stats_grad(self.learner, self.data)
+        return self._u_stats
 
 
 @dataclass(frozen=True)
@@ -132,13 +140,14 @@ class Method:
 def _hara(trial: Trial) -> np.ndarray:
     paths, seed = trial.paths, trial.seed
     return sgd_influence(trial.learner, trial.data, trial.trace, trial.u, trial.cfg.train.augment,
-                         state_at=lambda t: load_params(paths.hara_step(seed, t)),
+                         state_at=lambda t: load_params(paths.hara_step(seed, t)), u_stats=trial.u_stats,
                          show_progress=trial.cfg.show_progress, desc=f"Hara seed {seed}")
 
 
 def _ours(trial: Trial) -> np.ndarray:
     return sgd_influence(trial.learner, trial.data, trial.trace, trial.u, trial.cfg.train.augment,
-                         show_progress=trial.cfg.show_progress, desc=f"Ours seed {trial.seed}")
+                         u_stats=trial.u_stats, show_progress=trial.cfg.show_progress,
+                         desc=f"Ours seed {trial.seed}")
 
 
 def _random(trial: Trial) -> np.ndarray:

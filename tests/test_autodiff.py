@@ -172,3 +172,63 @@ def test_batch_standardize_is_accurate_where_the_mean_is_large():
     m = h64.mean(axis=(0, 2, 3), keepdims=True)
     ref = (h64 - m) / np.sqrt(((h64 - m) ** 2).mean(axis=(0, 2, 3), keepdims=True) + 1e-5)
     assert np.abs(xhat.d - ref).max() < 1e-4
+
+
+def test_running_statistics_gradient_matches_finite_differences():
+    L = make("cnn6")
+    x, y = data(16)
+    for _ in range(5):
+        L.sgd_step(x, y, 0.0)  # running statistics move towards the batch statistics
+    xv, yv = data(24, seed=7)
+    g = L.running_stats_grad([(xv, yv)])
+    assert sorted(g) == sorted(L.stat_names) and len(g) == 6
+    base = L.state()
+    for name, c in (("conv1/bn/mean", 3), ("conv3/bn/var", 5)):
+        h = 1e-2 * max(1.0, abs(float(base[name].reshape(-1)[c])))
+        losses = []
+        for sign in (1, -1):
+            s = {k: v.copy() for k, v in base.items()}
+            s[name].reshape(-1)[c] += sign * h
+            L.set_state(s)
+            losses.append(L.evaluate([(xv, yv)])[0])
+        L.set_state(base)
+        fd = (losses[0] - losses[1]) / (2 * h)
+        assert abs(g[name].reshape(-1)[c] - fd) <= 2e-2 * abs(fd) + 1e-6, (name, g[name].reshape(-1)[c], fd)
+
+
+def _one_step_removals(L, x, y, xv, yv, lr):
+    """Actual change of the validation loss when each row leaves one SGD step (same batch size)."""
+    start = L.state()
+
+    def after(rows):
+        L.set_state(start)
+        L.sgd_step(x[rows], y[rows], lr, batch_size=len(x))
+        return L.evaluate([(xv, yv)])[0]
+
+    base = after(np.arange(len(x)))
+    actual = np.array([after(np.delete(np.arange(len(x)), j)) - base for j in range(len(x))])
+    L.set_state(start)
+    L.sgd_step(x, y, lr)
+    u, u_stats = L.mean_loss_grad([(xv, yv)], train=False), L.running_stats_grad([(xv, yv)])
+    L.set_state(start)
+    return actual, u, u_stats
+
+
+def test_step_backward_includes_what_removal_does_to_the_running_statistics():
+    # At a small learning rate the parameters barely move and the running statistics carry much
+    # of a removal's effect on the validation loss: with them the prediction is close to exact.
+    L = make("cnn6")
+    x, y = data(8)
+    xv, yv = data(64, seed=5)
+    for _ in range(30):
+        L.sgd_step(x, y, 0.0)
+    actual, u, u_stats = _one_step_removals(L, x, y, xv, yv, 1e-4)
+    without = L.step_backward(x, y, 1e-4, u, None)[0]
+    with_stats, u_prev, u_stats_prev = L.step_backward(x, y, 1e-4, u, u_stats)
+    ref, ref_prev, _ = L.step_backward(x, y, 1e-4, u, u_stats, fused=False)
+    np.testing.assert_allclose(with_stats, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    assert vnorm({k: u_prev[k] - ref_prev[k] for k in u}) <= 1e-5 * vnorm(ref_prev)
+    assert all(np.allclose(u_stats_prev[k], 0.9 * u_stats[k]) for k in u_stats)
+    err_with, err_without = np.abs(with_stats - actual).max(), np.abs(without - actual).max()
+    assert np.corrcoef(actual, with_stats)[0, 1] > 0.98
+    assert err_with < 0.7 * err_without, (err_with, err_without)
