@@ -366,6 +366,7 @@ class Learner:
                       grads=[_persist(g) if g is not None else None for g in grads[:-1]])
 
     def _build_stats_grad(self, batch: int, train: bool) -> _Graph:
+        """Summed inference-mode loss's gradient w.r.t. copies (``stats``) of the running statistics."""
         x, y = self._inputs(batch)
         stats = OrderedDict((k, nn.Variable(self.params[k].shape, need_grad=True)) for k in self.stat_names)
         logits = self.model.logits(x, self.params, train=False, stats={**self.params, **stats})
@@ -451,37 +452,34 @@ class Learner:
             n += len(x)
         return total / n, correct / n
 
-    def mean_loss_grad(self, batches: Iterable[Tuple[np.ndarray, np.ndarray]], train: bool = False) -> Vector:
-        """grad of (1/n) sum over all rows of l(z); inference-mode batch norm unless ``train``."""
-        acc = {k: np.zeros(v.shape) for k, v in self.trainable.items()}
+    def _mean_grad(self, kind: str, train: bool, build: Callable[[int, bool], _Graph], names,
+                   batches: Iterable[Tuple[np.ndarray, np.ndarray]]) -> Vector:
+        """``(1/n) sum`` over all rows of the graph's ``grads`` (summed-loss gradients, in the
+        order of ``names``), float64; ``None`` gradients give zeros."""
+        acc = {k: np.zeros(self.params[k].shape) for k in names}
         n = 0
         for x, y in batches:
-            g = self._graph("grad", len(x), train, self._build_grad)
+            g = self._graph(kind, len(x), train, build)
             g.x.d, g.y.d = x, self._onehot(y)
+            for k, v in getattr(g, "stats", {}).items():
+                v.d = self.params[k].d
             F.sink(*[v for v in g.grads if v is not None]).forward(clear_no_need_grad=True)
-            for k, gv in zip(self.trainable, g.grads):
+            for k, gv in zip(names, g.grads):
                 if gv is not None:
                     acc[k] += gv.d
             n += len(x)
         return {k: a / n for k, a in acc.items()}
+
+    def mean_loss_grad(self, batches: Iterable[Tuple[np.ndarray, np.ndarray]], train: bool = False) -> Vector:
+        """grad of (1/n) sum over all rows of l(z); inference-mode batch norm unless ``train``."""
+        return self._mean_grad("grad", train, self._build_grad, list(self.trainable), batches)
 
     def running_stats_grad(self, batches: Iterable[Tuple[np.ndarray, np.ndarray]]) -> Vector:
         """grad of (1/n) sum over all rows of l(z) (inference mode) w.r.t. batch norm's running
         means and variances, keyed by their names (empty for a model without batch norm)."""
         if not self.stat_names:
             return {}
-        acc = {k: np.zeros(self.params[k].shape) for k in self.stat_names}
-        n = 0
-        for x, y in batches:
-            g = self._graph("stats_grad", len(x), False, self._build_stats_grad)
-            g.x.d, g.y.d = x, self._onehot(y)
-            for k, v in g.stats.items():
-                v.d = self.params[k].d
-            F.sink(*g.grads).forward(clear_no_need_grad=True)
-            for k, gv in zip(g.stats, g.grads):
-                acc[k] += gv.d
-            n += len(x)
-        return {k: a / n for k, a in acc.items()}
+        return self._mean_grad("stats_grad", False, self._build_stats_grad, self.stat_names, batches)
 
     def running_stats_products(self, x: np.ndarray, u_stats: Mapping[str, np.ndarray]) -> Tuple[np.ndarray, Vector]:
         """``(d S / d w_i for every row, d S / d theta)`` with ``S = sum_l <u_mean_l, mu_l(w)> +
@@ -565,6 +563,7 @@ class Learner:
         return self._fused(x, y, u, train, None, 0.0)
 
     def _fused(self, x, y, u, train: bool, u_stats: Optional[Mapping[str, np.ndarray]], stat_scale: float):
+        """Run ``_build_fused``'s graph: (removal products, d objective / d theta) as float64."""
         g = self._graph("fused", len(x), train, self._build_fused)
         g.x.d, g.y.d = x, self._onehot(y)
         self._set_direction(g.V, u)

@@ -2,9 +2,10 @@
 
 For a misclassified test image ``(x, y)`` predicted as ``c``, the recursion of ``infl.sgd_influence``
 is started from ``u = grad_theta l((x, c); theta_T)`` (batch norm in inference mode, as every test
-loss; with the loss's gradient w.r.t. the running statistics) instead of the validation-loss gradient: ``infl[i]`` then estimates the change of the
-*wrong class's* loss when ``z_i`` is left out of the last epoch, the quantity ``common.explain``
-ranks (positive = ``z_i`` pushes towards the error). Cost: one influence stage per explained image.
+loss, with the loss's gradient w.r.t. the running statistics beside it) instead of the
+validation-loss gradient: ``infl[i]`` then estimates the change of the *wrong class's* loss when
+``z_i`` is left out of the last epoch, the quantity ``common.explain`` ranks (positive = ``z_i``
+pushes towards the error). Cost: one influence stage per explained image.
 """
 from __future__ import annotations
 
