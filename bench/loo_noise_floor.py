@@ -1,7 +1,7 @@
 """How noisy is the leave-one-out ground truth of ``--validate``? (finished run, seed 0)
 
 Replays the last epoch of a finished run from its start-of-last-epoch parameters after
-multiplying every trainable parameter by ``1 + eps * N(0, 1)`` (eps 1e-7: float32 rounding
+multiplying every trainable parameter by ``1 + eps * N(0, 1)`` (``nudge_parameters``) (eps 1e-7: float32 rounding
 level), a few times, and reports the change of the mean validation loss. If training amplified
 nothing, these changes would be ~1e-7 of the loss; where they are as large as the effect of
 leaving one sample out, the "actual" change of a single retraining carries that much noise,
@@ -36,6 +36,7 @@ def main() -> None:
     from common.paths import RunPaths
     from sgd_influence.pipeline import RunConfig, load_trial_data
     from sgd_influence.train import TrainConfig, learner_from_file, load_trace, run_steps
+    from sgd_influence.validate import nudge_parameters
 
     out = Path(args.out)
     m = json.loads((out / "manifest.json").read_text())
@@ -51,9 +52,7 @@ def main() -> None:
 
     def replay(eps: float, rs_seed: int) -> float:
         learner = learner_from_file(cfg.train, data, paths.params(seed, "start_last_epoch"))
-        rs = np.random.RandomState(rs_seed)
-        for v in learner.trainable.values():
-            v.d = v.d * (1.0 + eps * rs.randn(*v.shape))
+        nudge_parameters(learner, eps, [seed, rs_seed])
         run_steps(learner, data, trace, steps, cfg.train.augment, removed=none_removed)
         return learner.evaluate(split_batches(data, data.val))[0]
 

@@ -91,6 +91,11 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_defau
     p.add_argument("--validate", type=nonneg_int, default=0, metavar="K",
                    help="after the influence stage, compare each estimate with actual leave-one-out retraining "
                         "on about K samples (K/3 most negative, most positive, random per method)")
+    p.add_argument("--validate-repeats", type=positive_int, default=1, metavar="R",
+                   help="average each actual change over R retrainings: the exact replay and R-1 replays "
+                        "from parameters nudged at float32 rounding level, which averages out the rounding "
+                        "noise training amplifies (R times the retraining cost; -j runs repeats in parallel; "
+                        "default 1)")
     p.add_argument("--label-noise", type=fraction, default=0.0, metavar="FRACTION",
                    help="flip this fraction of each trial's training labels (seeded, each to another class; "
                         "validation and test untouched); influence CSVs get a 'noisy' column and the run "

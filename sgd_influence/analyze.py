@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from common.figures import save_figure  # noqa: E402
@@ -115,6 +116,10 @@ def validation_summary(paths: RunPaths) -> Optional[pd.DataFrame]:
     for m, df in pairs.groupby("method"):
         fig, ax = plt.subplots(figsize=(4.8, 4.6))
         ax.scatter(df.actual, df.estimate, s=14, alpha=0.7)
+        repeats = int(df.repeats.max()) if "repeats" in df else 1
+        if repeats > 1:  # the spread of the mean actual change over its repeats
+            ax.errorbar(df.actual, df.estimate, xerr=df.actual_sd / np.sqrt(repeats), fmt="none", lw=0.6,
+                        alpha=0.5, label=f"actual: mean of {repeats} retrainings, +- its standard error")
         lo = float(min(df.actual.min(), df.estimate.min()))
         hi = float(max(df.actual.max(), df.estimate.max()))
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="estimate = actual")

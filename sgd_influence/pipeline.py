@@ -37,7 +37,7 @@ from .eval import SCORE_COLUMNS, removal_mask, retrain_scores
 from .explain import SGD_FORMULA, explain_errors
 from .infl import sgd_influence, validation_loss_grad, validation_loss_stats_grad
 from .validate import actual_influence, pick_validation_samples
-from .trace import Trace
+from .trace import Trace, load_trace
 from .train import TrainConfig, load_training, train_with_trace, training_complete
 
 DEFAULT_REMOVE = [0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000]
@@ -68,6 +68,7 @@ class RunConfig:
     jobs: int = 1
     show_progress: bool = True
     validate: int = 0
+    validate_repeats: int = 1
     label_noise: float = 0.0
     gallery: int = 32
     cleanse: Sequence[int] = ()
@@ -92,6 +93,7 @@ def config_fields(a: argparse.Namespace) -> dict:
                 remove=a.remove, retrain_all=a.retrain_all, data_dir=a.data_dir, n_train=a.n_train,
                 n_val=a.n_val, n_test=a.n_test, val_csv=a.val_csv, test_csv=a.test_csv, context=a.context,
                 device_id=a.device_id, jobs=a.jobs, show_progress=not a.no_progress, validate=a.validate,
+                validate_repeats=a.validate_repeats,
                 label_noise=a.label_noise, gallery=a.gallery, cleanse=a.cleanse, explain_k=a.explain_k,
                 explain_max=a.explain_max, explain_same_label=a.explain_same_label)
 
@@ -370,22 +372,67 @@ def _noise_text(cfg: RunConfig) -> str:
 def validate_trial(trial: Trial, frames: Dict[str, pd.DataFrame]) -> None:
     """Compare every method's estimate with the actual leave-one-out change of the validation loss
     (counterfactual retraining of the last epoch, or of all epochs with -ra) on the samples picked
-    by ``pick_validation_samples``; pairs go to ``logs/validation_pairs_seed_<k>.csv``."""
+    by ``pick_validation_samples``, averaged over ``cfg.validate_repeats`` repeats (see
+    ``actual_influence``); each repeat is kept in ``logs/validation_actual_seed_<k>_repeat_<r>.csv``
+    (an interrupted run resumes), the pairs go to ``logs/validation_pairs_seed_<k>.csv``."""
     cfg, seed, paths = trial.cfg, trial.seed, trial.paths
     out = paths.root / "logs" / f"validation_pairs_seed_{seed}.csv"
-    if out.is_file():
+    repeats = max(1, cfg.validate_repeats)
+    if out.is_file() and int(pd.read_csv(out, nrows=1).get("repeats", pd.Series([1])).iloc[0]) == repeats:
         return
     estimators = {name: scores_by_position(f) for name, f in frames.items() if name != "Random"}
     if not estimators:
         return
     samples = pick_validation_samples(estimators, cfg.validate, seed)
+
+    def cached(r: int) -> Optional[np.ndarray]:
+        f = _repeat_file(paths, seed, r)
+        if not f.is_file():
+            return None
+        d = pd.read_csv(f)
+        return d.actual.to_numpy() if np.array_equal(d.datasource_index.to_numpy(), samples) else None
+
     t0 = time.time()
-    actual = actual_influence(cfg.train, trial.data, paths, seed, trial.trace, samples, cfg.retrain_all,
-                              show_progress=cfg.show_progress)
-    Timings(paths, seed).add("validate", "", time.time() - t0)
-    rows = [pd.DataFrame({"method": name, "seed": seed, "datasource_index": samples,
-                          "estimate": s[samples], "actual": actual}) for name, s in estimators.items()]
+    actual = {r: a for r in range(repeats) if (a := cached(r)) is not None}
+    todo = [r for r in range(repeats) if r not in actual]
+    # a trial already running in a worker process (-j over seeds) cannot start workers of its own
+    jobs = 1 if mp.current_process().daemon else max(1, min(cfg.jobs, len(todo)))
+    if jobs == 1:
+        for r in todo:
+            actual[r] = _validation_repeat(cfg, seed, samples, r, trial)
+    else:
+        with mp.get_context("spawn").Pool(jobs) as pool:
+            done = pool.starmap(_validation_repeat, [(cfg, seed, samples, r) for r in todo])
+        actual.update(zip(todo, done))
+    if todo:
+        Timings(paths, seed).add("validate", "", time.time() - t0)
+    table = np.stack([actual[r] for r in range(repeats)])
+    spread = table.std(axis=0, ddof=1) if repeats > 1 else np.full(len(samples), np.nan)
+    rows = [pd.DataFrame({"method": name, "seed": seed, "datasource_index": samples, "estimate": s[samples],
+                          "actual": table.mean(axis=0), "actual_sd": spread, "repeats": repeats})
+            for name, s in estimators.items()]
     write_csv_atomic(out, pd.concat(rows, ignore_index=True))
+
+
+def _repeat_file(paths: RunPaths, seed: int, repeat: int):
+    return paths.root / "logs" / f"validation_actual_seed_{seed}_repeat_{repeat}.csv"
+
+
+def _validation_repeat(cfg: RunConfig, seed: int, samples: np.ndarray, repeat: int,
+                       trial: Optional[Trial] = None) -> np.ndarray:
+    """One repeat of the leave-one-out truth, written to its own file (also in a worker process)."""
+    paths = RunPaths(cfg.out)
+    if trial is None:
+        from common.context import set_context
+        set_context(cfg.context, cfg.device_id)
+        data = load_trial_data(cfg, seed)
+        trace = load_trace(paths.trace(seed), len(data.train))
+    else:
+        data, trace = trial.data, trial.trace
+    actual = actual_influence(cfg.train, data, paths, seed, trace, samples, cfg.retrain_all, repeat,
+                              show_progress=cfg.show_progress)
+    write_csv_atomic(_repeat_file(paths, seed, repeat), pd.DataFrame({"datasource_index": samples, "actual": actual}))
+    return actual
 
 
 def _worker(args):

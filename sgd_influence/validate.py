@@ -3,7 +3,7 @@ sample is left out, by counterfactual retraining (Hara et al., 2019, Sec. 5), an
 agreement measures between estimates and truth."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 from scipy import stats
@@ -13,7 +13,6 @@ from common.batches import split_batches
 from common.paths import RunPaths
 from datasets import DataBundle
 
-from .eval import retrain_last_epoch
 from .trace import Trace
 from .train import TrainConfig, learner_from_file, run_steps
 
@@ -22,43 +21,64 @@ def _val_loss(learner, data: DataBundle) -> float:
     return learner.evaluate(split_batches(data, data.val))[0]
 
 
-def first_affected_step(trace: Trace, steps: np.ndarray, removed: np.ndarray) -> Optional[int]:
-    """The first of ``steps`` whose mini-batch holds a removed sample (None: no step does)."""
-    for t in steps:
-        if removed[trace.batch(int(t))[0]].any():
-            return int(t)
-    return None
+#: Relative size of the nudge that gives repeats after the first their own rounding (float32's
+#: epsilon is 1.2e-7): small enough not to move the expected outcome, large enough to decorrelate
+#: the chaotic part of the trajectory (bench/loo_noise_floor.py measures it).
+NUDGE = 1e-7
 
 
-def _retrained(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int, trace: Trace,
-               removed: np.ndarray, retrain_all: bool):
-    if not retrain_all:
-        # Steps before the first one that sees a removed sample are those of the recorded run, so
-        # with Hara's cache the counterfactual starts there (replay is exact on the CPU).
-        steps = trace.last_epoch_steps()
-        t = first_affected_step(trace, steps, removed)
-        if t is not None and t != int(steps[0]) and paths.hara_step(seed, t).is_file():
-            learner = learner_from_file(cfg, data, paths.hara_step(seed, t))
-            run_steps(learner, data, trace, steps[steps >= t], cfg.augment, removed=removed)
-            return learner
-        return retrain_last_epoch(cfg, data, paths, seed, trace, removed)
-    learner = learner_from_file(cfg, data, paths.params(seed, "initial"))
-    run_steps(learner, data, trace, range(trace.n_steps), cfg.augment, removed=removed)
-    return learner
+def nudge_parameters(learner, eps: float, seed) -> None:
+    """theta <- theta * (1 + eps * xi), xi ~ N(0, 1) drawn from ``seed``, for every trainable parameter."""
+    rs = np.random.RandomState(np.random.SeedSequence(seed).generate_state(1)[0])
+    for v in learner.trainable.values():
+        v.d = v.d * (1.0 + eps * rs.randn(*v.shape))
+
+
+def first_steps(trace: Trace, steps: np.ndarray, samples: Sequence[int]) -> np.ndarray:
+    """For each sample, the first of ``steps`` whose mini-batch holds it (-1: none does)."""
+    samples = np.asarray(samples, np.int64)
+    first = np.full(len(samples), -1, np.int64)
+    for t in steps[::-1]:
+        first[np.isin(samples, trace.batch(int(t))[0])] = int(t)
+    return first
 
 
 def actual_influence(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int, trace: Trace,
-                     samples: Sequence[int], retrain_all: bool = False, show_progress: bool = False) -> np.ndarray:
-    """``L_val(theta_{-j}) - L_val(theta)`` for each j in ``samples`` (same schedule, j left out)."""
-    n = len(data.train)
-    base = _val_loss(_retrained(cfg, data, paths, seed, trace, np.zeros(n, bool), retrain_all), data)
-    out = np.empty(len(samples))
-    for i, j in enumerate(tqdm(samples, desc=f"retrain without one (seed {seed})", disable=not show_progress,
-                               leave=False)):
-        removed = np.zeros(n, bool)
-        removed[int(j)] = True
-        out[i] = _val_loss(_retrained(cfg, data, paths, seed, trace, removed, retrain_all), data) - base
-    return out
+                     samples: Sequence[int], retrain_all: bool = False, repeat: int = 0,
+                     show_progress: bool = False) -> np.ndarray:
+    """``L_val(theta_{-j}) - L_val(theta)`` for each j in ``samples``: the same schedule replayed
+    with and without j (the last epoch from its cached start, or every epoch with ``retrain_all``).
+
+    ``repeat`` 0 replays the recorded run exactly; repeat r > 0 starts both runs from parameters
+    nudged by ``1 + NUDGE * xi_r`` (``nudge_parameters``), so that averaging repeats averages out
+    the rounding noise a chaotic trajectory amplifies. One reference replay serves every sample:
+    each counterfactual starts from it at the first step that holds j (exact on the CPU).
+    """
+    samples = np.asarray(samples, np.int64)
+    steps = np.arange(trace.n_steps) if retrain_all else trace.last_epoch_steps()
+    start = paths.params(seed, "initial" if retrain_all else "start_last_epoch")
+    reference = learner_from_file(cfg, data, start)
+    if repeat:
+        nudge_parameters(reference, NUDGE, [seed, repeat])
+    counterfactual = learner_from_file(cfg, data, start)
+    first = first_steps(trace, steps, samples)
+    loss = np.zeros(len(samples))
+    bar = tqdm(total=int(np.sum(first >= 0)), desc=f"retrain without one (seed {seed}, repeat {repeat})",
+               disable=not show_progress, leave=False)
+    for k, t in enumerate(steps):
+        at_t = np.flatnonzero(first == t)
+        if len(at_t):
+            state = reference.state()
+            for i in at_t:
+                counterfactual.set_state(state)
+                removed = np.zeros(len(data.train), bool)
+                removed[samples[i]] = True
+                run_steps(counterfactual, data, trace, steps[k:], cfg.augment, removed=removed)
+                loss[i] = _val_loss(counterfactual, data)
+                bar.update(1)
+        run_steps(reference, data, trace, [t], cfg.augment)
+    bar.close()
+    return np.where(first >= 0, loss - _val_loss(reference, data), 0.0)
 
 
 def agreement(estimate: np.ndarray, actual: np.ndarray, k: int = 10) -> Dict[str, float]:

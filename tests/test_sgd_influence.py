@@ -46,26 +46,37 @@ def test_hara_matches_actual_counterfactual_retraining(logreg_trial):
     assert np.all(np.sign(hara[order[:5]]) == np.sign(actual[np.searchsorted(samples, order[:5])]))
 
 
-def test_counterfactual_from_hara_cache_equals_full_last_epoch(logreg_trial, tmp_path):
-    # with Hara's per-step cache the leave-one-out retraining starts at the first step that sees
-    # the sample; without the cache it replays the whole last epoch: same bytes on the CPU
-    import shutil
-    from sgd_influence.validate import first_affected_step
+def test_counterfactuals_from_one_reference_replay_equal_separate_retrainings(logreg_trial):
+    # actual_influence starts each leave-one-out run from a shared replay at the first step that
+    # holds the sample; retraining the whole last epoch separately gives the same bytes on the CPU
+    from sgd_influence.eval import retrain_last_epoch
+    from sgd_influence.validate import _val_loss, first_steps
     cfg, data, paths, trace, _, _ = logreg_trial
     steps = trace.last_epoch_steps()
     late = trace.batch(int(steps[-2]))[0][:2]
-    removed = np.zeros(len(data.train), bool)
-    removed[late] = True
-    assert first_affected_step(trace, steps, removed) == int(steps[-2])
-    assert first_affected_step(trace, steps, np.zeros(len(data.train), bool)) is None
-    with_cache = actual_influence(cfg.train, data, paths, 0, trace, late)
-    bare = RunPaths(tmp_path)
-    for which in ("start_last_epoch", "initial", "final"):
-        bare.params(0, which).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(paths.params(0, which), bare.params(0, which))
-    assert not bare.hara_dir(0).exists()
-    without = actual_influence(cfg.train, data, bare, 0, trace, late)
-    assert np.array_equal(with_cache, without) and np.all(with_cache != 0)
+    early = trace.batch(int(steps[1]))[0][:1]
+    samples = np.sort(np.concatenate([late, early]))
+    assert set(first_steps(trace, steps, samples)) == {int(steps[1]), int(steps[-2])}
+    assert list(first_steps(trace, steps[:1], samples)) == [-1, -1, -1]
+    shared = actual_influence(cfg.train, data, paths, 0, trace, samples)
+    n = len(data.train)
+    base = _val_loss(retrain_last_epoch(cfg.train, data, paths, 0, trace, np.zeros(n, bool)), data)
+    separate = [_val_loss(retrain_last_epoch(cfg.train, data, paths, 0, trace, np.arange(n) == j), data) - base
+                for j in samples]
+    assert np.array_equal(shared, separate) and np.all(shared != 0)
+
+
+def test_nudged_repeat_changes_rounding_not_the_outcome(logreg_trial):
+    # repeat 1 starts both runs from parameters nudged at float32 rounding level: a near-convex
+    # model gives (nearly) the same leave-one-out changes, but not the same bytes
+    cfg, data, paths, trace, hara, _ = logreg_trial
+    samples = np.argsort(hara, kind="stable")[:4]
+    exact = actual_influence(cfg.train, data, paths, 0, trace, samples)
+    nudged = actual_influence(cfg.train, data, paths, 0, trace, samples, repeat=1)
+    again = actual_influence(cfg.train, data, paths, 0, trace, samples, repeat=1)
+    assert np.array_equal(nudged, again)  # a repeat is deterministic
+    assert not np.array_equal(exact, nudged)
+    np.testing.assert_allclose(nudged, exact, rtol=1e-3, atol=1e-6)
 
 
 def test_influence_is_zero_only_for_samples_outside_the_last_epoch(logreg_trial):
@@ -143,6 +154,38 @@ def test_rerun_skips_complete_outputs_and_is_deterministic(pipeline_run, tmp_pat
     for m in ("Hara", "Ours", "Random"):
         assert (tmp_path / "again" / "influence" / m / f"influence_{m.lower()}_0.csv").read_bytes() == \
             paths.influence_csv(m, 0).read_bytes()
+
+
+def test_validate_averages_repeats_and_resumes_from_them(tmp_path):
+    from dataclasses import replace
+    cfg = RunConfig(dataset="digits", out=str(tmp_path / "v"), methods=("Hara", "Ours"), jobs=1,
+                    train=TrainConfig(model="logreg", epochs=2, batch_size=32, lr=0.05, augment=False),
+                    remove=(), show_progress=False, validate=6, validate_repeats=2)
+    run(cfg)
+    paths = RunPaths(cfg.out)
+    table = pd.read_csv(paths.summary / "validation.csv")
+    assert list(table.columns) == ["method", "seed", "n", "pearson", "spearman", "kendall", "jaccard20"]
+    assert sorted(table.method) == ["Hara", "Ours"] and (table.n >= 4).all()
+    assert table[table.method == "Hara"].pearson.iloc[0] > 0.9
+    pairs = pd.read_csv(paths.summary / "validation_pairs.csv")
+    reps = [pd.read_csv(paths.root / "logs" / f"validation_actual_seed_0_repeat_{r}.csv") for r in (0, 1)]
+    hara = pairs[pairs.method == "Hara"]
+    assert list(hara.datasource_index) == list(reps[0].datasource_index) == list(reps[1].datasource_index)
+    np.testing.assert_allclose(hara.actual, (reps[0].actual + reps[1].actual) / 2, rtol=1e-12)
+    np.testing.assert_allclose(hara.actual_sd, np.abs(reps[0].actual - reps[1].actual) / np.sqrt(2),
+                               rtol=1e-3, atol=1e-10)  # the repeat files hold rounded values
+    assert (hara.repeats == 2).all() and (paths.fig / "validation_Hara.png").is_file()
+    # two more repeats, in two worker processes: the first two are read back, not recomputed
+    stamps = [(paths.root / "logs" / f"validation_actual_seed_0_repeat_{r}.csv").stat().st_mtime_ns for r in (0, 1)]
+    run(replace(cfg, validate_repeats=4, jobs=2))
+    assert [(paths.root / "logs" / f"validation_actual_seed_0_repeat_{r}.csv").stat().st_mtime_ns
+            for r in (0, 1)] == stamps
+    more = [pd.read_csv(paths.root / "logs" / f"validation_actual_seed_0_repeat_{r}.csv") for r in (2, 3)]
+    assert not np.array_equal(more[0].actual, more[1].actual)
+    pairs = pd.read_csv(paths.summary / "validation_pairs.csv")
+    hara = pairs[pairs.method == "Hara"]
+    assert (hara.repeats == 4).all()
+    np.testing.assert_allclose(hara.actual, sum(r.actual for r in reps + more) / 4, rtol=1e-9)
 
 
 def test_hara_ranks_flipped_labels_as_harmful(tmp_path):
