@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from common.cli import add_run_arguments, run_main
+from common.cli import add_run_arguments, positive_int, run_main
 from sgd_influence.pipeline import DEFAULT_REMOVE, config_fields, run
 from turnover_dropout import NAME, TDRunConfig
 
@@ -26,12 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--td-layers", nargs="+", default=None, metavar="POINT",
                    help="mask points turn-over dropout masks: cnn6 block1 block2 block3, mlp fc1, or 'all' "
                         "(default: the topmost only, cnn6 block3 = the 128 maps feeding the affine layer)")
+    p.add_argument("--td-networks", type=positive_int, default=1, metavar="R",
+                   help="train R turn-over dropout networks per trial, each with its own masks, and average "
+                        "their scores (R times the TD training; 1 = the paper's method, the default)")
     return p
 
 
 def config_from_args(a: argparse.Namespace) -> TDRunConfig:
     layers = tuple(t for s in a.td_layers for t in s.split(",") if t) if a.td_layers else None
-    return TDRunConfig(**config_fields(a), td_layers=layers)
+    return TDRunConfig(**config_fields(a), td_layers=layers, td_networks=a.td_networks)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -173,6 +173,24 @@ def test_validation_influence_shape_and_definition(tiny_td):
         assert abs((flipped - own).mean() - scores[i]) < 1e-4
 
 
+def test_residual_score_removes_what_the_mask_bits_predict(tiny_td):
+    td, data, _ = tiny_td
+    plain = tdi.validation_influence(td, data)
+    resid = tdi.residual_validation_influence(td, data, n_fresh=3000)
+    X = tdi.mask_design(td, np.arange(120))
+    assert X.shape == (120, 129) and set(np.unique(X[:, 1:])) == {-1.0, 1.0} and (X[:, 0] == 1).all()
+    # the baseline is fitted on fresh masks only: none of them is a training instance's mask
+    h = tdi.split_features(td, data, data.val)
+    coef = tdi.mask_baseline(td, h, data.val.labels, 3000)
+    np.testing.assert_allclose(resid, plain - X @ coef, rtol=1e-9, atol=1e-12)
+    fresh = tdi.FRESH_MASKS + np.arange(3000)
+    gaps = tdi.influence_on_targets(td, h, data.val.labels, fresh)
+    fit = tdi.mask_design(td, fresh) @ coef
+    assert 1 - np.var(gaps - fit) / np.var(gaps) > 0.8           # the mask bits explain the gap's bulk
+    assert np.var(resid) < 0.3 * np.var(plain)                     # and so most of the instances' scores
+    assert not np.array_equal(td.masks(fresh[:5])["fc1"], td.masks(np.arange(5))["fc1"])
+
+
 def test_influence_sign_on_itself(tiny_td):
     """Influence of z_i on itself: the sub-network that learned z_i has the lower loss (> 0)."""
     td, data, _ = tiny_td
@@ -233,6 +251,40 @@ def test_driver_writes_the_tree(tmp_path, capsys):
     from common.cli import run_main
     assert run_main(driver.main, args + ["--td-layers", "fc1", "bogus"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_ensemble_of_networks_averages_their_scores(tmp_path):
+    # --td-networks 2: a second TD network with its own mask stream, cached beside the first; the
+    # CSV holds the mean of the two networks' scores, and each equals its own direct computation
+    from common.params_io import load_params
+    from turnover_dropout.masks import mask_stream
+    from turnover_dropout.train import new_td_learner
+    assert mask_stream("fc1") == "fc1" and mask_stream("fc1", 2) != mask_stream("fc1", 1) != "fc1"
+    out = tmp_path / "ens"
+    args = ["-ds", "digits", "-m", "mlp", "-e", "2", "--n-train", "200", "-r", "0", "-j", "1", "--no-progress",
+            "--explain-max", "0", "--gallery", "0", "--methods", "Turnover_dropout", "Turnover_dropout_self",
+            "--td-networks", "2", "-o", str(out)]
+    assert driver.main(args) == 0
+    assert json.loads((out / "manifest.json").read_text())["td_networks"] == 2
+    cfg = driver.config_from_args(driver.build_parser().parse_args(args))
+    data = load_dataset("digits", 0, n_train=200)
+    nets = []
+    for k, folder in enumerate(["turnover", "turnover_net1"]):
+        conf = json.loads((out / "weights/seed_00" / folder / "config.json").read_text())
+        assert conf.get("network", 0) == k
+        td = new_td_learner(cfg.train, data, 0, ("fc1",), network=k)
+        td.set_state(load_params(out / "weights/seed_00" / folder / "final.h5"))
+        nets.append(td)
+    idx = np.arange(200)
+    assert (nets[0].masks(idx)["fc1"] != nets[1].masks(idx)["fc1"]).mean() > 0.4
+    assert not np.allclose(nets[0].params["fc1/affine/W"].d, nets[1].params["fc1/affine/W"].d)
+    per_net = [tdi.validation_influence(td, data) for td in nets]
+    f = pd.read_csv(out / "influence/Turnover_dropout/influence_turnover_dropout_0.csv").sort_values("datasource_index")
+    np.testing.assert_allclose(f.influence, np.mean(per_net, axis=0), rtol=1e-6, atol=1e-9)
+    assert not np.allclose(per_net[0], per_net[1])
+    own = [np.subtract(*tdi.instance_losses(td, data, idx)[:2]) for td in nets]
+    f = pd.read_csv(out / "influence/Turnover_dropout_self/influence_turnover_dropout_self_0.csv")
+    np.testing.assert_allclose(f.sort_values("datasource_index").influence, np.mean(own, axis=0), rtol=1e-6, atol=1e-9)
 
 
 def test_explain_errors_sign_and_same_label(tiny_td):

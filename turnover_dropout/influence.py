@@ -103,13 +103,16 @@ def pair_differences(td: TDLearner, h_targets: np.ndarray, y_targets: np.ndarray
         yield sl, own, flipped
 
 
-def influence_on_targets(td: TDLearner, h_targets: np.ndarray, y_targets: np.ndarray, n_train: int,
+def influence_on_targets(td: TDLearner, h_targets: np.ndarray, y_targets: np.ndarray, instances,
                          reduce_mean: bool = True, show_progress: bool = False, desc: str = "turn-over"
                          ) -> np.ndarray:
-    """``I(z_t, z_i)`` for every training position i: mean over targets (n_train,) or (n_train, Z)."""
-    out = np.zeros(n_train) if reduce_mean else np.zeros((n_train, len(h_targets)))
-    bar = tqdm(total=n_train, desc=desc, unit="inst", disable=not show_progress, leave=False)
-    for sl, own, flipped in pair_differences(td, h_targets, y_targets, np.arange(n_train), bar):
+    """``I(z_t, z_i)`` for instances i (an index array, or n: positions 0..n-1): mean over the
+    targets (len,) or all of them (len, Z)."""
+    instances = np.arange(instances) if np.isscalar(instances) else np.asarray(instances, np.int64)
+    n = len(instances)
+    out = np.zeros(n) if reduce_mean else np.zeros((n, len(h_targets)))
+    bar = tqdm(total=n, desc=desc, unit="inst", disable=not show_progress, leave=False)
+    for sl, own, flipped in pair_differences(td, h_targets, y_targets, instances, bar):
         d = flipped - own
         out[sl] = d.mean(axis=1) if reduce_mean else d
     bar.close()
@@ -122,6 +125,36 @@ def validation_influence(td: TDLearner, data: DataBundle, show_progress: bool = 
     h_val = split_features(td, data, data.val)
     return influence_on_targets(td, h_val, data.val.labels, len(data.train), True, show_progress,
                                 desc="turn-over influence")
+
+
+#: First pseudo-instance index of the fresh masks ``mask_baseline`` fits on: far above any
+#: training position, so no training instance ever owns one of these masks.
+FRESH_MASKS = 1 << 40
+
+
+def mask_design(td: TDLearner, indices: np.ndarray) -> np.ndarray:
+    """Rows ``[1, 1 - 2 keep]`` of instances ``indices``: their keep bits at every masked point."""
+    bits = [td.masks(indices)[k] * td.p for k in td.layers]
+    return np.c_[np.ones(len(indices)), 1.0 - 2.0 * np.concatenate(bits, axis=1)]
+
+
+def mask_baseline(td: TDLearner, h_targets: np.ndarray, y_targets: np.ndarray, n_fresh: int) -> np.ndarray:
+    """Least-squares coefficients of the mean TD gap on the mask bits, fitted on ``n_fresh``
+    masks that belong to no training instance: what a half-mask's quality alone contributes."""
+    fresh = FRESH_MASKS + np.arange(n_fresh)
+    gaps = influence_on_targets(td, h_targets, y_targets, fresh)
+    return np.linalg.lstsq(mask_design(td, fresh), gaps, rcond=None)[0]
+
+
+def residual_validation_influence(td: TDLearner, data: DataBundle, n_fresh: Optional[int] = None,
+                                  show_progress: bool = False) -> np.ndarray:
+    """``validation_influence`` minus the part of it that instance i's mask bits predict
+    (``mask_baseline``: a linear fit over fresh masks, by default 40 per coefficient). The fit
+    never sees a training instance's own gap, so what remains is the instance's effect plus
+    the part of the mask's quality that is not linear in its bits."""
+    h_val = split_features(td, data, data.val)
+    coef = mask_baseline(td, h_val, data.val.labels, n_fresh or 40 * (1 + sum(td.shapes.values())))
+    return validation_influence(td, data, show_progress) - mask_design(td, np.arange(len(data.train))) @ coef
 
 
 def instance_losses(td: TDLearner, data: DataBundle, idx: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

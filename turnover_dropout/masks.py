@@ -54,10 +54,16 @@ def keep_bits(indices: np.ndarray, seed: int, point: str, units: int, p: float =
     return u < p
 
 
+def mask_stream(point: str, network: int = 0) -> str:
+    """The name the masks of ``point`` are keyed on: the point itself for the first TD network of a
+    trial, an independent stream for each further network of an ensemble (``--td-networks``)."""
+    return point if network == 0 else f"{point}@net{network}"
+
+
 def instance_masks(indices: np.ndarray, seed: int, shapes: Mapping[str, int], p: float = P_KEEP,
-                   dtype=np.float32) -> Dict[str, np.ndarray]:
+                   dtype=np.float32, network: int = 0) -> Dict[str, np.ndarray]:
     """``m(z_i)`` for every row ``indices[r]``: point name -> (len(indices), units) in {0, 1/p}."""
-    return {name: keep_bits(indices, seed, name, int(units), p).astype(dtype) * dtype(1.0 / p)
+    return {name: keep_bits(indices, seed, mask_stream(name, network), int(units), p).astype(dtype) * dtype(1.0 / p)
             for name, units in shapes.items()}
 
 

@@ -1,8 +1,9 @@
 """The "Turnover_dropout" estimator of the data-cleansing pipeline.
 
 ``compute(trial)``: train the turn-over dropout (TD) network of the trial (or load it from
-``weights/seed_NN/turnover/``), write its loss-curve sanity check, score every training instance by
-its mean influence on the validation set, write the explanation of test errors, and return the
+``weights/seed_NN/turnover/``; with ``td_networks`` > 1 also the further networks), write its
+loss-curve sanity check, score every training instance by its mean influence on the validation
+set (averaged over the networks), write the explanation of test errors, and return the
 scores (the pipeline writes ``influence/Turnover_dropout/influence_turnover_dropout_<seed>.csv``
 and then scores removal by the *standard* retraining, without turn-over dropout).
 
@@ -24,13 +25,14 @@ from common.fileio import write_csv_atomic
 from models import MODELS
 from sgd_influence.pipeline import Method, RunConfig, Trial, register_method
 
-from .influence import instance_losses, validation_influence
+from .influence import instance_losses, residual_validation_influence, validation_influence
 from .masks import P_KEEP, resolve_layers
 from .report import plot_loss_curve, write_explain_errors
 from .train import cached_turnover, loss_check
 
 NAME = "Turnover_dropout"
 SELF_NAME = "Turnover_dropout_self"
+RESIDUAL_NAME = "Turnover_dropout_residual"
 
 
 @dataclass
@@ -38,16 +40,20 @@ class TDRunConfig(RunConfig):
     """``RunConfig`` plus the turn-over dropout settings.
 
     ``td_layers``: mask points to mask (None = the model's topmost: cnn6 'block3', mlp 'fc1').
+    ``td_networks``: TD networks per trial, each with its own masks; the scores are their mean
+    (1 = the paper's method; more average out the quality of each instance's random half-mask).
     Explaining test errors is cheap here (two forward passes per pair): on by default.
     """
 
     out: str = "output_turnover_dropout"
     methods: Tuple[str, ...] = (NAME, "Random")
     td_layers: Optional[Tuple[str, ...]] = None
+    td_networks: int = 1
     explain_max: int = 8
 
     def manifest(self) -> dict:
-        return {**super().manifest(), "td_layers": list(layers_of(self)), "td_p": P_KEEP}
+        extra = {"td_networks": self.td_networks} if self.td_networks > 1 else {}  # 1: folders of before stay valid
+        return {**super().manifest(), "td_layers": list(layers_of(self)), "td_p": P_KEEP, **extra}
 
 
 def layers_of(cfg: RunConfig) -> tuple:
@@ -92,6 +98,21 @@ def turnover_network(trial: Trial, times: list):
     return td, layers
 
 
+def turnover_ensemble(trial: Trial, times: list):
+    """All ``td_networks`` TD networks of the trial (network 0 from ``turnover_network``, with its
+    checks; the others trained once along the same schedule with their own masks, then cached)."""
+    td, layers = turnover_network(trial, times)
+    nets = [td]
+    cfg = trial.cfg
+    for k in range(1, max(1, getattr(cfg, "td_networks", 1))):
+        t0 = time.time()
+        net, _, trained = cached_turnover(cfg.train, trial.data, trial.trace, trial.paths, trial.seed, layers,
+                                          show_progress=cfg.show_progress, network=k)
+        times.append((f"td_train_net{k}" if trained else f"td_load_net{k}", time.time() - t0))
+        nets.append(net)
+    return nets, layers
+
+
 def _write_times(trial: Trial, times: list, layers, method: str) -> None:
     path = output_paths(trial)["timings"]
     rows = [{"method": method, "stage": s, "seed": trial.seed, "seconds": round(v, 3), "n_train": len(trial.data.train),
@@ -108,10 +129,11 @@ def compute(trial: Trial) -> np.ndarray:
     cfg, data = trial.cfg, trial.data
     out = output_paths(trial)
     times = []
-    td, layers = turnover_network(trial, times)
+    nets, layers = turnover_ensemble(trial, times)
+    td = nets[0]
 
     t0 = time.time()
-    scores = validation_influence(td, data, show_progress=cfg.show_progress)
+    scores = np.mean([validation_influence(net, data, show_progress=cfg.show_progress) for net in nets], axis=0)
     times.append(("influence", time.time() - t0))
 
     if cfg.explain_max > 0 and not (out["explain_csv"].is_file() and out["explain_png"].is_file()):
@@ -130,15 +152,31 @@ def compute_self(trial: Trial) -> np.ndarray:
     fixing mislabeled examples, estimated by turn-over dropout). Negated so that, as for every
     method, the lowest score comes first: samples only memorised, not predicted, lead."""
     times = []
-    td, layers = turnover_network(trial, times)
+    nets, layers = turnover_ensemble(trial, times)
     t0 = time.time()
-    own, flipped, _ = instance_losses(td, trial.data, np.arange(len(trial.data.train)))
+    idx = np.arange(len(trial.data.train))
+    scores = np.mean([np.subtract(*instance_losses(net, trial.data, idx)[:2]) for net in nets], axis=0)
     times.append(("self_influence", time.time() - t0))
     _write_times(trial, times, layers, SELF_NAME)
-    return own - flipped
+    return scores
+
+
+def compute_residual(trial: Trial) -> np.ndarray:
+    """``Turnover_dropout``'s score less the part its instance's mask bits predict, fitted on fresh
+    masks (``residual_validation_influence``); averaged over the networks like the plain score."""
+    times = []
+    nets, layers = turnover_ensemble(trial, times)
+    t0 = time.time()
+    scores = np.mean([residual_validation_influence(net, trial.data, show_progress=trial.cfg.show_progress)
+                      for net in nets], axis=0)
+    times.append(("residual_influence", time.time() - t0))
+    _write_times(trial, times, layers, RESIDUAL_NAME)
+    return scores
 
 
 METHOD = Method(NAME, compute)
 SELF_METHOD = Method(SELF_NAME, compute_self)
+RESIDUAL_METHOD = Method(RESIDUAL_NAME, compute_residual)
 register_method(METHOD)
 register_method(SELF_METHOD)
+register_method(RESIDUAL_METHOD)

@@ -56,15 +56,18 @@ _FINAL_AFFINE = {CNN6: "fc/affine", MLP: "fc2/affine"}
 class TDLearner(Learner):
     """A ``Learner`` whose rows carry instance-specific turn-over dropout masks.
 
-    ``layers``: the mask points used (lowest first); ``mask_seed``: the seed masks are drawn from.
+    ``layers``: the mask points used (lowest first); ``mask_seed``: the seed masks are drawn from;
+    ``network``: which network of an ensemble (each draws its masks from its own stream).
     """
 
-    def __init__(self, model: Model, params, layers: Sequence[str], mask_seed: int, p: float = P_KEEP):
+    def __init__(self, model: Model, params, layers: Sequence[str], mask_seed: int, p: float = P_KEEP,
+                 network: int = 0):
         super().__init__(model, params)
         shapes = model.mask_shapes()
         self.layers = tuple(layers)
         self.shapes: Dict[str, int] = {k: int(shapes[k]) for k in self.layers}
         self.mask_seed = int(mask_seed)
+        self.network = int(network)
         self.p = float(p)
         stages = _stages(model, self.params, False)
         self.split = stages is not None and all(l in [s[0] for s in stages] for l in self.layers)
@@ -74,13 +77,14 @@ class TDLearner(Learner):
         self.feature_shape = self._feature_shape()
 
     @classmethod
-    def from_learner(cls, learner: Learner, layers, mask_seed: int, p: float = P_KEEP) -> "TDLearner":
-        return cls(learner.model, learner.params, layers, mask_seed, p)
+    def from_learner(cls, learner: Learner, layers, mask_seed: int, p: float = P_KEEP,
+                     network: int = 0) -> "TDLearner":
+        return cls(learner.model, learner.params, layers, mask_seed, p, network)
 
     # ------------------------------------------------------------------ masks
     def masks(self, indices: np.ndarray, flipped: bool = False) -> Dict[str, np.ndarray]:
         """``m(z_i)`` (or ``m~(z_i)``) for training positions ``indices``."""
-        m = instance_masks(indices, self.mask_seed, self.shapes, self.p)
+        m = instance_masks(indices, self.mask_seed, self.shapes, self.p, network=self.network)
         return flip(m, self.p) if flipped else m
 
     def _mask_vars(self, batch: int) -> Dict[str, nn.Variable]:

@@ -4,9 +4,10 @@ The TD network is trained exactly like the standard one (same ``TrainConfig``, s
 parameters drawn from the trial seed, same seeded schedule and augmentation seeds), except that
 every training row is multiplied by its own mask ``m(z_i)`` at the chosen mask points.
 
-Cache, under ``weights/seed_NN/turnover/``: ``final.h5`` (the TD network), ``config.json``
-(layers, p, mask seed) and ``loss_log.csv`` (per epoch, written last: its presence marks the
-cache complete). A cache made with other layers / p / mask seed is not reused (it is retrained).
+Cache, under ``weights/seed_NN/turnover/`` (further networks of an ensemble:
+``turnover_net<k>/``): ``final.h5`` (the TD network), ``config.json`` (layers, p, mask seed,
+network) and ``loss_log.csv`` (per epoch, written last: its presence marks the cache complete). A
+cache made with other layers / p / mask seed is not reused (it is retrained).
 """
 from __future__ import annotations
 
@@ -40,14 +41,15 @@ CHECK_COLUMNS = ["group", "n", "train_loss_own_mask", "train_loss_flipped_mask",
                  "val_loss_random_mask", "flipped_closer_to_val"]
 
 
-def cache_dir(paths: RunPaths, seed: int) -> Path:
-    return paths.weights(seed) / "turnover"
+def cache_dir(paths: RunPaths, seed: int, network: int = 0) -> Path:
+    return paths.weights(seed) / ("turnover" if network == 0 else f"turnover_net{network}")
 
 
 def new_td_learner(cfg: TrainConfig, data: DataBundle, seed: int, layers: Sequence[str],
-                   p: float = P_KEEP) -> TDLearner:
-    """The TD network at the standard initial parameters of trial ``seed``; masks keyed on ``seed``."""
-    return TDLearner.from_learner(new_learner(cfg, data, seed), layers, seed, p)
+                   p: float = P_KEEP, network: int = 0) -> TDLearner:
+    """TD network ``network`` of trial ``seed`` at the trial's standard initial parameters; masks
+    keyed on ``seed`` and, for ``network`` > 0, drawn from that network's own stream."""
+    return TDLearner.from_learner(new_learner(cfg, data, seed), layers, seed, p, network)
 
 
 def _val_random_masks(td: TDLearner, n: int):
@@ -93,10 +95,11 @@ def loss_check(td: TDLearner, data: DataBundle, noisy: Optional[np.ndarray] = No
 
 
 def train_turnover(cfg: TrainConfig, data: DataBundle, trace: Trace, seed: int, layers: Sequence[str],
-                   p: float = P_KEEP, show_progress: bool = False, desc: str = "turn-over train"
-                   ) -> Tuple[TDLearner, pd.DataFrame]:
-    """Train the TD network along ``trace``; returns it and the per-epoch loss curve."""
-    td = new_td_learner(cfg, data, seed, layers, p)
+                   p: float = P_KEEP, show_progress: bool = False, desc: str = "turn-over train",
+                   network: int = 0, curve: bool = True) -> Tuple[TDLearner, pd.DataFrame]:
+    """Train TD network ``network`` along ``trace``; returns it and the per-epoch loss curve
+    (``curve=False``: only the mean training loss of the steps, the rest of the columns empty)."""
+    td = new_td_learner(cfg, data, seed, layers, p, network)
     curve_idx = np.arange(min(len(data.train), CURVE_MAX))
     rows = []
     bar = tqdm(total=trace.n_steps, desc=desc, unit="step", disable=not show_progress, leave=False)
@@ -114,7 +117,8 @@ def train_turnover(cfg: TrainConfig, data: DataBundle, trace: Trace, seed: int, 
             count += len(idx)
             bar.update(1)
         row = {"epoch": epoch + 1, "train_loss_steps": total / max(1, count)}
-        row.update(epoch_curve_row(td, data, curve_idx))
+        if curve:
+            row.update(epoch_curve_row(td, data, curve_idx))
         row["seconds"] = time.time() - t0
         rows.append(row)
     bar.close()
@@ -122,23 +126,25 @@ def train_turnover(cfg: TrainConfig, data: DataBundle, trace: Trace, seed: int, 
 
 
 def cached_turnover(cfg: TrainConfig, data: DataBundle, trace: Trace, paths: RunPaths, seed: int,
-                    layers: Sequence[str], p: float = P_KEEP, show_progress: bool = False
+                    layers: Sequence[str], p: float = P_KEEP, show_progress: bool = False, network: int = 0
                     ) -> Tuple[TDLearner, pd.DataFrame, bool]:
-    """(TD network, loss curve, trained now?) from the cache, training and caching it if needed."""
-    folder = cache_dir(paths, seed)
+    """(TD network, loss curve, trained now?) from the cache, training and caching it if needed.
+    Only network 0 records the full per-epoch loss curve (the sanity check is drawn from it)."""
+    folder = cache_dir(paths, seed, network)
     final, log, conf = folder / "final.h5", folder / "loss_log.csv", folder / "config.json"
     wanted = {"layers": list(layers), "p": p, "mask_seed": seed, "epochs": trace.n_epochs,
-              "n_train": len(data.train)}
+              "n_train": len(data.train), **({"network": network} if network else {})}
     if final.is_file() and log.is_file() and conf.is_file():
         try:
             ok = json.loads(conf.read_text()) == wanted
         except ValueError:
             ok = False
         if ok:
-            td = new_td_learner(cfg, data, seed, layers, p)
+            td = new_td_learner(cfg, data, seed, layers, p, network)
             td.set_state(load_params(final))
             return td, pd.read_csv(log), False
-    td, curve = train_turnover(cfg, data, trace, seed, layers, p, show_progress, f"turn-over train seed {seed}")
+    desc = f"turn-over train seed {seed}" + (f" network {network}" if network else "")
+    td, curve = train_turnover(cfg, data, trace, seed, layers, p, show_progress, desc, network, curve=network == 0)
     save_params(final, td.params)
     write_text_atomic(conf, json.dumps(wanted, indent=1))
     write_csv_atomic(log, curve)
