@@ -119,7 +119,7 @@ def validation_summary(paths: RunPaths) -> Optional[pd.DataFrame]:
         repeats = int(df.repeats.max()) if "repeats" in df else 1
         if repeats > 1:  # the spread of the mean actual change over its repeats
             ax.errorbar(df.actual, df.estimate, xerr=df.actual_sd / np.sqrt(repeats), fmt="none", lw=0.6,
-                        alpha=0.5, label=f"actual: mean of {repeats} retrainings, +- its standard error")
+                        alpha=0.5, label=f"actual: mean of {repeats} retrainings, +- s.e.")
         lo = float(min(df.actual.min(), df.estimate.min()))
         hi = float(max(df.actual.max(), df.estimate.max()))
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="estimate = actual")
@@ -127,7 +127,8 @@ def validation_summary(paths: RunPaths) -> Optional[pd.DataFrame]:
         ax.set_title(f"{m}: Pearson {t.pearson.mean():.3f}, Kendall {t.kendall.mean():.3f}")
         ax.set_xlabel("actual change of validation loss (leave-one-out)")
         ax.set_ylabel("estimated influence")
-        ax.legend(loc="upper left")
+        ax.legend(loc="upper left", fontsize=8)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(5))
         ax.grid(alpha=0.3)
         fig.tight_layout()
         save_figure(fig, paths.fig / f"validation_{m}.png", dpi=110)
