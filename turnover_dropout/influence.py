@@ -138,22 +138,26 @@ def mask_design(td: TDLearner, indices: np.ndarray) -> np.ndarray:
     return np.c_[np.ones(len(indices)), 1.0 - 2.0 * np.concatenate(bits, axis=1)]
 
 
-def mask_baseline(td: TDLearner, h_targets: np.ndarray, y_targets: np.ndarray, n_fresh: int) -> np.ndarray:
+def mask_baseline(td: TDLearner, h_targets: np.ndarray, y_targets: np.ndarray, n_fresh: int,
+                  show_progress: bool = False) -> np.ndarray:
     """Least-squares coefficients of the mean TD gap on the mask bits, fitted on ``n_fresh``
     masks that belong to no training instance: what a half-mask's quality alone contributes."""
     fresh = FRESH_MASKS + np.arange(n_fresh)
-    gaps = influence_on_targets(td, h_targets, y_targets, fresh)
+    gaps = influence_on_targets(td, h_targets, y_targets, fresh, True, show_progress, desc="fresh masks")
     return np.linalg.lstsq(mask_design(td, fresh), gaps, rcond=None)[0]
 
 
 def residual_validation_influence(td: TDLearner, data: DataBundle, n_fresh: Optional[int] = None,
                                   show_progress: bool = False) -> np.ndarray:
     """``validation_influence`` minus the part of it that instance i's mask bits predict
-    (``mask_baseline``: a linear fit over fresh masks, by default 40 per coefficient). The fit
-    never sees a training instance's own gap, so what remains is the instance's effect plus
-    the part of the mask's quality that is not linear in its bits."""
+    (``mask_baseline``: a linear fit over fresh masks, by default 40 per coefficient on the
+    linear head, 10 through the nnabla head, where each costs as much as a training instance's
+    score). The fit never sees a training instance's own gap, so what remains is the instance's
+    effect plus the part of the mask's quality that is not linear in its bits."""
     h_val = split_features(td, data, data.val)
-    coef = mask_baseline(td, h_val, data.val.labels, n_fresh or 40 * (1 + sum(td.shapes.values())))
+    per_coef = 40 if td.linear_head() is not None else 10
+    coef = mask_baseline(td, h_val, data.val.labels, n_fresh or per_coef * (1 + sum(td.shapes.values())),
+                         show_progress)
     return validation_influence(td, data, show_progress) - mask_design(td, np.arange(len(data.train))) @ coef
 
 
