@@ -21,14 +21,15 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import MODELS  # noqa: E402
-from turnover_dropout.masks import keep_bits, resolve_layers  # noqa: E402
+from turnover_dropout.influence import mask_design  # noqa: E402
+from turnover_dropout.masks import resolve_layers  # noqa: E402
+from turnover_dropout.network import TDLearner  # noqa: E402
 
 
-def mask_design(n: int, seed: int, model: str, layers) -> np.ndarray:
-    """``[1, 1 - 2 m_i]`` rows for instances 0..n-1 (all masked layers' units side by side)."""
-    shapes = MODELS[model]((1, 32, 32), 10).mask_shapes()  # unit counts do not depend on the input size
-    bits = [keep_bits(np.arange(n), seed, p, shapes[p]).astype(float) for p in layers]
-    return np.c_[np.ones(n), 1 - 2 * np.concatenate(bits, axis=1)]
+def masks_only(seed: int, model_name: str, layers) -> TDLearner:
+    """A TD learner whose masks are those of the run (unit counts do not depend on the input size)."""
+    model = MODELS[model_name]((1, 32, 32), 10)
+    return TDLearner(model, model.create_parameters(np.random.RandomState(0)), layers, seed)
 
 
 def main() -> int:
@@ -43,7 +44,7 @@ def main() -> int:
     f = f.sort_values("datasource_index")
     s = f["influence"].to_numpy()
     n = len(s)
-    X = mask_design(n, a.seed, manifest["model"], layers)
+    X = mask_design(masks_only(a.seed, manifest["model"], layers), np.arange(n))
     resid = s - X @ np.linalg.lstsq(X, s, rcond=None)[0]
     folds = np.arange(n) % 10
     cross = np.empty(n)

@@ -119,10 +119,12 @@ def influence_on_targets(td: TDLearner, h_targets: np.ndarray, y_targets: np.nda
     return out
 
 
-def validation_influence(td: TDLearner, data: DataBundle, show_progress: bool = False) -> np.ndarray:
+def validation_influence(td: TDLearner, data: DataBundle, show_progress: bool = False,
+                         h_val: Optional[np.ndarray] = None) -> np.ndarray:
     """Data-cleansing score of every training instance: mean over the validation set of
-    ``L(f^{m~(z_i)}, z) - L(f^{m(z_i)}, z)`` (negative = harmful)."""
-    h_val = split_features(td, data, data.val)
+    ``L(f^{m~(z_i)}, z) - L(f^{m(z_i)}, z)`` (negative = harmful). ``h_val``: the validation
+    features when the caller has them already."""
+    h_val = split_features(td, data, data.val) if h_val is None else h_val
     return influence_on_targets(td, h_val, data.val.labels, len(data.train), True, show_progress,
                                 desc="turn-over influence")
 
@@ -158,7 +160,7 @@ def residual_validation_influence(td: TDLearner, data: DataBundle, n_fresh: Opti
     per_coef = 40 if td.linear_head() is not None else 10
     coef = mask_baseline(td, h_val, data.val.labels, n_fresh or per_coef * (1 + sum(td.shapes.values())),
                          show_progress)
-    return validation_influence(td, data, show_progress) - mask_design(td, np.arange(len(data.train))) @ coef
+    return validation_influence(td, data, show_progress, h_val) - mask_design(td, np.arange(len(data.train))) @ coef
 
 
 def instance_losses(td: TDLearner, data: DataBundle, idx: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
