@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from common.cli import add_run_arguments, positive_float, positive_int, run_main
+from common.cli import OneLineParser, add_run_arguments, positive_float, positive_int, run_main
 from influence_functions import NAME, SOLVERS, InfluenceRunConfig, SolverOptions, merge_solver_logs
 from sgd_influence.pipeline import DEFAULT_REMOVE, config_fields, run
 
@@ -25,7 +25,7 @@ def momentum(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(p, "output_influence_functions", DEFAULT_REMOVE)
     p.add_argument("--methods", nargs="+", default=[NAME, "Random"], help="estimators to run (default: %(default)s)")
     d = SolverOptions()

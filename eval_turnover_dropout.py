@@ -12,13 +12,13 @@ import argparse
 import sys
 from typing import List, Optional
 
-from common.cli import add_run_arguments, positive_int, run_main
+from common.cli import OneLineParser, add_run_arguments, positive_int, run_main
 from sgd_influence.pipeline import DEFAULT_REMOVE, config_fields, run
 from turnover_dropout import NAME, TDRunConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(p, "output_turnover_dropout", DEFAULT_REMOVE, explain_max=8)
     p.add_argument("--methods", nargs="+", default=[NAME, "Random"],
                    help="estimators to run (default: %(default)s; Turnover_dropout_self (self-influence, to find "
