@@ -22,6 +22,13 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
+def output_folder(text: str) -> str:
+    """A non-empty -o value."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty; give an output folder")
+    return text
+
+
 def positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -65,7 +72,7 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_defau
                       explain_max: int = 0) -> None:
     """The original example's flags plus the project's (SPEC section 3); ``explain_max``: the
     driver's default number of test errors explained."""
-    p.add_argument("-o", "--output", default=default_out, help="output folder (default: %(default)s)")
+    p.add_argument("-o", "--output", type=output_folder, default=default_out, help="output folder (default: %(default)s)")
     p.add_argument("-ds", "--dataset", default="digits",
                    help="digits (embedded), mnist, cifar10, stl10, or a path to an NNC train CSV")
     p.add_argument("-m", "--model", default="cnn6", choices=["cnn6", "logreg", "mlp"])
@@ -116,7 +123,8 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_defau
     g.add_argument("--explain-same-label", action="store_true",
                    help="explain errors only by training images labelled as the wrong class (as the paper's figures)")
     p.add_argument("--no-augment", action="store_true", help="train without random crop and flip")
-    p.add_argument("--overwrite", action="store_true", help="start the output folder afresh if its settings differ")
+    p.add_argument("--overwrite", action="store_true", help="when the folder's settings differ, recompute what the changed settings invalidate "
+                        "(deletes only files this tool wrote)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -132,6 +140,16 @@ def run_main(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk outside the atomic writers (h5py, nnabla): still one line
+        from .fileio import DISK_FULL
+        if debug:
+            traceback.print_exc()
+        if exc.errno in DISK_FULL:
+            print(f"error: no space left on the device ({exc.filename or 'while writing'}); free some space "
+                  f"and rerun the same command to continue", file=sys.stderr)
+            return 2
+        print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue where it stopped", file=sys.stderr)
         return 130

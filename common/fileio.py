@@ -2,15 +2,27 @@
 
 Every output is written to a temporary name in the same folder and renamed over the final
 name only when complete (``os.replace`` is atomic on POSIX), so a killed run leaves at most
-a ``*.partial*`` file that no reader looks at.
+a ``*.partial*`` file that no reader looks at. A full disk (or quota) while writing becomes a
+``UserError`` that names the file.
+
+Fault injection (``bench/fault_injection.py``, ``tests/test_resume.py``): with the environment
+variables ``DATA_CLEANSING_KILL_ON=TEXT`` (and ``DATA_CLEANSING_KILL_NTH=J``, default 1) the process
+kills itself with SIGKILL inside its J-th atomic write of a path containing TEXT, after the
+temporary file is complete and before the rename; ``DATA_CLEANSING_WRITE_LOG=F`` appends the path
+of every completed write to F.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import shutil
+import signal
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
+
+from .errors import UserError
 
 PathLike = Union[str, "os.PathLike[str]"]
 PARTIAL_TAG = ".partial"
@@ -48,21 +60,62 @@ def remove_stale_partials(root: PathLike) -> int:
     return removed
 
 
+_MATCHES = [0]
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+MIN_FREE = 4 << 20  # bytes that must be free before a write starts
+
+
+def _fault_point(final: Path) -> None:
+    target = os.environ.get("DATA_CLEANSING_KILL_ON")
+    if target and target in str(final):
+        _MATCHES[0] += 1
+        if _MATCHES[0] == int(os.environ.get("DATA_CLEANSING_KILL_NTH", "1")):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _log_write(final: Path) -> None:
+    log = os.environ.get("DATA_CLEANSING_WRITE_LOG")
+    if log:
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()} {final}\n")
+
+
+def disk_full_error(path: PathLike, exc: BaseException) -> Optional[UserError]:
+    """The one-line error for a write that failed on a full disk (or quota), else None. Some
+    writers (h5py) lose the errno, so a write failing with under 1 MiB free counts as well."""
+    code = getattr(exc, "errno", None)
+    full = code in DISK_FULL
+    if not full and isinstance(exc, (OSError, RuntimeError)):
+        with contextlib.suppress(OSError):
+            full = shutil.disk_usage(Path(path).parent).free < (1 << 20)
+    if not full:
+        return None
+    return UserError(f"no space left on the device while writing {path}; free some space (or choose another -o) "
+                     f"and rerun the same command to continue")
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is renamed to ``path``, on error removed."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(final)
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(final.parent).free < MIN_FREE:  # before a writer that might crash on it (h5py)
+            raise OSError(errno.ENOSPC, "less than 4 MiB free", str(final.parent))
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        _fault_point(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        full = disk_full_error(final, exc)
+        if full is not None:
+            raise full from None
         raise
+    _log_write(final)
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:

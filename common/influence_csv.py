@@ -43,6 +43,8 @@ def read_influence_csv(path: Union[str, Path], n_train: int) -> pd.DataFrame:
             not np.array_equal(np.sort(idx.to_numpy()), np.arange(n_train)):
         raise UserError(f"influence CSV {path} does not list the {n_train} training samples once each "
                         f"with columns {','.join(COLUMNS)}; delete it and rerun")
+    if not np.all(np.isfinite(pd.to_numeric(frame["influence"], errors="coerce"))):
+        raise UserError(f"influence CSV {path} holds influence values that are not finite numbers; delete it and rerun")
     return frame
 
 

@@ -78,19 +78,82 @@ def _file_key(path: Optional[Path]) -> tuple:
     return (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
-def _csv_splits(train_csv: str, seed: int, val_csv: Optional[str], test_csv: Optional[str]) -> tuple:
+def _csv_paths(train_csv: str, val_csv: Optional[str], test_csv: Optional[str]) -> tuple:
     train_path = Path(train_csv).expanduser()
     if not train_path.is_file():
         raise DatasetError(f"training CSV {train_path} not found; check the path given as the dataset")
-    val_path, test_path = nnc_csv.companion_paths(train_path, val_csv, test_csv)
-    key = ("csv",) + _file_key(train_path) + _file_key(val_path) + _file_key(test_path)
-    train, val, test = _memoised(key, lambda: nnc_csv.load(train_path, val_path, test_path))
-    if val is None:
-        n_val = min(max(1, int(round(CSV_VAL_FRACTION * len(train)))), len(train) - 1)
+    return (train_path,) + tuple(nnc_csv.companion_paths(train_path, val_csv, test_csv))
+
+
+def _csv_source(train_csv: str, val_csv: Optional[str], test_csv: Optional[str]) -> nnc_csv.CsvSource:
+    paths = _csv_paths(train_csv, val_csv, test_csv)
+    key = ("csv",) + sum((_file_key(p) for p in paths), ())
+    return _memoised(key, lambda: nnc_csv.read_source(*paths))
+
+
+def _first_rows(idx: np.ndarray, count: Optional[int], what: str) -> np.ndarray:
+    if count is not None and count > len(idx):
+        log.info("%s=%d is more than the %d samples available; keeping all of them", what, count, len(idx))
+    return idx if count is None else idx[:count]
+
+
+def _csv_splits(train_csv: str, seed: int, val_csv: Optional[str], test_csv: Optional[str],
+                counts: tuple) -> tuple:
+    """(train, validation, test, num_classes) of own CSV data; only the rows kept are decoded."""
+    src = _csv_source(train_csv, val_csv, test_csv)
+    n_train, n_val, n_test = counts
+    rows = np.arange(len(src.train.values))
+    if src.val is None:
+        n_val_split = min(max(1, int(round(CSV_VAL_FRACTION * len(rows)))), len(rows) - 1)
         log.info("no validation CSV beside %s: using a seeded 80/20 split of it (seed %d): "
-                 "%d train + %d validation", train_path, seed, len(train) - n_val, n_val)
-        train, val = seeded_split(train, n_val, seed)
-    return train, val, test
+                 "%d train + %d validation", src.train.path, seed, len(rows) - n_val_split, n_val_split)
+        perm = np.random.RandomState(seed).permutation(len(rows))
+        train_idx, val_idx, val_from = perm[n_val_split:], perm[:n_val_split], "train"
+    else:
+        train_idx, val_idx, val_from = rows, np.arange(len(src.val.values)), "val"
+    train = src.split("train", _first_rows(train_idx, n_train, "n_train"))
+    val = src.split(val_from, _first_rows(val_idx, n_val, "n_val"))
+    test = src.split("test", _first_rows(np.arange(len(src.test.values)), n_test, "n_test"))
+    missing = sorted(set(np.unique(val.labels)) - set(np.unique(train.labels)))
+    missing_test = sorted(set(np.unique(test.labels)) - set(np.unique(train.labels)))
+    for what, classes in (("validation", missing), ("test", missing_test)):
+        if classes:
+            log.warning("the %s set has class(es) %s that no training sample has: the model cannot learn them",
+                        what, ", ".join(map(str, classes)))
+    return train, val, test, src.num_classes
+
+
+def input_fingerprints(name: str, val_csv: Optional[str] = None, test_csv: Optional[str] = None,
+                       counts: tuple = (None, None, None)) -> dict:
+    """``{"train_data", "val_data", "test_data"}``: SHA-256 of own CSV data (each CSV file and the
+    images of the rows a run can use: with a validation CSV the first ``n_train``/``n_val``/``n_test``
+    rows, without one every training row, since each trial draws its own split); None where a split
+    has no file of its own, and for the built-ins, whose files are checked against their published
+    checksums instead."""
+    if not str(name).lower().endswith(".csv"):
+        return {"train_data": None, "val_data": None, "test_data": None}
+    train, val, test = _csv_paths(name, val_csv, test_csv)
+    key = ("fingerprint", counts) + _file_key(train) + _file_key(val) + _file_key(test)
+
+    def compute() -> dict:
+        src = _csv_source(name, val_csv, test_csv)
+        n_train, n_val, n_test = counts if src.val is not None else (None, None, counts[2])
+        return {"train_data": nnc_csv.fingerprint(src.train, n_train),
+                "val_data": nnc_csv.fingerprint(src.val, n_val) if src.val is not None else None,
+                "test_data": nnc_csv.fingerprint(src.test, n_test)}
+    return dict(_memoised(key, compute))
+
+
+def input_paths(name: str, data_dir: Optional[str] = None, val_csv: Optional[str] = None,
+                test_csv: Optional[str] = None) -> list:
+    """Files and folders a run reads its data from (a run's output folder must not hold them)."""
+    out = [Path(data_dir)] if data_dir else []
+    if str(name).lower().endswith(".csv"):
+        src = _csv_source(name, val_csv, test_csv)
+        for rows in (src.train, src.val, src.test):
+            if rows is not None:
+                out += [rows.path, *nnc_csv.image_folders(rows)]
+    return out
 
 
 def load_dataset(name: str, seed: int, data_dir: Optional[str] = None, n_train: Optional[int] = None,
@@ -112,12 +175,13 @@ def load_dataset(name: str, seed: int, data_dir: Optional[str] = None, n_train: 
         train, val = seeded_split(source.pool, source.n_val, seed)
         test = source.test.subset(np.arange(len(source.test)))
     elif str(name).lower().endswith(".csv"):
-        train, val, test = _csv_splits(name, seed, val_csv, test_csv)
+        train, val, test, num_classes = _csv_splits(name, seed, val_csv, test_csv, (n_train, n_val, n_test))
+        mean, std = norm_stats(train.images.shape[1])
+        return DataBundle(name, train, val, test, num_classes, mean, std)
     else:
         raise DatasetError(f"unknown dataset {name!r}; "
                            "use digits, mnist, cifar10, stl10 or the path of an NNC .csv file")
-    num_classes = BUILTIN_CLASSES if name in BUILTINS else \
-        int(max(train.labels.max(), val.labels.max(), test.labels.max())) + 1
+    num_classes = BUILTIN_CLASSES
     mean, std = norm_stats(train.images.shape[1])
     return DataBundle(name, _first(train, n_train, "n_train"), _first(val, n_val, "n_val"),
                       _first(test, n_test, "n_test"), num_classes, mean, std)

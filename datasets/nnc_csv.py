@@ -5,11 +5,14 @@ else PIL reads. Columns after the first two are ignored (so this tool's influenc
 Channels: the first training image decides: a one-band image (L, 1, I, F, LA) makes the whole
 dataset grey (1 channel), anything else RGB (3 channels, alpha dropped); every image is converted
 to that mode. Size: every image is resized to the working size of the first training image.
-Labels are non-negative integers; num_classes = max label over all splits + 1.
+Labels are class indices written as plain decimal digits (0, 1, 2, ...) below ``MAX_CLASSES``;
+num_classes = max label over all splits + 1.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -22,6 +25,9 @@ from datasets.imageops import resize_images, working_size
 
 HEADER = ("x:image", "y:label")
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+#: labels are 0 .. MAX_CLASSES - 1 (the output layer has max label + 1 units)
+MAX_CLASSES = 10000
+_LABEL = re.compile(r"-?[0-9]+")
 
 
 @dataclass
@@ -39,13 +45,14 @@ def _row_error(path: Path, line: int, what: str) -> DatasetError:
 
 
 def _parse_label(path: Path, line: int, text: str) -> int:
-    try:
-        label = int(text.strip())
-    except ValueError:
-        raise _row_error(path, line, f"label {text!r} is not an integer; "
-                                     "labels must be class indices 0, 1, 2, ...") from None
+    rule = f"labels must be class indices 0, 1, 2, ... below {MAX_CLASSES}, written as plain digits"
+    if not _LABEL.fullmatch(text.strip()):
+        raise _row_error(path, line, f"label {text!r} is not an integer in plain digits; {rule}")
+    label = int(text.strip())
     if label < 0:
-        raise _row_error(path, line, f"label {label} is negative; labels must be class indices 0, 1, 2, ...")
+        raise _row_error(path, line, f"label {label} is negative; {rule}")
+    if label >= MAX_CLASSES:
+        raise _row_error(path, line, f"label {label} is too large; {rule}")
     return label
 
 
@@ -108,18 +115,40 @@ def first_image_format(rows: CsvRows) -> tuple:
     return mode, working_size(first.shape[1], first.shape[2])
 
 
-def decode_images(rows: CsvRows, mode: str, size: tuple) -> np.ndarray:
-    """All images of ``rows`` as uint8 (N, C, h, w); sizes differing from ``size`` are resized."""
-    channels = 1 if mode == "L" else 3
-    out = np.empty((len(rows.values), channels) + tuple(size), dtype=np.uint8)
+def decode_images(rows: CsvRows, mode: str, size: tuple, keep: Optional[np.ndarray] = None,
+                  cache: Optional[dict] = None) -> np.ndarray:
+    """The images of ``rows`` (only the rows ``keep``, in that order, when given) as uint8
+    (N, C, h, w); sizes differing from ``size`` are resized. ``cache`` (row -> image) keeps decoded
+    rows across calls, so rows shared by several trials are decoded once."""
+    keep = np.arange(len(rows.values)) if keep is None else np.asarray(keep, np.int64)
+    cache = {} if cache is None else cache
     by_shape: dict = {}
-    for i in range(len(rows.values)):
+    for i in dict.fromkeys(int(i) for i in keep if int(i) not in cache):
         pixels = _open_image(rows, i, mode)
         by_shape.setdefault(pixels.shape, []).append((i, pixels))
     for group in by_shape.values():
-        idx = np.array([i for i, _ in group])
-        out[idx] = resize_images(np.stack([p for _, p in group]), size)
+        resized = resize_images(np.stack([p for _, p in group]), size)
+        cache.update((i, resized[k]) for k, (i, _) in enumerate(group))
+    channels = 1 if mode == "L" else 3
+    out = np.empty((len(keep), channels) + tuple(size), dtype=np.uint8)
+    for j, i in enumerate(keep):
+        out[j] = cache[int(i)]
     return out
+
+
+def fingerprint(rows: CsvRows, first: Optional[int] = None) -> str:
+    """SHA-256 over the CSV file's bytes and the bytes of the images its rows name (the first
+    ``first`` rows when given), in row order: it changes when a label, a path or an image changes."""
+    h = hashlib.sha256(rows.path.read_bytes())
+    for i in range(len(rows.values) if first is None else min(first, len(rows.values))):
+        path = _image_path(rows, i)
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def image_folders(rows: CsvRows) -> set:
+    """The folders holding the images a CSV names (inputs a run must never delete)."""
+    return {_image_path(rows, i).parent for i in range(len(rows.values))}
 
 
 def _companion(train: Path, replacements: tuple) -> tuple:
@@ -149,16 +178,43 @@ def companion_paths(train: Path, val_csv: Optional[str], test_csv: Optional[str]
     return val, test
 
 
-def to_split(rows: CsvRows, mode: str, size: tuple) -> Split:
-    """Decode a CSV's images into a Split whose ids are the paths as written in the CSV."""
-    return make_split(decode_images(rows, mode, size), rows.labels, np.array(rows.values, dtype=str))
+def to_split(rows: CsvRows, mode: str, size: tuple, keep: Optional[np.ndarray] = None,
+             cache: Optional[dict] = None) -> Split:
+    """Decode a CSV's images (the rows ``keep`` when given) into a Split whose ids are the paths as
+    written in the CSV."""
+    keep = np.arange(len(rows.values)) if keep is None else np.asarray(keep, np.int64)
+    return make_split(decode_images(rows, mode, size, keep, cache), rows.labels[keep],
+                      np.array(rows.values, dtype=str)[keep])
 
 
-def load(train_path: Path, val_path: Optional[Path], test_path: Path) -> tuple:
-    """(train Split in row order, validation Split or None, test Split) of own NNC CSV data.
+@dataclass
+class CsvSource:
+    """Own CSV data read but not decoded: the rows of each file, the image format decided by the
+    first training image, and per-file caches of decoded rows."""
 
-    Raises DatasetError for a missing image, a wrong header, a bad label, a single class in the
-    training CSV, an empty CSV or an unreadable image (file and line named).
+    train: CsvRows
+    val: Optional[CsvRows]
+    test: CsvRows
+    mode: str
+    size: tuple
+    caches: dict
+
+    @property
+    def num_classes(self) -> int:
+        splits = [r for r in (self.train, self.val, self.test) if r is not None]
+        return int(max(r.labels.max() for r in splits)) + 1
+
+    def split(self, which: str, keep: Optional[np.ndarray] = None) -> Split:
+        """Decode the rows ``keep`` (all when None) of 'train', 'val' or 'test'."""
+        return to_split(getattr(self, which), self.mode, self.size, keep, self.caches.setdefault(which, {}))
+
+
+def read_source(train_path: Path, val_path: Optional[Path], test_path: Path) -> CsvSource:
+    """Read and check own NNC CSV data without decoding its images (``CsvSource.split`` decodes).
+
+    Raises DatasetError for a missing first image, a wrong header, a bad label, a single class in
+    the training CSV or an empty CSV (file and line named); a missing or unreadable image elsewhere
+    is reported when its row is decoded.
     """
     train_rows = read_rows(train_path)
     classes = np.unique(train_rows.labels)
@@ -168,5 +224,4 @@ def load(train_path: Path, val_path: Optional[Path], test_path: Path) -> tuple:
     val_rows = read_rows(val_path) if val_path is not None else None
     test_rows = read_rows(test_path)
     mode, size = first_image_format(train_rows)
-    val = to_split(val_rows, mode, size) if val_rows is not None else None
-    return to_split(train_rows, mode, size), val, to_split(test_rows, mode, size)
+    return CsvSource(train_rows, val_rows, test_rows, mode, size, {})

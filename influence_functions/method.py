@@ -19,6 +19,7 @@ import pandas as pd
 
 from common.errors import UserError
 from common.fileio import write_csv_atomic
+from common.outdir import method_scope
 from common.influence_csv import read_influence_csv, scores_by_position
 from sgd_influence.pipeline import Method, RunConfig, Trial, register_method
 
@@ -46,6 +47,11 @@ class InfluenceRunConfig(RunConfig):
 
     def manifest(self) -> dict:
         return {**super().manifest(), "damping": self.resolved_damping, **asdict(self.solver)}
+
+    def manifest_scopes(self) -> dict:
+        """The solver settings invalidate only this method's influence and scores."""
+        own = method_scope(NAME)
+        return {**super().manifest_scopes(), "damping": own, **{k: own for k in asdict(self.solver)}}
 
 
 def solver_log(root: Union[str, Path], seed: int) -> Path:

@@ -16,6 +16,8 @@ from common.figures import save_figure  # noqa: E402
 from common.fileio import write_csv_atomic  # noqa: E402
 from common.paths import RunPaths  # noqa: E402
 
+from .eval import read_score_csv  # noqa: E402
+
 NO_REMOVAL = "No_Removal"
 _SCORE = re.compile(r"score_delete_worst_(\d+)_seed_(\d+)\.csv$")
 METRICS = ["test_accuracy", "test_loss", "val_accuracy", "val_loss"]
@@ -28,7 +30,7 @@ def collect_scores(paths: RunPaths) -> pd.DataFrame:
         m = _SCORE.search(f.name)
         if not m:
             continue
-        last = pd.read_csv(f).iloc[-1]
+        last = read_score_csv(f).iloc[-1]
         rows.append({"method": f.parent.name, "n_drops": int(m.group(1)), "seed": int(m.group(2)),
                      **{k: float(last[k]) for k in METRICS}})
     return pd.DataFrame(rows, columns=["method", "n_drops", "seed"] + METRICS)

@@ -7,10 +7,13 @@ retrained epoch: ``val_loss,test_loss,val_accuracy,test_accuracy``.
 """
 from __future__ import annotations
 
-from typing import List
+from pathlib import Path
+from typing import List, Union
 
 import numpy as np
+import pandas as pd
 
+from common.errors import UserError
 from common.paths import RunPaths
 from datasets import DataBundle
 
@@ -18,6 +21,26 @@ from .trace import Trace
 from .train import TrainConfig, evaluate_splits, learner_from_file, run_steps
 
 SCORE_COLUMNS = ["val_loss", "test_loss", "val_accuracy", "test_accuracy"]
+
+
+def read_score_csv(path: Union[str, Path]) -> pd.DataFrame:
+    """A score CSV, checked: its columns, at least one row, finite losses >= 0 and accuracies in
+    [0, 1] (a file cut short or edited is refused, never read as a zero)."""
+    path = Path(path)
+    try:
+        complete = path.read_bytes().endswith(b"\n")  # pandas ends every file with one; a cut file does not
+        frame = pd.read_csv(path)
+    except Exception as exc:
+        raise UserError(f"score CSV {path} is unreadable ({type(exc).__name__}); delete it and rerun") from None
+    ok = complete and list(frame.columns) == SCORE_COLUMNS and len(frame) > 0
+    if ok:
+        values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+        acc = values[:, 2:]
+        ok = bool(np.all(np.isfinite(values)) and np.all(values[:, :2] >= 0) and np.all((acc >= 0) & (acc <= 1)))
+    if not ok:
+        raise UserError(f"score CSV {path} is damaged (want columns {','.join(SCORE_COLUMNS)} and rows of finite "
+                        f"losses >= 0 and accuracies in [0, 1]); delete it and rerun to recompute it")
+    return frame
 
 
 def removal_mask(n_train: int, order: np.ndarray, n: int) -> np.ndarray:

@@ -15,6 +15,7 @@ import json
 import multiprocessing as mp
 import shutil
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -28,12 +29,15 @@ from common.fileio import remove_stale_partials, write_csv_atomic, write_text_at
 from common.influence_csv import influence_frame, read_influence_csv, scores_by_position, write_influence_csv
 from common.params_io import load_params
 from common.paths import RunPaths
+from common.outdir import (LOCK, SCOPE_TEXT, SCOPES, FolderLock, check_deletable, check_output_arg, manifest_diff,
+                           read_manifest, remove_outputs, write_manifest)
 from datasets import DataBundle, load_dataset
+from datasets.loader import input_fingerprints, input_paths
 from datasets.noise import apply_label_noise, check_fraction
 
 from . import analyze as analysis
 from . import report
-from .eval import SCORE_COLUMNS, removal_mask, retrain_scores
+from .eval import SCORE_COLUMNS, read_score_csv, removal_mask, retrain_scores
 from .explain import SGD_FORMULA, explain_errors
 from .infl import sgd_influence, validation_loss_grad, validation_loss_stats_grad
 from .validate import actual_influence, pick_validation_samples
@@ -42,7 +46,10 @@ from .train import TrainConfig, load_training, train_with_trace, training_comple
 
 DEFAULT_REMOVE = [0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000]
 #: Manifest keys added after runs had been made: an old manifest without them had these values.
-MANIFEST_DEFAULTS = {"label_noise": 0.0}
+MANIFEST_DEFAULTS = {"label_noise": 0.0, "retrain_all": False, "train_data": None, "val_data": None,
+                     "test_data": None}
+#: Report settings added to the manifest later: an old manifest without them takes today's values.
+ADOPTED_IF_MISSING = ("gallery", "explain_k", "explain_max", "explain_same_label")
 
 
 @dataclass
@@ -81,8 +88,32 @@ class RunConfig:
         return list(range(self.first_seed, self.first_seed + self.n_trials))
 
     def manifest(self) -> dict:
+        """Every setting that changes a result (``manifest_scopes`` says which outputs each one
+        invalidates), with the content fingerprints of own CSV data."""
         return {"dataset": self.dataset, **asdict(self.train), "n_train": self.n_train,
-                "n_val": self.n_val, "n_test": self.n_test, "label_noise": float(self.label_noise)}
+                "n_val": self.n_val, "n_test": self.n_test, "label_noise": float(self.label_noise),
+                "retrain_all": bool(self.retrain_all), "gallery": int(self.gallery),
+                "explain_k": int(self.explain_k), "explain_max": int(self.explain_max),
+                "explain_same_label": bool(self.explain_same_label),
+                **input_fingerprints(self.dataset, self.val_csv, self.test_csv, (self.n_train, self.n_val, self.n_test))}
+
+    def manifest_defaults(self) -> dict:
+        """Values of keys that older manifests lack (they were recorded later)."""
+        return dict(MANIFEST_DEFAULTS)
+
+    def manifest_scopes(self) -> Dict[str, Callable]:
+        """Manifest key -> the outputs a change of it invalidates (``common.outdir.SCOPES``)."""
+        scopes = {k: SCOPES["train"] for k in ("dataset", *asdict(self.train), "n_train", "label_noise", "train_data")}
+        scopes.update({k: SCOPES["influence"] for k in ("n_val", "val_data")})
+        scopes.update({k: SCOPES["eval"] for k in ("n_test", "test_data", "retrain_all")})
+        scopes["gallery"] = lambda rel: rel.name.startswith("harmful_")
+        for k in ("explain_k", "explain_max", "explain_same_label"):
+            scopes[k] = lambda rel: rel.name.startswith("explain_errors")
+        return scopes
+
+    def inputs(self) -> List[Path]:
+        """Files and folders the run reads its data from."""
+        return input_paths(self.dataset, self.data_dir, self.val_csv, self.test_csv)
 
 
 def config_fields(a: argparse.Namespace) -> dict:
@@ -169,33 +200,94 @@ def register_method(method: Method) -> None:
 
 
 # ---------------------------------------------------------------------------- bookkeeping
-def prepare_output(cfg: RunConfig, overwrite: bool) -> RunPaths:
-    """Check (or start) the output folder's manifest; refuse outputs of other settings; delete the
-    temporary files a killed run left behind."""
-    paths = RunPaths(cfg.out)
+@dataclass
+class OutputFolder:
+    """The checked output folder of a run: its paths, the lock this process holds on it, and
+    whether this run created its manifest (a run that fails before any training then leaves the
+    folder as it found it)."""
+
+    paths: RunPaths
+    lock: FolderLock
+    created: bool
+    made_dir: bool = False
+
+    def close(self, failed: bool) -> None:
+        """Release the lock; after a failed first run that trained nothing, remove what it wrote."""
+        root = self.paths.root
+        undo = failed and self.created and not any(root.glob("weights/seed_*/final.h5"))
+        if undo:
+            remove_outputs(root, SCOPES["train"])
+            self.paths.manifest.unlink(missing_ok=True)
+        self.lock.release()
+        if undo:
+            (root / LOCK).unlink(missing_ok=True)
+            if self.made_dir and not any(root.iterdir()):
+                root.rmdir()
+
+
+def prepare_output(cfg: RunConfig, overwrite: bool) -> OutputFolder:
+    """Check (or start) the output folder: lock it, compare its manifest with ``cfg``'s settings
+    (refuse other settings; with ``overwrite`` remove only the outputs the changed settings
+    invalidate), and delete the temporary files a killed run left behind."""
+    root = check_output_arg(cfg.out, overwrite)
+    paths = RunPaths(root)
     wanted = cfg.manifest()
+    created = made_dir = False
     if paths.manifest.is_file():
-        old = json.loads(paths.manifest.read_text())
-        old = {**MANIFEST_DEFAULTS, **old}
-        diff = {k: (old.get(k), v) for k, v in wanted.items() if old.get(k) != v}
-        if diff and not overwrite:
-            what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
-            raise UserError(f"output folder {paths.root} holds a run with other settings ({what}); "
-                            f"use another -o or add --overwrite to start it afresh")
-        if diff:
-            shutil.rmtree(paths.root)
-    elif paths.root.exists() and any(paths.root.iterdir()):
-        if not overwrite:
-            raise UserError(f"output folder {paths.root} is not empty and holds no run manifest; "
-                            f"use another -o or add --overwrite")
-        shutil.rmtree(paths.root)
+        lock = _lock(root)  # first: the folder may be in use by a running run
+        try:
+            old = read_manifest(paths.manifest)
+            old = {**cfg.manifest_defaults(), **{k: wanted[k] for k in ADOPTED_IF_MISSING if k in wanted}, **old}
+            diff = manifest_diff(old, wanted, paths.manifest)
+            scopes = cfg.manifest_scopes()
+            if diff and not overwrite:
+                what = ", ".join(f"{k} {_short(a)} -> {_short(b)}" for k, (a, b) in diff.items())
+                raise UserError(f"output folder {root} holds a run with other settings ({what}); use another -o "
+                                f"or add --overwrite to recompute {_redo_text(diff, scopes)}")
+            if diff:
+                check_deletable(root, cfg.inputs())
+                remove_outputs(root, lambda rel: any(scopes.get(k, SCOPES["train"])(rel) for k in diff))
+        except BaseException:
+            lock.release()
+            raise
+    elif root.exists() and any(root.iterdir()):
+        raise UserError(f"output folder {root} is not empty and holds no manifest of this tool; "
+                        f"choose a new or empty folder with -o (the tool never deletes files it did not write)")
+    else:
+        made_dir = not root.exists()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot write to output folder {root} ({exc.strerror}); choose another -o") from None
+        lock, created = _lock(root), True
     try:
-        paths.root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(paths.manifest, json.dumps(wanted, indent=1, sort_keys=True))
+        write_manifest(paths.manifest, wanted)
     except OSError as exc:
-        raise UserError(f"cannot write to output folder {paths.root} ({exc.strerror}); choose another -o") from None
-    remove_stale_partials(paths.root)  # temporary files of a killed run
-    return paths
+        lock.release()
+        raise UserError(f"cannot write to output folder {root} ({exc.strerror}); choose another -o") from None
+    remove_stale_partials(root)  # temporary files of a killed run
+    return OutputFolder(paths, lock, created, made_dir)
+
+
+def _lock(root: Path) -> FolderLock:
+    try:
+        return FolderLock(root).acquire()
+    except PermissionError as exc:
+        raise UserError(f"cannot write to output folder {root} ({exc.strerror}); choose another -o") from None
+
+
+def _redo_text(diff: dict, scopes: dict) -> str:
+    """What --overwrite recomputes for these changed keys: the widest scope among them."""
+    names = [next((n for n, s in SCOPES.items() if s is scopes.get(k, SCOPES["train"])), None) for k in diff]
+    widest = next((n for n in SCOPES if n in names), None)
+    if widest is not None:
+        return SCOPE_TEXT[widest]
+    return "the outputs of " + ", ".join(diff)
+
+
+def _short(v) -> str:
+    text = str(v)
+    return text[:12] + "..." if len(text) > 15 else text
 
 
 def load_noisy_trial_data(cfg: RunConfig, seed: int) -> Tuple[DataBundle, np.ndarray, np.ndarray]:
@@ -257,6 +349,10 @@ def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -
     paths = RunPaths(cfg.out)
     data, noisy, true_labels = load_noisy_trial_data(cfg, seed)
     cleanse = check_cleanse(cfg, len(data.train))  # before training: a bad size fails fast
+    ns = remove_list(cfg, len(data.train), log)
+    if cfg.remove and not ns:
+        raise UserError(f"every -r value ({' '.join(map(str, sorted(set(cfg.remove))))}) is at or above the "
+                        f"{len(data.train)} training samples; choose values below {len(data.train)}")
     timings = Timings(paths, seed)
     hara = any(m.needs_hara_cache for m in methods)
     steps_last = -(-len(data.train) // cfg.train.batch_size)
@@ -293,7 +389,6 @@ def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -
     if cfg.validate > 0:
         validate_trial(trial, frames)
 
-    ns = remove_list(cfg, len(data.train), log)
     base_rows = None
     for n in ns:
         for m in methods:
@@ -308,7 +403,7 @@ def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -
                                           cfg.retrain_all)
                     write_csv_atomic(base, pd.DataFrame(rows, columns=SCORE_COLUMNS))
                     timings.add("eval", analysis.NO_REMOVAL, time.time() - t0)
-                base_rows = pd.read_csv(base)
+                base_rows = read_score_csv(base)
                 write_csv_atomic(out, base_rows)
                 continue
             rows = retrain_scores(cfg.train, data, paths, seed, trace,
@@ -450,7 +545,17 @@ def run(cfg: RunConfig, overwrite: bool = False) -> pd.DataFrame:
     check_fraction(cfg.label_noise)
     if cfg.gallery < 0:
         raise UserError(f"gallery size must not be negative, got {cfg.gallery}")
-    paths = prepare_output(cfg, overwrite)
+    folder = prepare_output(cfg, overwrite)
+    failed = True
+    try:
+        summary = _run_trials(cfg, folder.paths)
+        failed = False
+    finally:
+        folder.close(failed)
+    return summary
+
+
+def _run_trials(cfg: RunConfig, paths: RunPaths) -> pd.DataFrame:
     methods = [METHODS[m] for m in cfg.methods]
     seeds = cfg.seeds
     jobs = max(1, min(cfg.jobs, len(seeds)))

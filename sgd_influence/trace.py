@@ -87,8 +87,9 @@ def load_trace(path: Union[str, Path], n_train: int) -> Trace:
             arrays = {f: z[f] for f in FIELDS}
     except FileNotFoundError:
         raise UserError(f"{what} is missing; rerun the training stage") from None
-    except (ValueError, KeyError, OSError, EOFError) as exc:
-        raise UserError(f"{what} is not a valid trace ({exc}); delete {path.parent} and rerun") from None
+    except Exception as exc:  # a truncated or foreign file: zipfile, numpy and OS errors alike
+        detail = " ".join(str(exc).split())[:80] or type(exc).__name__
+        raise UserError(f"{what} is not a valid trace ({detail}); delete {path.parent} and rerun") from None
     tr = Trace(**arrays)
     S = len(tr.step)
     ok = (all(a.dtype.kind in "iuf" for a in arrays.values())

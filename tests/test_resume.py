@@ -71,3 +71,16 @@ def test_stale_partial_files_of_dead_processes_are_removed(tmp_path):
     assert remove_stale_partials(tmp_path) == 1
     assert not stale.exists() and mine.exists() and done.read_text() == "stage\n"
     assert remove_stale_partials(tmp_path) == 0
+
+
+def test_seeded_fault_injection_short(tmp_path):
+    """The short version of bench/fault_injection.py: one kill in each stage, same bytes at the end."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from fault_injection import TARGETS, fault_injection
+    stages = {}
+    for stage, marker in TARGETS:  # the first target of each stage, in pipeline order
+        stages.setdefault(stage.split()[0], (stage, marker))
+    report = fault_injection(tmp_path / "work", seed=3, targets=list(stages.values()))
+    assert [k["stage"].split()[0] for k in report["kills"]] == ["training", "estimator", "reports", "validation",
+                                                                "retraining"]
+    assert report["files"] >= 20 and report["differing"] == [] and report["partials_left"] == []

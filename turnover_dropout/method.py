@@ -22,6 +22,7 @@ import pandas as pd
 
 from common.errors import UserError
 from common.fileio import write_csv_atomic
+from common.outdir import method_scope
 from models import MODELS
 from sgd_influence.pipeline import Method, RunConfig, Trial, register_method
 
@@ -52,8 +53,16 @@ class TDRunConfig(RunConfig):
     explain_max: int = 8
 
     def manifest(self) -> dict:
-        extra = {"td_networks": self.td_networks} if self.td_networks > 1 else {}  # 1: folders of before stay valid
-        return {**super().manifest(), "td_layers": list(layers_of(self)), "td_p": P_KEEP, **extra}
+        return {**super().manifest(), "td_layers": list(layers_of(self)), "td_p": P_KEEP,
+                "td_networks": int(self.td_networks)}
+
+    def manifest_defaults(self) -> dict:
+        return {**super().manifest_defaults(), "td_networks": 1}  # folders of before recorded it only when > 1
+
+    def manifest_scopes(self) -> dict:
+        """The TD settings invalidate only the TD networks and the TD methods' influence and scores."""
+        own = method_scope(NAME, weights_tag="turnover")
+        return {**super().manifest_scopes(), **{k: own for k in ("td_layers", "td_p", "td_networks")}}
 
 
 def layers_of(cfg: RunConfig) -> tuple:
