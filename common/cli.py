@@ -83,7 +83,8 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_defau
     p.add_argument("-j", "--jobs", type=positive_int, default=os.cpu_count() or 1,
                    help="trials run at once in separate processes (default: number of cores)")
     p.add_argument("--data-dir", default=None, help="folder that already holds the dataset's files")
-    p.add_argument("--n-train", type=positive_int, default=None, help="use the first N samples of the seeded training split")
+    p.add_argument("--n-train", type=positive_int, default=None,
+                   help="use the first N samples of the seeded training split")
     p.add_argument("--n-val", type=positive_int, default=None, help="use the first N samples of the validation split")
     p.add_argument("--n-test", type=positive_int, default=None, help="use the first N test samples")
     p.add_argument("--val-csv", default=None, help="own data: validation CSV (default: beside the train CSV)")

@@ -15,6 +15,7 @@ from .solvers import SOLVERS, SolverInfo, SolverOptions, conjugate_gradient, lis
 
 register()
 
-__all__ = ["NAME", "ORIGINAL_SIGN", "compute_original_sign", "SOLVERS", "InfluenceRunConfig", "SolverInfo", "SolverOptions", "compute",
-           "conjugate_gradient", "default_damping", "influence_functions", "influence_scores", "inverse_hvp",
-           "lissa", "merge_solver_logs", "minres", "momentum_sgd", "register", "solve"]
+__all__ = ["NAME", "ORIGINAL_SIGN", "compute_original_sign", "SOLVERS", "InfluenceRunConfig", "SolverInfo",
+           "SolverOptions", "compute", "conjugate_gradient", "default_damping", "influence_functions",
+           "influence_scores", "inverse_hvp", "lissa", "merge_solver_logs", "minres", "momentum_sgd", "register",
+           "solve"]

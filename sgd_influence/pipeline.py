@@ -31,14 +31,13 @@ from common.paths import RunPaths
 from datasets import DataBundle, load_dataset
 from datasets.noise import apply_label_noise, check_fraction
 
-from . import analyze as analysis
-from . import report
+from . import analyze as analysis, report
 from .eval import SCORE_COLUMNS, removal_mask, retrain_scores
 from .explain import SGD_FORMULA, explain_errors
 from .infl import sgd_influence, validation_loss_grad, validation_loss_stats_grad
-from .validate import actual_influence, pick_validation_samples
 from .trace import Trace, load_trace
 from .train import TrainConfig, load_training, train_with_trace, training_complete
+from .validate import actual_influence, pick_validation_samples
 
 DEFAULT_REMOVE = [0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000]
 #: Manifest keys added after runs had been made: an old manifest without them had these values.
