@@ -63,7 +63,7 @@ def fraction(text: str) -> float:
 
 def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_default: Sequence[int],
                       explain_max: int = 0) -> None:
-    """The original example's flags plus the project's (SPEC section 3); ``explain_max``: the
+    """The original example's flags plus the project's (docs/SPEC.md section 3); ``explain_max``: the
     driver's default number of test errors explained."""
     p.add_argument("-o", "--output", default=default_out, help="output folder (default: %(default)s)")
     p.add_argument("-ds", "--dataset", default="digits",
