@@ -75,7 +75,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                             "parameter files, next to the paper's numbers.")
     p.add_argument("--param-file", default=None,
                    help="measure this parameter file (.h5) instead of a freshly saved cnn6 (used for both datasets)")
-    p.add_argument("-bs", "--batch-size", type=positive_int, default=32, help="mini-batch size (default 32, the paper's)")
+    p.add_argument("-bs", "--batch-size", type=positive_int, default=32,
+                   help="mini-batch size (default 32, the paper's)")
     p.add_argument("-e", "--epochs", type=positive_int, default=20, help="epochs k (default 20, the paper's)")
     p.add_argument("--csv", default=None, help="also write the table to this CSV file")
     p.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -4,7 +4,7 @@
 v ~= (H + alpha I)^-1 u (H: Hessian of the mean training loss at the final parameters, batch norm
 in inference mode; u: gradient of the mean validation loss), influence = <v, grad l(z_j)> / n_train,
 negative = harmful. Each solve's relative residual ||(H + alpha I) v - u|| / ||u|| goes to
-summary/solver.csv. See README.md and SPEC sections 2-4.
+summary/solver.csv. See README.md and docs/SPEC.md sections 2-4.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Data cleansing with SGD-influence: train, estimate influence (Hara, Ours, Random), retrain
-without the most harmful samples, summarise. See README.md and SPEC section 3."""
+without the most harmful samples, summarise. See README.md and docs/SPEC.md section 3."""
 from __future__ import annotations
 
 import argparse

@@ -30,8 +30,8 @@ BATCH, LR = 32, 0.05
 def _setup(n_train, n_val=1000):
     import logging
     logging.getLogger("nnabla").setLevel(logging.WARNING)
-    from datasets import load_dataset
     from common.paths import RunPaths
+    from datasets import load_dataset
     from sgd_influence.train import TrainConfig
     data = load_dataset("mnist", 0, data_dir=str(MNIST), n_train=n_train, n_val=n_val, n_test=1000)
     cfg = TrainConfig(model="cnn6", epochs=1, batch_size=BATCH, lr=LR, augment=True)
@@ -40,6 +40,7 @@ def _setup(n_train, n_val=1000):
 
 def task(name: str, args) -> dict:
     import numpy as np
+
     from common.autodiff import vdot, vnorm
     from common.batches import training_batch
     from common.params_io import load_params

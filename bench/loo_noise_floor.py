@@ -29,9 +29,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--data-dir", help="where the run's dataset files are (as given to the run)")
     args = ap.parse_args()
-    import common.cli  # noqa: F401  (quiet nnabla)
     import pandas as pd
     from scipy import stats
+
+    import common.cli  # noqa: F401  (quiet nnabla)
     from common.batches import split_batches
     from common.paths import RunPaths
     from sgd_influence.pipeline import RunConfig, load_trial_data

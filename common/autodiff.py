@@ -30,8 +30,15 @@ import nnabla.solvers as S
 import numpy as np
 
 from common.fastmul import mul
-from models.networks import (BN_DECAY, Model, Tangent, batch_standardize, channel_affine, per_sample_loss,
-                             weighted_batch_mean)
+from models.networks import (
+    BN_DECAY,
+    Model,
+    Tangent,
+    batch_standardize,
+    channel_affine,
+    per_sample_loss,
+    weighted_batch_mean,
+)
 
 Vector = Dict[str, np.ndarray]
 
@@ -173,7 +180,7 @@ class _Jvp:
         outs = [o for o, _ in self.taps]
         deltas = nn.grad([total_loss], outs)
         dots = None
-        for (o, t), d in zip(self.taps, deltas):
+        for (_, t), d in zip(self.taps, deltas):
             if d is None:
                 continue
             term = _product_rowsum(d, t)
@@ -210,7 +217,7 @@ class Learner:
     #: Per-sample product method when none is given: see ``per_sample_grad_dot``.
     default_dot = "auto"
 
-    def __init__(self, model: Model, params: "OrderedDict[str, nn.Variable]"):
+    def __init__(self, model: Model, params: OrderedDict[str, nn.Variable]):
         self.model = model
         self.params = params
         self.trainable = OrderedDict((k, v) for k, v in params.items() if v.need_grad)
@@ -281,7 +288,7 @@ class Learner:
         grads = [_persist(g) if g is not None else None for g in grads]
         return _Graph(x=x, y=y, grads=grads)
 
-    def _direction_vars(self) -> "OrderedDict[str, nn.Variable]":
+    def _direction_vars(self) -> OrderedDict[str, nn.Variable]:
         return OrderedDict((k, nn.Variable(v.shape)) for k, v in self.trainable.items())
 
     def _build_dot(self, batch: int, train: bool) -> _Graph:
@@ -350,7 +357,7 @@ class Learner:
         return _Graph(x=x, y=y, V=V, hv=hv, dots=_persist(grads[-1] * float(batch)), U_stats=U_stats,
                       stat_scale=scale)
 
-    def _stat_direction_vars(self) -> "OrderedDict[str, nn.Variable]":
+    def _stat_direction_vars(self) -> OrderedDict[str, nn.Variable]:
         return OrderedDict((k, nn.Variable(self.params[k].shape)) for k in self.stat_names)
 
     def _build_stats_products(self, batch: int, train: bool) -> _Graph:

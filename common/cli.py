@@ -70,9 +70,10 @@ def fraction(text: str) -> float:
 
 def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_default: Sequence[int],
                       explain_max: int = 0) -> None:
-    """The original example's flags plus the project's (SPEC section 3); ``explain_max``: the
+    """The original example's flags plus the project's (docs/SPEC.md section 3); ``explain_max``: the
     driver's default number of test errors explained."""
-    p.add_argument("-o", "--output", type=output_folder, default=default_out, help="output folder (default: %(default)s)")
+    p.add_argument("-o", "--output", type=output_folder, default=default_out,
+                   help="output folder (default: %(default)s)")
     p.add_argument("-ds", "--dataset", default="digits",
                    help="digits (embedded), mnist, cifar10, stl10, or a path to an NNC train CSV")
     p.add_argument("-m", "--model", default="cnn6", choices=["cnn6", "logreg", "mlp"])
@@ -90,7 +91,8 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_defau
     p.add_argument("-j", "--jobs", type=positive_int, default=os.cpu_count() or 1,
                    help="trials run at once in separate processes (default: number of cores)")
     p.add_argument("--data-dir", default=None, help="folder that already holds the dataset's files")
-    p.add_argument("--n-train", type=positive_int, default=None, help="use the first N samples of the seeded training split")
+    p.add_argument("--n-train", type=positive_int, default=None,
+                   help="use the first N samples of the seeded training split")
     p.add_argument("--n-val", type=positive_int, default=None, help="use the first N samples of the validation split")
     p.add_argument("--n-test", type=positive_int, default=None, help="use the first N test samples")
     p.add_argument("--val-csv", default=None, help="own data: validation CSV (default: beside the train CSV)")
@@ -123,7 +125,8 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_defau
     g.add_argument("--explain-same-label", action="store_true",
                    help="explain errors only by training images labelled as the wrong class (as the paper's figures)")
     p.add_argument("--no-augment", action="store_true", help="train without random crop and flip")
-    p.add_argument("--overwrite", action="store_true", help="when the folder's settings differ, recompute what the changed settings invalidate "
+    p.add_argument("--overwrite", action="store_true",
+                   help="when the folder's settings differ, recompute what the changed settings invalidate "
                         "(deletes only files this tool wrote)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -124,7 +124,7 @@ def write_text_atomic(path: PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_csv_atomic(path: PathLike, frame: "pandas.DataFrame") -> None:  # noqa: F821
+def write_csv_atomic(path: PathLike, frame: pandas.DataFrame) -> None:  # noqa: F821
     """Write a pandas DataFrame as CSV (no index column) atomically."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)

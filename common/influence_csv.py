@@ -1,4 +1,4 @@
-"""Influence CSVs in the SPEC's format: ``x:image,y:label,influence,datasource_index``,
+"""Influence CSVs in the format of docs/SPEC.md section 4: ``x:image,y:label,influence,datasource_index``,
 sorted ascending (most harmful first); ties broken by ``datasource_index`` so the file is
 deterministic."""
 from __future__ import annotations

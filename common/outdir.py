@@ -108,7 +108,8 @@ def check_deletable(root: Path, inputs: Iterable[Path]) -> None:
                (REPO_ROOT, "this tool's repository")]
     for g, what in guarded:
         if _contains(real, g):
-            raise UserError(f"refusing to delete in {root}: it is {what} or holds it; choose a folder of its own with -o")
+            raise UserError(f"refusing to delete in {root}: it is {what} or holds it; "
+                            f"choose a folder of its own with -o")
     for p in inputs:
         if _contains(real, Path(p).resolve()):
             raise UserError(f"refusing to delete in {root}: it holds the input data {p}; choose another -o")
@@ -180,7 +181,7 @@ class FolderLock:
         self.path = root / LOCK
         self.fh = None
 
-    def acquire(self) -> "FolderLock":
+    def acquire(self) -> FolderLock:
         fh = open(self.path, "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -21,7 +21,7 @@ from .fileio import atomic_path
 State = Dict[str, np.ndarray]
 
 
-def save_params(path: Union[str, Path], params: Mapping[str, "nn.Variable"]) -> None:
+def save_params(path: Union[str, Path], params: Mapping[str, nn.Variable]) -> None:
     """Save parameter variables (or arrays) to ``path`` (.h5) atomically."""
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", libver="latest") as f:
@@ -37,7 +37,7 @@ def load_params(path: Union[str, Path]) -> State:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"parameter file {path} is missing; rerun the training stage (delete its folder)")
-    scope: "OrderedDict[str, nn.Variable]" = OrderedDict()
+    scope: OrderedDict[str, nn.Variable] = OrderedDict()
     try:
         with nn.parameter_scope("", scope):
             nn.load_parameters(str(path))

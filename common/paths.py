@@ -1,4 +1,4 @@
-"""The output folder tree (SPEC section 4), in one place."""
+"""The output folder tree (docs/SPEC.md section 4), in one place."""
 from __future__ import annotations
 
 from pathlib import Path

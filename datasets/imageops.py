@@ -13,7 +13,7 @@ _RESIZE_CHUNK = 8192
 
 
 def working_size(height: int, width: int) -> tuple:
-    """SPEC rule: short edge < 32 -> (32, 32); 32..128 -> kept; > 128 -> (128, 128)."""
+    """docs/SPEC.md section 5: short edge < 32 -> (32, 32); 32..128 -> kept; > 128 -> (128, 128)."""
     short = min(height, width)
     if short < MIN_EDGE:
         return (MIN_EDGE, MIN_EDGE)

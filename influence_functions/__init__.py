@@ -3,7 +3,7 @@
 ``infl_j = <v, grad l(z_j)> / n_train`` with ``v ~= (H + alpha I)^-1 u``: ``H`` the Hessian of the
 mean training loss at the final parameters (batch norm in inference mode), ``u`` the gradient of
 the mean validation loss, ``alpha`` 10.0 for cifar10 and 0.1 otherwise. Negative = harmful
-(SPEC section 2). Solvers (``solvers``): MINRES (default) and conjugate gradient on full-batch
+(docs/SPEC.md section 2). Solvers (``solvers``): MINRES (default) and conjugate gradient on full-batch
 Hessian-vector products, the original example's momentum SGD, and LiSSA; each reports its
 relative residual on the full-batch Hessian.
 
@@ -15,6 +15,7 @@ from .solvers import SOLVERS, SolverInfo, SolverOptions, conjugate_gradient, lis
 
 register()
 
-__all__ = ["NAME", "ORIGINAL_SIGN", "compute_original_sign", "SOLVERS", "InfluenceRunConfig", "SolverInfo", "SolverOptions", "compute",
-           "conjugate_gradient", "default_damping", "influence_functions", "influence_scores", "inverse_hvp",
-           "lissa", "merge_solver_logs", "minres", "momentum_sgd", "register", "solve"]
+__all__ = ["NAME", "ORIGINAL_SIGN", "compute_original_sign", "SOLVERS", "InfluenceRunConfig", "SolverInfo",
+           "SolverOptions", "compute", "conjugate_gradient", "default_damping", "influence_functions",
+           "influence_scores", "inverse_hvp", "lissa", "merge_solver_logs", "minres", "momentum_sgd", "register",
+           "solve"]

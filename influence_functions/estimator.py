@@ -6,7 +6,7 @@
   ``H`` is the Hessian of one fixed function (``train=False`` in every product). Trainable
   parameters only: the batch-norm running statistics are not parameters of that function.
 * ``u``: the gradient of the mean validation loss at the same parameters (``Trial.u``).
-* Sign (SPEC section 2): removing ``z_j`` moves the optimum by ``+(1/n) H^-1 grad l(z_j)``, so the
+* Sign (docs/SPEC.md section 2): removing ``z_j`` moves the optimum by ``+(1/n) H^-1 grad l(z_j)``, so the
   mean validation loss changes by ``+(1/n) <u, H^-1 grad l(z_j)> = <v, g_j> / n``: negative =
   removing it lowers the validation loss = harmful. The original example stored the negated
   value, so its ascending order removed the most helpful samples first.

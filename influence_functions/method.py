@@ -19,8 +19,8 @@ import pandas as pd
 
 from common.errors import UserError
 from common.fileio import write_csv_atomic
-from common.outdir import method_scope
 from common.influence_csv import read_influence_csv, scores_by_position
+from common.outdir import method_scope
 from sgd_influence.pipeline import Method, RunConfig, Trial, register_method
 
 from .estimator import SOLVER_COLUMNS, default_damping, influence_functions, solver_row

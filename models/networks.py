@@ -175,9 +175,9 @@ class Model:
         self.input_shape = tuple(int(s) for s in input_shape)
         self.num_classes = int(num_classes)
 
-    def create_parameters(self, rng: np.random.RandomState) -> "OrderedDict[str, nn.Variable]":
+    def create_parameters(self, rng: np.random.RandomState) -> OrderedDict[str, nn.Variable]:
         """Fresh parameters (trainable and batch-norm statistics) drawn from ``rng``."""
-        scope: "OrderedDict[str, nn.Variable]" = OrderedDict()
+        scope: OrderedDict[str, nn.Variable] = OrderedDict()
         x = nn.Variable((1,) + self.input_shape)
         with nn.parameter_scope("", scope), nn.auto_forward(False):
             self._create(x, rng)

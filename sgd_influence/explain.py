@@ -20,7 +20,8 @@ from common.explain import EXPLAIN_COLUMNS, explanation_table, misclassified
 from datasets import to_network_input
 
 #: What ``I`` means in the SGD-influence explanation figure.
-SGD_FORMULA = "I = estimated change of the wrong class's loss when z_i leaves the last epoch; I > 0: z_i pushes towards it"
+SGD_FORMULA = ("I = estimated change of the wrong class's loss when z_i leaves the last epoch; "
+               "I > 0: z_i pushes towards it")
 
 
 def test_predictions(trial) -> np.ndarray:

@@ -11,12 +11,11 @@ with label noise, the mislabel-detection curves.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import shutil
 import time
-from pathlib import Path
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -25,24 +24,33 @@ import pandas as pd
 from common.autodiff import Learner
 from common.errors import UserError
 from common.explain import plot_explanations
-from common.fileio import remove_stale_partials, write_csv_atomic, write_text_atomic
+from common.fileio import remove_stale_partials, write_csv_atomic
 from common.influence_csv import influence_frame, read_influence_csv, scores_by_position, write_influence_csv
+from common.outdir import (
+    LOCK,
+    SCOPE_TEXT,
+    SCOPES,
+    FolderLock,
+    check_deletable,
+    check_output_arg,
+    manifest_diff,
+    read_manifest,
+    remove_outputs,
+    write_manifest,
+)
 from common.params_io import load_params
 from common.paths import RunPaths
-from common.outdir import (LOCK, SCOPE_TEXT, SCOPES, FolderLock, check_deletable, check_output_arg, manifest_diff,
-                           read_manifest, remove_outputs, write_manifest)
 from datasets import DataBundle, load_dataset
 from datasets.loader import input_fingerprints, input_paths
 from datasets.noise import apply_label_noise, check_fraction
 
-from . import analyze as analysis
-from . import report
+from . import analyze as analysis, report
 from .eval import SCORE_COLUMNS, read_score_csv, removal_mask, retrain_scores
 from .explain import SGD_FORMULA, explain_errors
 from .infl import sgd_influence, validation_loss_grad, validation_loss_stats_grad
-from .validate import actual_influence, pick_validation_samples
 from .trace import Trace, load_trace
 from .train import TrainConfig, load_training, train_with_trace, training_complete
+from .validate import actual_influence, pick_validation_samples
 
 DEFAULT_REMOVE = [0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000]
 #: Manifest keys added after runs had been made: an old manifest without them had these values.
@@ -95,7 +103,8 @@ class RunConfig:
                 "retrain_all": bool(self.retrain_all), "gallery": int(self.gallery),
                 "explain_k": int(self.explain_k), "explain_max": int(self.explain_max),
                 "explain_same_label": bool(self.explain_same_label),
-                **input_fingerprints(self.dataset, self.val_csv, self.test_csv, (self.n_train, self.n_val, self.n_test))}
+                **input_fingerprints(self.dataset, self.val_csv, self.test_csv,
+                                     (self.n_train, self.n_val, self.n_test))}
 
     def manifest_defaults(self) -> dict:
         """Values of keys that older manifests lack (they were recorded later)."""

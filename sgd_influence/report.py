@@ -206,7 +206,8 @@ def export_images(split, image_dir: Path) -> list:
             final.parent.mkdir(parents=True, exist_ok=True)
             made.add(final.parent)
         img = np.asarray(image, dtype=np.uint8)
-        pil = Image.fromarray(img[0], "L") if img.shape[0] == 1 else Image.fromarray(np.transpose(img, (1, 2, 0)), "RGB")
+        pil = (Image.fromarray(img[0], "L") if img.shape[0] == 1
+               else Image.fromarray(np.transpose(img, (1, 2, 0)), "RGB"))
         tmp = partial_path(final)
         try:
             pil.save(tmp, format="PNG")

@@ -11,7 +11,7 @@ def make(name, shape=(1, 32, 32), classes=10, seed=0, scale=None):
     p = m.create_parameters(np.random.RandomState(seed))
     if scale is not None:
         rs = np.random.RandomState(seed + 100)
-        for k, v in p.items():
+        for v in p.values():
             if v.need_grad:
                 v.d = rs.randn(*v.shape) * scale
     return Learner(m, p)
@@ -133,6 +133,7 @@ def test_sgd_step_scales_by_the_original_batch_size():
 def test_row_weighted_batch_statistics_drop_a_row_at_weight_zero():
     import nnabla as nn
     import nnabla.functions as F
+
     from models.networks import batch_standardize
     rs = np.random.RandomState(3)
     h = rs.randn(6, 3, 4, 4).astype(np.float32) * 2 + 1
@@ -140,7 +141,8 @@ def test_row_weighted_batch_statistics_drop_a_row_at_weight_zero():
     xhat = batch_standardize(nn.Variable.from_numpy_array(h), w)[0]
     xhat.forward()
     kept = np.delete(h, 2, axis=0)
-    ref = F.batch_normalization(nn.Variable.from_numpy_array(kept), nn.Variable.from_numpy_array(np.zeros((1, 3, 1, 1), np.float32)),
+    ref = F.batch_normalization(nn.Variable.from_numpy_array(kept),
+                                nn.Variable.from_numpy_array(np.zeros((1, 3, 1, 1), np.float32)),
                                 nn.Variable.from_numpy_array(np.ones((1, 3, 1, 1), np.float32)),
                                 nn.Variable((1, 3, 1, 1)), nn.Variable((1, 3, 1, 1)), batch_stat=True)
     ref.forward()
@@ -164,6 +166,7 @@ def test_removal_products_predict_leaving_a_row_out_of_a_batch_norm_step():
 
 def test_batch_standardize_is_accurate_where_the_mean_is_large():
     import nnabla as nn
+
     from models.networks import batch_standardize
     h = (np.random.RandomState(0).randn(8, 4, 8, 8) * 0.5 + 30.0).astype(np.float32)
     xhat = batch_standardize(nn.Variable.from_numpy_array(h))[0]

@@ -16,7 +16,7 @@ def run_cli(*args, cwd=ROOT, script="eval_sgd_influence.py"):
 
 def assert_one_line_error(res, *fragments):
     assert res.returncode != 0
-    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("error: ") and "Traceback" not in res.stderr
     for f in fragments:

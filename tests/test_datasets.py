@@ -21,8 +21,19 @@ import pytest
 from PIL import Image
 
 from common.errors import UserError
-from datasets import DataBundle, DatasetError, Split, augment, load_dataset, to_network_input
-from datasets import cifar10, files, loader, mnist, stl10
+from datasets import (
+    DataBundle,
+    DatasetError,
+    Split,
+    augment,
+    cifar10,
+    files,
+    load_dataset,
+    loader,
+    mnist,
+    stl10,
+    to_network_input,
+)
 from datasets.imageops import apply_augmentation, augment_params, resize_images, resize_matrix, working_size
 
 MNIST_DIR = Path("/work/shared/datasets/mnist")

@@ -21,8 +21,17 @@ from common.autodiff import Learner
 from common.batches import split_batches
 from common.cli import run_main
 from datasets import DataBundle, Split, load_dataset, to_network_input
-from influence_functions import (NAME, SolverOptions, conjugate_gradient, default_damping, influence_functions,
-                                 lissa, minres, momentum_sgd, solve)
+from influence_functions import (
+    NAME,
+    SolverOptions,
+    conjugate_gradient,
+    default_damping,
+    influence_functions,
+    lissa,
+    minres,
+    momentum_sgd,
+    solve,
+)
 from influence_functions.estimator import ParamSpace, full_hvp, influence_scores, inverse_hvp, minibatch_hvps
 from influence_functions.solvers import estimate_top_eigenvalue, relative_residual
 from models import build_model

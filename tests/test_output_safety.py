@@ -2,16 +2,13 @@
 from other inputs, and damaged or unlucky inputs end in one line (exit 2) with nothing else touched."""
 import hashlib
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-
 from test_cli_errors import ROOT, assert_one_line_error, run_cli
 
 FAST = ["-m", "logreg", "-e", "1", "--n-train", "100", "--n-val", "50", "--n-test", "50", "--methods", "Ours",

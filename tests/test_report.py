@@ -461,6 +461,7 @@ def test_cleanse_not_below_training_size_fails_before_training(tmp_path):
 
 def test_figure5_draws_one_panel_per_run_and_refuses_unfinished_folders(tmp_path, capsys):
     import json
+
     import figure5
     from common.cli import run_main
     folders = []

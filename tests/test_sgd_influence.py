@@ -191,8 +191,8 @@ def test_validate_averages_repeats_and_resumes_from_them(tmp_path):
 def test_hara_ranks_flipped_labels_as_harmful(tmp_path):
     # 10% of the training labels flipped: the most harmful 10% by Hara and Ours hold far more
     # of them than a random 10% would (logistic regression on digits keeps this test fast).
-    from sgd_influence.infl import sgd_influence, validation_loss_grad
     from common.params_io import load_params
+    from sgd_influence.infl import sgd_influence, validation_loss_grad
     cfg = RunConfig(dataset="digits", out=str(tmp_path), methods=(), remove=(), show_progress=False,
                     train=TrainConfig(model="logreg", epochs=4, batch_size=32, lr=0.05, augment=False))
     data = load_trial_data(cfg, 0)
@@ -231,6 +231,7 @@ def test_timings_from_two_writers_keep_each_others_rows(tmp_path):
 
 def test_explaining_errors_restarts_the_recursion_from_the_wrong_class_loss(logreg_trial):
     from dataclasses import replace
+
     from common.params_io import load_params
     from datasets import to_network_input
     from sgd_influence.infl import sgd_influence

@@ -9,16 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import eval_turnover_dropout as driver
 from common.batches import split_batches
 from datasets import load_dataset
 from models import build_model
 from sgd_influence.trace import make_schedule
 from sgd_influence.train import TrainConfig
-from turnover_dropout import TDLearner, flip, instance_masks, resolve_layers
-from turnover_dropout import influence as tdi
+from turnover_dropout import TDLearner, flip, influence as tdi, instance_masks, resolve_layers
 from turnover_dropout.train import train_turnover
-
-import eval_turnover_dropout as driver
 
 
 def _td(model_name, shape, layers, seed=0):
@@ -141,8 +139,10 @@ def test_linear_head_matches_nnabla_head(model_name, layer, monkeypatch):
     fast = list(tdi.pair_differences(td, h, y, inst))
     monkeypatch.setattr(TDLearner, "linear_head", lambda self: None)
     slow = list(tdi.pair_differences(td, h, y, inst))
-    own_f = np.concatenate([o for _, o, _ in fast]); fl_f = np.concatenate([f for _, _, f in fast])
-    own_s = np.concatenate([o for _, o, _ in slow]); fl_s = np.concatenate([f for _, _, f in slow])
+    own_f = np.concatenate([o for _, o, _ in fast])
+    fl_f = np.concatenate([f for _, _, f in fast])
+    own_s = np.concatenate([o for _, o, _ in slow])
+    fl_s = np.concatenate([f for _, _, f in slow])
     assert own_f.shape == (9, 7)
     np.testing.assert_allclose(own_f, own_s, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(fl_f, fl_s, rtol=1e-4, atol=1e-5)
@@ -222,8 +222,10 @@ def test_driver_writes_the_tree(tmp_path, capsys):
     args = ["-ds", "digits", "-m", "mlp", "-e", "2", "--n-train", "200", "-r", "0", "10", "-j", "1",
             "--no-progress", "-o", str(out)]
     assert driver.main(args) == 0
-    for rel in ["influence/Turnover_dropout/influence_turnover_dropout_0.csv", "influence/Random/influence_random_0.csv",
-                "score/Turnover_dropout/score_delete_worst_10_seed_0.csv", "score/Random/score_delete_worst_10_seed_0.csv",
+    for rel in ["influence/Turnover_dropout/influence_turnover_dropout_0.csv",
+                "influence/Random/influence_random_0.csv",
+                "score/Turnover_dropout/score_delete_worst_10_seed_0.csv",
+                "score/Random/score_delete_worst_10_seed_0.csv",
                 "score/No_Removal/score_delete_worst_0_seed_0.csv", "summary/summary.csv", "fig/result.png",
                 "summary/explain_errors_0.csv", "fig/explain_errors_0.png", "summary/turnover_loss_curve_0.csv",
                 "fig/turnover_loss_curve_0.png", "weights/seed_00/turnover/final.h5",

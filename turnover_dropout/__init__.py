@@ -11,8 +11,18 @@ Modules: ``masks`` (volatile mask generation), ``network`` (masked training step
 label-noise detection check runs through the driver: ``eval_turnover_dropout.py --label-noise 0.1``.
 """
 from .masks import P_KEEP, flip, instance_masks, resolve_layers
-from .method import (METHOD, NAME, RESIDUAL_METHOD, RESIDUAL_NAME, SELF_METHOD, SELF_NAME, TDRunConfig,
-                     compute, compute_residual, compute_self)
+from .method import (
+    METHOD,
+    NAME,
+    RESIDUAL_METHOD,
+    RESIDUAL_NAME,
+    SELF_METHOD,
+    SELF_NAME,
+    TDRunConfig,
+    compute,
+    compute_residual,
+    compute_self,
+)
 from .network import TDLearner
 
 __all__ = ["METHOD", "NAME", "P_KEEP", "RESIDUAL_METHOD", "RESIDUAL_NAME", "SELF_METHOD", "SELF_NAME", "TDLearner",

@@ -2,7 +2,7 @@
 
 ``m(z_i)`` is the sub-network that learned training instance ``z_i``, ``m~(z_i)`` its complement,
 which never saw ``z_i``; so ``I`` estimates ``L(f_{D \\ z_i}, z_t) - L(f_D, z_t)`` (paper, eq. 2).
-With the project's sign convention (SPEC section 2) the data-cleansing score is the mean over
+With the project's sign convention (docs/SPEC.md section 2) the data-cleansing score is the mean over
 the validation set: ``infl_i = mean_z I(z, z_i)``; negative = the network without z_i does better
 on validation = z_i is harmful.
 

@@ -92,7 +92,7 @@ def resolve_layers(model_name: str, mask_points: Sequence[str], layers) -> tuple
         layers = [s for s in layers.replace(",", " ").split() if s]
     if list(layers) == ["all"]:
         return points
-    unknown = [l for l in layers if l not in points]
+    unknown = [name for name in layers if name not in points]
     if unknown or not layers:
         raise ValueError(f"unknown turn-over dropout layer(s) {unknown} for model '{model_name}'; "
                          f"choose from {', '.join(points)} or 'all'")

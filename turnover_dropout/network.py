@@ -70,7 +70,7 @@ class TDLearner(Learner):
         self.network = int(network)
         self.p = float(p)
         stages = _stages(model, self.params, False)
-        self.split = stages is not None and all(l in [s[0] for s in stages] for l in self.layers)
+        self.split = stages is not None and all(name in [s[0] for s in stages] for name in self.layers)
         if self.split:
             names = [s[0] for s in stages]
             self._cut = names.index(self.layers[0]) + 1  # stages [0, cut) are below the masks
@@ -78,7 +78,7 @@ class TDLearner(Learner):
 
     @classmethod
     def from_learner(cls, learner: Learner, layers, mask_seed: int, p: float = P_KEEP,
-                     network: int = 0) -> "TDLearner":
+                     network: int = 0) -> TDLearner:
         return cls(learner.model, learner.params, layers, mask_seed, p, network)
 
     # ------------------------------------------------------------------ masks
