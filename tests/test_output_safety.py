@@ -317,3 +317,19 @@ def test_disk_full_in_a_writer_is_one_line(tmp_path, monkeypatch):
         write_text_atomic(tmp_path / "x.json", "{}")
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_estimator_option_recomputes_only_that_estimator(tmp_path):
+    out = tmp_path / "o"
+    args = [*FAST[:8], "--methods", "Influence_functions", "Random", "--gallery", "0", "-r", "0", "10",
+            "--solver", "cg", "--cg-iters", "3"]
+    ok(run_cli("-o", str(out), *args, script="eval_influence_functions.py"))
+    before = snapshot(out)
+    exit2(run_cli("-o", str(out), *args, "--damping", "0.5", script="eval_influence_functions.py"),
+          "damping 0.1 -> 0.5", "recompute the outputs of damping")
+    ok(run_cli("-o", str(out), *args, "--damping", "0.5", "--overwrite", script="eval_influence_functions.py"))
+    after = snapshot(out)
+    same = [k for k in before if k.startswith(("weights/", "influence/Random/", "score/Random/", "score/No_Removal"))]
+    assert same and all(after[k] == before[k] for k in same)
+    changed = "influence/Influence_functions/influence_influence_functions_0.csv"
+    assert after[changed] != before[changed]
