@@ -89,7 +89,12 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_defau
                    help="nnabla context (default: cudnn when nnabla-ext-cuda is installed, else cpu)")
     p.add_argument("-di", "--device-id", type=nonneg_int, default=0, help="GPU device id")
     p.add_argument("-j", "--jobs", type=positive_int, default=os.cpu_count() or 1,
-                   help="trials run at once in separate processes (default: number of cores)")
+                   help="Dask worker processes of the local cluster that runs the tasks (training, each "
+                        "estimator, each retraining, each validation repeat; default: number of cores); "
+                        "1: every task in this process, no cluster")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the tasks on an existing Dask cluster (e.g. tcp://host:8786) whose workers "
+                        "share the output folder, instead of a local one")
     p.add_argument("--data-dir", default=None, help="folder that already holds the dataset's files")
     p.add_argument("--n-train", type=positive_int, default=None,
                    help="use the first N samples of the seeded training split")

@@ -106,5 +106,5 @@ def merge_solver_logs(root: Union[str, Path], seeds: Iterable[int]) -> Optional[
 
 
 def register() -> None:
-    register_method(Method(NAME, compute))
-    register_method(Method(ORIGINAL_SIGN, compute_original_sign))
+    register_method(Method(NAME, compute, group=NAME))
+    register_method(Method(ORIGINAL_SIGN, compute_original_sign, group=NAME))

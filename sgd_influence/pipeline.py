@@ -11,10 +11,11 @@ with label noise, the mislabel-detection curves.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
+import collections
+import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -81,6 +82,7 @@ class RunConfig:
     context: Optional[str] = None
     device_id: int = 0
     jobs: int = 1
+    scheduler: Optional[str] = None
     show_progress: bool = True
     validate: int = 0
     validate_repeats: int = 1
@@ -132,7 +134,8 @@ def config_fields(a: argparse.Namespace) -> dict:
     return dict(dataset=a.dataset, out=a.output, train=train, n_trials=a.n_trials, methods=a.methods,
                 remove=a.remove, retrain_all=a.retrain_all, data_dir=a.data_dir, n_train=a.n_train,
                 n_val=a.n_val, n_test=a.n_test, val_csv=a.val_csv, test_csv=a.test_csv, context=a.context,
-                device_id=a.device_id, jobs=a.jobs, show_progress=not a.no_progress, validate=a.validate,
+                device_id=a.device_id, jobs=a.jobs, scheduler=a.scheduler, show_progress=not a.no_progress,
+                validate=a.validate,
                 validate_repeats=a.validate_repeats,
                 label_noise=a.label_noise, gallery=a.gallery, cleanse=a.cleanse, explain_k=a.explain_k,
                 explain_max=a.explain_max, explain_same_label=a.explain_same_label)
@@ -177,6 +180,9 @@ class Method:
     needs_hara_cache: bool = False
     #: ``compute`` follows ``trial.u``, so restarting it from a test loss's gradient explains an error
     explains_errors: bool = False
+    #: methods of one group share a trained artefact or each other's scores: a trial runs them in
+    #: ``--methods`` order, one after another (methods of no group run side by side)
+    group: Optional[str] = None
 
 
 def _hara(trial: Trial) -> np.ndarray:
@@ -219,11 +225,12 @@ class OutputFolder:
     lock: FolderLock
     created: bool
     made_dir: bool = False
+    started: bool = False  # set when the first task starts: from then on a failure keeps the folder
 
     def close(self, failed: bool) -> None:
-        """Release the lock; after a failed first run that trained nothing, remove what it wrote."""
+        """Release the lock; after a failed first run that started no task, remove what it wrote."""
         root = self.paths.root
-        undo = failed and self.created and not any(root.glob("weights/seed_*/final.h5"))
+        undo = failed and self.created and not self.started
         if undo:
             remove_outputs(root, SCOPES["train"])
             self.paths.manifest.unlink(missing_ok=True)
@@ -317,6 +324,14 @@ def load_trial_data(cfg: RunConfig, seed: int) -> DataBundle:
     return load_noisy_trial_data(cfg, seed)[0]
 
 
+def write_timings(paths: RunPaths) -> None:
+    """``summary/timings.csv``: every trial's ``logs/timings_seed_<k>.csv`` (complete files only)."""
+    logs = [f for f in sorted((paths.root / "logs").glob("timings_seed_*.csv"))
+            if re.fullmatch(r"timings_seed_\d+\.csv", f.name)]
+    if logs:
+        write_csv_atomic(paths.summary / "timings.csv", pd.concat([pd.read_csv(f) for f in logs], ignore_index=True))
+
+
 class Timings:
     """Seconds per (stage, method) of one trial, kept in ``logs/timings_seed_<k>.csv``."""
 
@@ -351,75 +366,204 @@ def check_cleanse(cfg: RunConfig, n_train: int) -> List[int]:
     return ns
 
 
-# ---------------------------------------------------------------------------- stages
-def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -> int:
-    """Train, estimate influence, write the trial's reports and retrain-with-removal for trial ``seed``
-    (resumable); returns the number of training samples."""
+# ---------------------------------------------------------------------------- tasks
+# Each task function returns (value, timings) and does nothing when its output is complete; the
+# graph of them (``graph.build_graph``) is the run. Trials are rebuilt from the output folder in
+# each process (cached per process: estimators of one trial share its validation gradient).
+_TRIALS: collections.OrderedDict[tuple, Trial] = collections.OrderedDict()
+
+
+def trial_context(cfg: RunConfig, seed: int) -> Trial:
+    """The trained trial ``seed`` (data, trace, final learner), built once per process."""
     paths = RunPaths(cfg.out)
-    data, noisy, true_labels = load_noisy_trial_data(cfg, seed)
-    cleanse = check_cleanse(cfg, len(data.train))  # before training: a bad size fails fast
-    ns = remove_list(cfg, len(data.train), log)
+    final = paths.params(seed, "final")
+    key = (repr(cfg), seed, final.stat().st_mtime_ns if final.is_file() else None)
+    if key not in _TRIALS:
+        data, noisy, true_labels = load_noisy_trial_data(cfg, seed)
+        trace, learner = load_training(cfg.train, data, paths, seed)
+        _TRIALS[key] = Trial(cfg, seed, data, paths, trace, learner, noisy, true_labels)
+        while len(_TRIALS) > 2:
+            _TRIALS.popitem(last=False)
+    return _TRIALS[key]
+
+
+def planned_removals(cfg: RunConfig, n_train: Optional[int] = None, log=None) -> List[int]:
+    """The -r values the run retrains for (below the training size)."""
+    if n_train is None:
+        n_train = len(load_trial_data(cfg, cfg.seeds[0]).train)
+    return remove_list(cfg, n_train, log or (lambda *_: None))
+
+
+def check_run(cfg: RunConfig, log=print) -> int:
+    """Checks that need the data, made once before any task: returns the training size."""
+    n_train = len(load_trial_data(cfg, cfg.seeds[0]).train)
+    check_cleanse(cfg, n_train)
+    ns = remove_list(cfg, n_train, log)
     if cfg.remove and not ns:
         raise UserError(f"every -r value ({' '.join(map(str, sorted(set(cfg.remove))))}) is at or above the "
-                        f"{len(data.train)} training samples; choose values below {len(data.train)}")
-    timings = Timings(paths, seed)
-    hara = any(m.needs_hara_cache for m in methods)
+                        f"{n_train} training samples; choose values below {n_train}")
+    return n_train
+
+
+def train_task(cfg: RunConfig, seed: int):
+    """Training with trace of trial ``seed`` (and Hara's per-step cache when a method needs it)."""
+    paths = RunPaths(cfg.out)
+    data = load_trial_data(cfg, seed)
+    hara = any(METHODS[m].needs_hara_cache for m in cfg.methods)
     steps_last = -(-len(data.train) // cfg.train.batch_size)
-    if not training_complete(paths, seed, hara, steps_last):
-        t0 = time.time()
-        try:
-            train_with_trace(cfg.train, data, paths, seed, save_hara=hara, show_progress=cfg.show_progress)
-        except BaseException:
-            shutil.rmtree(paths.weights(seed), ignore_errors=True)  # keep nothing of a failed stage
-            raise
-        timings.add("train", "", time.time() - t0)
-    trace, learner = load_training(cfg.train, data, paths, seed)
-    trial = Trial(cfg, seed, data, paths, trace, learner, noisy, true_labels)
+    if training_complete(paths, seed, hara, steps_last):
+        return len(data.train), []
+    t0 = time.time()
+    try:
+        train_with_trace(cfg.train, data, paths, seed, save_hara=hara, show_progress=cfg.show_progress)
+    except BaseException:
+        shutil.rmtree(paths.weights(seed), ignore_errors=True)  # keep nothing of a failed stage
+        raise
+    return len(data.train), [(seed, "train", "", time.time() - t0)]
 
-    frames = {}
-    for m in methods:
-        csv = paths.influence_csv(m.name, seed)
-        if not csv.is_file():
-            t0 = time.time()
-            scores = m.compute(trial)
-            if not np.all(np.isfinite(scores)):
-                raise UserError(f"{m.name} produced non-finite influence for seed {seed}; "
-                                f"lower the learning rate (-lr) or check the training log")
-            write_influence_csv(csv, influence_frame(data.train.ids, data.train.labels, scores,
-                                                     noisy if cfg.label_noise > 0 else None))
-            timings.add("infl", m.name, time.time() - t0)
-        frames[m.name] = read_influence_csv(csv, len(data.train))
-    orders = {name: frame["datasource_index"].to_numpy() for name, frame in frames.items()}
-    write_trial_reports(trial, frames, cleanse)
-    for m in methods:
+
+def estimate_task(cfg: RunConfig, seed: int, name: str):
+    """The influence CSV of method ``name`` for trial ``seed``."""
+    paths = RunPaths(cfg.out)
+    csv = paths.influence_csv(name, seed)
+    if csv.is_file():
+        return None, []
+    trial = trial_context(cfg, seed)
+    t0 = time.time()
+    scores = METHODS[name].compute(trial)
+    if not np.all(np.isfinite(scores)):
+        raise UserError(f"{name} produced non-finite influence for seed {seed}; "
+                        f"lower the learning rate (-lr) or check the training log")
+    write_influence_csv(csv, influence_frame(trial.data.train.ids, trial.data.train.labels, scores,
+                                             trial.noisy if cfg.label_noise > 0 else None))
+    return None, [(seed, "infl", name, time.time() - t0)]
+
+
+def _frames(cfg: RunConfig, seed: int, n_train: int) -> Dict[str, pd.DataFrame]:
+    paths = RunPaths(cfg.out)
+    return {m: read_influence_csv(paths.influence_csv(m, seed), n_train) for m in cfg.methods}
+
+
+def trial_reports_task(cfg: RunConfig, seed: int):
+    """Galleries, cleansed datasets and error explanations of trial ``seed``."""
+    trial = trial_context(cfg, seed)
+    n_train = len(trial.data.train)
+    write_trial_reports(trial, _frames(cfg, seed, n_train), check_cleanse(cfg, n_train))
+    timings = []
+    for name in cfg.methods:
+        m = METHODS[name]
         if cfg.explain_max > 0 and m.explains_errors:
-            explain_trial(trial, m, timings)
+            seconds = explain_trial(trial, m)
+            if seconds is not None:
+                timings.append((seed, "explain", name, seconds))
+    return None, timings
 
-    if cfg.validate > 0:
-        validate_trial(trial, frames)
 
-    base_rows = None
-    for n in ns:
-        for m in methods:
-            out = paths.score_csv(m.name, n, seed)
-            if out.is_file():
-                continue
-            t0 = time.time()
-            if n == 0:
-                base = paths.score_csv(analysis.NO_REMOVAL, 0, seed)
-                if not base.is_file():
-                    rows = retrain_scores(cfg.train, data, paths, seed, trace, removal_mask(len(data.train), [], 0),
-                                          cfg.retrain_all)
-                    write_csv_atomic(base, pd.DataFrame(rows, columns=SCORE_COLUMNS))
-                    timings.add("eval", analysis.NO_REMOVAL, time.time() - t0)
-                base_rows = read_score_csv(base)
-                write_csv_atomic(out, base_rows)
-                continue
-            rows = retrain_scores(cfg.train, data, paths, seed, trace,
-                                  removal_mask(len(data.train), orders[m.name], n), cfg.retrain_all)
-            write_csv_atomic(out, pd.DataFrame(rows, columns=SCORE_COLUMNS))
-            timings.add(f"eval_n{n}", m.name, time.time() - t0)
-    return len(data.train)
+def _validation_samples(cfg: RunConfig, seed: int) -> Tuple[Dict[str, np.ndarray], Optional[np.ndarray]]:
+    n_train = len(load_trial_data(cfg, seed).train)
+    estimators = {name: scores_by_position(f) for name, f in _frames(cfg, seed, n_train).items() if name != "Random"}
+    if not estimators:
+        return estimators, None
+    return estimators, pick_validation_samples(estimators, cfg.validate, seed)
+
+
+def _cached_repeat(paths: RunPaths, seed: int, r: int, samples: np.ndarray) -> Optional[np.ndarray]:
+    f = _repeat_file(paths, seed, r)
+    if not f.is_file():
+        return None
+    d = pd.read_csv(f)
+    return d.actual.to_numpy() if np.array_equal(d.datasource_index.to_numpy(), samples) else None
+
+
+def validation_repeat_task(cfg: RunConfig, seed: int, repeat: int):
+    """Repeat ``repeat`` of the leave-one-out truth on the samples picked from the estimates (see
+    ``validation_pairs_task``), kept in ``logs/validation_actual_seed_<k>_repeat_<r>.csv``."""
+    paths = RunPaths(cfg.out)
+    _, samples = _validation_samples(cfg, seed)
+    if samples is None or _cached_repeat(paths, seed, repeat, samples) is not None:
+        return None, []
+    t0 = time.time()
+    trial = trial_context(cfg, seed)
+    actual = actual_influence(cfg.train, trial.data, paths, seed, trial.trace, samples, cfg.retrain_all, repeat,
+                              show_progress=cfg.show_progress)
+    write_csv_atomic(_repeat_file(paths, seed, repeat),
+                     pd.DataFrame({"datasource_index": samples, "actual": actual}))
+    return None, [(seed, "validate", f"repeat_{repeat}", time.time() - t0)]
+
+
+def validation_pairs_task(cfg: RunConfig, seed: int):
+    """Every method's estimate beside the actual leave-one-out change of the validation loss
+    (counterfactual retraining of the last epoch, or of all epochs with -ra) on the samples picked
+    by ``pick_validation_samples``, averaged over ``cfg.validate_repeats`` repeats (see
+    ``actual_influence``): ``logs/validation_pairs_seed_<k>.csv``."""
+    paths = RunPaths(cfg.out)
+    out = paths.root / "logs" / f"validation_pairs_seed_{seed}.csv"
+    repeats = max(1, cfg.validate_repeats)
+    if out.is_file() and int(pd.read_csv(out, nrows=1).get("repeats", pd.Series([1])).iloc[0]) == repeats:
+        return None, []
+    estimators, samples = _validation_samples(cfg, seed)
+    if samples is None:
+        return None, []
+    table = np.stack([_cached_repeat(paths, seed, r, samples) for r in range(repeats)])
+    spread = table.std(axis=0, ddof=1) if repeats > 1 else np.full(len(samples), np.nan)
+    rows = [pd.DataFrame({"method": name, "seed": seed, "datasource_index": samples, "estimate": s[samples],
+                          "actual": table.mean(axis=0), "actual_sd": spread, "repeats": repeats})
+            for name, s in estimators.items()]
+    write_csv_atomic(out, pd.concat(rows, ignore_index=True))
+    return None, []
+
+
+def baseline_task(cfg: RunConfig, seed: int):
+    """The retraining without removal (``No_Removal``, n = 0), shared by every method."""
+    paths = RunPaths(cfg.out)
+    base = paths.score_csv(analysis.NO_REMOVAL, 0, seed)
+    if 0 not in planned_removals(cfg) or base.is_file():
+        return None, []
+    t0 = time.time()
+    data = load_trial_data(cfg, seed)
+    trace = load_trace(paths.trace(seed), len(data.train))
+    rows = retrain_scores(cfg.train, data, paths, seed, trace, removal_mask(len(data.train), [], 0), cfg.retrain_all)
+    write_csv_atomic(base, pd.DataFrame(rows, columns=SCORE_COLUMNS))
+    return None, [(seed, "eval", analysis.NO_REMOVAL, time.time() - t0)]
+
+
+def retrain_task(cfg: RunConfig, seed: int, name: str, n: int):
+    """The scores after retraining trial ``seed`` without the ``n`` most harmful samples by ``name``."""
+    paths = RunPaths(cfg.out)
+    out = paths.score_csv(name, n, seed)
+    if out.is_file():
+        return None, []
+    if n == 0:
+        write_csv_atomic(out, read_score_csv(paths.score_csv(analysis.NO_REMOVAL, 0, seed)))
+        return None, []
+    t0 = time.time()
+    data = load_trial_data(cfg, seed)
+    trace = load_trace(paths.trace(seed), len(data.train))
+    order = read_influence_csv(paths.influence_csv(name, seed), len(data.train))["datasource_index"].to_numpy()
+    rows = retrain_scores(cfg.train, data, paths, seed, trace, removal_mask(len(data.train), order, n),
+                          cfg.retrain_all)
+    write_csv_atomic(out, pd.DataFrame(rows, columns=SCORE_COLUMNS))
+    return None, [(seed, f"eval_n{n}", name, time.time() - t0)]
+
+
+def run_reports_task(cfg: RunConfig, seeds: List[int]):
+    """Summary, figures and tables of the whole run (``analysis.analyze``, ``write_run_reports``);
+    ``summary/timings.csv`` is written by the process that records the timings, after every task."""
+    paths = RunPaths(cfg.out)
+    title = f"{cfg.dataset} / {cfg.train.model}, {len(seeds)} trial(s)"
+    summary = analysis.analyze(paths, seeds, list(cfg.methods), title)
+    write_run_reports(cfg, paths, len(load_trial_data(cfg, seeds[0]).train), title)
+    return summary, []
+
+
+def run_trial(cfg: RunConfig, seed: int, methods: Sequence[Method], log=print) -> int:
+    """Every task of trial ``seed`` in this process, in graph order (resumable); returns the number
+    of training samples."""
+    from .graph import build_graph, run_sequential
+    n_train = check_run(cfg, log)
+    one = replace(cfg, first_seed=seed, n_trials=1, methods=tuple(m.name for m in methods))
+    run_sequential(one, [t for t in build_graph(one, [seed], methods) if t.key != "run-reports"])
+    return n_train
 
 
 def write_trial_reports(trial: Trial, frames: Dict[str, pd.DataFrame], cleanse: Sequence[int]) -> None:
@@ -439,21 +583,22 @@ def write_trial_reports(trial: Trial, frames: Dict[str, pd.DataFrame], cleanse: 
             report.write_cleansed_csv(trial.data, frame, n, paths.root, roots, method=name, seed=seed)
 
 
-def explain_trial(trial: Trial, method: Method, timings: Timings) -> None:
+def explain_trial(trial: Trial, method: Method) -> Optional[float]:
     """``summary/explain_errors_<method>_<seed>.csv`` and ``fig/explain_errors_<method>_<seed>.png``:
     the first ``cfg.explain_max`` misclassified test images and their ``cfg.explain_k`` most
-    influential training images by ``method`` (one influence recursion per image)."""
+    influential training images by ``method`` (one influence recursion per image); returns the
+    seconds it took (None when both files existed)."""
     cfg, seed, paths = trial.cfg, trial.seed, trial.paths
     csv = paths.summary / f"explain_errors_{method.name}_{seed}.csv"
     png = paths.fig / f"explain_errors_{method.name}_{seed}.png"
     if csv.is_file() and png.is_file():
-        return
+        return None
     t0 = time.time()
     table = explain_errors(trial, method.compute, cfg.explain_k, cfg.explain_max, cfg.explain_same_label)
     write_csv_atomic(csv, table)
     title = f"{method.name}: {cfg.dataset} / {cfg.train.model}, seed {seed}{_noise_text(cfg)}"
     plot_explanations(table, trial.data, png, title, SGD_FORMULA)
-    timings.add("explain", method.name, time.time() - t0)
+    return time.time() - t0
 
 
 def write_run_reports(cfg: RunConfig, paths: RunPaths, n_train: int, title: str) -> None:
@@ -473,81 +618,13 @@ def _noise_text(cfg: RunConfig) -> str:
     return f", {100 * cfg.label_noise:g}% of training labels flipped" if cfg.label_noise > 0 else ""
 
 
-def validate_trial(trial: Trial, frames: Dict[str, pd.DataFrame]) -> None:
-    """Compare every method's estimate with the actual leave-one-out change of the validation loss
-    (counterfactual retraining of the last epoch, or of all epochs with -ra) on the samples picked
-    by ``pick_validation_samples``, averaged over ``cfg.validate_repeats`` repeats (see
-    ``actual_influence``); each repeat is kept in ``logs/validation_actual_seed_<k>_repeat_<r>.csv``
-    (an interrupted run resumes), the pairs go to ``logs/validation_pairs_seed_<k>.csv``."""
-    cfg, seed, paths = trial.cfg, trial.seed, trial.paths
-    out = paths.root / "logs" / f"validation_pairs_seed_{seed}.csv"
-    repeats = max(1, cfg.validate_repeats)
-    if out.is_file() and int(pd.read_csv(out, nrows=1).get("repeats", pd.Series([1])).iloc[0]) == repeats:
-        return
-    estimators = {name: scores_by_position(f) for name, f in frames.items() if name != "Random"}
-    if not estimators:
-        return
-    samples = pick_validation_samples(estimators, cfg.validate, seed)
-
-    def cached(r: int) -> Optional[np.ndarray]:
-        f = _repeat_file(paths, seed, r)
-        if not f.is_file():
-            return None
-        d = pd.read_csv(f)
-        return d.actual.to_numpy() if np.array_equal(d.datasource_index.to_numpy(), samples) else None
-
-    t0 = time.time()
-    actual = {r: a for r in range(repeats) if (a := cached(r)) is not None}
-    todo = [r for r in range(repeats) if r not in actual]
-    # a trial already running in a worker process (-j over seeds) cannot start workers of its own
-    jobs = 1 if mp.current_process().daemon else max(1, min(cfg.jobs, len(todo)))
-    if jobs == 1:
-        for r in todo:
-            actual[r] = _validation_repeat(cfg, seed, samples, r, trial)
-    else:
-        with mp.get_context("spawn").Pool(jobs) as pool:
-            done = pool.starmap(_validation_repeat, [(cfg, seed, samples, r) for r in todo])
-        actual.update(zip(todo, done))
-    if todo:
-        Timings(paths, seed).add("validate", "", time.time() - t0)
-    table = np.stack([actual[r] for r in range(repeats)])
-    spread = table.std(axis=0, ddof=1) if repeats > 1 else np.full(len(samples), np.nan)
-    rows = [pd.DataFrame({"method": name, "seed": seed, "datasource_index": samples, "estimate": s[samples],
-                          "actual": table.mean(axis=0), "actual_sd": spread, "repeats": repeats})
-            for name, s in estimators.items()]
-    write_csv_atomic(out, pd.concat(rows, ignore_index=True))
-
-
 def _repeat_file(paths: RunPaths, seed: int, repeat: int):
     return paths.root / "logs" / f"validation_actual_seed_{seed}_repeat_{repeat}.csv"
 
 
-def _validation_repeat(cfg: RunConfig, seed: int, samples: np.ndarray, repeat: int,
-                       trial: Optional[Trial] = None) -> np.ndarray:
-    """One repeat of the leave-one-out truth, written to its own file (also in a worker process)."""
-    paths = RunPaths(cfg.out)
-    if trial is None:
-        from common.context import set_context
-        set_context(cfg.context, cfg.device_id)
-        data = load_trial_data(cfg, seed)
-        trace = load_trace(paths.trace(seed), len(data.train))
-    else:
-        data, trace = trial.data, trial.trace
-    actual = actual_influence(cfg.train, data, paths, seed, trace, samples, cfg.retrain_all, repeat,
-                              show_progress=cfg.show_progress)
-    write_csv_atomic(_repeat_file(paths, seed, repeat), pd.DataFrame({"datasource_index": samples, "actual": actual}))
-    return actual
-
-
-def _worker(args):
-    cfg, seed, names = args
-    from common.context import set_context
-    set_context(cfg.context, cfg.device_id)
-    return seed, run_trial(cfg, seed, [METHODS[n] for n in names])
-
-
 def run(cfg: RunConfig, overwrite: bool = False) -> pd.DataFrame:
-    """Run every trial (``cfg.jobs`` at a time, in separate processes), the analysis and the run's reports."""
+    """Run the task graph of every trial (in this process, or on ``cfg.jobs`` local Dask workers, or on the
+    cluster of ``cfg.scheduler``), then the analysis and the run's reports."""
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
@@ -557,29 +634,23 @@ def run(cfg: RunConfig, overwrite: bool = False) -> pd.DataFrame:
     folder = prepare_output(cfg, overwrite)
     failed = True
     try:
-        summary = _run_trials(cfg, folder.paths)
+        summary = _run_trials(cfg, folder)
+        write_timings(folder.paths)
         failed = False
     finally:
         folder.close(failed)
     return summary
 
 
-def _run_trials(cfg: RunConfig, paths: RunPaths) -> pd.DataFrame:
+def _run_trials(cfg: RunConfig, folder: OutputFolder) -> pd.DataFrame:
+    from .graph import build_graph, run_dask, run_sequential
+    check_run(cfg)
+    folder.started = True
     methods = [METHODS[m] for m in cfg.methods]
-    seeds = cfg.seeds
-    jobs = max(1, min(cfg.jobs, len(seeds)))
-    n_train = {}
-    if jobs == 1:
-        from common.context import set_context
-        set_context(cfg.context, cfg.device_id)
-        for seed in seeds:
-            n_train[seed] = run_trial(cfg, seed, methods)
-    else:
-        with mp.get_context("spawn").Pool(jobs) as pool:
-            n_train.update(pool.imap_unordered(_worker, [(cfg, s, list(cfg.methods)) for s in seeds]))
-    timings = pd.concat([pd.read_csv(f) for f in sorted((paths.root / "logs").glob("timings_seed_*.csv"))],
-                        ignore_index=True) if (paths.root / "logs").is_dir() else None
-    title = f"{cfg.dataset} / {cfg.train.model}, {len(seeds)} trial(s)"
-    summary = analysis.analyze(paths, seeds, list(cfg.methods), title, timings)
-    write_run_reports(cfg, paths, n_train[seeds[0]], title)
-    return summary
+    if cfg.scheduler or cfg.jobs > 1:  # one progress bar over the tasks, none inside them
+        return run_dask(cfg, build_graph(replace(cfg, show_progress=False), cfg.seeds, methods), cfg.jobs,
+                        cfg.scheduler)
+    tasks = build_graph(cfg, cfg.seeds, methods)
+    from common.context import set_context
+    set_context(cfg.context, cfg.device_id)
+    return run_sequential(cfg, tasks)

@@ -183,9 +183,9 @@ def compute_residual(trial: Trial) -> np.ndarray:
     return scores
 
 
-METHOD = Method(NAME, compute)
-SELF_METHOD = Method(SELF_NAME, compute_self)
-RESIDUAL_METHOD = Method(RESIDUAL_NAME, compute_residual)
+METHOD = Method(NAME, compute, group=NAME)
+SELF_METHOD = Method(SELF_NAME, compute_self, group=NAME)
+RESIDUAL_METHOD = Method(RESIDUAL_NAME, compute_residual, group=NAME)
 register_method(METHOD)
 register_method(SELF_METHOD)
 register_method(RESIDUAL_METHOD)
