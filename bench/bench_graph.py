@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["-ds", "digits", "-m", "cnn6", "--methods", "Hara", "Ours", "Random", "-r", "0", "10", "40", "100",
         "--gallery", "0", "--no-progress"]
@@ -34,6 +36,26 @@ def csvs(out: Path) -> dict:
     """Every influence, score and summary CSV but the wall-clock timings, as bytes."""
     files = [f for d in ("influence", "score", "summary") for f in sorted((out / d).rglob("*.csv"))]
     return {str(f.relative_to(out)): f.read_bytes() for f in files if f.name != "timings.csv"}
+
+
+#: paper-size runs projected (Suzuki et al.'s MNIST setting, the default -r list below 50,000)
+PAPER = {"n_train": 50000, "epochs": 20, "trials": 10, "removals": 11, "methods": ("Hara", "Ours", "Random")}
+
+
+def projection(timings: pd.DataFrame, n_train: int, epochs: int, workers=(1, 2, 16, 64)) -> pd.DataFrame:
+    """Hours of ``eval_sgd_influence.py -ds mnist -nt 10`` on N workers, from one measured trial: each
+    task's seconds scaled by the samples it touches (training by samples x epochs, an estimator and a
+    last-epoch retraining by samples), the run's time max(total work / N, one trial's critical path:
+    training, the slowest estimator, the slowest retraining)."""
+    grow = PAPER["n_train"] / n_train
+    train = float(timings[timings.stage == "train"].seconds.sum()) * grow * PAPER["epochs"] / epochs
+    infl = timings[timings.stage == "infl"].groupby("method").seconds.sum() * grow
+    retrain = timings[timings.stage.str.startswith("eval")].seconds.mean() * grow
+    per_trial = train + float(infl.sum()) + retrain * (1 + PAPER["removals"] * len(PAPER["methods"]))
+    total = per_trial * PAPER["trials"]
+    critical = train + float(infl.max()) + retrain
+    rows = [{"workers": n, "hours": max(total / n, critical) / 3600} for n in workers]
+    return pd.DataFrame(rows)
 
 
 def main() -> int:
@@ -57,8 +79,13 @@ def main() -> int:
     rows.update({"epochs": a.epochs, "date": time.strftime("%Y-%m-%d"),
                  "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                           text=True).stdout.strip(), "machine": platform.processor() or "cpu"})
+    n_train = len(pd.read_csv(work / "one" / "influence" / "Hara" / "influence_hara_0.csv"))
+    proj = projection(pd.read_csv(work / "one" / "summary" / "timings.csv"), n_train, a.epochs)
+    rows["projection_mnist_nt10_hours"] = {int(r.workers): round(float(r.hours), 1) for r in proj.itertuples()}
     for k, v in rows.items():
-        print(f"{k:>24}: {v:.3f}" if isinstance(v, float) else f"{k:>24}: {v}")
+        print(f"{k:>28}: {v:.3f}" if isinstance(v, float) else f"{k:>28}: {v}")
+    print("projected hours of eval_sgd_influence.py -ds mnist -nt 10 (this CPU's per-task costs, scaled):")
+    print(proj.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     (ROOT / "bench" / "results_graph.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 
