@@ -70,6 +70,18 @@ class TcpCluster:
         self.log.close()
 
 
+def start_on(cluster: TcpCluster, out: Path) -> subprocess.Popen:
+    """The driver on ``cluster``, returned once its training is under way (the trace is written)."""
+    cmd = [sys.executable, str(ROOT / "eval_sgd_influence.py"), "-o", str(out), *ARGS, "--scheduler",
+           cluster.address, "--no-progress"]
+    run = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (out / "weights" / "seed_00" / "trace.npz").exists():
+        assert run.poll() is None and time.time() - t0 < 300, run.stderr.read() if run.poll() is not None else ""
+        time.sleep(0.01)
+    return run
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "o"
@@ -98,13 +110,7 @@ def test_worker_killed_mid_task_run_finishes_with_the_same_bytes(reference, tmp_
     cluster = TcpCluster(tmp_path)
     out = tmp_path / "o"
     try:
-        cmd = [sys.executable, str(ROOT / "eval_sgd_influence.py"), "-o", str(out), *ARGS, "--scheduler",
-               cluster.address, "--no-progress"]
-        run = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        t0 = time.time()
-        while not (out / "weights" / "seed_00" / "trace.npz").exists():  # training under way
-            assert run.poll() is None and time.time() - t0 < 300, run.stderr.read() if run.poll() is not None else ""
-            time.sleep(0.01)
+        run = start_on(cluster, out)
         killed = cluster.worker_processes()
         for p in killed:
             p.send_signal(signal.SIGKILL)
@@ -133,13 +139,7 @@ def test_lost_scheduler_is_one_line_and_the_rerun_finishes(reference, tmp_path):
     cluster = TcpCluster(tmp_path)
     out = tmp_path / "o"
     try:
-        cmd = [sys.executable, str(ROOT / "eval_sgd_influence.py"), "-o", str(out), *ARGS, "--scheduler",
-               cluster.address, "--no-progress"]
-        run = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        t0 = time.time()
-        while not (out / "weights" / "seed_00" / "trace.npz").exists():
-            assert run.poll() is None and time.time() - t0 < 300
-            time.sleep(0.01)
+        run = start_on(cluster, out)
         cluster.scheduler.kill()
         assert run.wait(timeout=300) == 2
         lines = [ln for ln in run.stderr.read().splitlines() if ln.strip()]
