@@ -353,3 +353,70 @@ def test_original_sign_method_negates_the_stored_influence(tmp_path):
     # its ascending order (removal order) is the most helpful first: positions 0, 2, 1, 3
     assert list(np.argsort(compute_original_sign(trial), kind="stable")) == [0, 2, 1, 3]
     assert ORIGINAL_SIGN == "Influence_functions_original_sign"
+
+
+# ---------------------------------------------------------------------------- EK-FAC
+def ekfac_reference(X, P, U, damping):
+    """EK-FAC of logistic regression in float64 from explicit per-sample gradients and the exact
+    label expectation: per sample and class k, G = x (p - e_k)' (17, 10) with weight p_k;
+    A = sum x x', S = sum (diag p - p p'), Lambda = mean_n sum_k p_k (Q_A' G Q_S)^2."""
+    A = X.T @ X
+    S = np.einsum("nc,cd->cd", P, np.eye(10)) - P.T @ P
+    QA, QS = np.linalg.eigh(A)[1], np.linalg.eigh(S)[1]
+    lam = np.zeros((X.shape[1], 10))
+    for k in range(10):
+        R = P - np.eye(10)[k]
+        proj = np.einsum("ni,nc->nic", X @ QA, R @ QS)
+        lam += np.einsum("n,nic->ic", P[:, k], proj ** 2)
+    lam /= len(X)
+    return QA @ ((QA.T @ U @ QS) / (lam + damping)) @ QS.T
+
+
+def test_ekfac_matches_float64_reference_on_logistic_regression(problem):
+    """The nnabla factors (layer taps, label cotangents, eigenbasis, correction) equal a float64
+    re-derivation from explicit per-sample gradients (differences are float32 rounding)."""
+    from influence_functions.ekfac import Ekfac, EkfacOptions
+    ek = Ekfac(problem.learner, problem.data, EkfacOptions("exact"))
+    v = problem.space.flatten(ek.inverse_product(problem.space.unflatten(problem.u), ALPHA))
+    P = softmax(problem.X @ theta_of(problem.learner))
+    ref = ekfac_reference(problem.X, P, problem.u.reshape(17, 10), ALPHA).ravel()
+    assert rel(v, ref) < 1e-4  # measured 3e-7
+
+
+def test_ekfac_is_exact_where_the_fisher_is_a_kronecker_product():
+    """Logistic regression at zero weights predicts p = 1/10 for every sample, so the Hessian
+    (= Gauss-Newton = Fisher) is exactly E[x x'] (x) (diag p - p p'): EK-FAC equals the damped
+    inverse to float32 rounding."""
+    from influence_functions.ekfac import Ekfac, EkfacOptions
+    data = digits4(n_train=300, n_val=100)
+    learner = new_logreg()
+    set_theta(learner, np.zeros((17, 10), np.float32))
+    space = ParamSpace(learner)
+    H = logreg_hessian(features(data, data.train), np.zeros((17, 10)))
+    u = learner.mean_loss_grad(split_batches(data, data.val), train=False)
+    ref = np.linalg.solve(H + ALPHA * np.eye(170), space.flatten(u))
+    v = space.flatten(Ekfac(learner, data, EkfacOptions("exact")).inverse_product(u, ALPHA))
+    assert rel(v, ref) < 1e-4  # measured 3e-7
+
+
+def test_ekfac_against_the_exact_damped_inverse_on_logistic_regression(problem):
+    """Trained logistic regression (1,197 samples): the Hessian is the Gauss-Newton matrix but no
+    longer a Kronecker product (p varies with x). Measured: relative error of v 0.20 (exact label
+    expectation) and 0.21 (sampled labels); Spearman of the scores with the exact-inverse scores
+    0.984 and 0.979."""
+    from influence_functions.ekfac import Ekfac, EkfacOptions
+    exact_scores = influence_scores(problem.learner, problem.data, problem.space.unflatten(problem.ref))
+    for fisher, bound in (("exact", 0.25), ("sampled", 0.3)):
+        ek = Ekfac(problem.learner, problem.data, EkfacOptions(fisher), seed=0)
+        v = ek.inverse_product(problem.space.unflatten(problem.u), ALPHA)
+        assert rel(problem.space.flatten(v), problem.ref) < bound
+        scores = influence_scores(problem.learner, problem.data, v)
+        assert stats.spearmanr(scores, exact_scores)[0] > 0.95
+    # the fitted approximation itself against H (measured 0.22 with the exact label expectation),
+    # and the empirical Fisher (true labels), a worse curvature estimate (measured 0.53)
+    w = np.random.default_rng(8).standard_normal(problem.space.dim)
+    errors = {}
+    for fisher in ("exact", "empirical"):
+        ek = Ekfac(problem.learner, problem.data, EkfacOptions(fisher))
+        errors[fisher] = rel(problem.space.flatten(ek.fisher_product(problem.space.unflatten(w))), problem.H @ w)
+    assert errors["exact"] < 0.25 and errors["empirical"] > 0.4
