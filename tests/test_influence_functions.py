@@ -420,3 +420,82 @@ def test_ekfac_against_the_exact_damped_inverse_on_logistic_regression(problem):
         ek = Ekfac(problem.learner, problem.data, EkfacOptions(fisher))
         errors[fisher] = rel(problem.space.flatten(ek.fisher_product(problem.space.unflatten(w))), problem.H @ w)
     assert errors["exact"] < 0.25 and errors["empirical"] > 0.4
+
+
+def test_ekfac_on_a_one_hidden_layer_network_against_the_exact_gauss_newton_inverse():
+    """MLP (16-128-10) on 300 4x4 digits: the Gauss-Newton matrix J'(diag p - pp')J formed
+    explicitly (3,466 parameters). Here EK-FAC drops the cross-layer blocks and the first layer's
+    inputs and output gradients are correlated, so the Kronecker assumption holds less well.
+    Measured: relative error 0.52 (exact block-diagonal inverse: 0.25), Spearman of the scores
+    with the exact-inverse scores 0.905 (exact labels) and 0.909 (sampled)."""
+    from influence_functions.ekfac import Ekfac, EkfacOptions
+    data = digits4(n_train=300, n_val=200)
+    n = len(data.train)
+    model = build_model("mlp", (1, 4, 4), 10)
+    learner = Learner(model, model.create_parameters(np.random.RandomState(0)))
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        perm = rng.permutation(n)
+        for s in range(0, n, 32):
+            idx = perm[s:s + 32]
+            learner.sgd_step(to_network_input(data.train.images[idx], data.mean, data.std), data.train.labels[idx], 0.1)
+    space = ParamSpace(learner)
+    assert space.names == ["fc1/affine/W", "fc1/affine/b", "fc2/affine/W", "fc2/affine/b"]
+    X = to_network_input(data.train.images, data.mean, data.std).reshape(n, -1).astype(np.float64)
+    W1, b1, W2, b2 = (learner.trainable[k].d.astype(np.float64) for k in space.names)
+    pre = X @ W1 + b1
+    m = (pre > 0).astype(np.float64)
+    h = pre * m
+    P = softmax(h @ W2 + b2)
+    eye = np.eye(10)
+    J = np.concatenate([np.einsum("ni,jc,nj->ncij", X, W2, m).reshape(n, 10, -1), np.einsum("jc,nj->ncj", W2, m),
+                        np.einsum("nj,cd->ncjd", h, eye).reshape(n, 10, -1), np.broadcast_to(eye, (n, 10, 10))], axis=2)
+    root = np.einsum("nc,cd->ncd", np.sqrt(P), eye) - np.einsum("nc,nd->ncd", P, np.sqrt(P))  # diag p - pp' = BB'
+    Z = np.einsum("ncq,ncd->qnd", J, root).reshape(space.dim, -1)
+    G = Z @ Z.T / n
+    u = learner.mean_loss_grad(split_batches(data, data.val), train=False)
+    ref = np.linalg.solve(G + ALPHA * np.eye(space.dim), space.flatten(u))
+    exact_scores = influence_scores(learner, data, space.unflatten(ref))
+    for fisher in ("exact", "sampled"):
+        v = Ekfac(learner, data, EkfacOptions(fisher), seed=0).inverse_product(u, ALPHA)
+        assert rel(space.flatten(v), ref) < 0.6
+        assert stats.spearmanr(influence_scores(learner, data, v), exact_scores)[0] > 0.85
+
+
+def downsample8(split: Split) -> Split:
+    im = split.images.astype(np.float64).reshape(len(split), 1, 8, 4, 8, 4).mean(axis=(3, 5))
+    return Split(np.round(im).astype(np.uint8), split.labels, split.ids)
+
+
+def digits8(n_train=None, n_val=None, seed=0) -> DataBundle:
+    d = load_dataset("digits", seed, n_train=n_train, n_val=n_val)
+    return DataBundle("digits8", downsample8(d.train), downsample8(d.val), downsample8(d.test), 10, (0.5,), (0.5,))
+
+
+def test_ekfac_factored_per_sample_gradients_of_cnn6_equal_nnabla_gradients():
+    """cnn6 (convolutions, batch norm, affine) on 8x8 digits: each sample's gradient rebuilt from
+    the layer taps (unfolded 3x3 patches x output gradients, batch norm's xhat, affine inputs)
+    equals nnabla's gradient of that sample's loss, parameter by parameter (inference mode)."""
+    from influence_functions.ekfac import _Block, _TapGraph
+    data = digits8(n_train=40, n_val=20)
+    model = build_model("cnn6", (1, 8, 8), 10)
+    learner = Learner(model, model.create_parameters(np.random.RandomState(1)))
+    x, y = next(split_batches(data, data.train, 6))
+    for xb, yb in list(split_batches(data, data.train, 8)) * 3:  # trained a little: running statistics move
+        learner.sgd_step(xb, yb, 0.05)
+    graph = _TapGraph(learner, len(x))
+    p = graph.forward(x)
+    blocks = [_Block(t, learner) for t in graph.layers]
+    assert [b.kind for b in blocks] == ["conv", "bn", "conv"] * 3 + ["affine"]
+    acts = [b.activations(h) for b, h in zip(blocks, graph.inputs())]
+    outs = [b.output_grads(g) for b, g in zip(blocks, graph.backward(p - np.eye(10)[y]))]
+    shapes = {k: tuple(v.shape) for k, v in learner.trainable.items()}
+    for i in range(len(x)):
+        ref = learner.mean_loss_grad([(x[i:i + 1], y[i:i + 1])], train=False)
+        for b, a, g in zip(blocks, acts, outs):
+            if b.kind == "bn":
+                mine = {k: v[i].reshape(shapes[k]) for k, v in b.bn_grads(a, g).items()}
+            else:
+                mine = b.from_matrix((g[i].T @ a[i]).astype(np.float64), shapes)
+            for k, val in mine.items():
+                assert rel(val, ref[k]) < 1e-4, k
