@@ -21,7 +21,7 @@ from common.autodiff import Learner
 from common.batches import split_batches
 from common.cli import run_main
 from datasets import DataBundle, Split, load_dataset, to_network_input
-from influence_functions import (NAME, SolverOptions, conjugate_gradient, default_damping, influence_functions,
+from influence_functions import (EKFAC, NAME, SolverOptions, conjugate_gradient, default_damping, influence_functions,
                                  lissa, minres, momentum_sgd, solve)
 from influence_functions.estimator import ParamSpace, full_hvp, influence_scores, inverse_hvp, minibatch_hvps
 from influence_functions.solvers import estimate_top_eigenvalue, relative_residual
@@ -286,7 +286,9 @@ def test_default_damping_and_cli_defaults():
     assert default_damping("cifar10") == 10.0 and default_damping("mnist") == 0.1
     assert default_damping("digits") == 0.1 and default_damping("own/train.csv") == 0.1
     cfg = driver.config_from_args(driver.build_parser().parse_args([]))
-    assert cfg.out == "output_influence_functions" and list(cfg.methods) == [NAME, "Random"]
+    # EK-FAC by default (a few minutes on digits); MINRES and the other solvers with --methods Influence_functions
+    assert cfg.out == "output_influence_functions" and list(cfg.methods) == [EKFAC, "Random"]
+    assert cfg.ekfac.fisher == "sampled" and "ekfac_fisher" in cfg.manifest()
     assert cfg.solver.solver == "minres" and cfg.solver.cg_iters == 50 and cfg.resolved_damping == 0.1
     assert cfg.solver.sgd_epochs == 2 and cfg.solver.sgd_lr == 0.005 and cfg.solver.sgd_momentum == 0.9
     cfg = driver.config_from_args(driver.build_parser().parse_args(["-ds", "cifar10"]))
@@ -300,7 +302,7 @@ def test_default_damping_and_cli_defaults():
 def test_driver_writes_the_output_tree(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["-m", "logreg", "-e", "2", "-r", "0", "10", "--n-train", "300", "-j", "1", "--no-progress",
-            "-o", str(out)]
+            "-o", str(out), "--methods", NAME, "Random"]
     assert run_main(driver.main, argv) == 0
     for method, prefix in [(NAME, "influence_influence_functions_0"), ("Random", "influence_random_0")]:
         frame = pd.read_csv(out / "influence" / method / f"{prefix}.csv")
