@@ -501,3 +501,48 @@ def test_ekfac_factored_per_sample_gradients_of_cnn6_equal_nnabla_gradients():
                 mine = b.from_matrix((g[i].T @ a[i]).astype(np.float64), shapes)
             for k, val in mine.items():
                 assert rel(val, ref[k]) < 1e-4, k
+
+
+def test_ekfac_scores_correlate_with_minres_scores_on_cnn6():
+    """cnn6 on 200 8x8 digits, 10 epochs: EK-FAC (sampled labels) against 10 MINRES iterations on
+    the exact Hessian (relative residual 0.47). They differ by more than EK-FAC's own error: H is
+    indefinite at these weights and the Gauss-Newton matrix is not (its exact damped inverse, by
+    CG on Gauss-Newton products, scores with Spearman 0.53 against MINRES' at 100 iterations).
+    Measured: Spearman 0.56, Pearson 0.56; a flipped sign would give about -0.56."""
+    from influence_functions.ekfac import EkfacOptions, ekfac_influence
+    data = digits8(n_train=200, n_val=200)
+    model = build_model("cnn6", (1, 8, 8), 10)
+    learner = Learner(model, model.create_parameters(np.random.RandomState(0)))
+    rng = np.random.default_rng(0)
+    n = len(data.train)
+    for _ in range(10):
+        perm = rng.permutation(n)
+        for s in range(0, n, 32):
+            idx = perm[s:s + 32]
+            learner.sgd_step(to_network_input(data.train.images[idx], data.mean, data.std), data.train.labels[idx], 0.05)
+    u = learner.mean_loss_grad(split_batches(data, data.val), train=False)
+    minres_scores, info = influence_functions(learner, data, u, ALPHA, SolverOptions(cg_iters=10))
+    assert info.iterations == 10 and info.residual < 0.6
+    scores, ek = ekfac_influence(learner, data, u, ALPHA, EkfacOptions("sampled"), seed=0)
+    assert ek.passes == 3 and len(ek.layers) == 10
+    assert stats.spearmanr(scores, minres_scores)[0] > 0.4
+    assert stats.pearsonr(scores, minres_scores)[0] > 0.4
+
+
+def test_driver_runs_ekfac_beside_minres(tmp_path):
+    """--methods Influence_functions_ekfac Influence_functions: both CSVs, both rows of
+    summary/solver.csv, and on logistic regression the two rankings agree (Spearman 0.98 in-process
+    on 1,197 samples, test_ekfac_against_the_exact_damped_inverse_on_logistic_regression)."""
+    out = tmp_path / "out"
+    argv = ["-m", "logreg", "-e", "2", "-r", "0", "10", "--n-train", "300", "-j", "1", "--no-progress",
+            "-o", str(out), "--methods", EKFAC, NAME, "Random"]
+    assert run_main(driver.main, argv) == 0
+    ek = pd.read_csv(out / "influence" / EKFAC / "influence_influence_functions_ekfac_0.csv")
+    mr = pd.read_csv(out / "influence" / NAME / "influence_influence_functions_0.csv")
+    assert len(ek) == 300 and np.all(np.diff(ek.influence) >= 0) and np.abs(ek.influence).max() > 0
+    both = ek.merge(mr, on="datasource_index", suffixes=("_ek", "_mr"))
+    assert stats.spearmanr(both.influence_ek, both.influence_mr)[0] > 0.9
+    solver = pd.read_csv(out / "summary" / "solver.csv").set_index("method")
+    assert solver.loc[EKFAC, "solver"] == "ekfac-sampled" and solver.loc[EKFAC, "passes"] == 3
+    assert solver.loc[NAME, "solver"] == "minres"
+    assert (out / "logs" / "solver_influence_functions_ekfac_seed_0.csv").is_file()
