@@ -165,9 +165,12 @@ def task(name: str, args) -> dict:
         space = ParamSpace(learner)
         hvp = full_hvp(learner, data, space)
         v = space.flatten(u)
-        t0 = time.perf_counter()
-        hvp(v)  # builds the graphs
-        out["first_hvp_pass_seconds"] = time.perf_counter() - t0
+        from common.batches import split_batches
+        from influence_functions.estimator import FULL_PASS_ROWS_32PX, chunk_rows
+        sizes = {len(x) for x, _ in split_batches(data, data.train, chunk_rows(learner, data, FULL_PASS_ROWS_32PX))}
+        for size in sizes:  # build the graphs on one batch of each size
+            x, y = training_batch(data, np.arange(size), None, False)
+            learner.hessian_vector_product(x, y, u, train=False)
         t0 = time.perf_counter()
         hvp(v)
         out["hvp_pass_seconds"] = time.perf_counter() - t0

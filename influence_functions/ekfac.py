@@ -167,10 +167,6 @@ def unfold3x3(h: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(B, H * W, C * 9)
 
 
-def _homogeneous(a: np.ndarray) -> np.ndarray:
-    return np.concatenate([a, np.ones(a.shape[:-1] + (1,), a.dtype)], axis=-1)
-
-
 class _Block:
     """One layer's factors and eigenvalue correction."""
 
@@ -190,11 +186,12 @@ class _Block:
 
     # ---------------------------------------------------------------- factored per-sample gradients
     def activations(self, h: np.ndarray) -> np.ndarray:
-        """(B, T, in + 1) homogeneous inputs (bn: ``xhat``, (B, C, HW))."""
+        """(B, T, in) layer inputs, the 3x3 patches for a convolution (the bias's homogeneous 1 is
+        implicit, see ``sample_gradients``); bn: ``xhat``, (B, C, HW)."""
         if self.kind == "affine":
-            return _homogeneous(h.reshape(len(h), 1, -1))
+            return h.reshape(len(h), 1, -1)
         if self.kind == "conv":
-            return _homogeneous(unfold3x3(h))
+            return unfold3x3(h)
         return ((h - self.mean) * self.inv).reshape(h.shape[0], h.shape[1], -1)
 
     def output_grads(self, g: np.ndarray) -> np.ndarray:
@@ -205,17 +202,27 @@ class _Block:
             return g.reshape(g.shape[0], g.shape[1], -1).transpose(0, 2, 1)
         return g.reshape(g.shape[0], g.shape[1], -1)
 
+    def sample_gradients(self, a: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """(B, out, in + 1) per-sample gradients ``G_n = sum_t g_t [a_t, 1]^T`` of ``M = [W | b]``."""
+        return np.concatenate([np.matmul(g.transpose(0, 2, 1), a), g.sum(axis=1)[:, :, None]], axis=2)
+
     def bn_grads(self, a: np.ndarray, g: np.ndarray) -> Dict[str, np.ndarray]:
         """Per-sample gradients of gamma and beta, (B, C) each."""
         return {self.names[0]: np.einsum("nct,nct->nc", g, a), self.names[1]: g.sum(axis=2)}
 
     # ---------------------------------------------------------------- the three steps
     def add_factors(self, a: Optional[np.ndarray], g: Optional[np.ndarray]) -> None:
+        """``A += sum [a, 1][a, 1]^T``, ``S += sum g g^T`` over rows and positions (float32 GEMMs per batch,
+        float64 sums; SciPy's SYRK, half the products, was slower here)."""
         if self.kind == "bn":
             return
         if a is not None:
             a2 = a.reshape(-1, a.shape[-1])
+            if not hasattr(self, "a_sum"):
+                self.a_sum, self.rows = 0.0, 0
             self.A = self.A + (a2.T @ a2).astype(np.float64)
+            self.a_sum = self.a_sum + a2.sum(axis=0, dtype=np.float64)
+            self.rows += len(a2)
         if g is not None:
             g2 = g.reshape(-1, g.shape[-1])
             self.S = self.S + (g2.T @ g2).astype(np.float64)
@@ -223,26 +230,43 @@ class _Block:
     def eigen(self) -> None:
         if self.kind == "bn":
             return
-        _, QA = np.linalg.eigh(self.A)
+        A = np.block([[self.A, self.a_sum[:, None]], [self.a_sum[None, :], np.array([[float(self.rows)]])]])
+        _, QA = np.linalg.eigh(A)
         _, QS = np.linalg.eigh(self.S)
         self.QA, self.QS = QA.astype(np.float32), QS.astype(np.float32)
-        del self.A, self.S
+        del self.A, self.S, self.a_sum
 
-    def project_activations(self, a: np.ndarray) -> np.ndarray:
-        return a if self.kind == "bn" else a @ self.QA
-
-    def add_correction(self, pa: np.ndarray, g: np.ndarray, weight: float = 1.0) -> None:
-        """``Lambda += sum_n (Q_S^T G_n Q_A)^2`` for a batch (``pa`` = projected activations)."""
+    def prepare(self, a: np.ndarray, order: Optional[str] = None):
+        """A batch's activations for ``add_correction``: projected ``[a, 1] Q_A`` when that is the
+        cheaper order (affine layers; convolutions whose patches are long against their positions),
+        else as they are (the per-sample gradients are formed first)."""
         if self.kind == "bn":
-            for k, gr in self.bn_grads(pa, g).items():
+            return a
+        T, din, dout = a.shape[1], self.QA.shape[0], self.QS.shape[0]
+        act_first = T * din * din + T * dout * dout + T * dout * din
+        grad_first = T * dout * din + dout * dout * din + dout * din * din
+        if order == "projected" or (order is None and (T == 1 or act_first <= grad_first)):
+            return ("projected", a @ self.QA[:-1] + self.QA[-1])
+        return ("raw", a)
+
+    def add_correction(self, prepared, g: np.ndarray) -> None:
+        """``Lambda += sum_n (Q_S^T G_n Q_A)^2`` for a batch."""
+        if self.kind == "bn":
+            for k, gr in self.bn_grads(prepared, g).items():
                 self.lam[k] = self.lam[k] + np.square(gr.astype(np.float64)).sum(axis=0)
             return
-        pg = g @ self.QS  # (B, T, out)
-        if pg.shape[1] == 1:
-            self.lam = self.lam + np.square(pg[:, 0].astype(np.float64)).T @ np.square(pa[:, 0].astype(np.float64))
+        how, a = prepared
+        if how == "projected":
+            pg = g @ self.QS  # (B, T, out)
+            if pg.shape[1] == 1:
+                self.lam = self.lam + np.square(pg[:, 0].astype(np.float64)).T @ np.square(a[:, 0].astype(np.float64))
+                return
+            P = np.matmul(pg.transpose(0, 2, 1), a)  # (B, out, in + 1): projected per-sample gradients
         else:
-            P = np.matmul(pg.transpose(0, 2, 1), pa)  # (B, out, in + 1): projected per-sample gradients
-            self.lam = self.lam + np.square(P).sum(axis=0, dtype=np.float64)
+            G = self.sample_gradients(a, g)
+            P = (np.matmul(self.QS.T, G).reshape(-1, G.shape[2]) @ self.QA).reshape(G.shape)
+        np.square(P, out=P)
+        self.lam = self.lam + P.sum(axis=0).astype(np.float64)
 
     # ---------------------------------------------------------------- layer matrices
     def to_matrix(self, vec: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -335,7 +359,7 @@ class Ekfac:
                 for b, a in zip(self.blocks, acts):
                     b.add_factors(a, None)
             else:
-                acts = [b.project_activations(a) for b, a in zip(self.blocks, acts)]
+                acts = [b.prepare(a) for b, a in zip(self.blocks, acts)]
             for c in _cotangents(p, y, self.options.fisher, rng):
                 for b, a, gout in zip(self.blocks, acts, g.backward(c)):
                     go = b.output_grads(gout)

@@ -498,7 +498,7 @@ def test_ekfac_factored_per_sample_gradients_of_cnn6_equal_nnabla_gradients():
             if b.kind == "bn":
                 mine = {k: v[i].reshape(shapes[k]) for k, v in b.bn_grads(a, g).items()}
             else:
-                mine = b.from_matrix((g[i].T @ a[i]).astype(np.float64), shapes)
+                mine = b.from_matrix(b.sample_gradients(a[i:i + 1], g[i:i + 1])[0].astype(np.float64), shapes)
             for k, val in mine.items():
                 assert rel(val, ref[k]) < 1e-4, k
 
@@ -546,3 +546,34 @@ def test_driver_runs_ekfac_beside_minres(tmp_path):
     assert solver.loc[EKFAC, "solver"] == "ekfac-sampled" and solver.loc[EKFAC, "passes"] == 3
     assert solver.loc[NAME, "solver"] == "minres"
     assert (out / "logs" / "solver_influence_functions_ekfac_seed_0.csv").is_file()
+
+
+def test_ekfac_correction_is_the_same_in_both_orders_on_cnn6():
+    """The correction of a convolution is summed either from projected activations ([a, 1] Q_A,
+    then Q_S' g with them) or from per-sample gradients projected afterwards (Q_S' G_n Q_A), each
+    layer taking the cheaper: both give the same Lambda, and equal a float64 computation."""
+    from influence_functions.ekfac import Ekfac, EkfacOptions, _TapGraph
+    data = digits8(n_train=64, n_val=20)
+    model = build_model("cnn6", (1, 8, 8), 10)
+    learner = Learner(model, model.create_parameters(np.random.RandomState(2)))
+    for xb, yb in list(split_batches(data, data.train, 16)) * 2:
+        learner.sgd_step(xb, yb, 0.05)
+    ek = Ekfac(learner, data, EkfacOptions("empirical"))
+    x, y = next(split_batches(data, data.train, 16))
+    graph = _TapGraph(learner, len(x))
+    p = graph.forward(x)
+    outs = graph.backward(p - np.eye(10)[y])
+    convs = 0
+    for b, h, g in zip(ek.blocks, graph.inputs(), outs):
+        if b.kind != "conv":
+            continue
+        a, go = b.activations(h), b.output_grads(g)
+        G = b.sample_gradients(a, go).astype(np.float64)
+        ref = np.matmul(np.matmul(b.QS.T.astype(np.float64), G), b.QA.astype(np.float64))
+        ref = (ref ** 2).sum(axis=0)
+        for order in ("projected", "raw"):
+            b.lam = 0.0
+            b.add_correction(b.prepare(a, order), go)
+            assert rel(b.lam, ref) < 1e-4, (b.prefix, order)
+        convs += 1
+    assert convs == 6
