@@ -7,7 +7,12 @@ taken side by side mean anything). Influence stages run `--steps` steps of the r
 (default 20 of the 157 of the last epoch) and are extrapolated linearly to the whole epoch as
 first step (graph building) + per-step cost x remaining steps; `--steps 0` runs them whole.
 
-    .venv/bin/python bench/bench_influence.py [--steps N] [--n-train 5000] [--loop 256]
+    .venv/bin/python bench/bench_influence.py [--steps N] [--n-train 5000] [--loop 256] [--skip TASKS]
+
+Influence functions: `ekfac` runs the whole Influence_functions_ekfac stage (two factor passes and
+the scores); `minres` times one full-batch Hessian-vector pass (one MINRES iteration) and the
+scoring pass and gives the stage at `--minres-iters` iterations (default 15, the README's detection
+run) as that many passes plus the residual's pass plus the scores.
 """
 from __future__ import annotations
 
@@ -146,12 +151,42 @@ def task(name: str, args) -> dict:
                    seconds=full)
         np.save(WORK / f"infl_{name}.npy", infl)
         return out
+    if name == "ekfac":
+        from influence_functions.ekfac import EkfacOptions, ekfac_influence
+        u = validation_loss_grad(learner, data)
+        t0 = time.perf_counter()
+        scores, info = ekfac_influence(learner, data, u, 0.1, EkfacOptions("sampled"), seed=0)
+        out["seconds"] = time.perf_counter() - t0
+        out.update({f"{k}_seconds": v for k, v in info.seconds.items()})
+        np.save(WORK / "infl_ekfac.npy", scores)
+        return out
+    if name == "minres":
+        from influence_functions.estimator import ParamSpace, full_hvp, influence_scores
+        u = validation_loss_grad(learner, data)
+        space = ParamSpace(learner)
+        hvp = full_hvp(learner, data, space)
+        v = space.flatten(u)
+        from common.batches import split_batches
+        from influence_functions.estimator import FULL_PASS_ROWS_32PX, chunk_rows
+        sizes = {len(x) for x, _ in split_batches(data, data.train, chunk_rows(learner, data, FULL_PASS_ROWS_32PX))}
+        for size in sizes:  # build the graphs on one batch of each size
+            x, y = training_batch(data, np.arange(size), None, False)
+            learner.hessian_vector_product(x, y, u, train=False)
+        t0 = time.perf_counter()
+        hvp(v)
+        out["hvp_pass_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        influence_scores(learner, data, u)
+        out["scores_seconds"] = time.perf_counter() - t0
+        out["iterations"] = args.minres_iters
+        out["seconds"] = (args.minres_iters + 1) * out["hvp_pass_seconds"] + out["scores_seconds"]
+        return out
     raise SystemExit(f"unknown task {name}")
 
 
 def run_task(name, args) -> dict:
     cmd = [sys.executable, __file__, "--task", name, "--steps", str(args.steps), "--n-train", str(args.n_train),
-           "--loop", str(args.loop)]
+           "--loop", str(args.loop), "--minres-iters", str(args.minres_iters)]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if r.returncode != 0:
@@ -168,6 +203,8 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--n-train", type=int, default=5000)
     ap.add_argument("--loop", type=int, default=256)
+    ap.add_argument("--minres-iters", type=int, default=15)
+    ap.add_argument("--results", default=str(ROOT / "bench" / "results.json"), help="where to write the table")
     ap.add_argument("--skip", default="", help="comma-separated tasks to leave out")
     args = ap.parse_args()
     if args.task:
@@ -184,7 +221,8 @@ def main():
     skip = set(filter(None, args.skip.split(",")))
     R = {}
     print(f"bench: cnn6, {args.n_train} MNIST samples, batch {BATCH}; one process per task", flush=True)
-    for name in ("train", "products", "hvp", "ours", "ours_ref", "hara", "hara_ref", "full_mnist_memory"):
+    for name in ("train", "products", "hvp", "ours", "ours_ref", "hara", "hara_ref", "ekfac", "minres",
+                 "full_mnist_memory"):
         if name not in skip:
             R[name] = run_task(name, args)
     import numpy as np
@@ -219,6 +257,15 @@ def main():
                 b = np.load(WORK / f"infl_{name}_ref.npy")
                 extra["max_rel_diff_vs_ref"] = float(np.abs(a - b).max() / np.abs(b).max())
             row(f"influence_{name}", r["seconds"], **extra)
+    if "ekfac" in R:
+        e = R["ekfac"]
+        row("influence_functions_ekfac", e["seconds"], peak_rss_mib=round(e["peak_rss_mib"], 1),
+            **{k: round(e[k], 1) for k in ("factors_seconds", "correction_seconds", "scores_seconds")})
+    if "minres" in R:
+        m = R["minres"]
+        row(f"influence_functions_minres_{m['iterations']}it", m["seconds"], peak_rss_mib=round(m["peak_rss_mib"], 1),
+            hvp_pass_seconds=round(m["hvp_pass_seconds"], 1), scores_seconds=round(m["scores_seconds"], 1),
+            note="(iterations + 1 residual pass) x one full HVP pass + scores")
     if "full_mnist_memory" in R:
         m = R["full_mnist_memory"]
         rows["influence_ours_full_mnist_memory"] = {
@@ -249,7 +296,7 @@ def main():
                                                         "(assumed, not measured: no GPU in this session)"}
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, nnabla CPU, load "
             f"{os.getloadavg()[0]:.1f}", "n_train": args.n_train, "batch": BATCH, "steps_timed": args.steps}
-    (ROOT / "bench" / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    Path(args.results).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"\n{meta}")
     print(f"| {'row':32s} | {'seconds':>9s} | {'x epoch':>8s} | notes")
     print(f"|{'-' * 34}|{'-' * 11}|{'-' * 10}|------")
@@ -263,7 +310,7 @@ def main():
         if k not in rows:
             continue
         print(f"{k}: {rows[k]}")
-    print(f"wrote {ROOT / 'bench' / 'results.json'}")
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

@@ -7,15 +7,30 @@ the mean validation loss, ``alpha`` 10.0 for cifar10 and 0.1 otherwise. Negative
 Hessian-vector products, the original example's momentum SGD, and LiSSA; each reports its
 relative residual on the full-batch Hessian.
 
+"Influence_functions_ekfac" (``ekfac``): the same score with ``v = (G + alpha I)^-1 u``, ``G`` an
+eigenvalue-corrected Kronecker-factored (EK-FAC) approximation of the Gauss-Newton matrix, fitted
+in two passes over the training set: no iterative solve.
+
 Importing the package registers the method with ``sgd_influence.pipeline``.
 """
+from .ekfac import FISHERS, Ekfac, EkfacInfo, EkfacOptions, ekfac_influence
 from .estimator import default_damping, influence_functions, influence_scores, inverse_hvp
-from .method import NAME, ORIGINAL_SIGN, InfluenceRunConfig, compute, compute_original_sign, merge_solver_logs, register
+from .method import (
+                     EKFAC,
+                     NAME,
+                     ORIGINAL_SIGN,
+                     InfluenceRunConfig,
+                     compute,
+                     compute_ekfac,
+                     compute_original_sign,
+                     merge_solver_logs,
+                     register,
+)
 from .solvers import SOLVERS, SolverInfo, SolverOptions, conjugate_gradient, lissa, minres, momentum_sgd, solve
 
 register()
 
-__all__ = ["NAME", "ORIGINAL_SIGN", "compute_original_sign", "SOLVERS", "InfluenceRunConfig", "SolverInfo",
-           "SolverOptions", "compute", "conjugate_gradient", "default_damping", "influence_functions",
-           "influence_scores", "inverse_hvp", "lissa", "merge_solver_logs", "minres", "momentum_sgd", "register",
-           "solve"]
+__all__ = ["EKFAC", "FISHERS", "Ekfac", "EkfacInfo", "EkfacOptions", "compute_ekfac", "ekfac_influence", "NAME",
+           "ORIGINAL_SIGN", "compute_original_sign", "SOLVERS", "InfluenceRunConfig", "SolverInfo", "SolverOptions",
+           "compute", "conjugate_gradient", "default_damping", "influence_functions", "influence_scores", "inverse_hvp",
+           "lissa", "merge_solver_logs", "minres", "momentum_sgd", "register", "solve"]

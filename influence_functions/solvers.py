@@ -15,7 +15,8 @@ solve that did not converge (or diverged, as the original example's did on MNIST
 Solvers:
 
 ``cg``     conjugate gradient on full-batch products (exact arithmetic: the solution in at most
-           dim iterations). Stops at ``tol`` relative residual or ``max_iter`` iterations, or
+           dim iterations): ``scipy.sparse.linalg.cg`` on a ``LinearOperator``. Stops at ``tol`` relative
+           residual or ``max_iter`` iterations, or
            when it meets a direction of non-positive curvature (``H + alpha I`` not positive
            definite: a non-convex model with too little damping), keeping the iterate so far.
 ``minres`` (the default) MINRES (Paige & Saunders, 1975) on full-batch products: the same Krylov space as CG,
@@ -23,6 +24,12 @@ Solvers:
            solves symmetric *indefinite* systems too. At the final parameters of a non-convex
            model (MLP, cnn6) ``H`` has negative eigenvalues and ``H + 0.1 I`` is often indefinite:
            there CG breaks down and MINRES still converges. Stops like CG (``tol``, ``max_iter``).
+           Written out rather than ``scipy.sparse.linalg.minres``: SciPy's stops on
+           ``||r|| <= tol (||A|| ||v|| + ||u||)``-type tests, which left a relative residual of 3e-5
+           at tol 1e-5 on the logistic-regression test problem (10 products instead of 12), and its
+           callback gets only the iterate, so reporting the residual per iteration would cost one
+           more full-batch product each (twice the cost); here ``phibar`` is that residual for free
+           (bench/NOTES.md, 2026-11-30).
 ``sgd``    the original example's: minimise ``0.5 v'(H_b + alpha I)v - u'v`` by momentum SGD
            (nnabla's ``Momentum``: ``m <- mu m + lr g; v <- v - m``) over training mini-batches,
            from ``v = 0``, 2 epochs, lr 0.005, momentum 0.9. It minimises a quadratic, so it
@@ -75,43 +82,61 @@ def relative_residual(hvp: HVP, v: np.ndarray, u: np.ndarray, damping: float) ->
 
 
 # ---------------------------------------------------------------------------- solvers
+class _StopSolve(Exception):
+    """Raised inside a LinearOperator's product to end a SciPy solve early (keeping its last iterate)."""
+
+
 def conjugate_gradient(hvp: HVP, u: np.ndarray, damping: float, max_iter: int = 50, tol: float = 1e-5,
                        progress: Optional[Callable[[int, float], None]] = None) -> Tuple[np.ndarray, SolverInfo]:
-    """CG for ``(H + damping I) v = u`` from ``v = 0`` with full-batch products ``hvp``."""
+    """CG for ``(H + damping I) v = u`` from ``v = 0`` with full-batch products ``hvp``:
+    ``scipy.sparse.linalg.cg`` on a ``LinearOperator``.
+
+    SciPy asks for one product ``q = (H + aI) p`` per iteration, with ``p`` the search direction:
+    the operator checks the curvature ``p'q`` there and ends the solve (keeping the last iterate)
+    when it is not positive or not finite. The callback keeps the residual by SciPy's own
+    recurrence ``r <- r - (r'r / p'q) q`` (no extra product) for ``progress``.
+    """
+    from scipy.sparse.linalg import LinearOperator, cg
+
     info = SolverInfo("cg")
     u = np.asarray(u, np.float64)
-    v = np.zeros_like(u)
     nu = float(np.linalg.norm(u))
     if nu == 0.0:
         info.converged = True
-        return v, info
-    r = u.copy()
-    p = r.copy()
-    rs = float(r @ r)
-    for k in range(max_iter):
-        Ap = hvp(p) + damping * p
+        return np.zeros_like(u), info
+    state = {"x": np.zeros_like(u), "r": u.copy(), "p": None, "q": None}
+
+    def matvec(p: np.ndarray) -> np.ndarray:
+        p = np.asarray(p, np.float64).reshape(-1)
+        q = hvp(p) + damping * p
         info.passes += 1
-        pAp = float(p @ Ap)
-        if not np.isfinite(pAp):
-            info.notes.append(f"non-finite Hessian-vector product at iteration {k + 1}")
-            break
-        if pAp <= 0.0:
-            info.notes.append(f"stopped at iteration {k + 1}: non-positive curvature p'(H+aI)p = {pAp:.3g} "
-                              f"(H + alpha I is not positive definite: use --solver minres or raise --damping)")
-            break
-        a = rs / pAp
-        v += a * p
-        r -= a * Ap
-        info.iterations = k + 1
-        rs_new = float(r @ r)
+        pq = float(np.dot(p, q))
+        if not np.isfinite(pq):
+            info.notes.append(f"non-finite Hessian-vector product at iteration {info.iterations + 1}")
+            raise _StopSolve
+        if pq <= 0.0:
+            info.notes.append(f"stopped at iteration {info.iterations + 1}: non-positive curvature p'(H+aI)p = "
+                              f"{pq:.3g} (H + alpha I is not positive definite: use --solver minres or raise "
+                              f"--damping)")
+            raise _StopSolve
+        state["p"], state["q"] = p, q
+        return q
+
+    def callback(xk: np.ndarray) -> None:
+        r = state["r"]
+        state["r"] = r - (np.dot(r, r) / np.dot(state["p"], state["q"])) * state["q"]
+        state["x"] = np.array(xk, np.float64)
+        info.iterations += 1
         if progress is not None:
-            progress(k + 1, np.sqrt(rs_new) / nu)
-        if np.sqrt(rs_new) <= tol * nu:
-            info.converged = True
-            break
-        p = r + (rs_new / rs) * p
-        rs = rs_new
-    return v, info
+            progress(info.iterations, float(np.linalg.norm(state["r"])) / nu)
+
+    op = LinearOperator((len(u), len(u)), matvec=matvec, dtype=np.float64)
+    try:
+        v, _ = cg(op, u, rtol=tol, atol=0.0, maxiter=max_iter, callback=callback)
+    except _StopSolve:
+        v = state["x"]
+    info.converged = bool(np.linalg.norm(state["r"]) <= tol * nu)
+    return np.asarray(v, np.float64), info
 
 
 def minres(hvp: HVP, u: np.ndarray, damping: float, max_iter: int = 50, tol: float = 1e-5,
