@@ -55,7 +55,7 @@ def load_experiment(exp: Experiment, folder: Path) -> ExperimentData:
     for f in sorted((folder / "trials").glob("seed_*.json")):
         info = json.loads(f.read_text())
         trials[int(info["seed"])] = info
-    scores = collect_scores(RunPaths(folder)) if folder.is_dir() else collect_scores(RunPaths(folder))
+    scores = collect_scores(RunPaths(folder))
     scores = scores[scores.seed.isin(list(trials))].reset_index(drop=True)
     data = ExperimentData(exp, folder, scores, trials=trials)
     for f in sorted((folder / "influence").glob("*/influence_*_*.csv")):
@@ -198,7 +198,7 @@ def plot_prediction(pairs: pd.DataFrame, path: Path) -> None:
     """Claim 5: predicted (sum of influence) against actual change of the validation loss."""
     fig, ax = plt.subplots(figsize=(5.6, 4.8))
     for method, g in pairs.groupby("method"):
-        sc = ax.scatter(g.predicted, g.actual, s=14 + 2 * np.sqrt(g.n_drops), alpha=0.7,
+        ax.scatter(g.predicted, g.actual, s=14 + 2 * np.sqrt(g.n_drops), alpha=0.7,
                         label=f"{method} (predicted by {g.estimator.iloc[0]})")
     if len(pairs):
         lo = float(min(pairs.predicted.min(), pairs.actual.min()))
@@ -244,7 +244,7 @@ def plot_claim4(data: ExperimentData, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- the report
-def cache_table_lines() -> List[str]:
+def cache_table_lines() -> Tuple[List[str], Optional[list]]:
     """Claim 3 (Table 1) from the size of a cnn6 parameter file saved now (seconds; ``cache_table.py``)."""
     try:
         import cache_table
@@ -261,6 +261,29 @@ def cache_table_lines() -> List[str]:
         o = float(g[g.method.str.startswith("Ours")].bytes.iloc[0])
         ratios.append((ds, h / o, int(g.steps_per_epoch.iloc[0])))
     return lines, ratios
+
+
+def cost_lines(datas: Sequence[ExperimentData]) -> List[str]:
+    """Per experiment: trials done, mean wall time per trial, and the mean seconds of each stage
+    (training, each influence estimator, all retrainings together) from ``logs/timings_seed_<k>.csv``."""
+    out = ["## Cost", "", "| experiment | trials | wall s per trial (mean) | training s | influence s | "
+           "retrainings s (all n, methods) |", "| --- | ---: | ---: | ---: | --- | ---: |"]
+    for d in datas:
+        if not d.seeds:
+            continue
+        wall = d.wall_s / len(d.seeds)
+        train = infl = evals = "-"
+        t = d.timings
+        if t is not None and len(t):
+            t = t[t.seed.isin(d.seeds)]
+            tr = t[t.stage == "train"].seconds
+            train = f"{tr.mean():.0f}" if len(tr) else "-"
+            inf = t[t.stage == "infl"].groupby("method").seconds.mean()
+            infl = ", ".join(f"{m} {v:.0f}" for m, v in inf.items()) or "-"
+            ev = t[t.stage.str.startswith("eval")].groupby("seed").seconds.sum()
+            evals = f"{ev.mean():.0f}" if len(ev) else "-"
+        out.append(f"| {d.exp.name} | {len(d.seeds)} | {wall:.0f} | {train} | {infl} | {evals} |")
+    return out + [""]
 
 
 def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[Path] = None) -> Path:
@@ -430,6 +453,8 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
                              f"slope {num(allc['slope'], 3)} over {allc['n']} (trial, method, n) pairs"))
     else:
         body += ["(no complete trial yet)", ""]
+
+    body += cost_lines(list(datas.values()))
 
     # missing
     body += ["## Not covered here", "",
