@@ -46,7 +46,8 @@ class ExperimentData:
 
     @property
     def wall_s(self) -> float:
-        return float(sum(t.get("wall_s", 0.0) for t in self.trials.values()))
+        """Seconds of compute of the completed trials (stage timings; the wall time where absent)."""
+        return float(sum(t.get("compute_s", t.get("wall_s", 0.0)) for t in self.trials.values()))
 
 
 def load_experiment(exp: Experiment, folder: Path) -> ExperimentData:
@@ -266,7 +267,7 @@ def cache_table_lines() -> Tuple[List[str], Optional[list]]:
 def cost_lines(datas: Sequence[ExperimentData]) -> List[str]:
     """Per experiment: trials done, mean wall time per trial, and the mean seconds of each stage
     (training, each influence estimator, all retrainings together) from ``logs/timings_seed_<k>.csv``."""
-    out = ["## Cost", "", "| experiment | trials | wall s per trial (mean) | training s | influence s | "
+    out = ["## Cost", "", "| experiment | trials | s per trial (mean) | training s | influence s | "
            "retrainings s (all n, methods) |", "| --- | ---: | ---: | ---: | --- | ---: |"]
     for d in datas:
         if not d.seeds:
@@ -304,7 +305,7 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
              f"Status: {status} (experiments whose data are not on this machine are not counted). "
              f"Built by `python reproduce.py --scale {scale.name} --report-only` from the committed run folders "
              f"`docs/reproduction/{scale.name}/runs/`{f' at commit {commit}' if commit else ''}. "
-             f"Compute time of the completed trials: {wall / 3600:.2f} h (sum of per-trial wall times, one process, "
+             f"Compute time of the completed trials: {wall / 3600:.2f} h (sum of the trials' stage timings, one process, "
              f"2-core machine shared with other work).", "",
              "Every comparison is paired by trial (same seed: same split, initialisation and batch order). "
              "Intervals are 95% Student-t intervals of the mean paired difference; p-values: paired t-test and "

@@ -8,7 +8,8 @@ Two trees:
 * the *committed folder* ``docs/reproduction/<scale>/runs/<experiment>/``: per trial only what the
   report needs (``manifest.json``, influence and score CSVs, ``logs/timings_seed_<k>.csv``,
   ``train_log/train_log_seed_<k>.csv``, turn-over dropout's loss checks, ``trials/seed_<k>.json``
-  with the wall time). A trial whose ``trials/seed_<k>.json`` is there is complete and is never
+  with the wall time of the last call and ``compute_s``, the sum of the trial's stage timings, which
+  also counts the work of interrupted calls). A trial whose ``trials/seed_<k>.json`` is there is complete and is never
   recomputed, so a lost machine costs at most the trial in flight.
 """
 from __future__ import annotations
@@ -19,6 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional
+
+import pandas as pd
 
 from sgd_influence.pipeline import RunConfig, run
 from sgd_influence.train import TrainConfig
@@ -84,9 +87,12 @@ def copy_trial(exp: Experiment, runs: Path, committed: Path, seed: int, wall_s: 
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(log, target)
         out.append(target)
+    timings = src / "logs" / f"timings_seed_{seed}.csv"
+    compute_s = float(pd.read_csv(timings).seconds.sum()) if timings.is_file() else wall_s
     marker = dst / "trials" / f"seed_{seed}.json"
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"experiment": exp.name, "seed": seed, "wall_s": round(wall_s, 1),
+                                  "compute_s": round(compute_s, 1),
                                   "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
     out.append(marker)
     return out
