@@ -51,7 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     def report(commit: bool = False) -> Path:
         index = build_report(scale, committed, head_commit())
         if commit:
-            files = [index] + sorted((index.parent).rglob("*.png")) + sorted(index.parent.glob("*.csv"))
+            files = [index, index.with_suffix(".html")] + sorted((index.parent).rglob("*.png")) + sorted(index.parent.glob("*.csv"))
             git_commit(files, f"reproduction {scale.name}: report rebuilt from the committed runs")
         return index
 

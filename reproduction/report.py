@@ -474,4 +474,6 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
     lines += [""] + body
     index = out / "index.md"
     index.write_text("\n".join(lines) + "\n")
+    from .html import markdown_to_html
+    (out / "index.html").write_text(markdown_to_html(index.read_text(), f"reproduction report, scale {scale.name}"))
     return index

@@ -130,6 +130,8 @@ def test_tables_and_report_from_fake_runs(tmp_path):
     assert "| 2 | Random | 5 | 90.60 +- 1.11 |" in text
     assert (tmp_path / "report" / "fig" / "claim1_claim1_fake.png").is_file()
     assert (tmp_path / "report" / "fig" / "claim5_prediction.png").is_file()
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "<td>+0.30 [+0.10, +0.50]</td>" in page and "<img src='fig/claim5_prediction.png'" in page
 
 
 def test_verdict_rules():
