@@ -129,7 +129,7 @@ def claim_gain(data: ExperimentData, n: int, delta: float, what: str = "Ours",
     """``stats.gain_verdict`` for ``what`` at the primary n of an experiment."""
     s = data.scores
     if s.empty or not ((s.method == what) & (s.n_drops == n)).any():
-        return stats.Verdict(stats.INCONCLUSIVE, f"no complete trial at n = {n} yet")
+        return stats.Verdict(stats.PENDING, f"no complete trial at n = {n} yet")
     base = stats.baseline_of(s)
     gain = stats.paired_by_seed(s, (what, n), base, "test_accuracy")
     vs_r = stats.paired_by_seed(s, (what, n), (stats.RANDOM, n), "test_accuracy")
@@ -146,7 +146,7 @@ def claim4_verdict(data: ExperimentData, delta: float) -> stats.Verdict:
     """Accuracy by ``claim_gain`` for turn-over dropout; 'reproduced' also needs the test loss to fall."""
     n = data.exp.primary_n
     v = claim_gain(data, n, delta, what="Turnover_dropout", reference=None)
-    if data.scores.empty or v.reason.startswith("no complete"):
+    if v.label == stats.PENDING:
         return v
     loss = stats.paired_by_seed(data.scores, ("Turnover_dropout", n), stats.baseline_of(data.scores), "test_loss")
     text = f"; test loss - No Cleansing {loss.mean:+.4f} [{loss.ci_low:+.4f}, {loss.ci_high:+.4f}]"
@@ -364,7 +364,8 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
         f = lambda p: f"{pp(p.mean)} [{pp(p.ci_low)}, {pp(p.ci_high)}]"  # noqa: E731
         body.append(f"| {e.label}, n = {n} | {len(d.seeds)} | {v.label} | {f(g)} | {f(r)} | {f(rb)} |")
         panels.append((e.label, d))
-    c2label = combine(c2v) if c2v else stats.INCONCLUSIVE
+    c2v = [v for v in c2v if v.label != stats.PENDING]
+    c2label = combine(c2v) if c2v else stats.PENDING
     verdict_rows.append(("2 (batch 32-256, MNIST)", c2label,
                          "per batch size in the claim-2 table; all four must reproduce for 'reproduced'"))
     body.append("")

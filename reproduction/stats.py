@@ -150,6 +150,7 @@ def baseline_row(scores: pd.DataFrame, metric: str) -> Dict[str, float]:
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced at this scale"
 INCONCLUSIVE = "inconclusive"
+PENDING = "pending"   # no complete trial yet: no verdict
 
 
 @dataclass(frozen=True)
