@@ -79,6 +79,11 @@ def pp(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:+.2f}"
 
 
+def pct_sd(mean: float, sd: float) -> str:
+    """'92.84 +- 0.31' (percent); the sd is '-' with one trial."""
+    return f"{100 * mean:.2f} +- {'-' if math.isnan(sd) else f'{100 * sd:.2f}'}"
+
+
 def num(x: float, digits: int = 4) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -103,7 +108,7 @@ def accuracy_table(data: ExperimentData) -> List[str]:
     table = stats.comparison_table(data.scores, metrics=("test_accuracy", "test_loss"))
     base_acc = stats.baseline_row(data.scores, "test_accuracy")
     base_loss = stats.baseline_row(data.scores, "test_loss")
-    out = [f"No Removal: test accuracy {100 * base_acc['mean']:.2f}% +- {100 * base_acc['sd']:.2f} "
+    out = [f"No Removal: test accuracy (%) {pct_sd(base_acc['mean'], base_acc['sd'])} "
            f"(mean +- sd over {base_acc['trials']} trials), test loss {num(base_loss['mean'])} +- {num(base_loss['sd'])}.",
            "",
            "| n removed | method | trials | test acc. % (mean +- sd) | - No Removal, pp [95% CI] | p (t / Wilcoxon) "
@@ -115,8 +120,8 @@ def accuracy_table(data: ExperimentData) -> List[str]:
     for r in acc.sort_values(["n_drops", "method"]).itertuples(index=False):
         row = pd.Series(r._asdict())
         lrow = loss.loc[(r.method, r.n_drops)]
-        out.append(f"| {r.n_drops} | {r.method} | {r.trials} | {100 * r.mean:.2f} +- {100 * r.sd:.2f} "
-                   f"| {ci_text(row, 'base_')} | {pval(r.base_p_t)} / {pval(r.base_p_wilcoxon)} | {100 * r.base_mde:.2f} "
+        out.append(f"| {r.n_drops} | {r.method} | {r.trials} | {pct_sd(r.mean, r.sd)} "
+                   f"| {ci_text(row, 'base_')} | {pval(r.base_p_t)} / {pval(r.base_p_wilcoxon)} | {'-' if math.isnan(r.base_mde) else f'{100 * r.base_mde:.2f}'} "
                    f"| {ci_text(row, 'rand_')} | {pval(r.rand_p_t)} / {pval(r.rand_p_wilcoxon)} "
                    f"| {ci_text(row, 'pair_')} | {num(lrow['mean'])} +- {num(lrow['sd'])} "
                    f"| {ci_text(lrow, 'base_', 1.0, 4)} |")
@@ -207,7 +212,7 @@ def plot_prediction(pairs: pd.DataFrame, path: Path) -> None:
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
-    ax.set_xlabel("predicted change of validation loss (sum of the n removed samples' influence)")
+    ax.set_xlabel("predicted change of validation loss\n(sum of the n removed samples' influence)")
     ax.set_ylabel("actual change after retraining")
     ax.set_title("group removal: first-order sum vs retraining\n(marker size grows with n)", fontsize=9)
     ax.grid(alpha=0.3)
