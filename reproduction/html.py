@@ -6,7 +6,7 @@ import html
 import re
 from typing import List
 
-_IMG = re.compile(r"^!\[([^\]]*)\]\(([^)]+)\)$")
+_IMG = re.compile(r"^!\[([^\]]*)\]\(([^)]+)\)(?: !\[([^\]]*)\]\(([^)]+)\))?$")
 
 
 def _inline(text: str) -> str:
@@ -34,8 +34,10 @@ def markdown_to_html(md: str, title: str = "report") -> str:
             out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
             i += 1
         elif _IMG.match(line.strip()):
-            alt, src = _IMG.match(line.strip()).groups()
-            out.append(f"<p><img src='{html.escape(src)}' alt='{html.escape(alt)}'></p>")
+            g = _IMG.match(line.strip()).groups()
+            imgs = [(g[k], g[k + 1]) for k in (0, 2) if g[k + 1]]
+            out.append("<p>" + " ".join(f"<img src='{html.escape(src)}' alt='{html.escape(alt)}' "
+                                        f"style='max-width:{100 // len(imgs) - 1}%'>" for alt, src in imgs) + "</p>")
             i += 1
         elif line.startswith("|"):
             rows = []

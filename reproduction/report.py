@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from common.paths import RunPaths  # noqa: E402
-from sgd_influence.analyze import collect_scores  # noqa: E402
+from sgd_influence.analyze import collect_scores, plot_result, summarize  # noqa: E402
 
 from . import stats  # noqa: E402
 from .scales import Experiment, Scale  # noqa: E402
@@ -343,7 +343,11 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
         if d.seeds:
             name = f"claim1_{e.name}.png"
             plot_differences([(e.label, d)], fig / name)
-            body += [f"![claim 1 {e.label}](fig/{name})", ""]
+            curve = f"claim1_{e.name}_accuracy.png"
+            plot_result(summarize(d.scores), fig / curve, f"{e.label}, {len(d.seeds)} trials (mean +- std)")
+            body += [f"![claim 1 {e.label}](fig/{name}) ![claim 1 accuracy {e.label}](fig/{curve})", "",
+                     "Left: paired differences to No Removal (mean, 95% interval). Right: the paper's Fig. 2/4 view "
+                     "(test accuracy, mean +- std over trials, No Removal dashed).", ""]
 
     # claim 2
     body += ["## Claim 2: the same at batch sizes 32, 64, 128, 256 (Fig. 5)", ""]

@@ -143,3 +143,34 @@ def test_verdict_rules():
     assert stats.gain_verdict(none, none, none, None, 0.002).label == stats.NOT_REPRODUCED
     assert stats.gain_verdict(wide, wide, none, None, 0.002).label == stats.INCONCLUSIVE
     assert stats.parity_text(none, 0.002).startswith("equivalent")
+
+
+def test_copy_trial_keeps_small_files_only(tmp_path):
+    """The committed copy of a trial: influence, score, timing and train-log files and the marker
+    (with compute_s = the sum of the stage timings); never weights or another seed's files."""
+    from reproduction.runner import copy_trial, trial_done
+    runs, committed = tmp_path / "runs", tmp_path / "committed"
+    src = runs / EXP.name
+    (src / "weights" / "seed_03" / "hara").mkdir(parents=True)
+    for f in ("initial.h5", "final.h5", "hara/step_000001.h5"):
+        (src / "weights" / "seed_03" / f).write_bytes(b"\0" * 10)
+    (src / "weights" / "seed_03" / "train_log.csv").write_text("epoch,seconds\n1,2.0\n")
+    (src / "manifest.json").write_text("{}")
+    (src / "logs").mkdir()
+    (src / "logs" / "timings_seed_3.csv").write_text("stage,method,seed,seconds\ntrain,,3,100.5\ninfl,Ours,3,20.0\n")
+    for seed in (3, 4):
+        _score(src / "score" / "Ours" / f"score_delete_worst_2_seed_{seed}.csv", 0.9, 0.3, 0.3)
+        f = src / "influence" / "Ours" / f"influence_ours_{seed}.csv"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("x:image,y:label,influence,datasource_index\n")
+    assert not trial_done(committed, EXP, 3)
+    written = copy_trial(EXP, runs, committed, 3, wall_s=7.0)
+    dst = committed / "runs" / EXP.name
+    names = sorted(str(p.relative_to(dst)) for p in written)
+    assert names == ["influence/Ours/influence_ours_3.csv", "logs/timings_seed_3.csv", "manifest.json",
+                     "score/Ours/score_delete_worst_2_seed_3.csv", "train_log/train_log_seed_3.csv",
+                     "trials/seed_3.json"]
+    assert not list(dst.rglob("*.h5"))
+    marker = json.loads((dst / "trials" / "seed_3.json").read_text())
+    assert marker["wall_s"] == 7.0 and marker["compute_s"] == 120.5
+    assert trial_done(committed, EXP, 3)
