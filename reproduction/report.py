@@ -426,7 +426,8 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
             key = [c for c in tc.columns if c != "seed" and c not in num_cols]
             agg = tc.groupby(key, sort=False)[num_cols].mean().reset_index() if key else tc[num_cols].mean().to_frame().T
             for r in agg.itertuples(index=False):
-                body.append("| " + " | ".join(num(v) if isinstance(v, float) else str(v) for v in r) + " |")
+                body.append("| " + " | ".join(f"{v:g}" if isinstance(v, float) and float(v).is_integer() else
+                                              num(v) if isinstance(v, float) else str(v) for v in r) + " |")
             body.append("")
 
     # claim 5
