@@ -39,6 +39,7 @@ class ExperimentData:
     trials: Dict[int, dict] = field(default_factory=dict)
     timings: Optional[pd.DataFrame] = None
     turnover_check: Optional[pd.DataFrame] = None
+    train_logs: Dict[int, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def seeds(self) -> List[int]:
@@ -66,6 +67,10 @@ def load_experiment(exp: Experiment, folder: Path) -> ExperimentData:
     tfiles = sorted((folder / "logs").glob("timings_seed_*.csv"))
     if tfiles:
         data.timings = pd.concat([pd.read_csv(f) for f in tfiles], ignore_index=True)
+    for f in sorted((folder / "train_log").glob("train_log_seed_*.csv")):
+        seed = int(f.stem.rsplit("_", 1)[1])
+        if seed in trials:
+            data.train_logs[seed] = pd.read_csv(f)
     cfiles = sorted((folder / "summary").glob("turnover_check_*.csv"))
     if cfiles:
         data.turnover_check = pd.concat([pd.read_csv(f).assign(seed=int(f.stem.rsplit("_", 1)[1])) for f in cfiles],
@@ -129,6 +134,20 @@ def accuracy_table(data: ExperimentData) -> List[str]:
 
 
 # ---------------------------------------------------------------------------- verdicts
+def regime_text(data: ExperimentData, last: int = 3) -> str:
+    """How settled the trainings are: per trial, the range (max - min) of the validation accuracy over
+    the last ``last`` epochs, and its mean; a large range means the last epoch, which removal retrains,
+    sits in an unsettled regime where small changes move the result a lot."""
+    ranges = {s: float(g.val_accuracy.tail(last).max() - g.val_accuracy.tail(last).min())
+              for s, g in sorted(data.train_logs.items()) if len(g) and "val_accuracy" in g}
+    if not ranges:
+        return ""
+    each = ", ".join(f"seed {s}: {100 * r:.1f}" for s, r in ranges.items())
+    return (f"Training regime: the validation accuracy moves over the last {last} epochs by "
+            f"{100 * float(np.mean(list(ranges.values()))):.1f} pp on average ({each}); the last epoch is what each "
+            "removal retrains.")
+
+
 def claim_gain(data: ExperimentData, n: int, delta: float, what: str = "Ours",
                reference: Optional[str] = "Hara") -> stats.Verdict:
     """``stats.gain_verdict`` for ``what`` at the primary n of an experiment."""
@@ -340,6 +359,8 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
                  f"{len(d.seeds)} of {e.trials} trials done (seeds {d.seeds}). Primary n = {e.primary_n}.", "",
                  f"**Verdict: {v.label}.** {v.reason}.", ""]
         body += accuracy_table(d) + [""]
+        if regime_text(d):
+            body += [regime_text(d), ""]
         if d.seeds:
             name = f"claim1_{e.name}.png"
             plot_differences([(e.label, d)], fig / name)
