@@ -397,8 +397,10 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
     ran = [v for v in c2v if v.label != stats.PENDING]
     c2label = combine(ran) if ran else stats.PENDING
     c2why = "per batch size in the claim-2 table; every batch size must reproduce for 'reproduced'"
-    if c2label == stats.REPRODUCED and len(ran) < len(c2v):
-        c2label, c2why = stats.INCONCLUSIVE, f"{len(c2v) - len(ran)} batch size(s) without a trial yet; " + c2why
+    if len(ran) < len(c2v):
+        c2why = f"{len(c2v) - len(ran)} of {len(c2v)} batch sizes without a complete trial yet; " + c2why
+        if c2label == stats.REPRODUCED:
+            c2label = stats.INCONCLUSIVE
     verdict_rows.append(("2 (batch 32-256, MNIST)", c2label, c2why))
     body.append("")
     for d in c2:
