@@ -1,0 +1,108 @@
+"""The experiments of the reproduction study, per named scale (pure data, no I/O).
+
+Scale ``cpu`` (this 2-core machine, about 6 hours with ``-j 2``, see ``docs/reproduction``):
+
+* claim 1: cnn6 on 1,000 MNIST training samples (seeded split per trial), 1,000 validation,
+  5,000 test images, the paper's lr 0.05, 20 epochs, batch 32, clean labels, 10 trials; remove
+  1%, 3%, 5%, 10%, 20% (10, 30, 50, 100, 200). The primary n (fixed before any result) is 10%,
+  the paper's MNIST peak (5,000 of 50,000).
+* claim 2: the same at batch 64, 128 and 256 (batch 32 is claim 1), 10 trials, remove 10% (the primary n only).
+* claim 4: turn-over dropout under a domain shift: train on scikit-learn's 1,797 digits (8x8,
+  upscaled to 32x32), validate on 1,000 and test on 5,000 MNIST images; remove 1% (18) by
+  turn-over dropout and at random, retrain without turn-over dropout; 4 runs.
+* claim 3 (Table 1) is computed from file sizes; claim 5 from the claim-1 and claim-2 runs.
+
+Scale ``paper``: the papers' sizes (50,000 MNIST training samples, 10,000 validation, the full
+test set, the original removal list); CIFAR-10 and STL-10 rows need their archives (no download here).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+PAPER_REMOVE = (0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One run folder: a dataset, training settings, trials (seeds 0..trials-1) and a removal list.
+
+    ``kind``: 'sgd' (Hara, Ours, Random through ``sgd_influence.pipeline``) or 'td' (turn-over
+    dropout through ``turnover_dropout.TDRunConfig``). ``primary_n``: the n of the verdict, fixed
+    in advance. ``dataset``: a built-in name, or 'domain_shift' (assembled by
+    ``reproduction.domain_shift``). ``needs``: what must exist locally (a note when it does not).
+    """
+
+    name: str
+    claim: int
+    kind: str
+    dataset: str
+    trials: int
+    remove: Tuple[int, ...]
+    primary_n: int
+    batch_size: int = 32
+    lr: float = 0.05
+    epochs: int = 20
+    n_train: Optional[int] = None
+    n_val: Optional[int] = None
+    n_test: Optional[int] = None
+    methods: Tuple[str, ...] = ("Hara", "Ours", "Random")
+    label: str = ""
+    needs: str = ""
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A named scale: its experiments in the order they run, and the resolution it aims at."""
+
+    name: str
+    experiments: Tuple[Experiment, ...]
+    delta: float = 0.002          # the smallest accuracy difference the study should resolve
+    notes: Tuple[str, ...] = field(default_factory=tuple)
+
+    def by_claim(self, claim: int) -> List[Experiment]:
+        return [e for e in self.experiments if e.claim == claim]
+
+    def get(self, name: str) -> Experiment:
+        for e in self.experiments:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+
+TD_METHODS = ("Turnover_dropout", "Random")
+
+
+def _cpu() -> Scale:
+    mnist = dict(dataset="mnist", n_train=1000, n_val=1000, n_test=5000)
+    claim1 = Experiment("claim1_mnist_bs32", 1, "sgd", trials=10, remove=(0, 10, 30, 50, 100, 200), primary_n=100,
+                        label="MNIST 1,000 / cnn6, batch 32", **mnist)
+    claim4 = Experiment("claim4_td_digits_to_mnist", 4, "td", dataset="domain_shift", trials=4, remove=(0, 18),
+                        primary_n=18, n_train=1797, n_val=1000, n_test=5000, methods=TD_METHODS,
+                        label="train digits (1,797) -> validate / test MNIST (1,000 / 5,000), cnn6")
+    claim2 = tuple(Experiment(f"claim2_mnist_bs{b}", 2, "sgd", trials=10, remove=(0, 100), primary_n=100,
+                              batch_size=b, label=f"MNIST 1,000 / cnn6, batch {b}", **mnist)
+                   for b in (64, 128, 256))
+    return Scale("cpu", (claim1, claim4) + claim2)
+
+
+def _paper() -> Scale:
+    mnist = dict(dataset="mnist", n_val=10000)
+    cifar = dict(dataset="cifar10", n_val=10000, needs="cifar-10-python.tar.gz (170 MB; no download on this machine)")
+    exps = [Experiment("claim1_mnist_bs32", 1, "sgd", trials=10, remove=PAPER_REMOVE, primary_n=5000,
+                       label="MNIST 50,000 / cnn6, batch 32", **mnist),
+            Experiment("claim1_cifar10_bs32", 1, "sgd", trials=10, remove=PAPER_REMOVE, primary_n=5000,
+                       label="CIFAR-10 40,000 / cnn6, batch 32", **cifar),
+            Experiment("claim4_td_digits_to_mnist", 4, "td", dataset="domain_shift", trials=4, remove=(0, 18),
+                       primary_n=18, n_train=1797, n_val=10000, n_test=10000, methods=TD_METHODS,
+                       label="train digits (1,797) -> validate / test MNIST (10,000 / 10,000), cnn6")]
+    for b in (64, 128, 256):
+        exps.append(Experiment(f"claim2_mnist_bs{b}", 2, "sgd", trials=10, remove=PAPER_REMOVE, primary_n=5000,
+                               batch_size=b, label=f"MNIST 50,000 / cnn6, batch {b}", **mnist))
+        exps.append(Experiment(f"claim2_cifar10_bs{b}", 2, "sgd", trials=10, remove=PAPER_REMOVE, primary_n=5000,
+                               batch_size=b, label=f"CIFAR-10 40,000 / cnn6, batch {b}", **cifar))
+    return Scale("paper", tuple(exps), notes=("STL-10 (Kobayashi et al.'s image set) needs stl10_binary.tar.gz "
+                                              "(2.6 GB); not available offline, no experiment defined here.",))
+
+
+SCALES: Dict[str, Scale] = {"cpu": _cpu(), "paper": _paper()}
