@@ -9,6 +9,7 @@ trial continues where it stopped); each finished trial's small files are copied 
 ``docs/reproduction/<scale>/runs/`` (``--commit``: and committed), and the report
 ``docs/reproduction/<scale>/report/index.md`` is built from there only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,27 +32,42 @@ def head_commit() -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     from reproduction.scales import SCALES
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="named scale (default %(default)s)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from the committed runs")
     p.add_argument("--runs", default=None, help="run folders (default: output_reproduction_<scale>)")
-    p.add_argument("--data-dir", default=None, help="folder holding the dataset archives (e.g. ../shared/datasets/mnist)")
-    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
-                   help="experiments or claims to run (e.g. claim1, claim4_td_digits_to_mnist)")
+    p.add_argument(
+        "--data-dir", default=None, help="folder holding the dataset archives (e.g. ../shared/datasets/mnist)"
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="experiments or claims to run (e.g. claim1, claim4_td_digits_to_mnist)",
+    )
     p.add_argument("--max-trials", type=int, default=None, help="stop after this many new trials")
     p.add_argument("--commit", action="store_true", help="git-commit each finished trial's small files")
-    p.add_argument("--report-each", action="store_true", help="rebuild (and with --commit commit) the report after each trial")
+    p.add_argument(
+        "--report-each", action="store_true", help="rebuild (and with --commit commit) the report after each trial"
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     a = p.parse_args(argv)
     scale = SCALES[a.scale]
     from reproduction.report import build_report
     from reproduction.runner import committed_root, git_commit, run_scale
+
     committed = committed_root(scale.name)
 
     def report(commit: bool = False) -> Path:
         index = build_report(scale, committed, head_commit())
         if commit:
-            files = [index, index.with_suffix(".html")] + sorted((index.parent).rglob("*.png")) + sorted(index.parent.glob("*.csv"))
+            files = (
+                [index, index.with_suffix(".html")]
+                + sorted((index.parent).rglob("*.png"))
+                + sorted(index.parent.glob("*.csv"))
+            )
             git_commit(files, f"reproduction {scale.name}: report rebuilt from the committed runs")
         return index
 

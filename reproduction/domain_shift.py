@@ -8,6 +8,7 @@ the first ``n_test`` of MNIST's test file. The three splits are written once as 
 (``-ds path/to/train.csv``); the pipeline itself is unchanged. Every run then trains on the same
 data; its seed decides the initialisation, the batch order, the turn-over dropout masks and Random.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,9 @@ def _write_split(folder: Path, name: str, images: np.ndarray, labels: np.ndarray
     write_text_atomic(folder / f"{name}.csv", "\n".join(lines) + "\n")
 
 
-def build_digits_to_mnist(folder: Path, n_val: int, n_test: int, data_dir: Optional[str],
-                          n_train: Optional[int] = None) -> Path:
+def build_digits_to_mnist(
+    folder: Path, n_val: int, n_test: int, data_dir: Optional[str], n_train: Optional[int] = None
+) -> Path:
     """Write the digits -> MNIST dataset under ``folder`` (once) and return its ``train.csv``.
 
     ``n_train`` (default: all 1,797) keeps the first digits of ``np.random.RandomState(0)``'s
@@ -53,5 +55,5 @@ def build_digits_to_mnist(folder: Path, n_val: int, n_test: int, data_dir: Optio
     folder.mkdir(parents=True, exist_ok=True)
     _write_split(folder, "validation", mnist.val.images, mnist.val.labels)
     _write_split(folder, "test", mnist.test.images, mnist.test.labels)
-    _write_split(folder, "train", images[order], labels[order])   # last: marks the folder complete
+    _write_split(folder, "train", images[order], labels[order])  # last: marks the folder complete
     return train_csv

@@ -1,5 +1,6 @@
 """A small Markdown-to-HTML writer for the report's own subset (headings, paragraphs, lists,
 pipe tables, images, **bold**, `code`): ``report/index.html`` beside ``index.md``, no extra package."""
+
 from __future__ import annotations
 
 import html
@@ -21,9 +22,11 @@ def _cells(line: str) -> List[str]:
 
 def markdown_to_html(md: str, title: str = "report") -> str:
     """HTML page of ``md`` (the subset above; anything else becomes a paragraph)."""
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-           "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
-           "font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}</style></head><body>"]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
+        "font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}</style></head><body>",
+    ]
     lines, i = md.splitlines(), 0
     while i < len(lines):
         line = lines[i]
@@ -36,8 +39,14 @@ def markdown_to_html(md: str, title: str = "report") -> str:
         elif _IMG.match(line.strip()):
             g = _IMG.match(line.strip()).groups()
             imgs = [(g[k], g[k + 1]) for k in (0, 2) if g[k + 1]]
-            out.append("<p>" + " ".join(f"<img src='{html.escape(src)}' alt='{html.escape(alt)}' "
-                                        f"style='max-width:{100 // len(imgs) - 1}%'>" for alt, src in imgs) + "</p>")
+            out.append(
+                "<p>"
+                + " ".join(
+                    f"<img src='{html.escape(src)}' alt='{html.escape(alt)}' style='max-width:{100 // len(imgs) - 1}%'>"
+                    for alt, src in imgs
+                )
+                + "</p>"
+            )
             i += 1
         elif line.startswith("|"):
             rows = []

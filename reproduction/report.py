@@ -4,6 +4,7 @@ folders (``docs/reproduction/<scale>/runs/``), never from weights and never reco
 Reading (``load_experiment``) and writing (``build_report``) live here; every number comes from
 ``reproduction.stats``.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,9 @@ def load_experiment(exp: Experiment, folder: Path) -> ExperimentData:
             data.train_logs[seed] = pd.read_csv(f)
     cfiles = sorted((folder / "summary").glob("turnover_check_*.csv"))
     if cfiles:
-        data.turnover_check = pd.concat([pd.read_csv(f).assign(seed=int(f.stem.rsplit("_", 1)[1])) for f in cfiles],
-                                        ignore_index=True)
+        data.turnover_check = pd.concat(
+            [pd.read_csv(f).assign(seed=int(f.stem.rsplit("_", 1)[1])) for f in cfiles], ignore_index=True
+        )
     return data
 
 
@@ -113,23 +115,28 @@ def accuracy_table(data: ExperimentData) -> List[str]:
     table = stats.comparison_table(data.scores, metrics=("test_accuracy", "test_loss"))
     base_acc = stats.baseline_row(data.scores, "test_accuracy")
     base_loss = stats.baseline_row(data.scores, "test_loss")
-    out = [f"No Removal: test accuracy (%) {pct_sd(base_acc['mean'], base_acc['sd'])} "
-           f"(mean +- sd over {base_acc['trials']} trials), test loss {num(base_loss['mean'])} +- {num(base_loss['sd'])}.",
-           "",
-           "| n removed | method | trials | test acc. % (mean +- sd) | - No Removal, pp [95% CI] | p (t / Wilcoxon) "
-           "| MDE pp | - Random, pp [95% CI] | p (t / Wilcoxon) | Ours - Hara, pp [95% CI] | test loss (mean +- sd) "
-           "| loss - No Removal [95% CI] |",
-           "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    out = [
+        f"No Removal: test accuracy (%) {pct_sd(base_acc['mean'], base_acc['sd'])} "
+        f"(mean +- sd over {base_acc['trials']} trials), test loss {num(base_loss['mean'])} +- {num(base_loss['sd'])}.",
+        "",
+        "| n removed | method | trials | test acc. % (mean +- sd) | - No Removal, pp [95% CI] | p (t / Wilcoxon) "
+        "| MDE pp | - Random, pp [95% CI] | p (t / Wilcoxon) | Ours - Hara, pp [95% CI] | test loss (mean +- sd) "
+        "| loss - No Removal [95% CI] |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     acc = table[table.metric == "test_accuracy"]
     loss = table[table.metric == "test_loss"].set_index(["method", "n_drops"])
     for r in acc.sort_values(["n_drops", "method"]).itertuples(index=False):
         row = pd.Series(r._asdict())
         lrow = loss.loc[(r.method, r.n_drops)]
-        out.append(f"| {r.n_drops} | {r.method} | {r.trials} | {pct_sd(r.mean, r.sd)} "
-                   f"| {ci_text(row, 'base_')} | {pval(r.base_p_t)} / {pval(r.base_p_wilcoxon)} | {'-' if math.isnan(r.base_mde) else f'{100 * r.base_mde:.2f}'} "
-                   f"| {ci_text(row, 'rand_')} | {pval(r.rand_p_t)} / {pval(r.rand_p_wilcoxon)} "
-                   f"| {ci_text(row, 'pair_')} | {num(lrow['mean'])} +- {num(lrow['sd'])} "
-                   f"| {ci_text(lrow, 'base_', 1.0, 4)} |")
+        out.append(
+            f"| {r.n_drops} | {r.method} | {r.trials} | {pct_sd(r.mean, r.sd)} "
+            f"| {ci_text(row, 'base_')} | {pval(r.base_p_t)} / {pval(r.base_p_wilcoxon)} "
+            f"| {'-' if math.isnan(r.base_mde) else f'{100 * r.base_mde:.2f}'} "
+            f"| {ci_text(row, 'rand_')} | {pval(r.rand_p_t)} / {pval(r.rand_p_wilcoxon)} "
+            f"| {ci_text(row, 'pair_')} | {num(lrow['mean'])} +- {num(lrow['sd'])} "
+            f"| {ci_text(lrow, 'base_', 1.0, 4)} |"
+        )
     return out
 
 
@@ -138,18 +145,24 @@ def regime_text(data: ExperimentData, last: int = 3) -> str:
     """How settled the trainings are: per trial, the range (max - min) of the validation accuracy over
     the last ``last`` epochs, and its mean; a large range means the last epoch, which removal retrains,
     sits in an unsettled regime where small changes move the result a lot."""
-    ranges = {s: float(g.val_accuracy.tail(last).max() - g.val_accuracy.tail(last).min())
-              for s, g in sorted(data.train_logs.items()) if len(g) and "val_accuracy" in g}
+    ranges = {
+        s: float(g.val_accuracy.tail(last).max() - g.val_accuracy.tail(last).min())
+        for s, g in sorted(data.train_logs.items())
+        if len(g) and "val_accuracy" in g
+    }
     if not ranges:
         return ""
     each = ", ".join(f"seed {s}: {100 * r:.1f}" for s, r in ranges.items())
-    return (f"Training regime: the validation accuracy moves over the last {last} epochs by "
-            f"{100 * float(np.mean(list(ranges.values()))):.1f} pp on average ({each}); the last epoch is what each "
-            "removal retrains.")
+    return (
+        f"Training regime: the validation accuracy moves over the last {last} epochs by "
+        f"{100 * float(np.mean(list(ranges.values()))):.1f} pp on average ({each}); the last epoch is what each "
+        "removal retrains."
+    )
 
 
-def claim_gain(data: ExperimentData, n: int, delta: float, what: str = "Ours",
-               reference: Optional[str] = "Hara") -> stats.Verdict:
+def claim_gain(
+    data: ExperimentData, n: int, delta: float, what: str = "Ours", reference: Optional[str] = "Hara"
+) -> stats.Verdict:
     """``stats.gain_verdict`` for ``what`` at the primary n of an experiment."""
     s = data.scores
     if s.empty or not ((s.method == what) & (s.n_drops == n)).any():
@@ -158,8 +171,11 @@ def claim_gain(data: ExperimentData, n: int, delta: float, what: str = "Ours",
     gain = stats.paired_by_seed(s, (what, n), base, "test_accuracy")
     vs_r = stats.paired_by_seed(s, (what, n), (stats.RANDOM, n), "test_accuracy")
     rnd = stats.paired_by_seed(s, (stats.RANDOM, n), base, "test_accuracy")
-    par = stats.paired_by_seed(s, (what, n), (reference, n), "test_accuracy") \
-        if reference and (s.method == reference).any() else None
+    par = (
+        stats.paired_by_seed(s, (what, n), (reference, n), "test_accuracy")
+        if reference and (s.method == reference).any()
+        else None
+    )
     v = stats.gain_verdict(gain, vs_r, rnd, par, delta, what)
     if par is not None:
         v = stats.Verdict(v.label, v.reason + f". As well as {reference}: {stats.parity_text(par, delta)}")
@@ -177,8 +193,10 @@ def claim4_verdict(data: ExperimentData, delta: float) -> stats.Verdict:
     if v.label == stats.REPRODUCED and not loss.ci_high < 0:
         return stats.Verdict(stats.INCONCLUSIVE, v.reason + text + " (accuracy rises, the loss fall is not resolved)")
     if data.exp.trials < 6:
-        text += (f"; with {loss.n} runs the Wilcoxon test cannot reach p < 0.05 (its smallest two-sided p is "
-                 f"{2 / 2 ** max(loss.n, 1):.3g}), so the t interval decides")
+        text += (
+            f"; with {loss.n} runs the Wilcoxon test cannot reach p < 0.05 (its smallest two-sided p is "
+            f"{2 / 2 ** max(loss.n, 1):.3g}), so the t interval decides"
+        )
     return stats.Verdict(v.label, v.reason + text)
 
 
@@ -204,12 +222,16 @@ def plot_differences(datas: Sequence[Tuple[str, ExperimentData]], path: Path, me
                 scale = 100.0 if "accuracy" in metric else 1.0
                 y = scale * g.base_mean.to_numpy()
                 err = scale * (g.base_ci_high - g.base_mean).to_numpy()
-                ax.errorbar(g.n_drops, y, yerr=np.nan_to_num(err), marker="o", capsize=3, label=method.replace("_", " "))
+                ax.errorbar(
+                    g.n_drops, y, yerr=np.nan_to_num(err), marker="o", capsize=3, label=method.replace("_", " ")
+                )
         ax.axhline(0, color="k", lw=1, ls="--")
         ax.set_xscale("log")
         ax.set_xlabel("training samples removed (most harmful first)")
-        ax.set_ylabel(("test accuracy - No Removal (pp)" if "accuracy" in metric else f"{metric} - No Removal")
-                      + ", mean and 95% CI")
+        ax.set_ylabel(
+            ("test accuracy - No Removal (pp)" if "accuracy" in metric else f"{metric} - No Removal")
+            + ", mean and 95% CI"
+        )
         ax.set_title(f"{title}\n({len(data.seeds)} trials)", fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
@@ -223,8 +245,13 @@ def plot_prediction(pairs: pd.DataFrame, path: Path) -> None:
     """Claim 5: predicted (sum of influence) against actual change of the validation loss."""
     fig, ax = plt.subplots(figsize=(5.6, 4.8))
     for method, g in pairs.groupby("method"):
-        ax.scatter(g.predicted, g.actual, s=14 + 2 * np.sqrt(g.n_drops), alpha=0.7,
-                        label=f"{method} (predicted by {g.estimator.iloc[0]})")
+        ax.scatter(
+            g.predicted,
+            g.actual,
+            s=14 + 2 * np.sqrt(g.n_drops),
+            alpha=0.7,
+            label=f"{method} (predicted by {g.estimator.iloc[0]})",
+        )
     if len(pairs):
         lo = float(min(pairs.predicted.min(), pairs.actual.min()))
         hi = float(max(pairs.predicted.max(), pairs.actual.max()))
@@ -273,11 +300,15 @@ def cache_table_lines() -> Tuple[List[str], Optional[list]]:
     """Claim 3 (Table 1) from the size of a cnn6 parameter file saved now (seconds; ``cache_table.py``)."""
     try:
         import cache_table
+
         sizes = {key: cache_table.cnn6_file_bytes(shape) for _, key, shape in cache_table.SETTINGS}
         table = cache_table.build_table(sizes, 32, 20)
     except Exception as exc:  # the report must not fail on Table 1
         return [f"(cache table not computed: {exc})"], None
-    lines = ["| dataset | method | stored | GB (here) | paper GB | here / paper |", "| --- | --- | --- | ---: | ---: | ---: |"]
+    lines = [
+        "| dataset | method | stored | GB (here) | paper GB | here / paper |",
+        "| --- | --- | --- | ---: | ---: | ---: |",
+    ]
     for r in table.itertuples(index=False):
         lines.append(f"| {r.dataset} | {r.method} | {r.stored} | {r.GB:.6g} | {r.paper_GB:g} | {r.ratio:.4f} |")
     ratios = []
@@ -291,8 +322,12 @@ def cache_table_lines() -> Tuple[List[str], Optional[list]]:
 def cost_lines(datas: Sequence[ExperimentData]) -> List[str]:
     """Per experiment: trials done, mean wall time per trial, and the mean seconds of each stage
     (training, each influence estimator, all retrainings together) from ``logs/timings_seed_<k>.csv``."""
-    out = ["## Cost", "", "| experiment | trials | s per trial (mean) | training s | influence s | "
-           "retrainings s (all n, methods) |", "| --- | ---: | ---: | ---: | --- | ---: |"]
+    out = [
+        "## Cost",
+        "",
+        "| experiment | trials | s per trial (mean) | training s | influence s | retrainings s (all n, methods) |",
+        "| --- | ---: | ---: | ---: | --- | ---: |",
+    ]
     for d in datas:
         if not d.seeds:
             continue
@@ -324,19 +359,24 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
     total = sum(e.trials for e in scale.experiments if not e.needs)
     wall = sum(d.wall_s for d in datas.values())
     partial = done < total
-    status = (f"**partial: {done} of {total} trials**" if partial else f"complete: {total} of {total} trials")
-    lines = [f"# Reproduction report, scale `{scale.name}`", "",
-             f"Status: {status} (experiments whose data are not on this machine are not counted). "
-             f"Built by `python reproduce.py --scale {scale.name} --report-only` from the committed run folders "
-             f"`docs/reproduction/{scale.name}/runs/`{f' at commit {commit}' if commit else ''}. "
-             f"Compute time of the completed trials: {wall / 3600:.2f} h (sum of the trials' stage timings, one process, "
-             f"2-core machine shared with other work).", "",
-             "Every comparison is paired by trial (same seed: same split, initialisation and batch order). "
-             "Intervals are 95% Student-t intervals of the mean paired difference; p-values: paired t-test and "
-             "Wilcoxon signed-rank (two-sided, scipy.stats); MDE: the true difference a paired t-test at 5% finds "
-             f"with 80% power given the observed spread. The resolution the study aims at: {100 * delta:.2f} pp. "
-             "The verdict of each claim is taken at a removal size fixed before any result (the primary n); "
-             "the other n are shown, not tested for the verdict (no picking of the best n).", ""]
+    status = f"**partial: {done} of {total} trials**" if partial else f"complete: {total} of {total} trials"
+    lines = [
+        f"# Reproduction report, scale `{scale.name}`",
+        "",
+        f"Status: {status} (experiments whose data are not on this machine are not counted). "
+        f"Built by `python reproduce.py --scale {scale.name} --report-only` from the committed run folders "
+        f"`docs/reproduction/{scale.name}/runs/`{f' at commit {commit}' if commit else ''}. "
+        f"Compute time of the completed trials: {wall / 3600:.2f} h (sum of the trials' stage timings, one process, "
+        f"2-core machine shared with other work).",
+        "",
+        "Every comparison is paired by trial (same seed: same split, initialisation and batch order). "
+        "Intervals are 95% Student-t intervals of the mean paired difference; p-values: paired t-test and "
+        "Wilcoxon signed-rank (two-sided, scipy.stats); MDE: the true difference a paired t-test at 5% finds "
+        f"with 80% power given the observed spread. The resolution the study aims at: {100 * delta:.2f} pp. "
+        "The verdict of each claim is taken at a removal size fixed before any result (the primary n); "
+        "the other n are shown, not tested for the verdict (no picking of the best n).",
+        "",
+    ]
     verdict_rows: List[Tuple[str, str, str]] = []
     body: List[str] = []
 
@@ -347,17 +387,24 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
         e = d.exp
         body += [f"### {e.label}", ""]
         if e.needs and not d.seeds:
-            body += [f"Not run here: needs {e.needs}. `python reproduce.py --scale {scale.name}` runs it where the "
-                     f"archive is present (`--data-dir`).", ""]
+            body += [
+                f"Not run here: needs {e.needs}. `python reproduce.py --scale {scale.name}` runs it where the "
+                f"archive is present (`--data-dir`).",
+                "",
+            ]
             verdict_rows.append((f"1 ({e.label})", "not run", f"data not available offline: {e.needs}"))
             continue
         v = claim_gain(d, e.primary_n, delta)
         verdict_rows.append((f"1 ({e.label})", v.label, f"n = {e.primary_n}: {v.reason}"))
-        body += [f"Settings: {e.n_train or 'all'} training samples, {e.n_val} validation, {e.n_test or 'all'} test, "
-                 f"lr {e.lr}, {e.epochs} epochs, batch {e.batch_size}, clean labels, cnn6, augmentation on; removal "
-                 f"scored by retraining the last epoch without the removed samples (the project's default); "
-                 f"{len(d.seeds)} of {e.trials} trials done (seeds {d.seeds}). Primary n = {e.primary_n}.", "",
-                 f"**Verdict: {v.label}.** {v.reason}.", ""]
+        body += [
+            f"Settings: {e.n_train or 'all'} training samples, {e.n_val} validation, {e.n_test or 'all'} test, "
+            f"lr {e.lr}, {e.epochs} epochs, batch {e.batch_size}, clean labels, cnn6, augmentation on; removal "
+            f"scored by retraining the last epoch without the removed samples (the project's default); "
+            f"{len(d.seeds)} of {e.trials} trials done (seeds {d.seeds}). Primary n = {e.primary_n}.",
+            "",
+            f"**Verdict: {v.label}.** {v.reason}.",
+            "",
+        ]
         body += accuracy_table(d) + [""]
         if regime_text(d):
             body += [regime_text(d), ""]
@@ -366,16 +413,23 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
             plot_differences([(e.label, d)], fig / name)
             curve = f"claim1_{e.name}_accuracy.png"
             plot_result(summarize(d.scores), fig / curve, f"{e.label}, {len(d.seeds)} trials (mean +- std)")
-            body += [f"![claim 1 {e.label}](fig/{name}) ![claim 1 accuracy {e.label}](fig/{curve})", "",
-                     "Left: paired differences to No Removal (mean, 95% interval). Right: the paper's Fig. 2/4 view "
-                     "(test accuracy, mean +- std over trials, No Removal dashed).", ""]
+            body += [
+                f"![claim 1 {e.label}](fig/{name}) ![claim 1 accuracy {e.label}](fig/{curve})",
+                "",
+                "Left: paired differences to No Removal (mean, 95% interval). Right: the paper's Fig. 2/4 view "
+                "(test accuracy, mean +- std over trials, No Removal dashed).",
+                "",
+            ]
 
     # claim 2
     body += ["## Claim 2: the same at batch sizes 32, 64, 128, 256 (Fig. 5)", ""]
     c2 = [d for d in c1 if "mnist" in d.exp.name] + [datas[e.name] for e in scale.by_claim(2)]
     panels, c2v = [], []
-    body += ["| setting | trials | verdict at the primary n | Ours - No Removal pp [95% CI] | Ours - Random | Random - No Removal |",
-             "| --- | ---: | --- | ---: | ---: | ---: |"]
+    body += [
+        "| setting | trials | verdict at the primary n | Ours - No Removal pp [95% CI] | Ours - Random "
+        "| Random - No Removal |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
+    ]
     for d in c2:
         e = d.exp
         if e.needs and not d.seeds:
@@ -409,8 +463,11 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
     if panels:
         plot_differences(panels, fig / "claim2_batch_sizes.png")
         body += ["![claim 2](fig/claim2_batch_sizes.png)", ""]
-    body += ["CIFAR-10 (Fig. 5e-h) is not run here: `cifar-10-python.tar.gz` cannot be downloaded on this machine; "
-             "`--scale paper` runs it where the archive is present.", ""]
+    body += [
+        "CIFAR-10 (Fig. 5e-h) is not run here: `cifar-10-python.tar.gz` cannot be downloaded on this machine; "
+        "`--scale paper` runs it where the archive is present.",
+        "",
+    ]
 
     # claim 3
     body += ["## Claim 3: Ours' cache is 1/T of Hara's (Table 1)", ""]
@@ -428,36 +485,60 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
         d = datas[e.name]
         v = claim4_verdict(d, delta)
         verdict_rows.append((f"4 ({e.label})", v.label, v.reason))
-        body += [f"### {e.label}", "",
-                 "Data: `reproduction/domain_shift.py` writes the three splits once as an NNC CSV dataset "
-                 "(digits' 8x8 images upscaled to 32x32; MNIST 28x28 to 32x32); the pipeline reads it as any own "
-                 f"CSV data. Remove the {e.primary_n} (1%) most harmful by turn-over dropout (masks on cnn6's top "
-                 "layer, one TD network), retrain without turn-over dropout (last epoch), against No Cleansing and "
-                 f"a random 1%; {len(d.seeds)} of {e.trials} runs done.", "",
-                 f"**Verdict: {v.label}.** {v.reason}.", ""]
+        body += [
+            f"### {e.label}",
+            "",
+            "Data: `reproduction/domain_shift.py` writes the three splits once as an NNC CSV dataset "
+            "(digits' 8x8 images upscaled to 32x32; MNIST 28x28 to 32x32); the pipeline reads it as any own "
+            f"CSV data. Remove the {e.primary_n} (1%) most harmful by turn-over dropout (masks on cnn6's top "
+            "layer, one TD network), retrain without turn-over dropout (last epoch), against No Cleansing and "
+            f"a random 1%; {len(d.seeds)} of {e.trials} runs done.",
+            "",
+            f"**Verdict: {v.label}.** {v.reason}.",
+            "",
+        ]
         body += accuracy_table(d) + [""]
         if d.seeds:
             plot_claim4(d, fig / f"claim4_{e.name}.png")
             body += [f"![claim 4](fig/claim4_{e.name}.png)", ""]
         if d.turnover_check is not None and len(d.turnover_check):
             tc = d.turnover_check
-            body += ["Loss check of the final TD network (its Fig. 2: the flipped-mask training loss should sit at "
-                     "held-out level), mean over runs:", "",
-                     "| " + " | ".join(c for c in tc.columns if c != "seed") + " |",
-                     "| " + " | ".join("---" for c in tc.columns if c != "seed") + " |"]
+            body += [
+                "Loss check of the final TD network (its Fig. 2: the flipped-mask training loss should sit at "
+                "held-out level), mean over runs:",
+                "",
+                "| " + " | ".join(c for c in tc.columns if c != "seed") + " |",
+                "| " + " | ".join("---" for c in tc.columns if c != "seed") + " |",
+            ]
             num_cols = [c for c in tc.columns if c != "seed" and pd.api.types.is_numeric_dtype(tc[c])]
             key = [c for c in tc.columns if c != "seed" and c not in num_cols]
-            agg = tc.groupby(key, sort=False)[num_cols].mean().reset_index() if key else tc[num_cols].mean().to_frame().T
+            agg = (
+                tc.groupby(key, sort=False)[num_cols].mean().reset_index() if key else tc[num_cols].mean().to_frame().T
+            )
             for r in agg.itertuples(index=False):
-                body.append("| " + " | ".join(f"{v:g}" if isinstance(v, float) and float(v).is_integer() else
-                                              num(v) if isinstance(v, float) else str(v) for v in r) + " |")
+                body.append(
+                    "| "
+                    + " | ".join(
+                        f"{v:g}"
+                        if isinstance(v, float) and float(v).is_integer()
+                        else num(v)
+                        if isinstance(v, float)
+                        else str(v)
+                        for v in r
+                    )
+                    + " |"
+                )
             body.append("")
 
     # claim 5
-    body += ["## Claim 5: does the sum of the estimates predict a group removal?", "",
-             "For every trial, method and n > 0: predicted = the sum of the n removed samples' influence "
-             "(Hara's removals by Hara, Ours' by Ours, Random's random sets by Ours), actual = validation loss after "
-             "retraining without them minus the trial's No Removal validation loss.", ""]
+    body += [
+        "## Claim 5: does the sum of the estimates predict a group removal?",
+        "",
+        "For every trial, method and n > 0: predicted = the sum of the n removed samples' influence "
+        "(Hara's removals by Hara, Ours' by Ours, Random's random sets by Ours), actual = validation loss after "
+        "retraining without them minus the trial's No Removal validation loss.",
+        "",
+    ]
     pairs = []
     for e in scale.experiments:
         d = datas[e.name]
@@ -466,40 +547,64 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
             pairs.append(p.assign(experiment=e.name))
     pairs = pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame()
     if len(pairs):
-        plot_prediction(pairs[pairs.experiment == scale.by_claim(1)[0].name] if
-                        (pairs.experiment == scale.by_claim(1)[0].name).any() else pairs, fig / "claim5_prediction.png")
-        body += ["| experiment | method | n | pairs | Pearson r | Spearman rho | slope actual/predicted | mean predicted | mean actual |",
-                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        plot_prediction(
+            pairs[pairs.experiment == scale.by_claim(1)[0].name]
+            if (pairs.experiment == scale.by_claim(1)[0].name).any()
+            else pairs,
+            fig / "claim5_prediction.png",
+        )
+        body += [
+            "| experiment | method | n | pairs | Pearson r | Spearman rho | slope actual/predicted | mean predicted "
+            "| mean actual |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for (ex, m), g in pairs.groupby(["experiment", "method"]):
             c = stats.correlation(g.predicted, g.actual)
-            body.append(f"| {ex} | {m} | all | {c['n']} | {num(c['pearson'], 3)} | {num(c['spearman'], 3)} "
-                        f"| {num(c['slope'], 3)} | {g.predicted.mean():+.4f} | {g.actual.mean():+.4f} |")
+            body.append(
+                f"| {ex} | {m} | all | {c['n']} | {num(c['pearson'], 3)} | {num(c['spearman'], 3)} "
+                f"| {num(c['slope'], 3)} | {g.predicted.mean():+.4f} | {g.actual.mean():+.4f} |"
+            )
             for n, h in g.groupby("n_drops"):
                 c = stats.correlation(h.predicted, h.actual)
-                body.append(f"| | | {n} | {c['n']} | {num(c['pearson'], 3)} | {num(c['spearman'], 3)} "
-                            f"| {num(c['slope'], 3)} | {h.predicted.mean():+.4f} | {h.actual.mean():+.4f} |")
+                body.append(
+                    f"| | | {n} | {c['n']} | {num(c['pearson'], 3)} | {num(c['spearman'], 3)} "
+                    f"| {num(c['slope'], 3)} | {h.predicted.mean():+.4f} | {h.actual.mean():+.4f} |"
+                )
         allc = stats.correlation(pairs.predicted, pairs.actual)
-        body += ["", f"Over all {allc['n']} pairs: Pearson {num(allc['pearson'], 3)} (p {pval(allc['pearson_p'])}), "
-                 f"Spearman {num(allc['spearman'], 3)} (p {pval(allc['spearman_p'])}), slope {num(allc['slope'], 3)}. "
-                 "A slope near 1 with high correlation means the first-order sum predicts the group removal; "
-                 "the per-n rows show where it holds (the estimators are first order in one removal).", "",
-                 "![claim 5](fig/claim5_prediction.png)", ""]
+        body += [
+            "",
+            f"Over all {allc['n']} pairs: Pearson {num(allc['pearson'], 3)} (p {pval(allc['pearson_p'])}), "
+            f"Spearman {num(allc['spearman'], 3)} (p {pval(allc['spearman_p'])}), slope {num(allc['slope'], 3)}. "
+            "A slope near 1 with high correlation means the first-order sum predicts the group removal; "
+            "the per-n rows show where it holds (the estimators are first order in one removal).",
+            "",
+            "![claim 5](fig/claim5_prediction.png)",
+            "",
+        ]
         pairs.to_csv(out / "claim5_pairs.csv", index=False)
-        verdict_rows.append(("5 (sum of estimates vs group removal)", "measured",
-                             f"Pearson {num(allc['pearson'], 3)}, Spearman {num(allc['spearman'], 3)}, "
-                             f"slope {num(allc['slope'], 3)} over {allc['n']} (trial, method, n) pairs"))
+        verdict_rows.append(
+            (
+                "5 (sum of estimates vs group removal)",
+                "measured",
+                f"Pearson {num(allc['pearson'], 3)}, Spearman {num(allc['spearman'], 3)}, "
+                f"slope {num(allc['slope'], 3)} over {allc['n']} (trial, method, n) pairs",
+            )
+        )
     else:
         body += ["(no complete trial yet)", ""]
 
     body += cost_lines(list(datas.values()))
 
     # missing
-    body += ["## Not covered here", "",
-             "* CIFAR-10 (Fig. 2b, 4b, 5e-h) and STL-10: their archives cannot be downloaded on this machine; "
-             "`python reproduce.py --scale paper --data-dir DIR` runs the CIFAR-10 rows where "
-             "`cifar-10-python.tar.gz` is present.",
-             "* The paper's sizes (50,000 MNIST training samples): `--scale paper` (about 1 h per trial-set on one GPU "
-             "by the README's projection; not run here)."]
+    body += [
+        "## Not covered here",
+        "",
+        "* CIFAR-10 (Fig. 2b, 4b, 5e-h) and STL-10: their archives cannot be downloaded on this machine; "
+        "`python reproduce.py --scale paper --data-dir DIR` runs the CIFAR-10 rows where "
+        "`cifar-10-python.tar.gz` is present.",
+        "* The paper's sizes (50,000 MNIST training samples): `--scale paper` (about 1 h per trial-set on one GPU "
+        "by the README's projection; not run here).",
+    ]
     for note in scale.notes:
         body.append(f"* {note}")
     body.append("")
@@ -511,5 +616,6 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
     index = out / "index.md"
     index.write_text("\n".join(lines) + "\n")
     from .html import markdown_to_html
+
     (out / "index.html").write_text(markdown_to_html(index.read_text(), f"reproduction report, scale {scale.name}"))
     return index

@@ -12,6 +12,7 @@ Two trees:
   also counts the work of interrupted calls). A trial whose ``trials/seed_<k>.json`` is there is complete and is never
   recomputed, so a lost machine costs at most the trial in flight.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,16 @@ def dataset_of(exp: Experiment, runs: Path, data_dir: Optional[str]) -> str:
     """The ``-ds`` value of ``exp``: a built-in name, or the assembled domain-shift ``train.csv``."""
     if exp.dataset == "domain_shift":
         from .domain_shift import build_digits_to_mnist
-        return str(build_digits_to_mnist(runs / "data" / f"digits_to_mnist_v{exp.n_val}_t{exp.n_test}",
-                                         exp.n_val, exp.n_test, data_dir, exp.n_train))
+
+        return str(
+            build_digits_to_mnist(
+                runs / "data" / f"digits_to_mnist_v{exp.n_val}_t{exp.n_test}",
+                exp.n_val,
+                exp.n_test,
+                data_dir,
+                exp.n_train,
+            )
+        )
     return exp.dataset
 
 
@@ -54,13 +63,25 @@ def run_config(exp: Experiment, runs: Path, seed: int, data_dir: Optional[str]) 
     """The pipeline configuration of trial ``seed`` of ``exp`` (one trial per call, one process)."""
     train = TrainConfig(model="cnn6", epochs=exp.epochs, batch_size=exp.batch_size, lr=exp.lr, augment=True)
     csv = exp.dataset == "domain_shift"
-    common = dict(dataset=dataset_of(exp, runs, data_dir), out=str(runs / exp.name), train=train, n_trials=1,
-                  first_seed=seed, methods=tuple(exp.methods), remove=tuple(exp.remove),
-                  data_dir=None if csv else data_dir, n_train=None if csv else exp.n_train,
-                  n_val=None if csv else exp.n_val, n_test=None if csv else exp.n_test,
-                  jobs=1, show_progress=False, gallery=0)
+    common = dict(
+        dataset=dataset_of(exp, runs, data_dir),
+        out=str(runs / exp.name),
+        train=train,
+        n_trials=1,
+        first_seed=seed,
+        methods=tuple(exp.methods),
+        remove=tuple(exp.remove),
+        data_dir=None if csv else data_dir,
+        n_train=None if csv else exp.n_train,
+        n_val=None if csv else exp.n_val,
+        n_test=None if csv else exp.n_test,
+        jobs=1,
+        show_progress=False,
+        gallery=0,
+    )
     if exp.kind == "td":
         from turnover_dropout import TDRunConfig
+
         return TDRunConfig(**common, explain_max=0)
     return RunConfig(**common)
 
@@ -91,9 +112,18 @@ def copy_trial(exp: Experiment, runs: Path, committed: Path, seed: int, wall_s: 
     compute_s = float(pd.read_csv(timings).seconds.sum()) if timings.is_file() else wall_s
     marker = dst / "trials" / f"seed_{seed}.json"
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"experiment": exp.name, "seed": seed, "wall_s": round(wall_s, 1),
-                                  "compute_s": round(compute_s, 1),
-                                  "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
+    marker.write_text(
+        json.dumps(
+            {
+                "experiment": exp.name,
+                "seed": seed,
+                "wall_s": round(wall_s, 1),
+                "compute_s": round(compute_s, 1),
+                "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            indent=1,
+        )
+    )
     out.append(marker)
     return out
 
@@ -105,8 +135,9 @@ def git_commit(paths: Iterable[Path], message: str, repo: Path = REPO, tries: in
     for i in range(tries):
         add = subprocess.run(["git", "-C", str(repo), "add", "--", *rel], capture_output=True, text=True)
         if add.returncode == 0:
-            c = subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", message, "--", *rel],
-                               capture_output=True, text=True)
+            c = subprocess.run(
+                ["git", "-C", str(repo), "commit", "-q", "-m", message, "--", *rel], capture_output=True, text=True
+            )
             if c.returncode == 0:
                 return True
             if "index.lock" not in c.stderr:
@@ -115,9 +146,16 @@ def git_commit(paths: Iterable[Path], message: str, repo: Path = REPO, tries: in
     return False
 
 
-def run_scale(scale: Scale, runs: Path, data_dir: Optional[str], commit: bool = False,
-              only: Optional[List[str]] = None, max_trials: Optional[int] = None,
-              on_trial: Optional[Callable[[Experiment, int], None]] = None, log=print) -> int:
+def run_scale(
+    scale: Scale,
+    runs: Path,
+    data_dir: Optional[str],
+    commit: bool = False,
+    only: Optional[List[str]] = None,
+    max_trials: Optional[int] = None,
+    on_trial: Optional[Callable[[Experiment, int], None]] = None,
+    log=print,
+) -> int:
     """Run every missing trial of ``scale`` (experiments in order, seeds ascending); after each one
     copy its small files to the committed folder and, with ``commit``, commit them. Experiments
     whose data are not here (``needs``) are skipped with a message. Returns the trials run."""
@@ -149,13 +187,17 @@ def run_scale(scale: Scale, runs: Path, data_dir: Optional[str], commit: bool = 
     return done
 
 
-ARCHIVES = {"mnist": ("train-images-idx3-ubyte.gz",), "cifar10": ("cifar-10-python.tar.gz",),
-            "stl10": ("stl10_binary.tar.gz",)}
+ARCHIVES = {
+    "mnist": ("train-images-idx3-ubyte.gz",),
+    "cifar10": ("cifar-10-python.tar.gz",),
+    "stl10": ("stl10_binary.tar.gz",),
+}
 
 
 def data_available(exp: Experiment, data_dir: Optional[str]) -> bool:
     """Whether the archive of ``exp``'s built-in dataset is here (no download is attempted)."""
     from datasets.files import find_file, locate
+
     names = ARCHIVES.get(exp.dataset)
     if names is None:
         return True

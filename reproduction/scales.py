@@ -15,6 +15,7 @@ Scale ``cpu`` (this 2-core machine, about 6 hours with ``-j 2``, see ``docs/repr
 Scale ``paper``: the papers' sizes (50,000 MNIST training samples, 10,000 validation, the full
 test set, the original removal list); CIFAR-10 and STL-10 rows need their archives (no download here).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ class Scale:
 
     name: str
     experiments: Tuple[Experiment, ...]
-    delta: float = 0.002          # the smallest accuracy difference the study should resolve
+    delta: float = 0.002  # the smallest accuracy difference the study should resolve
     notes: Tuple[str, ...] = field(default_factory=tuple)
 
     def by_claim(self, claim: int) -> List[Experiment]:
@@ -75,34 +76,121 @@ TD_METHODS = ("Turnover_dropout", "Random")
 
 def _cpu() -> Scale:
     mnist = dict(dataset="mnist", n_train=1000, n_val=1000, n_test=5000)
-    claim1 = Experiment("claim1_mnist_bs32", 1, "sgd", trials=10, remove=(0, 10, 30, 50, 100, 200), primary_n=100,
-                        label="MNIST 1,000 / cnn6, batch 32", **mnist)
-    claim4 = Experiment("claim4_td_digits_to_mnist", 4, "td", dataset="domain_shift", trials=4, remove=(0, 18),
-                        primary_n=18, n_train=1797, n_val=1000, n_test=5000, methods=TD_METHODS,
-                        label="train digits (1,797) -> validate / test MNIST (1,000 / 5,000), cnn6")
-    claim2 = tuple(Experiment(f"claim2_mnist_bs{b}", 2, "sgd", trials=10, remove=(0, 100), primary_n=100,
-                              batch_size=b, label=f"MNIST 1,000 / cnn6, batch {b}", **mnist)
-                   for b in (64, 128, 256))
+    claim1 = Experiment(
+        "claim1_mnist_bs32",
+        1,
+        "sgd",
+        trials=10,
+        remove=(0, 10, 30, 50, 100, 200),
+        primary_n=100,
+        label="MNIST 1,000 / cnn6, batch 32",
+        **mnist,
+    )
+    claim4 = Experiment(
+        "claim4_td_digits_to_mnist",
+        4,
+        "td",
+        dataset="domain_shift",
+        trials=4,
+        remove=(0, 18),
+        primary_n=18,
+        n_train=1797,
+        n_val=1000,
+        n_test=5000,
+        methods=TD_METHODS,
+        label="train digits (1,797) -> validate / test MNIST (1,000 / 5,000), cnn6",
+    )
+    claim2 = tuple(
+        Experiment(
+            f"claim2_mnist_bs{b}",
+            2,
+            "sgd",
+            trials=10,
+            remove=(0, 100),
+            primary_n=100,
+            batch_size=b,
+            label=f"MNIST 1,000 / cnn6, batch {b}",
+            **mnist,
+        )
+        for b in (64, 128, 256)
+    )
     return Scale("cpu", (claim1, claim4) + claim2)
 
 
 def _paper() -> Scale:
     mnist = dict(dataset="mnist", n_val=10000)
     cifar = dict(dataset="cifar10", n_val=10000, needs="cifar-10-python.tar.gz (170 MB; no download on this machine)")
-    exps = [Experiment("claim1_mnist_bs32", 1, "sgd", trials=10, remove=PAPER_REMOVE, primary_n=5000,
-                       label="MNIST 50,000 / cnn6, batch 32", **mnist),
-            Experiment("claim1_cifar10_bs32", 1, "sgd", trials=10, remove=PAPER_REMOVE, primary_n=5000,
-                       label="CIFAR-10 40,000 / cnn6, batch 32", **cifar),
-            Experiment("claim4_td_digits_to_mnist", 4, "td", dataset="domain_shift", trials=4, remove=(0, 18),
-                       primary_n=18, n_train=1797, n_val=10000, n_test=10000, methods=TD_METHODS,
-                       label="train digits (1,797) -> validate / test MNIST (10,000 / 10,000), cnn6")]
+    exps = [
+        Experiment(
+            "claim1_mnist_bs32",
+            1,
+            "sgd",
+            trials=10,
+            remove=PAPER_REMOVE,
+            primary_n=5000,
+            label="MNIST 50,000 / cnn6, batch 32",
+            **mnist,
+        ),
+        Experiment(
+            "claim1_cifar10_bs32",
+            1,
+            "sgd",
+            trials=10,
+            remove=PAPER_REMOVE,
+            primary_n=5000,
+            label="CIFAR-10 40,000 / cnn6, batch 32",
+            **cifar,
+        ),
+        Experiment(
+            "claim4_td_digits_to_mnist",
+            4,
+            "td",
+            dataset="domain_shift",
+            trials=4,
+            remove=(0, 18),
+            primary_n=18,
+            n_train=1797,
+            n_val=10000,
+            n_test=10000,
+            methods=TD_METHODS,
+            label="train digits (1,797) -> validate / test MNIST (10,000 / 10,000), cnn6",
+        ),
+    ]
     for b in (64, 128, 256):
-        exps.append(Experiment(f"claim2_mnist_bs{b}", 2, "sgd", trials=10, remove=PAPER_REMOVE, primary_n=5000,
-                               batch_size=b, label=f"MNIST 50,000 / cnn6, batch {b}", **mnist))
-        exps.append(Experiment(f"claim2_cifar10_bs{b}", 2, "sgd", trials=10, remove=PAPER_REMOVE, primary_n=5000,
-                               batch_size=b, label=f"CIFAR-10 40,000 / cnn6, batch {b}", **cifar))
-    return Scale("paper", tuple(exps), notes=("STL-10 (Kobayashi et al.'s image set) needs stl10_binary.tar.gz "
-                                              "(2.6 GB); not available offline, no experiment defined here.",))
+        exps.append(
+            Experiment(
+                f"claim2_mnist_bs{b}",
+                2,
+                "sgd",
+                trials=10,
+                remove=PAPER_REMOVE,
+                primary_n=5000,
+                batch_size=b,
+                label=f"MNIST 50,000 / cnn6, batch {b}",
+                **mnist,
+            )
+        )
+        exps.append(
+            Experiment(
+                f"claim2_cifar10_bs{b}",
+                2,
+                "sgd",
+                trials=10,
+                remove=PAPER_REMOVE,
+                primary_n=5000,
+                batch_size=b,
+                label=f"CIFAR-10 40,000 / cnn6, batch {b}",
+                **cifar,
+            )
+        )
+    return Scale(
+        "paper",
+        tuple(exps),
+        notes=(
+            "STL-10 (Kobayashi et al.'s image set) needs stl10_binary.tar.gz "
+            "(2.6 GB); not available offline, no experiment defined here.",
+        ),
+    )
 
 
 SCALES: Dict[str, Scale] = {"cpu": _cpu(), "paper": _paper()}

@@ -11,6 +11,7 @@ the train/validation split, the initialisation and the batch order, so the diffe
 * minimal detectable effect ``MDE = (t_{0.975, n-1} + t_{0.80, n-1}) * s / sqrt(n)``: the true mean
   difference a two-sided paired t-test at 5% would find with 80% power, given the observed ``s``.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,8 +58,7 @@ def mean_sd(values: Sequence[float]) -> Tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else math.nan
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA,
-                      power: float = POWER) -> Paired:
+def paired_difference(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA, power: float = POWER) -> Paired:
     """Paired comparison of ``a - b`` (same length, element k = trial k): mean, sd, (1 - alpha)
     t interval, paired t p-value, Wilcoxon signed-rank p-value, MDE at ``power``. Fewer than 2
     pairs give NaN statistics; Wilcoxon is NaN when every difference is 0."""
@@ -110,8 +110,11 @@ def baseline_of(scores: pd.DataFrame) -> Tuple[str, int]:
     raise ValueError("no n = 0 (No Removal) scores to compare with")
 
 
-def comparison_table(scores: pd.DataFrame, metrics: Iterable[str] = ("test_accuracy", "test_loss"),
-                     pair: Tuple[str, str] = ("Ours", "Hara")) -> pd.DataFrame:
+def comparison_table(
+    scores: pd.DataFrame,
+    metrics: Iterable[str] = ("test_accuracy", "test_loss"),
+    pair: Tuple[str, str] = ("Ours", "Hara"),
+) -> pd.DataFrame:
     """One row per (metric, method, n > 0): trials, mean and sd of the metric, and the paired
     differences against No Removal (``base_*``), against Random at the same n (``rand_*``; NaN for
     Random itself) and, for ``pair[0]``, against ``pair[1]`` at the same n (``pair_*``)."""
@@ -126,14 +129,26 @@ def comparison_table(scores: pd.DataFrame, metrics: Iterable[str] = ("test_accur
                 if vals.empty:
                     continue
                 mean, sd = mean_sd(vals.to_numpy())
-                row = {"metric": metric, "method": method, "n_drops": n, "trials": int(vals.size),
-                       "mean": mean, "sd": sd}
+                row = {
+                    "metric": metric,
+                    "method": method,
+                    "n_drops": n,
+                    "trials": int(vals.size),
+                    "mean": mean,
+                    "sd": sd,
+                }
                 row.update(paired_by_seed(scores, (method, n), base, metric).as_dict("base_"))
-                rand = paired_by_seed(scores, (method, n), (RANDOM, n), metric) \
-                    if method != RANDOM and (scores.method == RANDOM).any() else NAN_PAIRED
+                rand = (
+                    paired_by_seed(scores, (method, n), (RANDOM, n), metric)
+                    if method != RANDOM and (scores.method == RANDOM).any()
+                    else NAN_PAIRED
+                )
                 row.update(rand.as_dict("rand_"))
-                other = paired_by_seed(scores, (method, n), (pair[1], n), metric) \
-                    if method == pair[0] and (scores.method == pair[1]).any() else NAN_PAIRED
+                other = (
+                    paired_by_seed(scores, (method, n), (pair[1], n), metric)
+                    if method == pair[0] and (scores.method == pair[1]).any()
+                    else NAN_PAIRED
+                )
                 row.update(other.as_dict("pair_"))
                 rows.append(row)
     return pd.DataFrame(rows)
@@ -150,7 +165,7 @@ def baseline_row(scores: pd.DataFrame, metric: str) -> Dict[str, float]:
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced at this scale"
 INCONCLUSIVE = "inconclusive"
-PENDING = "pending"   # no complete trial yet: no verdict
+PENDING = "pending"  # no complete trial yet: no verdict
 
 
 @dataclass(frozen=True)
@@ -165,8 +180,9 @@ def _ci(p: Paired, scale: float = 100.0, unit: str = " pp") -> str:
     return f"{scale * p.mean:+.2f}{unit} [{scale * p.ci_low:+.2f}, {scale * p.ci_high:+.2f}]"
 
 
-def gain_verdict(gain: Paired, vs_random: Paired, random_gain: Paired, parity: Optional[Paired],
-                 delta: float, what: str = "Ours") -> Verdict:
+def gain_verdict(
+    gain: Paired, vs_random: Paired, random_gain: Paired, parity: Optional[Paired], delta: float, what: str = "Ours"
+) -> Verdict:
     """Verdict on "removing the most harmful by ``what`` raises test accuracy, random removal does
     not (and ``what`` does as well as the reference)", from paired accuracy differences (fractions):
 
@@ -180,8 +196,11 @@ def gain_verdict(gain: Paired, vs_random: Paired, random_gain: Paired, parity: O
     """
     if gain.n < 2 or math.isnan(gain.ci_low):
         return Verdict(INCONCLUSIVE, f"only {gain.n} paired trial(s): no interval")
-    parts = [f"{what} - No Removal {_ci(gain)} (p_t {gain.p_t:.3g}, Wilcoxon {gain.p_wilcoxon:.3g})",
-             f"{what} - Random {_ci(vs_random)}", f"Random - No Removal {_ci(random_gain)}"]
+    parts = [
+        f"{what} - No Removal {_ci(gain)} (p_t {gain.p_t:.3g}, Wilcoxon {gain.p_wilcoxon:.3g})",
+        f"{what} - Random {_ci(vs_random)}",
+        f"Random - No Removal {_ci(random_gain)}",
+    ]
     if parity is not None and parity.n >= 2:
         parts.append(f"{what} - Hara {_ci(parity)}")
     detail = "; ".join(parts) + f"; n = {gain.n} trials, MDE {100 * gain.mde:.2f} pp"
@@ -190,14 +209,18 @@ def gain_verdict(gain: Paired, vs_random: Paired, random_gain: Paired, parity: O
     if gain.ci_high < delta:
         return Verdict(NOT_REPRODUCED, f"a gain of {100 * delta:.2f} pp or more is excluded: {detail}")
     if gain.ci_low > 0 and vs_random.ci_high < delta:
-        return Verdict(NOT_REPRODUCED, f"accuracy rises, but not by {100 * delta:.2f} pp more than random "
-                                       f"removal: {detail}")
-    return Verdict(INCONCLUSIVE, f"the interval holds both 0 and {100 * delta:.2f} pp "
-                                 f"(effects below the MDE cannot be told from noise): {detail}")
+        return Verdict(
+            NOT_REPRODUCED, f"accuracy rises, but not by {100 * delta:.2f} pp more than random removal: {detail}"
+        )
+    return Verdict(
+        INCONCLUSIVE,
+        f"the interval holds both 0 and {100 * delta:.2f} pp "
+        f"(effects below the MDE cannot be told from noise): {detail}",
+    )
 
 
 def parity_text(parity: Paired, delta: float) -> str:
-    """"As well as Hara": equivalent within ``delta`` when the Ours - Hara interval lies inside
+    """ "As well as Hara": equivalent within ``delta`` when the Ours - Hara interval lies inside
     (-delta, delta); different when it excludes 0; else not resolved."""
     if parity.n < 2 or math.isnan(parity.ci_low):
         return "not measured"
@@ -214,17 +237,29 @@ def correlation(x: Sequence[float], y: Sequence[float]) -> Dict[str, float]:
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     if x.size < 3 or np.all(x == x[0]) or np.all(y == y[0]):
-        return {"n": int(x.size), "pearson": math.nan, "pearson_p": math.nan, "spearman": math.nan,
-                "spearman_p": math.nan, "slope": math.nan}
+        return {
+            "n": int(x.size),
+            "pearson": math.nan,
+            "pearson_p": math.nan,
+            "spearman": math.nan,
+            "spearman_p": math.nan,
+            "slope": math.nan,
+        }
     pr = stats.pearsonr(x, y)
     sr = stats.spearmanr(x, y)
-    return {"n": int(x.size), "pearson": float(pr[0]), "pearson_p": float(pr[1]),
-            "spearman": float(sr[0]), "spearman_p": float(sr[1]),
-            "slope": float(stats.linregress(x, y).slope)}
+    return {
+        "n": int(x.size),
+        "pearson": float(pr[0]),
+        "pearson_p": float(pr[1]),
+        "spearman": float(sr[0]),
+        "spearman_p": float(sr[1]),
+        "slope": float(stats.linregress(x, y).slope),
+    }
 
 
-def predicted_vs_actual(scores: pd.DataFrame, influence: Dict[Tuple[str, int], pd.DataFrame],
-                        estimator_for: Dict[str, str]) -> pd.DataFrame:
+def predicted_vs_actual(
+    scores: pd.DataFrame, influence: Dict[Tuple[str, int], pd.DataFrame], estimator_for: Dict[str, str]
+) -> pd.DataFrame:
     """Claim 5 pairs, one row per (method, seed, n > 0): ``predicted`` = sum of the estimator's
     influence over the n samples that method removed (its first n rows), ``actual`` = validation
     loss after retraining without them minus the No Removal validation loss of that seed.
@@ -245,6 +280,14 @@ def predicted_vs_actual(scores: pd.DataFrame, influence: Dict[Tuple[str, int], p
         b_val = float(b.val_loss.iloc[0])
         for r in scores[(scores.method == method) & (scores.seed == seed) & (scores.n_drops > 0)].itertuples():
             removed = frame.datasource_index.to_numpy()[: int(r.n_drops)]
-            rows.append({"method": method, "estimator": est, "seed": int(seed), "n_drops": int(r.n_drops),
-                         "predicted": float(values.loc[removed].sum()), "actual": float(r.val_loss) - b_val})
+            rows.append(
+                {
+                    "method": method,
+                    "estimator": est,
+                    "seed": int(seed),
+                    "n_drops": int(r.n_drops),
+                    "predicted": float(values.loc[removed].sum()),
+                    "actual": float(r.val_loss) - b_val,
+                }
+            )
     return pd.DataFrame(rows, columns=["method", "estimator", "seed", "n_drops", "predicted", "actual"])

@@ -19,6 +19,7 @@ interval 0.003 -+ 2.776445 * 0.000632456 = [0.00124402, 0.00475598].
 Random - No Removal: mean 0, s = 0.00158114, interval [-0.00196324, +0.00196324].
 Ours - Hara: d = (-0.001 0 0.001 0 0.001), mean 0.0002.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +38,24 @@ from reproduction.report import build_report, load_experiment  # noqa: E402
 from reproduction.scales import Experiment, Scale  # noqa: E402
 
 BASE = [0.900, 0.910, 0.905, 0.895, 0.920]
-DELTAS = {"Ours": [0.001, 0.002, 0.003, 0.004, 0.005], "Hara": [0.002, 0.002, 0.002, 0.004, 0.004],
-          "Random": [-0.002, 0.001, 0.0, -0.001, 0.002]}
-EXP = Experiment("claim1_fake", 1, "sgd", dataset="mnist", trials=10, remove=(0, 2), primary_n=2,
-                 n_train=4, n_val=2, n_test=5000, label="fake MNIST")
+DELTAS = {
+    "Ours": [0.001, 0.002, 0.003, 0.004, 0.005],
+    "Hara": [0.002, 0.002, 0.002, 0.004, 0.004],
+    "Random": [-0.002, 0.001, 0.0, -0.001, 0.002],
+}
+EXP = Experiment(
+    "claim1_fake",
+    1,
+    "sgd",
+    dataset="mnist",
+    trials=10,
+    remove=(0, 2),
+    primary_n=2,
+    n_train=4,
+    n_val=2,
+    n_test=5000,
+    label="fake MNIST",
+)
 
 
 def _score(path: Path, acc: float, val_loss: float, test_loss: float) -> None:
@@ -56,14 +70,20 @@ def make_fake_runs(root: Path) -> Path:
         for m in ("No_Removal", "Ours", "Hara", "Random"):
             _score(folder / "score" / m / f"score_delete_worst_0_seed_{seed}.csv", b, 0.30, 0.35)
         for m, d in DELTAS.items():
-            _score(folder / "score" / m / f"score_delete_worst_2_seed_{seed}.csv", round(b + d[seed], 3),
-                   0.30 - 0.01 * (seed + 1) if m == "Ours" else 0.30, 0.35 - 0.001 * seed)
+            _score(
+                folder / "score" / m / f"score_delete_worst_2_seed_{seed}.csv",
+                round(b + d[seed], 3),
+                0.30 - 0.01 * (seed + 1) if m == "Ours" else 0.30,
+                0.35 - 0.001 * seed,
+            )
         # influence CSVs, sorted ascending (most harmful first): the first two rows are removed at n = 2
         for m in ("Ours", "Hara", "Random"):
             f = folder / "influence" / m / f"influence_{m.lower()}_{seed}.csv"
             f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_text("x:image,y:label,influence,datasource_index\n"
-                         f"mnist/train/3,1,-0.5,3\nmnist/train/1,7,-0.2,1\nmnist/train/0,5,0.1,0\nmnist/train/2,4,0.4,2\n")
+            f.write_text(
+                "x:image,y:label,influence,datasource_index\n"
+                "mnist/train/3,1,-0.5,3\nmnist/train/1,7,-0.2,1\nmnist/train/0,5,0.1,0\nmnist/train/2,4,0.4,2\n"
+            )
         t = folder / "trials" / f"seed_{seed}.json"
         t.parent.mkdir(parents=True, exist_ok=True)
         t.write_text(json.dumps({"experiment": EXP.name, "seed": seed, "wall_s": 600.0}))
@@ -94,18 +114,27 @@ def test_tables_and_report_from_fake_runs(tmp_path):
     table = stats.comparison_table(data.scores, metrics=("test_accuracy",)).set_index("method")
     ours, rand, hara = table.loc["Ours"], table.loc["Random"], table.loc["Hara"]
     assert ours.trials == 5
-    assert ours["mean"] == pytest.approx(np.mean(BASE) + 0.003, abs=1e-12)   # 0.909
+    assert ours["mean"] == pytest.approx(np.mean(BASE) + 0.003, abs=1e-12)  # 0.909
     assert ours["mean"] == pytest.approx(0.909, abs=1e-12)
     assert ours["sd"] == pytest.approx(np.std(np.array(BASE) + DELTAS["Ours"], ddof=1), rel=1e-9)
     assert ours.base_mean == pytest.approx(0.003, abs=1e-12)
-    assert (ours.base_ci_low, ours.base_ci_high) == (pytest.approx(0.00103676, rel=1e-5), pytest.approx(0.00496324, rel=1e-5))
+    assert (ours.base_ci_low, ours.base_ci_high) == (
+        pytest.approx(0.00103676, rel=1e-5),
+        pytest.approx(0.00496324, rel=1e-5),
+    )
     assert ours.base_p_wilcoxon == pytest.approx(0.0625)
     assert ours.rand_mean == pytest.approx(0.003, abs=1e-12)
     assert ours.rand_sd == pytest.approx(0.00141421356, rel=1e-7)
-    assert (ours.rand_ci_low, ours.rand_ci_high) == (pytest.approx(0.00124402, rel=1e-5), pytest.approx(0.00475598, rel=1e-5))
+    assert (ours.rand_ci_low, ours.rand_ci_high) == (
+        pytest.approx(0.00124402, rel=1e-5),
+        pytest.approx(0.00475598, rel=1e-5),
+    )
     assert ours.pair_mean == pytest.approx(0.0002, abs=1e-12)
     assert rand.base_mean == pytest.approx(0.0, abs=1e-12)
-    assert (rand.base_ci_low, rand.base_ci_high) == (pytest.approx(-0.00196324, rel=1e-5), pytest.approx(0.00196324, rel=1e-5))
+    assert (rand.base_ci_low, rand.base_ci_high) == (
+        pytest.approx(-0.00196324, rel=1e-5),
+        pytest.approx(0.00196324, rel=1e-5),
+    )
     assert math.isnan(rand.rand_mean) and math.isnan(hara.pair_mean)
 
     # claim 5: Ours removed indices 3 and 1 -> predicted -0.5 + -0.2 = -0.7; actual = -0.01 (seed + 1)
@@ -121,10 +150,10 @@ def test_tables_and_report_from_fake_runs(tmp_path):
     text = index.read_text()
     assert "**partial: 5 of 10 trials**" in text
     assert "| 1 (fake MNIST) | **reproduced** |" in text
-    assert "+0.30 [+0.10, +0.50]" in text        # Ours - No Removal, pp
-    assert "+0.30 [+0.12, +0.48]" in text        # Ours - Random, pp
-    assert "+0.00 [-0.20, +0.20]" in text        # Random - No Removal, pp
-    assert "0.0132 / 0.0625" in text             # p (t / Wilcoxon)
+    assert "+0.30 [+0.10, +0.50]" in text  # Ours - No Removal, pp
+    assert "+0.30 [+0.12, +0.48]" in text  # Ours - Random, pp
+    assert "+0.00 [-0.20, +0.20]" in text  # Random - No Removal, pp
+    assert "0.0132 / 0.0625" in text  # p (t / Wilcoxon)
     # Random n = 2: 0.898 0.911 0.905 0.894 0.922, mean 0.906, deviations -8 5 -1 -12 16 (1e-3),
     # s = sqrt(490e-6 / 4) = 0.011068
     assert "| 2 | Random | 5 | 90.60 +- 1.11 |" in text
@@ -149,6 +178,7 @@ def test_copy_trial_keeps_small_files_only(tmp_path):
     """The committed copy of a trial: influence, score, timing and train-log files and the marker
     (with compute_s = the sum of the stage timings); never weights or another seed's files."""
     from reproduction.runner import copy_trial, trial_done
+
     runs, committed = tmp_path / "runs", tmp_path / "committed"
     src = runs / EXP.name
     (src / "weights" / "seed_03" / "hara").mkdir(parents=True)
@@ -167,9 +197,14 @@ def test_copy_trial_keeps_small_files_only(tmp_path):
     written = copy_trial(EXP, runs, committed, 3, wall_s=7.0)
     dst = committed / "runs" / EXP.name
     names = sorted(str(p.relative_to(dst)) for p in written)
-    assert names == ["influence/Ours/influence_ours_3.csv", "logs/timings_seed_3.csv", "manifest.json",
-                     "score/Ours/score_delete_worst_2_seed_3.csv", "train_log/train_log_seed_3.csv",
-                     "trials/seed_3.json"]
+    assert names == [
+        "influence/Ours/influence_ours_3.csv",
+        "logs/timings_seed_3.csv",
+        "manifest.json",
+        "score/Ours/score_delete_worst_2_seed_3.csv",
+        "train_log/train_log_seed_3.csv",
+        "trials/seed_3.json",
+    ]
     assert not list(dst.rglob("*.h5"))
     marker = json.loads((dst / "trials" / "seed_3.json").read_text())
     assert marker["wall_s"] == 7.0 and marker["compute_s"] == 120.5
