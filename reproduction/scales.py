@@ -86,20 +86,7 @@ def _cpu() -> Scale:
         label="MNIST 1,000 / cnn6, batch 32",
         **mnist,
     )
-    claim4 = Experiment(
-        "claim4_td_digits_to_mnist",
-        4,
-        "td",
-        dataset="domain_shift",
-        trials=4,
-        remove=(0, 18),
-        primary_n=18,
-        n_train=1797,
-        n_val=1000,
-        n_test=5000,
-        methods=TD_METHODS,
-        label="train digits (1,797) -> validate / test MNIST (1,000 / 5,000), cnn6",
-    )
+    claim4 = _claim4(n_val=1000, n_test=5000)
     claim2 = tuple(
         Experiment(
             f"claim2_mnist_bs{b}",
@@ -115,6 +102,24 @@ def _cpu() -> Scale:
         for b in (64, 128, 256)
     )
     return Scale("cpu", (claim1, claim4) + claim2)
+
+
+def _claim4(n_val: int, n_test: int) -> Experiment:
+    """Turn-over dropout under a domain shift: train on digits (1,797), validate and test on MNIST."""
+    return Experiment(
+        "claim4_td_digits_to_mnist",
+        4,
+        "td",
+        dataset="domain_shift",
+        trials=4,
+        remove=(0, 18),
+        primary_n=18,
+        n_train=1797,
+        n_val=n_val,
+        n_test=n_test,
+        methods=TD_METHODS,
+        label=f"train digits (1,797) -> validate / test MNIST ({n_val:,} / {n_test:,}), cnn6",
+    )
 
 
 def _paper() -> Scale:
@@ -141,20 +146,7 @@ def _paper() -> Scale:
             label="CIFAR-10 40,000 / cnn6, batch 32",
             **cifar,
         ),
-        Experiment(
-            "claim4_td_digits_to_mnist",
-            4,
-            "td",
-            dataset="domain_shift",
-            trials=4,
-            remove=(0, 18),
-            primary_n=18,
-            n_train=1797,
-            n_val=10000,
-            n_test=10000,
-            methods=TD_METHODS,
-            label="train digits (1,797) -> validate / test MNIST (10,000 / 10,000), cnn6",
-        ),
+        _claim4(n_val=10000, n_test=10000),
     ]
     for b in (64, 128, 256):
         exps.append(
