@@ -55,14 +55,18 @@ def exact_minibatches(matrices):
     return one_pass
 
 
-def downsample(split: Split) -> Split:
-    im = split.images.astype(np.float64).reshape(len(split), 1, 4, 8, 4, 8).mean(axis=(3, 5))
+def downsample(split: Split, size: int = 4) -> Split:
+    """32x32 digits averaged down to size x size."""
+    f = 32 // size
+    im = split.images.astype(np.float64).reshape(len(split), 1, size, f, size, f).mean(axis=(3, 5))
     return Split(np.round(im).astype(np.uint8), split.labels, split.ids)
 
 
-def digits4(n_train=None, n_val=None, seed=0) -> DataBundle:
+def digits4(n_train=None, n_val=None, seed=0, size: int = 4) -> DataBundle:
+    """scikit-learn's digits at size x size (default 4x4), grey, normalised with 0.5 / 0.5."""
     d = load_dataset("digits", seed, n_train=n_train, n_val=n_val)
-    return DataBundle("digits4", downsample(d.train), downsample(d.val), downsample(d.test), 10, (0.5,), (0.5,))
+    parts = [downsample(x, size) for x in (d.train, d.val, d.test)]
+    return DataBundle(f"digits{size}", *parts, 10, (0.5,), (0.5,))
 
 
 def features(data: DataBundle, split: Split) -> np.ndarray:
@@ -474,22 +478,12 @@ def test_ekfac_on_a_one_hidden_layer_network_against_the_exact_gauss_newton_inve
         assert stats.spearmanr(influence_scores(learner, data, v), exact_scores)[0] > 0.85
 
 
-def downsample8(split: Split) -> Split:
-    im = split.images.astype(np.float64).reshape(len(split), 1, 8, 4, 8, 4).mean(axis=(3, 5))
-    return Split(np.round(im).astype(np.uint8), split.labels, split.ids)
-
-
-def digits8(n_train=None, n_val=None, seed=0) -> DataBundle:
-    d = load_dataset("digits", seed, n_train=n_train, n_val=n_val)
-    return DataBundle("digits8", downsample8(d.train), downsample8(d.val), downsample8(d.test), 10, (0.5,), (0.5,))
-
-
 def test_ekfac_factored_per_sample_gradients_of_cnn6_equal_nnabla_gradients():
     """cnn6 (convolutions, batch norm, affine) on 8x8 digits: each sample's gradient rebuilt from
     the layer taps (unfolded 3x3 patches x output gradients, batch norm's xhat, affine inputs)
     equals nnabla's gradient of that sample's loss, parameter by parameter (inference mode)."""
     from influence_functions.ekfac import _Block, _TapGraph
-    data = digits8(n_train=40, n_val=20)
+    data = digits4(n_train=40, n_val=20, size=8)
     model = build_model("cnn6", (1, 8, 8), 10)
     learner = Learner(model, model.create_parameters(np.random.RandomState(1)))
     x, y = next(split_batches(data, data.train, 6))
@@ -520,7 +514,7 @@ def test_ekfac_scores_correlate_with_minres_scores_on_cnn6():
     CG on Gauss-Newton products, scores with Spearman 0.53 against MINRES' at 100 iterations).
     Measured: Spearman 0.56, Pearson 0.56; a flipped sign would give about -0.56."""
     from influence_functions.ekfac import EkfacOptions, ekfac_influence
-    data = digits8(n_train=200, n_val=200)
+    data = digits4(n_train=200, n_val=200, size=8)
     model = build_model("cnn6", (1, 8, 8), 10)
     learner = Learner(model, model.create_parameters(np.random.RandomState(0)))
     rng = np.random.default_rng(0)
@@ -564,7 +558,7 @@ def test_ekfac_correction_is_the_same_in_both_orders_on_cnn6():
     then Q_S' g with them) or from per-sample gradients projected afterwards (Q_S' G_n Q_A), each
     layer taking the cheaper: both give the same Lambda, and equal a float64 computation."""
     from influence_functions.ekfac import Ekfac, EkfacOptions, _TapGraph
-    data = digits8(n_train=64, n_val=20)
+    data = digits4(n_train=64, n_val=20, size=8)
     model = build_model("cnn6", (1, 8, 8), 10)
     learner = Learner(model, model.create_parameters(np.random.RandomState(2)))
     for xb, yb in list(split_batches(data, data.train, 16)) * 2:
