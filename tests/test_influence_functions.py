@@ -69,6 +69,17 @@ def digits4(n_train=None, n_val=None, seed=0, size: int = 4) -> DataBundle:
     return DataBundle(f"digits{size}", *parts, 10, (0.5,), (0.5,))
 
 
+def train_sgd(learner, data: DataBundle, epochs: int, lr: float, batch: int = 32) -> None:
+    """Plain SGD on ``data.train`` in a seeded order (seed 0), ``epochs`` passes of mini-batches."""
+    rng = np.random.default_rng(0)
+    n = len(data.train)
+    for _ in range(epochs):
+        perm = rng.permutation(n)
+        for s in range(0, n, batch):
+            idx = perm[s:s + batch]
+            learner.sgd_step(to_network_input(data.train.images[idx], data.mean, data.std), data.train.labels[idx], lr)
+
+
 def features(data: DataBundle, split: Split) -> np.ndarray:
     x = to_network_input(split.images, data.mean, data.std).reshape(len(split), -1).astype(np.float64)
     return np.hstack([x, np.ones((len(x), 1))])
@@ -109,14 +120,8 @@ def problem():
     """Logistic regression on 4x4 digits (1,197 training samples) after 30 epochs of SGD."""
     data = digits4()
     learner = new_logreg()
-    rng = np.random.default_rng(0)
+    train_sgd(learner, data, epochs=30, lr=0.1)
     n = len(data.train)
-    for _ in range(30):
-        perm = rng.permutation(n)
-        for s in range(0, n, 32):
-            idx = perm[s:s + 32]
-            learner.sgd_step(to_network_input(data.train.images[idx], data.mean, data.std),
-                             data.train.labels[idx], 0.1)
     space = ParamSpace(learner)
     X = features(data, data.train)
     H = logreg_hessian(X, theta_of(learner))
@@ -449,12 +454,7 @@ def test_ekfac_on_a_one_hidden_layer_network_against_the_exact_gauss_newton_inve
     n = len(data.train)
     model = build_model("mlp", (1, 4, 4), 10)
     learner = Learner(model, model.create_parameters(np.random.RandomState(0)))
-    rng = np.random.default_rng(0)
-    for _ in range(30):
-        perm = rng.permutation(n)
-        for s in range(0, n, 32):
-            idx = perm[s:s + 32]
-            learner.sgd_step(to_network_input(data.train.images[idx], data.mean, data.std), data.train.labels[idx], 0.1)
+    train_sgd(learner, data, epochs=30, lr=0.1)
     space = ParamSpace(learner)
     assert space.names == ["fc1/affine/W", "fc1/affine/b", "fc2/affine/W", "fc2/affine/b"]
     X = to_network_input(data.train.images, data.mean, data.std).reshape(n, -1).astype(np.float64)
@@ -517,14 +517,7 @@ def test_ekfac_scores_correlate_with_minres_scores_on_cnn6():
     data = digits4(n_train=200, n_val=200, size=8)
     model = build_model("cnn6", (1, 8, 8), 10)
     learner = Learner(model, model.create_parameters(np.random.RandomState(0)))
-    rng = np.random.default_rng(0)
-    n = len(data.train)
-    for _ in range(10):
-        perm = rng.permutation(n)
-        for s in range(0, n, 32):
-            idx = perm[s:s + 32]
-            learner.sgd_step(to_network_input(data.train.images[idx], data.mean, data.std), data.train.labels[idx],
-                             0.05)
+    train_sgd(learner, data, epochs=10, lr=0.05)
     u = learner.mean_loss_grad(split_batches(data, data.val), train=False)
     minres_scores, info = influence_functions(learner, data, u, ALPHA, SolverOptions(cg_iters=10))
     assert info.iterations == 10 and info.residual < 0.6
