@@ -15,7 +15,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from common.cli import OneLineParser, add_run_arguments, positive_float, positive_int, run_main
+from cleansing.cli import OneLineParser, add_run_arguments, positive_float, positive_int, run_main
+from cleansing.pipeline import DEFAULT_REMOVE, config_fields, run
 from influence_functions import (
     EKFAC,
     FISHERS,
@@ -25,7 +26,6 @@ from influence_functions import (
     SolverOptions,
     merge_solver_logs,
 )
-from sgd_influence.pipeline import DEFAULT_REMOVE, config_fields, run
 
 
 def momentum(text: str) -> float:

@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from common.cli import OneLineParser, add_run_arguments, run_main
-from sgd_influence.pipeline import DEFAULT_REMOVE, RunConfig, config_fields, run
+from cleansing.cli import OneLineParser, add_run_arguments, run_main
+from cleansing.pipeline import DEFAULT_REMOVE, RunConfig, config_fields, run
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,8 +12,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from common.cli import OneLineParser, add_run_arguments, positive_int, run_main
-from sgd_influence.pipeline import DEFAULT_REMOVE, config_fields, run
+from cleansing.cli import OneLineParser, add_run_arguments, positive_int, run_main
+from cleansing.pipeline import DEFAULT_REMOVE, config_fields, run
 from turnover_dropout import NAME, TDRunConfig
 
 

@@ -35,9 +35,9 @@ BATCH, LR = 32, 0.05
 def _setup(n_train, n_val=1000):
     import logging
     logging.getLogger("nnabla").setLevel(logging.WARNING)
-    from common.paths import RunPaths
+    from cleansing.paths import RunPaths
+    from cleansing.train import TrainConfig
     from datasets import load_dataset
-    from sgd_influence.train import TrainConfig
     data = load_dataset("mnist", 0, data_dir=str(MNIST), n_train=n_train, n_val=n_val, n_test=1000)
     cfg = TrainConfig(model="cnn6", epochs=1, batch_size=BATCH, lr=LR, augment=True)
     return data, cfg, RunPaths(WORK)
@@ -46,15 +46,15 @@ def _setup(n_train, n_val=1000):
 def task(name: str, args) -> dict:
     import numpy as np
 
-    from common.autodiff import vdot, vnorm
-    from common.batches import training_batch
+    from cleansing.train import load_training, train_with_trace
     from common.params_io import load_params
+    from datasets.batches import training_batch
+    from models.autodiff import vdot, vnorm
     from sgd_influence.infl import sgd_influence, validation_loss_grad, validation_loss_stats_grad
-    from sgd_influence.train import load_training, train_with_trace
     out = {}
     if name == "full_mnist_memory":  # peak memory of Ours' stage on all 50,000 training samples
-        from sgd_influence.trace import make_schedule
-        from sgd_influence.train import new_learner
+        from cleansing.trace import make_schedule
+        from cleansing.train import new_learner
         full, cfg, _ = _setup(None, None)
         learner = new_learner(cfg, full, 0)  # memory does not depend on the weights' values
         trace = make_schedule(len(full.train), 1, BATCH, LR, 0)
@@ -166,7 +166,7 @@ def task(name: str, args) -> dict:
         space = ParamSpace(learner)
         hvp = full_hvp(learner, data, space)
         v = space.flatten(u)
-        from common.batches import split_batches
+        from datasets.batches import split_batches
         from influence_functions.estimator import FULL_PASS_ROWS_32PX, chunk_rows
         sizes = {len(x) for x, _ in split_batches(data, data.train, chunk_rows(learner, data, FULL_PASS_ROWS_32PX))}
         for size in sizes:  # build the graphs on one batch of each size

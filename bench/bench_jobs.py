@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_jobs.py [--n-train 320]
 
 Each run starts in a fresh output folder; the ratio t(-j 2) / t(-j 1) is printed (target <= 0.6)
-and written to bench/results_jobs.json. Both runs go through `sgd_influence.pipeline.run`, the
+and written to bench/results_jobs.json. Both runs go through `cleansing.pipeline.run`, the
 same code as `eval_sgd_influence.py -nt 2 -j N`.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ def main():
     args = ap.parse_args()
     import logging
     logging.getLogger("nnabla").setLevel(logging.WARNING)
-    from sgd_influence.pipeline import RunConfig, run
-    from sgd_influence.train import TrainConfig
+    from cleansing.pipeline import RunConfig, run
+    from cleansing.train import TrainConfig
     tmp = Path(tempfile.mkdtemp(prefix="bench_jobs_"))
     times = {}
     try:

@@ -32,12 +32,12 @@ def main() -> None:
     import pandas as pd
     from scipy import stats
 
-    import common.cli  # noqa: F401  (quiet nnabla)
-    from common.batches import split_batches
-    from common.paths import RunPaths
-    from sgd_influence.pipeline import RunConfig, load_trial_data
-    from sgd_influence.train import TrainConfig, learner_from_file, load_trace, run_steps
-    from sgd_influence.validate import nudge_parameters
+    import cleansing.cli  # noqa: F401  (quiet nnabla)
+    from cleansing.paths import RunPaths
+    from cleansing.pipeline import RunConfig, load_trial_data
+    from cleansing.train import TrainConfig, learner_from_file, load_trace, run_steps
+    from cleansing.validate import nudge_parameters
+    from datasets.batches import split_batches
 
     out = Path(args.out)
     m = json.loads((out / "manifest.json").read_text())

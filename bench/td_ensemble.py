@@ -26,10 +26,10 @@ def main() -> None:
     ap.add_argument("--data-dir", help="where the run's dataset files are (as given to the run)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    import common.cli  # noqa: F401  (quiet nnabla)
-    from common.paths import RunPaths
-    from sgd_influence.pipeline import load_noisy_trial_data
-    from sgd_influence.train import TrainConfig, load_trace
+    import cleansing.cli  # noqa: F401  (quiet nnabla)
+    from cleansing.paths import RunPaths
+    from cleansing.pipeline import load_noisy_trial_data
+    from cleansing.train import TrainConfig, load_trace
     from turnover_dropout.influence import residual_validation_influence, validation_influence
     from turnover_dropout.method import TDRunConfig, layers_of
     from turnover_dropout.train import cached_turnover

@@ -11,7 +11,7 @@ relative residual on the full-batch Hessian.
 eigenvalue-corrected Kronecker-factored (EK-FAC) approximation of the Gauss-Newton matrix, fitted
 in two passes over the training set: no iterative solve.
 
-Importing the package registers the method with ``sgd_influence.pipeline``.
+Importing the package registers the method with ``cleansing.pipeline``.
 """
 from .ekfac import FISHERS, Ekfac, EkfacInfo, EkfacOptions, ekfac_influence
 from .estimator import default_damping, influence_functions, influence_scores, inverse_hvp

@@ -49,9 +49,9 @@ import nnabla.functions as F
 import numpy as np
 from tqdm import tqdm
 
-from common.autodiff import Learner, _Jvp
-from common.batches import split_batches
 from datasets import DataBundle
+from datasets.batches import split_batches
+from models.autodiff import Learner, _Jvp
 from models.networks import BN_DECAY
 
 from .estimator import chunk_rows, influence_scores

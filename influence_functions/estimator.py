@@ -19,9 +19,9 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from common.autodiff import Learner
-from common.batches import split_batches
 from datasets import DataBundle, to_network_input
+from datasets.batches import split_batches
+from models.autodiff import Learner
 
 from .solvers import HVP, SolverInfo, SolverOptions, solve
 

@@ -20,11 +20,11 @@ from typing import Iterable, Optional, Union
 import numpy as np
 import pandas as pd
 
+from cleansing.influence_csv import read_influence_csv, scores_by_position
+from cleansing.outdir import method_scope
+from cleansing.pipeline import Method, RunConfig, Trial, register_method
 from common.errors import UserError
 from common.fileio import write_csv_atomic
-from common.influence_csv import read_influence_csv, scores_by_position
-from common.outdir import method_scope
-from sgd_influence.pipeline import Method, RunConfig, Trial, register_method
 
 from .ekfac import EkfacOptions, ekfac_influence
 from .estimator import SOLVER_COLUMNS, default_damping, influence_functions, solver_row

@@ -20,8 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from common.paths import RunPaths  # noqa: E402
-from sgd_influence.analyze import collect_scores, plot_result, summarize  # noqa: E402
+from cleansing.analyze import collect_scores, plot_result, summarize  # noqa: E402
+from cleansing.paths import RunPaths  # noqa: E402
 
 from . import stats  # noqa: E402
 from .scales import Experiment, Scale  # noqa: E402

@@ -24,8 +24,8 @@ from typing import Callable, Iterable, List, Optional
 
 import pandas as pd
 
-from sgd_influence.pipeline import RunConfig, run
-from sgd_influence.train import TrainConfig
+from cleansing.pipeline import RunConfig, run
+from cleansing.train import TrainConfig
 
 from .scales import Experiment, Scale
 

@@ -4,7 +4,7 @@ For a misclassified test image ``(x, y)`` predicted as ``c``, the recursion of `
 is started from ``u = grad_theta l((x, c); theta_T)`` (batch norm in inference mode, as every test
 loss, with the loss's gradient w.r.t. the running statistics beside it) instead of the
 validation-loss gradient: ``infl[i]`` then estimates the change of the *wrong class's* loss when
-``z_i`` is left out of the last epoch, the quantity ``common.explain`` ranks (positive = ``z_i``
+``z_i`` is left out of the last epoch, the quantity ``cleansing.explain`` ranks (positive = ``z_i``
 pushes towards the error). Cost: one influence stage per explained image.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from common.batches import split_batches
-from common.explain import EXPLAIN_COLUMNS, explanation_table, misclassified
+from cleansing.explain import EXPLAIN_COLUMNS, explanation_table, misclassified
 from datasets import to_network_input
+from datasets.batches import split_batches
 
 #: What ``I`` means in the SGD-influence explanation figure.
 SGD_FORMULA = ("I = estimated change of the wrong class's loss when z_i leaves the last epoch; "
@@ -44,7 +44,7 @@ def wrong_class_influence(trial, compute: Callable, wrong: np.ndarray, preds: np
 
 
 def explain_errors(trial, compute: Callable, k: int, max_errors: int, same_label: bool = False) -> pd.DataFrame:
-    """The table of ``common.explain`` for the first ``max_errors`` misclassified test images."""
+    """The table of ``cleansing.explain`` for the first ``max_errors`` misclassified test images."""
     preds = test_predictions(trial)
     wrong = misclassified(preds, trial.data.test.labels, max_errors)
     if len(wrong) == 0:

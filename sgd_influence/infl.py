@@ -23,7 +23,7 @@ The papers leave this term out (``u_stats=None``); at small learning rates it is
 large part of the actual effect of leaving a sample out.
 
 Speed: by default each step runs one graph whose forward pass serves both the per-sample
-products and the Hessian-vector product (forward-mode tangents, ``common.autodiff._Jvp``), and
+products and the Hessian-vector product (forward-mode tangents, ``models.autodiff._Jvp``), and
 Hara's parameter files are read one step ahead by a thread. Same math as the separate calls.
 
 Network mode: the per-sample products and Hessian-vector products run batch normalisation in
@@ -37,11 +37,10 @@ from typing import Callable, Iterator, Mapping, Optional
 import numpy as np
 from tqdm import tqdm
 
-from common.autodiff import Learner, Vector
-from common.batches import split_batches, training_batch
+from cleansing.trace import Trace
 from datasets import DataBundle
-
-from .trace import Trace
+from datasets.batches import split_batches, training_batch
+from models.autodiff import Learner, Vector
 
 StateAt = Callable[[int], Mapping[str, np.ndarray]]
 

@@ -4,7 +4,7 @@ sub-networks of one model trained with instance-specific dropout masks.
 Importing this package registers the "Turnover_dropout" method (mean influence on the validation
 set), "Turnover_dropout_self" (self-influence, for finding mislabeled samples) and
 "Turnover_dropout_residual" (the validation influence less what the instance's mask bits predict)
-with ``sgd_influence.pipeline``.
+with ``cleansing.pipeline``.
 Modules: ``masks`` (volatile mask generation), ``network`` (masked training step, split forward),
 ``train`` (TD training, loss curve, cache), ``influence`` (pairwise and validation influence),
 ``report`` (loss-curve and explain-errors figures), ``method`` (the pipeline method). The

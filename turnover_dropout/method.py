@@ -20,11 +20,11 @@ from typing import Optional, Tuple
 import numpy as np
 import pandas as pd
 
+from cleansing.outdir import method_scope
+from cleansing.pipeline import Method, RunConfig, Trial, register_method
 from common.errors import UserError
 from common.fileio import write_csv_atomic
-from common.outdir import method_scope
 from models import MODELS
-from sgd_influence.pipeline import Method, RunConfig, Trial, register_method
 
 from .influence import instance_losses, residual_validation_influence, validation_influence
 from .masks import P_KEEP, resolve_layers

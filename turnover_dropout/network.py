@@ -1,6 +1,6 @@
 """A learner with per-row turn-over dropout masks, and the model split at the masked layers.
 
-``TDLearner`` extends ``common.autodiff.Learner`` (same parameter variables, same graph cache) with
+``TDLearner`` extends ``models.autodiff.Learner`` (same parameter variables, same graph cache) with
 
 * ``td_sgd_step``: one SGD step where row r of the mini-batch is multiplied by its own mask
   ``m(z_{idx[r]})`` at every chosen mask point (batch norm in training mode, as ``sgd_step``);
@@ -23,7 +23,7 @@ import nnabla as nn
 import nnabla.functions as F
 import numpy as np
 
-from common.autodiff import Learner, _Graph, _persist
+from models.autodiff import Learner, _Graph, _persist
 from models.networks import CNN6, MLP, Model, _affine, _batch_norm, _conv, _masked, per_sample_loss
 
 from .masks import P_KEEP, flip, instance_masks

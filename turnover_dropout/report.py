@@ -12,11 +12,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from common.batches import split_batches  # noqa: E402
-from common.explain import EXPLAIN_COLUMNS, explanation_table, misclassified, plot_explanations  # noqa: E402
+from cleansing.explain import EXPLAIN_COLUMNS, explanation_table, misclassified, plot_explanations  # noqa: E402
 from common.figures import save_figure  # noqa: E402
 from common.fileio import write_csv_atomic  # noqa: E402
 from datasets import DataBundle  # noqa: E402
+from datasets.batches import split_batches  # noqa: E402
 
 from .influence import influence_on_targets, split_features  # noqa: E402
 from .network import TDLearner  # noqa: E402

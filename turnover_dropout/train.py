@@ -20,14 +20,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common.batches import split_batches, training_batch
+from cleansing.paths import RunPaths
+from cleansing.trace import Trace
+from cleansing.train import TrainConfig, new_learner
 from common.errors import UserError
 from common.fileio import write_csv_atomic, write_text_atomic
 from common.params_io import load_params, save_params
-from common.paths import RunPaths
 from datasets import DataBundle
-from sgd_influence.trace import Trace
-from sgd_influence.train import TrainConfig, new_learner
+from datasets.batches import split_batches, training_batch
 
 from .influence import instance_losses
 from .masks import P_KEEP, keep_bits
