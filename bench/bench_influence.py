@@ -11,8 +11,8 @@ first step (graph building) + per-step cost x remaining steps; `--steps 0` runs 
 
 Influence functions: `ekfac` runs the whole Influence_functions_ekfac stage (two factor passes and
 the scores); `minres` times one full-batch Hessian-vector pass (one MINRES iteration) and the
-scoring pass and gives the stage at `--minres-iters` iterations (default 15, the README's detection
-run) as that many passes plus the residual's pass plus the scores.
+scoring pass and gives the stage at `--minres-iters` iterations (default 15, the detection run
+of docs/measurements.md) as that many passes plus the residual's pass plus the scores.
 """
 from __future__ import annotations
 
@@ -47,10 +47,11 @@ def task(name: str, args) -> dict:
     import numpy as np
 
     from cleansing.train import load_training, train_with_trace
+    from cleansing.trial import validation_loss_grad, validation_loss_stats_grad
     from common.params_io import load_params
     from datasets.batches import training_batch
     from models.autodiff import vdot, vnorm
-    from sgd_influence.infl import sgd_influence, validation_loss_grad, validation_loss_stats_grad
+    from sgd_influence.infl import sgd_influence
     out = {}
     if name == "full_mnist_memory":  # peak memory of Ours' stage on all 50,000 training samples
         from cleansing.trace import make_schedule
@@ -134,7 +135,7 @@ def task(name: str, args) -> dict:
     if name.startswith(("ours", "hara")):  # ours / hara / ours_ref / hara_ref
         u = validation_loss_grad(learner, data)
         ref = name.endswith("_ref")
-        state_at = (lambda s: load_params(paths.hara_step(0, s))) if name.startswith("hara") else None
+        state_at = (lambda s: load_params(paths.step_params(0, s))) if name.startswith("hara") else None
         n = args.steps or len(steps)
         if ref:  # the straightforward way: double-backward HVP and removal products, separate calls
             learner.default_hvp, learner.default_dot = "double_backward", "eps"

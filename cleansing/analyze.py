@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -85,14 +85,19 @@ def plot_result_panels(summaries: Sequence[Tuple[str, pd.DataFrame]], path: Path
     save_figure(fig, path, dpi=110)
 
 
-def cache_sizes(paths: RunPaths, seeds: Iterable[int], methods: Iterable[str]) -> pd.DataFrame:
-    """Files and bytes on disk of each method's parameter cache, per trial."""
+def cache_sizes(paths: RunPaths, seeds: Iterable[int], methods: Iterable[str],
+                caches: Optional[Dict[str, str]] = None) -> pd.DataFrame:
+    """Files and bytes on disk of each method's parameter cache, per trial. ``caches``: method ->
+    'steps' (the per-step parameters of the last epoch), 'none', or 'final' (the default: the final
+    parameters only)."""
+    caches = caches or {}
     rows = []
     for seed in seeds:
         for method in methods:
-            if method == "Hara":
-                files = sorted(paths.hara_dir(seed).glob("step_*.h5"))
-            elif method in ("Random",):
+            kind = caches.get(method, "final")
+            if kind == "steps":
+                files = sorted(paths.steps_dir(seed).glob("step_*.h5"))
+            elif kind == "none":
                 files = []
             else:
                 files = [paths.params(seed, "final")]
@@ -138,11 +143,12 @@ def validation_summary(paths: RunPaths) -> Optional[pd.DataFrame]:
 
 
 def analyze(paths: RunPaths, seeds: List[int], methods: List[str], title: str = "",
-            timings: Optional[pd.DataFrame] = None) -> pd.DataFrame:
-    """Write summary.csv, cache_size.csv, timings.csv and fig/result.png; return the summary."""
+            timings: Optional[pd.DataFrame] = None, caches: Optional[Dict[str, str]] = None) -> pd.DataFrame:
+    """Write summary.csv, cache_size.csv, timings.csv and fig/result.png; return the summary.
+    ``caches``: method -> the parameter cache it reads (see ``cache_sizes``)."""
     summary = summarize(collect_scores(paths))
     write_csv_atomic(paths.summary / "summary.csv", summary)
-    write_csv_atomic(paths.summary / "cache_size.csv", cache_sizes(paths, seeds, methods))
+    write_csv_atomic(paths.summary / "cache_size.csv", cache_sizes(paths, seeds, methods, caches))
     if timings is not None:
         write_csv_atomic(paths.summary / "timings.csv", timings)
     plot_result(summary, paths.fig / "result.png", title)

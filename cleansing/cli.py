@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import traceback
-from typing import Callable, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from common.errors import UserError
-
-# nnabla configures the root logger at import time and announces itself at INFO level on stderr;
-# configuring it first keeps stderr for warnings and our one-line errors.
-logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -70,24 +66,27 @@ def fraction(text: str) -> float:
 
 def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_default: Sequence[int],
                       explain_max: int = 0) -> None:
-    """The original example's flags plus the project's (docs/SPEC.md section 3); ``explain_max``: the
-    driver's default number of test errors explained."""
+    """The original example's flags plus the project's (docs/SPEC.md section 3, without the
+    estimators' own options and ``--methods``); ``explain_max``: the driver's default number of test
+    errors explained."""
     p.add_argument("-o", "--output", type=output_folder, default=default_out,
                    help="output folder (default: %(default)s)")
     p.add_argument("-ds", "--dataset", default="digits",
                    help="digits (embedded), mnist, cifar10, stl10, or a path to an NNC train CSV")
-    p.add_argument("-m", "--model", default="cnn6", choices=["cnn6", "logreg", "mlp"])
+    from models import MODELS
+    p.add_argument("-m", "--model", default="cnn6", choices=list(MODELS),
+                   help="cnn6 (the paper's network, default), logreg or mlp (fast checks)")
     p.add_argument("-e", "--epochs", type=positive_int, default=20, help="training epochs (default 20)")
     p.add_argument("-bs", "--batch-size", type=positive_int, default=32, help="mini-batch size (default 32)")
     p.add_argument("-lr", "--learning-rate", type=positive_float, default=0.05, help="SGD learning rate (default 0.05)")
-    p.add_argument("-nt", "--n-trials", type=positive_int, default=1, help="trials; trial k uses seed k")
+    p.add_argument("-nt", "--n-trials", type=positive_int, default=1, help="trials; trial k uses seed k (default 1)")
     p.add_argument("-r", "--remove", type=nonneg_int, nargs="+", default=list(remove_default),
                    help="numbers of most harmful samples to remove and retrain (default: %(default)s)")
     p.add_argument("-ra", "--retrain-all", action="store_true",
                    help="retrain every epoch from the initial parameters (default: the last epoch only)")
     p.add_argument("-c", "--context", choices=["cpu", "cudnn"], default=None,
                    help="nnabla context (default: cudnn when nnabla-ext-cuda is installed, else cpu)")
-    p.add_argument("-di", "--device-id", type=nonneg_int, default=0, help="GPU device id")
+    p.add_argument("-di", "--device-id", type=nonneg_int, default=0, help="GPU device id (default 0)")
     p.add_argument("-j", "--jobs", type=positive_int, default=os.cpu_count() or 1,
                    help="Dask worker processes of the local cluster that runs the tasks (training, each "
                         "estimator, each retraining, each validation repeat; default: number of cores); "
@@ -95,7 +94,8 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_defau
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run the tasks on an existing Dask cluster (e.g. tcp://host:8786) whose workers "
                         "share the output folder, instead of a local one")
-    p.add_argument("--data-dir", default=None, help="folder that already holds the dataset's files")
+    p.add_argument("--data-dir", default=None, help="folder that already holds the dataset's files (default: "
+                        "$DATA_CLEANSING_DATA_DIR, then the usual cache folders)")
     p.add_argument("--n-train", type=positive_int, default=None,
                    help="use the first N samples of the seeded training split")
     p.add_argument("--n-val", type=positive_int, default=None, help="use the first N samples of the validation split")
@@ -125,7 +125,7 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_defau
                    help="explain the first N misclassified test images per trial by their most influential "
                         "training images: fig/ and summary/explain_errors_*; Hara and Ours run one influence "
                         f"recursion per image (default {explain_max}; 0: none)")
-    g.add_argument("--explain-k", type=positive_int, default=5,
+    g.add_argument("--explain-k", type=positive_int, default=5, metavar="N",
                    help="training images shown per misclassified test image (default 5)")
     g.add_argument("--explain-same-label", action="store_true",
                    help="explain errors only by training images labelled as the wrong class (as the paper's figures)")
@@ -167,3 +167,53 @@ def run_main(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"error: {type(exc).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def config_from_args(a: argparse.Namespace, registry):
+    """The ``RunConfig`` of parsed driver flags (``Driver.parser``)."""
+    from .config import make_config
+    train = dict(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.learning_rate,
+                 augment=not a.no_augment)
+    options = {kind.__name__: kind.from_args(a) for kind in registry.option_types()}
+    return make_config(
+        **train, dataset=a.dataset, out=os.path.abspath(a.output), n_trials=a.n_trials, methods=a.methods,
+        remove=a.remove, retrain_all=a.retrain_all, data_dir=a.data_dir and os.path.abspath(a.data_dir),
+        n_train=a.n_train, n_val=a.n_val, n_test=a.n_test, val_csv=a.val_csv, test_csv=a.test_csv,
+        context=a.context, device_id=a.device_id, jobs=a.jobs, scheduler=a.scheduler,
+        show_progress=not a.no_progress, validate=a.validate, validate_repeats=a.validate_repeats,
+        label_noise=a.label_noise, gallery=a.gallery, cleanse=a.cleanse, explain_k=a.explain_k,
+        explain_max=a.explain_max, explain_same_label=a.explain_same_label, options=options)
+
+
+@dataclass(frozen=True)
+class Driver:
+    """A command-line driver: every registered estimator and its options, with the driver's defaults
+    (output folder, methods, number of explained test errors)."""
+
+    description: str
+    out: str
+    methods: Tuple[str, ...]
+    explain_max: int = 0
+
+    def parser(self, registry) -> argparse.ArgumentParser:
+        from .config import DEFAULT_REMOVE
+        p = OneLineParser(description=self.description, formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_run_arguments(p, self.out, DEFAULT_REMOVE, explain_max=self.explain_max)
+        p.add_argument("--methods", nargs="+", default=list(self.methods), metavar="METHOD",
+                       help=f"estimators to run, in this order (default: %(default)s); any of: "
+                            f"{', '.join(registry.names)}")
+        for kind in registry.option_types():
+            kind.add_arguments(p)
+        return p
+
+    def config(self, argv: Optional[List[str]], registry):
+        """The ``RunConfig`` these command-line arguments give."""
+        return config_from_args(self.parser(registry).parse_args(argv), registry)
+
+    def main(self, argv: Optional[List[str]], registry) -> int:
+        from .pipeline import run
+        args = self.parser(registry).parse_args(argv)
+        summary = run(config_from_args(args, registry), registry, overwrite=args.overwrite)
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(f"results in {args.output}/ (summary/summary.csv, fig/result.png)")
+        return 0

@@ -4,9 +4,9 @@ Tasks (each one's output is the file it has always written, so a task whose outp
 does nothing and an interrupted run resumes unchanged):
 
 * ``train``            per trial: training with trace (and Hara's cache when a method needs it);
-* ``estimate``         per trial and method: the influence CSV; methods of one ``Method.group``
-                       (estimators that share a trained artefact or each other's scores) run one
-                       after another, the others side by side;
+* ``artefact``         per trial and artefact an estimator declares (a turn-over-dropout network);
+* ``estimate``         per trial and estimator: the influence CSV, after the artefacts it reads
+                       and the estimators whose scores it reuses (``Estimator.after``);
 * ``trial-reports``    per trial: galleries, cleansed datasets, error explanations;
 * ``validate``         per trial and repeat of the leave-one-out truth, then ``validate-pairs``;
 * ``baseline``         per trial: the retraining without removal ("No_Removal");
@@ -46,46 +46,46 @@ class Task:
     deps: List[str] = field(default_factory=list)
 
 
-def build_graph(cfg, seeds: Sequence[int], methods: Sequence) -> List[Task]:
+def build_graph(plan, seeds: Sequence[int]) -> List[Task]:
     """The tasks of a run, in an order that respects their dependencies (also the sequential order)."""
     from . import pipeline as p
+    cfg = plan.cfg
     tasks: List[Task] = []
     for seed in seeds:
         train = f"train-{seed}"
-        tasks.append(Task(train, "train", p.train_task, (cfg, seed)))
-        last_of_group: Dict[str, str] = {}
+        tasks.append(Task(train, "train", p.train_task, (plan, seed)))
+        for a in plan.artefacts():
+            tasks.append(Task(f"artefact-{seed}-{a.name}", "train", p.artefact_task, (plan, seed, a.name), [train]))
         estimates = []
-        for m in methods:
-            key = f"estimate-{seed}-{m.name}"
-            deps = [train] + ([last_of_group[m.group]] if m.group in last_of_group else [])
-            tasks.append(Task(key, "estimate", p.estimate_task, (cfg, seed, m.name), deps))
-            if m.group:
-                last_of_group[m.group] = key
+        for est in plan.estimators:
+            key = f"estimate-{seed}-{est.name}"
+            deps = [train] + [f"artefact-{seed}-{a.name}" for a in plan.artefacts(est)]
+            deps += [f"estimate-{seed}-{name}" for name in est.after]
+            tasks.append(Task(key, "estimate", p.estimate_task, (plan, seed, est.name), deps))
             estimates.append(key)
-        tasks.append(Task(f"trial-reports-{seed}", "reports", p.trial_reports_task, (cfg, seed), list(estimates)))
-        if cfg.validate > 0:
-            repeats = [f"validate-{seed}-{r}" for r in range(max(1, cfg.validate_repeats))]
+        tasks.append(Task(f"trial-reports-{seed}", "reports", p.trial_reports_task, (plan, seed), list(estimates)))
+        if cfg.removal.validate > 0:
+            repeats = [f"validate-{seed}-{r}" for r in range(max(1, cfg.removal.validate_repeats))]
             for r, key in enumerate(repeats):
-                tasks.append(Task(key, "validate", p.validation_repeat_task, (cfg, seed, r), list(estimates)))
-            tasks.append(Task(f"validate-pairs-{seed}", "validate", p.validation_pairs_task, (cfg, seed), repeats))
+                tasks.append(Task(key, "validate", p.validation_repeat_task, (plan, seed, r), list(estimates)))
+            tasks.append(Task(f"validate-pairs-{seed}", "validate", p.validation_pairs_task, (plan, seed), repeats))
         baseline = f"baseline-{seed}"
-        tasks.append(Task(baseline, "retrain", p.baseline_task, (cfg, seed), [train]))
+        tasks.append(Task(baseline, "retrain", p.baseline_task, (plan, seed), [train]))
         for n in p.planned_removals(cfg):
-            for m in methods:
-                deps = [baseline] if n == 0 else [f"estimate-{seed}-{m.name}"]
-                tasks.append(Task(f"retrain-{seed}-{m.name}-{n}", "retrain", p.retrain_task,
-                                  (cfg, seed, m.name, n), deps))
-    tasks.append(Task("run-reports", "reports", p.run_reports_task, (cfg, list(seeds)),
+            for est in plan.estimators:
+                deps = [baseline] if n == 0 else [f"estimate-{seed}-{est.name}"]
+                tasks.append(Task(f"retrain-{seed}-{est.name}-{n}", "retrain", p.retrain_task,
+                                  (plan, seed, est.name, n), deps))
+    tasks.append(Task("run-reports", "reports", p.run_reports_task, (plan, list(seeds)),
                       [t.key for t in tasks]))
     return tasks
 
 
-def _record(cfg, timings: List[Timing]) -> None:
-    from cleansing.paths import RunPaths
-
+def _record(plan, timings: List[Timing]) -> None:
+    from .paths import RunPaths
     from .pipeline import Timings
     for seed, stage, method, seconds in timings:
-        Timings(RunPaths(cfg.out), seed).add(stage, method, seconds)
+        Timings(RunPaths(plan.cfg.out), seed).add(stage, method, seconds)
 
 
 def _progress(tasks: Sequence[Task], show: bool):
@@ -100,14 +100,14 @@ def _progress(tasks: Sequence[Task], show: bool):
     return bar, advance
 
 
-def run_sequential(cfg, tasks: Sequence[Task]):
+def run_sequential(plan, tasks: Sequence[Task]):
     """Every task in this process, in graph order (the default with one worker: no server)."""
-    bar, advance = _progress(tasks, cfg.show_progress)
+    bar, advance = _progress(tasks, plan.cfg.runtime.show_progress)
     result = None
     try:
         for t in tasks:
             result, timings = t.fn(*t.args)
-            _record(cfg, timings)
+            _record(plan, timings)
             advance(t)
     finally:
         bar.close()
@@ -153,7 +153,7 @@ def start_client(jobs: int, scheduler: Optional[str]):
     return Client(cluster), cluster
 
 
-def run_dask(cfg, tasks: Sequence[Task], jobs: int, scheduler: Optional[str] = None):
+def run_dask(plan, tasks: Sequence[Task], jobs: int, scheduler: Optional[str] = None):
     """Submit the graph to Dask and wait, recording timings as tasks finish. A task's UserError
     stops the run with that one line; a lost scheduler with a line that says how to resume."""
     from asyncio import CancelledError
@@ -166,17 +166,18 @@ def run_dask(cfg, tasks: Sequence[Task], jobs: int, scheduler: Optional[str] = N
     except ImportError:  # distributed < 2024.6 (Python 3.8) cancels with concurrent.futures' error
         FutureCancelledError = FuturesCancelledError
     client, cluster = start_client(jobs, scheduler)
-    if cfg.show_progress and client.dashboard_link:
+    rt = plan.cfg.runtime
+    if rt.show_progress and client.dashboard_link:
         print(f"Dask dashboard: {client.dashboard_link}")
     futures: Dict[str, object] = {}
     by_future = {}
     try:
         for t in tasks:
-            fut = client.submit(_remote, t.fn, cfg.context, cfg.device_id, t.args, *[futures[d] for d in t.deps],
+            fut = client.submit(_remote, t.fn, rt.context, rt.device_id, t.args, *[futures[d] for d in t.deps],
                                 key=f"{t.key}-{os.getpid()}-{time.time_ns()}", pure=False)
             futures[t.key] = fut
             by_future[fut.key] = t
-        bar, advance = _progress(tasks, cfg.show_progress)
+        bar, advance = _progress(tasks, rt.show_progress)
         result = None
         try:
             for fut in as_completed(list(futures.values())):
@@ -191,7 +192,7 @@ def run_dask(cfg, tasks: Sequence[Task], jobs: int, scheduler: Optional[str] = N
                         raise  # a task's own OSError (a full disk, say): the driver reports it
                     raise UserError(f"lost the Dask scheduler ({type(exc).__name__}); rerun the same command to "
                                     f"continue where it stopped") from None
-                _record(cfg, timings)
+                _record(plan, timings)
                 t = by_future[fut.key]
                 advance(t)
                 if t.key == "run-reports":

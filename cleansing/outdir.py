@@ -1,6 +1,6 @@
 """The output folder: what the tool owns in it, its manifest, its lock, and ``--overwrite``.
 
-Contract (README "Interrupted runs and errors"):
+Contract (README "Reliability"):
 
 * The tool owns ``manifest.json``, ``.lock`` and the folders ``OWNED_DIRS`` of an output folder,
   and in them only files of the kinds it writes (``OWNED_SUFFIXES``, and ``*.partial-<pid>*``

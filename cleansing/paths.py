@@ -1,4 +1,4 @@
-"""The output folder tree (docs/SPEC.md section 4), in one place."""
+"""The output folder tree (docs/SPEC.md section 4): every path a run writes is named here."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,12 +19,17 @@ class RunPaths:
         """``which``: 'initial', 'start_last_epoch' or 'final'."""
         return self.weights(seed) / f"{which}.h5"
 
-    def hara_dir(self, seed: int) -> Path:
+    def steps_dir(self, seed: int) -> Path:
+        """Per-step parameters of the last epoch (estimators with ``needs_step_params``: Hara's cache)."""
         return self.weights(seed) / "hara"
 
-    def hara_step(self, seed: int, step: int) -> Path:
+    def step_params(self, seed: int, step: int) -> Path:
         """Parameters before global step ``step`` (a step of the last epoch)."""
-        return self.hara_dir(seed) / f"step_{step:06d}.h5"
+        return self.steps_dir(seed) / f"step_{step:06d}.h5"
+
+    def artefact(self, seed: int, name: str) -> Path:
+        """Folder of a trained artefact of an estimator (e.g. ``turnover``: a turn-over-dropout network)."""
+        return self.weights(seed) / name
 
     def trace(self, seed: int) -> Path:
         return self.weights(seed) / "trace.npz"
@@ -38,6 +43,33 @@ class RunPaths:
 
     def score_csv(self, method: str, n: int, seed: int) -> Path:
         return self.root / "score" / method / f"score_delete_worst_{n}_seed_{seed}.csv"
+
+    def table(self, stem: str, seed: int) -> Path:
+        """An estimator's or artefact's table of one trial."""
+        return self.summary / f"{stem}_{seed}.csv"
+
+    def figure(self, stem: str, seed: int) -> Path:
+        """An estimator's or artefact's figure of one trial."""
+        return self.fig / f"{stem}_{seed}.png"
+
+    def log(self, stem: str, seed: int) -> Path:
+        """An estimator's log of one trial (e.g. a solver's report)."""
+        return self.root / "logs" / f"{stem}_seed_{seed}.csv"
+
+    def timings(self, seed: int) -> Path:
+        return self.log("timings", seed)
+
+    def explain_csv(self, method: str, seed: int) -> Path:
+        return self.table(f"explain_errors_{method}", seed)
+
+    def explain_png(self, method: str, seed: int) -> Path:
+        return self.figure(f"explain_errors_{method}", seed)
+
+    def validation_repeat(self, seed: int, repeat: int) -> Path:
+        return self.root / "logs" / f"validation_actual_seed_{seed}_repeat_{repeat}.csv"
+
+    def validation_pairs(self, seed: int) -> Path:
+        return self.log("validation_pairs", seed)
 
     @property
     def summary(self) -> Path:

@@ -92,7 +92,7 @@ def training_complete(paths: RunPaths, seed: int, hara: bool, trace_steps: Optio
     if not paths.train_log(seed).is_file() or not paths.params(seed, "final").is_file():
         return False
     if hara:
-        n = len(list(paths.hara_dir(seed).glob("step_*.h5"))) if paths.hara_dir(seed).is_dir() else 0
+        n = len(list(paths.steps_dir(seed).glob("step_*.h5"))) if paths.steps_dir(seed).is_dir() else 0
         return trace_steps is not None and n == trace_steps
     return True
 
@@ -111,7 +111,7 @@ def train_with_trace(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: 
         if t == first_last:
             save_params(paths.params(seed, "start_last_epoch"), learner.params)
         if save_hara and t >= first_last:
-            save_params(paths.hara_step(seed, t), learner.params)
+            save_params(paths.step_params(seed, t), learner.params)
 
     rows = []
     bar = tqdm(total=trace.n_steps, desc=f"train seed {seed}", unit="step", disable=not show_progress,

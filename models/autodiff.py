@@ -507,16 +507,21 @@ class Learner:
         included), and ``sum_i g_i`` is the mini-batch gradient.
 
         ``method``: 'eps' (the model's tangent copy with a per-sample ``eps``, differentiated
-        w.r.t. ``eps``), 'taps' (the same sum from layer outputs' gradients, ``_Jvp``; faster) or
-        None/'auto' (``Learner.default_dot``: 'taps' where the model is covered).
+        w.r.t. ``eps``), 'taps' (the same sum from layer outputs' gradients, ``_Jvp``; faster),
+        'weights' (double backward through per-row loss weights, for a model without batch norm
+        and without a tangent copy, e.g. ``models.custom``) or None/'auto' (``Learner.default_dot``:
+        'taps' where the model is covered, else 'eps' or 'weights').
         """
         method = method or self.default_dot
         if method == "auto":
-            method = "taps" if _Jvp.supported(self.model) else "eps"
+            method = "taps" if _Jvp.supported(self.model) else "eps" if getattr(self.model, "has_tangent", True) \
+                else "weights"
         if method == "taps":
             g = self._graph("dot_taps", len(x), train, self._build_dot_taps)
         elif method == "eps":
             g = self._graph("dot", len(x), train, self._build_dot)
+        elif method == "weights" and not self.stat_names:  # a model without batch norm: <u, grad l_i> exactly
+            g = self._graph("removal_dot", len(x), train, self._build_removal_dot)
         else:
             raise ValueError(f"unknown per-sample product method {method!r}")
         g.x.d, g.y.d = x, self._onehot(y)

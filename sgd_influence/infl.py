@@ -39,20 +39,10 @@ from tqdm import tqdm
 
 from cleansing.trace import Trace
 from datasets import DataBundle
-from datasets.batches import split_batches, training_batch
-from models.autodiff import Learner, Vector
+from datasets.batches import training_batch
+from models.autodiff import Learner
 
 StateAt = Callable[[int], Mapping[str, np.ndarray]]
-
-
-def validation_loss_grad(learner: Learner, data: DataBundle) -> Vector:
-    """``u = grad (1/|V|) sum_{z in V} l(z; theta)`` at the learner's parameters (inference mode)."""
-    return learner.mean_loss_grad(split_batches(data, data.val), train=False)
-
-
-def validation_loss_stats_grad(learner: Learner, data: DataBundle) -> Vector:
-    """``dL_val/dr`` for batch norm's running means and variances r (empty without batch norm)."""
-    return learner.running_stats_grad(split_batches(data, data.val))
 
 
 def _prefetched(state_at: StateAt, steps) -> Iterator[Mapping[str, np.ndarray]]:

@@ -436,26 +436,28 @@ def test_report_flags_reach_every_driver(capsys):
     import eval_sgd_influence
     import eval_turnover_dropout
     args = ["--label-noise", "0.25", "--gallery", "0", "--cleanse", "5", "50", "--validate", "3", "-e", "4"]
+    from estimators import REGISTRY
     for driver in (eval_sgd_influence, eval_influence_functions, eval_turnover_dropout):
-        cfg = driver.config_from_args(driver.build_parser().parse_args(args))
-        assert (cfg.label_noise, cfg.gallery, list(cfg.cleanse), cfg.validate, cfg.train.epochs) == \
-            (0.25, 0, [5, 50], 3, 4)
-        assert cfg.manifest()["label_noise"] == 0.25
-        default = driver.config_from_args(driver.build_parser().parse_args([]))
-        assert (default.label_noise, default.gallery, list(default.cleanse)) == (0.0, 32, [])
+        cfg = driver.DRIVER.config(args, REGISTRY)
+        assert (cfg.data.label_noise, cfg.reports.gallery, list(cfg.reports.cleanse), cfg.removal.validate,
+                cfg.train.epochs) == (0.25, 0, [5, 50], 3, 4)
+        assert cfg.manifest(REGISTRY)["label_noise"] == 0.25
+        default = driver.DRIVER.config([], REGISTRY)
+        assert (default.data.label_noise, default.reports.gallery, list(default.reports.cleanse)) == (0.0, 32, [])
     for bad in ("1.0", "-0.1", "x"):
         with pytest.raises(SystemExit):
-            eval_sgd_influence.build_parser().parse_args(["--label-noise", bad])
+            eval_sgd_influence.DRIVER.parser(REGISTRY).parse_args(["--label-noise", bad])
         assert "[0, 1)" in capsys.readouterr().err
 
 
 def test_cleanse_not_below_training_size_fails_before_training(tmp_path):
-    from cleansing.pipeline import RunConfig, run
-    from cleansing.train import TrainConfig
-    cfg = RunConfig(out=str(tmp_path / "o"), train=TrainConfig(model="logreg", epochs=1), n_train=100, n_val=50,
-                    n_test=50, methods=("Random",), remove=(0,), cleanse=(10, 100), show_progress=False)
+    from cleansing.config import make_config
+    from cleansing.pipeline import run
+    from estimators import REGISTRY
+    cfg = make_config(out=str(tmp_path / "o"), model="logreg", epochs=1, n_train=100, n_val=50,
+                      n_test=50, methods=("Random",), remove=(0,), cleanse=(10, 100), show_progress=False)
     with pytest.raises(UserError, match=r"--cleanse 100: .* 100 training samples"):
-        run(cfg)
+        run(cfg, REGISTRY)
     assert not (tmp_path / "o" / "weights").exists()
 
 

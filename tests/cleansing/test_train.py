@@ -69,7 +69,7 @@ def test_training_writes_trace_caches_and_log(mnist_run):
     for name in ("initial.h5", "start_last_epoch.h5", "final.h5", "trace.npz", "train_log.csv"):
         assert (w / name).is_file(), name
     T = math.ceil(2000 / 32)
-    hara = sorted(paths.hara_dir(0).glob("step_*.h5"))
+    hara = sorted(paths.steps_dir(0).glob("step_*.h5"))
     assert len(hara) == T == 63
     assert hara[0].name == f"step_{T:06d}.h5" and hara[-1].name == f"step_{2 * T - 1:06d}.h5"
     assert training_complete(paths, 0, hara=True, trace_steps=T)

@@ -20,9 +20,11 @@ import eval_influence_functions as driver
 from cleansing.cli import run_main
 from datasets import DataBundle, Split, load_dataset, to_network_input
 from datasets.batches import split_batches
+from estimators import REGISTRY
 from influence_functions import (
     EKFAC,
     NAME,
+    InfluenceOptions,
     SolverOptions,
     conjugate_gradient,
     default_damping,
@@ -304,18 +306,19 @@ def test_sign_matches_leave_one_out_retraining():
 def test_default_damping_and_cli_defaults():
     assert default_damping("cifar10") == 10.0 and default_damping("mnist") == 0.1
     assert default_damping("digits") == 0.1 and default_damping("own/train.csv") == 0.1
-    cfg = driver.config_from_args(driver.build_parser().parse_args([]))
+    cfg = driver.DRIVER.config([], REGISTRY)
+    opts = cfg.option(InfluenceOptions)
     # EK-FAC by default (a few minutes on digits); MINRES and the other solvers with --methods Influence_functions
     assert cfg.out == "output_influence_functions" and list(cfg.methods) == [EKFAC, "Random"]
-    assert cfg.ekfac.fisher == "sampled" and "ekfac_fisher" in cfg.manifest()
-    assert cfg.solver.solver == "minres" and cfg.solver.cg_iters == 50 and cfg.resolved_damping == 0.1
-    assert cfg.solver.sgd_epochs == 2 and cfg.solver.sgd_lr == 0.005 and cfg.solver.sgd_momentum == 0.9
-    cfg = driver.config_from_args(driver.build_parser().parse_args(["-ds", "cifar10"]))
-    assert cfg.resolved_damping == 10.0
-    cfg = driver.config_from_args(driver.build_parser().parse_args(["-ds", "cifar10", "--damping", "0.5",
-                                                                    "--solver", "lissa"]))
-    assert cfg.resolved_damping == 0.5 and cfg.solver.solver == "lissa"
-    assert cfg.manifest()["damping"] == 0.5 and cfg.manifest()["solver"] == "lissa"
+    assert opts.ekfac_fisher == "sampled" and "ekfac_fisher" in cfg.manifest(REGISTRY)
+    assert opts.solver == "minres" and opts.cg_iters == 50 and opts.resolved_damping(cfg.data.dataset) == 0.1
+    assert opts.sgd_epochs == 2 and opts.sgd_lr == 0.005 and opts.sgd_momentum == 0.9
+    cfg = driver.DRIVER.config(["-ds", "cifar10"], REGISTRY)
+    assert cfg.option(InfluenceOptions).resolved_damping("cifar10") == 10.0
+    cfg = driver.DRIVER.config(["-ds", "cifar10", "--damping", "0.5", "--solver", "lissa"], REGISTRY)
+    opts = cfg.option(InfluenceOptions)
+    assert opts.resolved_damping("cifar10") == 0.5 and opts.solver == "lissa"
+    assert cfg.manifest(REGISTRY)["damping"] == 0.5 and cfg.manifest(REGISTRY)["solver"] == "lissa"
 
 
 def test_driver_writes_the_output_tree(tmp_path, capsys):
@@ -360,19 +363,19 @@ def test_original_sign_method_negates_the_stored_influence(tmp_path):
     from cleansing.influence_csv import influence_frame, write_influence_csv
     from cleansing.paths import RunPaths
     from common.errors import UserError
-    from influence_functions import ORIGINAL_SIGN, compute_original_sign
+    from influence_functions import ORIGINAL_SIGN, original_sign
 
     paths = RunPaths(tmp_path)
     trial = SimpleNamespace(paths=paths, seed=3, data=SimpleNamespace(train=np.zeros(4)))
     with pytest.raises(UserError, match=f"list {NAME} before it in --methods"):
-        compute_original_sign(trial)
+        original_sign(trial)
     scores = np.array([0.3, -0.2, 0.1, -0.5])
     csv = paths.influence_csv(NAME, 3)
     csv.parent.mkdir(parents=True)
     write_influence_csv(csv, influence_frame(np.array(["a", "b", "c", "d"]), np.arange(4), scores))
-    assert np.array_equal(compute_original_sign(trial), -scores)
+    assert np.array_equal(original_sign(trial), -scores)
     # its ascending order (removal order) is the most helpful first: positions 0, 2, 1, 3
-    assert list(np.argsort(compute_original_sign(trial), kind="stable")) == [0, 2, 1, 3]
+    assert list(np.argsort(original_sign(trial), kind="stable")) == [0, 2, 1, 3]
     assert ORIGINAL_SIGN == "Influence_functions_original_sign"
 
 

@@ -70,19 +70,20 @@ def test_prefetching_yields_the_same_states_in_order():
 
 def test_fused_prefetched_influence_equals_reference_influence(tmp_path):
     # cnn6 on a few digits with Hara's cache: fused + prefetch against separate calls, no prefetch.
+    from cleansing.config import make_config
     from cleansing.paths import RunPaths
-    from cleansing.pipeline import RunConfig, load_trial_data
     from cleansing.train import TrainConfig, load_training, train_with_trace
+    from cleansing.trial import load_trial_data, validation_loss_grad
     from common.params_io import load_params
-    from sgd_influence.infl import sgd_influence, validation_loss_grad
-    cfg = RunConfig(dataset="digits", out=str(tmp_path), n_train=48, n_val=16, n_test=16, show_progress=False,
+    from sgd_influence.infl import sgd_influence
+    cfg = make_config(dataset="digits", out=str(tmp_path), n_train=48, n_val=16, n_test=16, show_progress=False,
                     train=TrainConfig(model="cnn6", epochs=1, batch_size=16, lr=0.05, augment=True))
     data = load_trial_data(cfg, 0)
     paths = RunPaths(tmp_path)
     train_with_trace(cfg.train, data, paths, 0, save_hara=True, show_progress=False)
     trace, learner = load_training(cfg.train, data, paths, 0)
     u = validation_loss_grad(learner, data)
-    for state_at in (None, lambda t: load_params(paths.hara_step(0, t))):
+    for state_at in (None, lambda t: load_params(paths.step_params(0, t))):
         fast = sgd_influence(learner, data, trace, u, True, state_at=state_at)
         learner.default_hvp, learner.default_dot = "double_backward", "taps"  # reference HVP, separate calls
         ref = sgd_influence(learner, data, trace, u, True, state_at=state_at, fused=False, prefetch=False)

@@ -3,20 +3,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cleansing.config import make_config
 from cleansing.influence_csv import read_influence_csv
 from cleansing.paths import RunPaths
-from cleansing.pipeline import METHODS, RunConfig, load_trial_data, run, run_trial
+from cleansing.pipeline import Plan, run, run_trial
 from cleansing.train import TrainConfig, load_training
+from cleansing.trial import load_trial_data
 from cleansing.validate import actual_influence, agreement
+from estimators import REGISTRY
 
 
 @pytest.fixture(scope="module")
 def logreg_trial(tmp_path_factory):
     """Logistic regression on digits, lr 0.05, batch 32, 3 epochs: a settled, near-convex regime."""
-    cfg = RunConfig(dataset="digits", out=str(tmp_path_factory.mktemp("lr")), methods=("Hara", "Ours"),
+    cfg = make_config(REGISTRY, dataset="digits", out=str(tmp_path_factory.mktemp("lr")), methods=("Hara", "Ours"),
                     train=TrainConfig(model="logreg", epochs=3, batch_size=32, lr=0.05, augment=False),
                     remove=(), show_progress=False)
-    run_trial(cfg, 0, [METHODS["Hara"], METHODS["Ours"]])
+    run_trial(Plan.of(cfg, REGISTRY), 0)
     data = load_trial_data(cfg, 0)
     paths = RunPaths(cfg.out)
     trace, _ = load_training(cfg.train, data, paths, 0)
@@ -87,7 +90,8 @@ def test_influence_is_zero_only_for_samples_outside_the_last_epoch(logreg_trial)
 
 
 def test_ours_equals_hara_when_every_step_uses_the_final_parameters(logreg_trial):
-    from sgd_influence.infl import sgd_influence, validation_loss_grad
+    from cleansing.trial import validation_loss_grad
+    from sgd_influence.infl import sgd_influence
     cfg, data, paths, trace, _, ours = logreg_trial
     _, learner = load_training(cfg.train, data, paths, 0)
     final = learner.state()
@@ -99,10 +103,10 @@ def test_ours_equals_hara_when_every_step_uses_the_final_parameters(logreg_trial
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
-    cfg = RunConfig(dataset="digits", out=str(out), n_trials=2, jobs=1,
+    cfg = make_config(REGISTRY, dataset="digits", out=str(out), n_trials=2, jobs=1,
                     train=TrainConfig(model="logreg", epochs=2, batch_size=32, lr=0.05),
                     remove=(0, 1, 10, 100, 2000), show_progress=False)
-    summary = run(cfg)
+    summary = run(cfg, REGISTRY)
     return cfg, RunPaths(out), summary
 
 
@@ -145,23 +149,21 @@ def test_no_removal_equals_the_final_model(pipeline_run):
 def test_rerun_skips_complete_outputs_and_is_deterministic(pipeline_run, tmp_path):
     cfg, paths, _ = pipeline_run
     stamp = {f: f.stat().st_mtime_ns for f in paths.root.rglob("*.csv") if "summary" not in f.parts}
-    run(cfg)
+    run(cfg, REGISTRY)
     assert {f: f.stat().st_mtime_ns for f in stamp} == stamp
     # same seed, fresh folder: byte-identical influence CSVs
-    from dataclasses import replace
-    other = replace(cfg, out=str(tmp_path / "again"), n_trials=1, remove=(0,))
-    run(other)
+    other = cfg.updated(out=str(tmp_path / "again"), n_trials=1, remove=(0,))
+    run(other, REGISTRY)
     for m in ("Hara", "Ours", "Random"):
         assert (tmp_path / "again" / "influence" / m / f"influence_{m.lower()}_0.csv").read_bytes() == \
             paths.influence_csv(m, 0).read_bytes()
 
 
 def test_validate_averages_repeats_and_resumes_from_them(tmp_path):
-    from dataclasses import replace
-    cfg = RunConfig(dataset="digits", out=str(tmp_path / "v"), methods=("Hara", "Ours"), jobs=1,
+    cfg = make_config(REGISTRY, dataset="digits", out=str(tmp_path / "v"), methods=("Hara", "Ours"), jobs=1,
                     train=TrainConfig(model="logreg", epochs=2, batch_size=32, lr=0.05, augment=False),
                     remove=(), show_progress=False, validate=6, validate_repeats=2)
-    run(cfg)
+    run(cfg, REGISTRY)
     paths = RunPaths(cfg.out)
     table = pd.read_csv(paths.summary / "validation.csv")
     assert list(table.columns) == ["method", "seed", "n", "pearson", "spearman", "kendall", "jaccard20"]
@@ -177,7 +179,7 @@ def test_validate_averages_repeats_and_resumes_from_them(tmp_path):
     assert (hara.repeats == 2).all() and (paths.fig / "validation_Hara.png").is_file()
     # two more repeats, in two worker processes: the first two are read back, not recomputed
     stamps = [(paths.root / "logs" / f"validation_actual_seed_0_repeat_{r}.csv").stat().st_mtime_ns for r in (0, 1)]
-    run(replace(cfg, validate_repeats=4, jobs=2))
+    run(cfg.updated(validate_repeats=4, jobs=2), REGISTRY)
     assert [(paths.root / "logs" / f"validation_actual_seed_0_repeat_{r}.csv").stat().st_mtime_ns
             for r in (0, 1)] == stamps
     more = [pd.read_csv(paths.root / "logs" / f"validation_actual_seed_0_repeat_{r}.csv") for r in (2, 3)]
@@ -191,9 +193,10 @@ def test_validate_averages_repeats_and_resumes_from_them(tmp_path):
 def test_hara_ranks_flipped_labels_as_harmful(tmp_path):
     # 10% of the training labels flipped: the most harmful 10% by Hara and Ours hold far more
     # of them than a random 10% would (logistic regression on digits keeps this test fast).
+    from cleansing.trial import validation_loss_grad
     from common.params_io import load_params
-    from sgd_influence.infl import sgd_influence, validation_loss_grad
-    cfg = RunConfig(dataset="digits", out=str(tmp_path), methods=(), remove=(), show_progress=False,
+    from sgd_influence.infl import sgd_influence
+    cfg = make_config(REGISTRY, dataset="digits", out=str(tmp_path), methods=(), remove=(), show_progress=False,
                     train=TrainConfig(model="logreg", epochs=4, batch_size=32, lr=0.05, augment=False))
     data = load_trial_data(cfg, 0)
     rng = np.random.default_rng(0)
@@ -207,7 +210,7 @@ def test_hara_ranks_flipped_labels_as_harmful(tmp_path):
     u = validation_loss_grad(learner, data)
     is_flipped = np.zeros(n, bool)
     is_flipped[flipped] = True
-    for state_at in (None, lambda t: load_params(paths.hara_step(0, t))):
+    for state_at in (None, lambda t: load_params(paths.step_params(0, t))):
         s = sgd_influence(learner, data, trace, u, False, state_at=state_at)
         found = is_flipped[np.argsort(s, kind="stable")[: n // 10]].sum()
         assert found >= 2 * 0.1 * len(flipped), found  # random 10% finds 10% of them
@@ -230,17 +233,18 @@ def test_timings_from_two_writers_keep_each_others_rows(tmp_path):
 
 
 def test_explaining_errors_restarts_the_recursion_from_the_wrong_class_loss(logreg_trial):
-    from dataclasses import replace
 
-    from cleansing.pipeline import Trial, explain_trial
+    from cleansing.pipeline import explain_trial
+    from cleansing.trial import Trial
     from common.params_io import load_params
     from datasets import to_network_input
     from sgd_influence.infl import sgd_influence
     cfg, data, paths, trace, _, _ = logreg_trial
     _, learner = load_training(cfg.train, data, paths, 0)
-    trial = Trial(replace(cfg, explain_max=2, explain_k=3), 0, data, paths, trace, learner)
-    assert explain_trial(trial, METHODS["Hara"]) > 0  # seconds it took
-    assert explain_trial(trial, METHODS["Hara"]) is None  # both files exist: nothing to do
+    cfg = cfg.updated(explain_max=2, explain_k=3)
+    trial, plan = Trial(cfg, 0, data, paths, trace, learner), Plan.of(cfg, REGISTRY)
+    assert explain_trial(plan, trial, REGISTRY["Hara"]) > 0  # seconds it took
+    assert explain_trial(plan, trial, REGISTRY["Hara"]) is None  # both files exist: nothing to do
     table = pd.read_csv(paths.summary / "explain_errors_Hara_0.csv")
     assert (paths.fig / "explain_errors_Hara_0.png").stat().st_size > 10_000
     assert len(table) == 6 and table.test_index.nunique() == 2
@@ -253,7 +257,7 @@ def test_explaining_errors_restarts_the_recursion_from_the_wrong_class_loss(logr
     x = to_network_input(data.test.images[t:t + 1], data.mean, data.std)
     u = learner.mean_loss_grad([(x, np.array([first.predicted_label]))], train=False)
     direct = sgd_influence(learner, data, trace, u, cfg.train.augment,
-                           state_at=lambda s: load_params(paths.hara_step(0, s)))
+                           state_at=lambda s: load_params(paths.step_params(0, s)))
     rows = table[table.test_index == t]
     np.testing.assert_allclose(rows.influence_on_wrong, np.sort(direct)[::-1][:3], rtol=1e-6)
     assert list(rows.datasource_index) == list(np.argsort(-direct, kind="stable")[:3])

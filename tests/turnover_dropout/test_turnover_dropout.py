@@ -14,6 +14,7 @@ from cleansing.trace import make_schedule
 from cleansing.train import TrainConfig
 from datasets import load_dataset
 from datasets.batches import split_batches
+from estimators import REGISTRY
 from models import build_model
 from turnover_dropout import TDLearner, flip, influence as tdi, instance_masks, resolve_layers
 from turnover_dropout.train import train_turnover
@@ -227,7 +228,8 @@ def test_driver_writes_the_tree(tmp_path, capsys):
                 "score/Turnover_dropout/score_delete_worst_10_seed_0.csv",
                 "score/Random/score_delete_worst_10_seed_0.csv",
                 "score/No_Removal/score_delete_worst_0_seed_0.csv", "summary/summary.csv", "fig/result.png",
-                "summary/explain_errors_0.csv", "fig/explain_errors_0.png", "summary/turnover_loss_curve_0.csv",
+                "summary/explain_errors_Turnover_dropout_0.csv", "fig/explain_errors_Turnover_dropout_0.png",
+                "summary/turnover_loss_curve_0.csv",
                 "fig/turnover_loss_curve_0.png", "weights/seed_00/turnover/final.h5",
                 "weights/seed_00/turnover/loss_log.csv", "weights/seed_00/final.h5"]:
         assert (out / rel).is_file(), rel
@@ -236,7 +238,7 @@ def test_driver_writes_the_tree(tmp_path, capsys):
     assert len(infl) == 200 and infl.influence.is_monotonic_increasing
     assert sorted(infl.datasource_index) == list(range(200))
     assert json.loads((out / "manifest.json").read_text())["td_layers"] == ["fc1"]
-    ex = pd.read_csv(out / "summary/explain_errors_0.csv")
+    ex = pd.read_csv(out / "summary/explain_errors_Turnover_dropout_0.csv")
     assert len(ex) > 0 and (ex.true_label != ex.predicted_label).all()
     assert ex.test_index.nunique() <= 8 and ex.groupby("test_index").size().max() == 5
     for _, g in ex.groupby("test_index"):
@@ -268,7 +270,7 @@ def test_ensemble_of_networks_averages_their_scores(tmp_path):
             "--td-networks", "2", "-o", str(out)]
     assert driver.main(args) == 0
     assert json.loads((out / "manifest.json").read_text())["td_networks"] == 2
-    cfg = driver.config_from_args(driver.build_parser().parse_args(args))
+    cfg = driver.DRIVER.config(args, REGISTRY)
     data = load_dataset("digits", 0, n_train=200)
     nets = []
     for k, folder in enumerate(["turnover", "turnover_net1"]):
@@ -290,10 +292,12 @@ def test_ensemble_of_networks_averages_their_scores(tmp_path):
 
 
 def test_explain_errors_sign_and_same_label(tiny_td):
+    from cleansing.explain import explanation_table
     from turnover_dropout.report import explain_errors
     td, data, _ = tiny_td
-    any_label = explain_errors(td, data, k=3, max_errors=4)
-    same = explain_errors(td, data, k=3, max_errors=4, same_label=True)
+    ex = explain_errors(td, data, max_errors=4)
+    any_label = explanation_table(data, ex.wrong, ex.preds, ex.influence, 3)
+    same = explanation_table(data, ex.wrong, ex.preds, ex.influence, 3, same_label=True)
     assert len(any_label) == 12 and (any_label.true_label != any_label.predicted_label).all()
     assert (same.train_label == same.predicted_label).all() and len(same) > 0
     # the score is L(f^m~, (x, pred)) - L(f^m, (x, pred)) of the listed pair, largest first
@@ -323,6 +327,6 @@ def test_self_influence_finds_flipped_labels_and_the_check_splits_them(tmp_path)
     assert list(check.n) == [400, 320, 80]
     assert check.loc["flipped_label", "train_loss_flipped_mask"] > 2 * check.loc["clean", "train_loss_flipped_mask"]
     assert bool(check.loc["clean", "flipped_closer_to_val"])
-    assert not (out / "summary/explain_errors_0.csv").exists()   # --explain-max 0
+    assert not list((out / "summary").glob("explain_errors*"))   # --explain-max 0
     det = pd.read_csv(out / "summary/detection.csv")
     assert {"Turnover_dropout", "Turnover_dropout_self"} <= set(det.method)

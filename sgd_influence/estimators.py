@@ -1,0 +1,49 @@
+"""The pipeline's "Hara" and "Ours" estimators (``cleansing.estimator`` interface).
+
+Both run ``infl.sgd_influence`` from the gradient ``u`` of the mean validation loss at the final
+parameters (with batch norm's running-statistics term); Hara reads the parameters stored before
+every step of the last epoch, Ours uses the final parameters at every step (the storage-efficient
+approximation of Suzuki et al.). Both explain test errors by restarting the recursion from a
+test image's loss gradient (``explain``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cleansing.estimator import Estimate, Estimator, Explanation
+
+from .explain import explain_errors
+from .infl import sgd_influence
+
+
+class Hara(Estimator):
+    """SGD-influence with the per-step parameters of the last epoch (Hara et al., 2019)."""
+
+    name = "Hara"
+    needs_step_params = True
+
+    def scores(self, trial) -> np.ndarray:
+        return sgd_influence(trial.learner, trial.data, trial.trace, trial.u, trial.cfg.train.augment,
+                             state_at=trial.step_params, u_stats=trial.u_stats,
+                             show_progress=trial.cfg.runtime.show_progress, desc=f"{self.name} seed {trial.seed}")
+
+    def estimate(self, trial, options) -> Estimate:
+        return Estimate(self.scores(trial))
+
+    def explain(self, trial, options, max_errors: int) -> Explanation:
+        return explain_errors(trial, self.scores, max_errors)
+
+
+class Ours(Hara):
+    """SGD-influence with only the final parameters cached (Suzuki et al., 2021)."""
+
+    name = "Ours"
+    needs_step_params = False
+
+    def scores(self, trial) -> np.ndarray:
+        return sgd_influence(trial.learner, trial.data, trial.trace, trial.u, trial.cfg.train.augment,
+                             u_stats=trial.u_stats, show_progress=trial.cfg.runtime.show_progress,
+                             desc=f"{self.name} seed {trial.seed}")
+
+
+ESTIMATORS = (Hara(), Ours())
