@@ -25,24 +25,22 @@ def output_folder(text: str) -> str:
     return text
 
 
-def positive_int(text: str) -> int:
+def _integer(text: str, low: int, what: str) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"{v} {what}")
     return v
+
+
+def positive_int(text: str) -> int:
+    return _integer(text, 1, "must be at least 1")
 
 
 def nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} must not be negative")
-    return v
+    return _integer(text, 0, "must not be negative")
 
 
 def positive_float(text: str) -> float:

@@ -2,8 +2,6 @@
 explanation of test errors by their most influential training images (paper Fig. 5)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -14,7 +12,6 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cleansing.estimator import Explanation  # noqa: E402
 from cleansing.explain import misclassified  # noqa: E402
-from common.figures import save_figure  # noqa: E402
 from datasets import DataBundle  # noqa: E402
 from datasets.batches import split_batches  # noqa: E402
 
@@ -44,11 +41,6 @@ def loss_curve_figure(curve: pd.DataFrame, title: str = ""):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def plot_loss_curve(curve: pd.DataFrame, path: Path, title: str = "") -> None:
-    """``loss_curve_figure`` written to ``path``."""
-    save_figure(loss_curve_figure(curve, title), path, dpi=130)
 
 
 # ---------------------------------------------------------------------------- Fig. 5
