@@ -22,7 +22,7 @@ of the estimators' parameter space.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import nnabla as nn
 import nnabla.functions as F
@@ -32,6 +32,10 @@ import numpy as np
 from common.fastmul import mul
 from models.networks import (
     BN_DECAY,
+    Affine,
+    BatchNorm,
+    Conv,
+    Layer,
     Model,
     Tangent,
     batch_standardize,
@@ -82,13 +86,12 @@ class _Jvp:
     the per-sample product ``<V, g_i>`` of ``Learner.per_sample_grad_dot`` (the derivative w.r.t.
     a per-sample ``eps_i`` on ``eps_i * t``, without building ``eps``).
 
-    Supported: ``logreg``, ``mlp``, ``cnn6`` (conv, batch norm in training or inference mode, ReLU,
-    max pooling 2x2, affine). Batch norm in training mode differentiates its batch statistics and
-    records them in ``batch_stats`` as ``(prefix, mean, running_var)``: what the training step
-    feeds into the running statistics.
+    The pass walks the model's ``layers``: each layer kind's rule is the method of that name
+    (``conv``, ``bn`` in training or inference mode, ``relu``, ``max_pool``, ``mask``, ``affine``).
+    Batch norm in training mode differentiates its batch statistics and records them in
+    ``batch_stats`` as ``(prefix, mean, running_var)``: what the training step feeds into the
+    running statistics. Masks are not part of these graphs (``mask`` is the identity).
     """
-
-    MODELS = ("logreg", "mlp", "cnn6")
 
     def __init__(self, model: Model, params, V, stats, train: bool, tangent: bool = True,
                  weights: Optional[nn.Variable] = None):
@@ -100,9 +103,12 @@ class _Jvp:
 
     @classmethod
     def supported(cls, model: Model) -> bool:
-        return getattr(model, "name", "") in cls.MODELS
+        """Whether every layer of ``model`` has a forward-mode rule."""
+        layers = getattr(model, "layers", ())
+        return bool(layers) and all(callable(getattr(cls, layer.kind, None)) for layer in layers)
 
-    def _linear(self, op, h, dh, prefix: str):
+    def _linear(self, layer: Union[Conv, Affine], h, dh):
+        op, prefix = layer.op, layer.prefix
         W, b = self.P[f"{prefix}/W"], self.P[f"{prefix}/b"]
         out = op(h, W, b)
         t = op(h, self.V[f"{prefix}/W"], self.V[f"{prefix}/b"])
@@ -111,13 +117,14 @@ class _Jvp:
             return out, None
         return out, (t if dh is None else op(dh, W, None) + t)
 
-    def conv(self, h, dh, prefix):
-        return self._linear(lambda a, W, b: F.convolution(a, W, b, pad=(1, 1)), h, dh, prefix)
+    def conv(self, h, dh, layer: Conv):
+        return self._linear(layer, h, dh)
 
-    def affine(self, h, dh, prefix):
-        return self._linear(lambda a, W, b: F.affine(a, W, b, base_axis=1), h, dh, prefix)
+    def affine(self, h, dh, layer: Affine):
+        return self._linear(layer, h, dh)
 
-    def batch_norm(self, h, dh, prefix):
+    def bn(self, h, dh, layer: BatchNorm):
+        prefix = layer.prefix
         beta, gamma = self.P[f"{prefix}/beta"], self.P[f"{prefix}/gamma"]
         mean, var = self.stats[f"{prefix}/mean"], self.stats[f"{prefix}/var"]
         w = self.weights
@@ -135,6 +142,8 @@ class _Jvp:
         self.taps.append((out, t))
         if not self.tangent:
             return out, None
+        if dh is None:  # the input does not depend on the parameters
+            return out, t
         a = gamma * inv
         if not self.train:
             return out, channel_affine(dh, a) + t
@@ -145,35 +154,29 @@ class _Jvp:
         m = weighted_batch_mean(mul(xhat, dh), w)
         return out, channel_affine(dh, a, -a * mdh) + channel_affine(xhat, -a * m) + t
 
-    def relu(self, h, dh):
-        if not self.tangent:
+    def relu(self, h, dh, layer: Layer):
+        if not self.tangent or dh is None:
             return F.relu(h), None
         mask = F.greater_scalar(h, 0.0)
         mask.need_grad = False
         return F.relu(h), mul(dh, mask)
 
-    def max_pool(self, h, dh):
+    def max_pool(self, h, dh, layer: Layer):
         out = F.max_pooling(h, (2, 2))
-        if not self.tangent:
+        if not self.tangent or dh is None:
             return out, None
         return out, _pool_tangent(dh, h, out.shape)
 
+    def mask(self, h, dh, layer: Layer):
+        return h, dh
+
     def forward(self, x):
-        name = self.model.name
-        if name == "logreg":
-            return self.affine(x, None, "fc/affine")
-        if name == "mlp":
-            h, dh = self.relu(*self.affine(x, None, "fc1/affine"))
-            return self.affine(h, dh, "fc2/affine")
-        if name == "cnn6":
-            h, dh = x, None
-            for k in range(1, len(self.model.maps) + 1):
-                h, dh = self.conv(h, dh, f"conv{2 * k - 1}/conv")
-                h, dh = self.relu(*self.batch_norm(h, dh, f"conv{2 * k - 1}/bn"))
-                h, dh = self.relu(*self.conv(h, dh, f"conv{2 * k}/conv"))
-                h, dh = self.max_pool(h, dh)
-            return self.affine(h, dh, "fc/affine")
-        raise ValueError(f"no forward-mode tangent for model {name!r}")
+        if not self.supported(self.model):
+            raise ValueError(f"no forward-mode tangent for model {self.model.name!r}")
+        h, dh = x, None
+        for layer in self.model.layers:
+            h, dh = getattr(self, layer.kind)(h, dh, layer)
+        return h, dh
 
     def per_sample_dots(self, total_loss):
         """``(B,)`` products ``d total_loss / d eps_i`` from the recorded taps (one backward pass)."""
