@@ -23,7 +23,7 @@ import nnabla as nn
 import nnabla.functions as F
 import numpy as np
 
-from models.autodiff import Learner, _Graph, _persist
+from models.autodiff import Graph, Learner, persist
 from models.networks import Affine, Model, per_sample_loss, run_layers
 
 from .masks import P_KEEP, flip, instance_masks
@@ -65,19 +65,19 @@ class TDLearner(Learner):
     def _mask_vars(self, batch: int) -> Dict[str, nn.Variable]:
         return {k: nn.Variable((batch, c)) for k, c in self.shapes.items()}
 
-    def _set_masks(self, g: _Graph, masks: Mapping[str, np.ndarray]) -> None:
+    def _set_masks(self, g: Graph, masks: Mapping[str, np.ndarray]) -> None:
         for k, var in g.masks.items():
             var.d = masks[k]
 
     # ------------------------------------------------------------------ training
-    def _build_td_train(self, batch: int, train: bool) -> _Graph:
+    def _build_td_train(self, batch: int, train: bool) -> Graph:
         x, y = self._inputs(batch)
         scale = nn.Variable(())
         masks = self._mask_vars(batch)
         logits = self.model.logits(x, self.params, train=True, stats=self.params, masks=masks)
         losses = per_sample_loss(logits, y)
         loss = F.sum(losses) * scale
-        return _Graph(x=x, y=y, scale=scale, masks=masks, loss=_persist(loss), losses=_persist(losses))
+        return Graph(x=x, y=y, scale=scale, masks=masks, loss=persist(loss), losses=persist(losses))
 
     def td_sgd_step(self, x: np.ndarray, y: np.ndarray, indices: np.ndarray, lr: float,
                     batch_size: Optional[int] = None, masks: Optional[Mapping[str, np.ndarray]] = None) -> float:
@@ -110,17 +110,17 @@ class TDLearner(Learner):
             return self.model.logits(h, self.params, train=False, masks=masks)
         return run_layers(self._upper_layers, h, self.params, train=False, masks=masks)
 
-    def _build_lower(self, batch: int, train: bool) -> _Graph:
+    def _build_lower(self, batch: int, train: bool) -> Graph:
         x = nn.Variable((batch,) + self.model.input_shape)
-        return _Graph(x=x, h=_persist(self._lower(x)))
+        return Graph(x=x, h=persist(self._lower(x)))
 
-    def _build_head(self, batch: int, train: bool) -> _Graph:
+    def _build_head(self, batch: int, train: bool) -> Graph:
         h = nn.Variable((batch,) + self.feature_shape)
         y = nn.Variable((batch, self.model.num_classes))
         masks = self._mask_vars(batch)
         logits = self._upper(h, masks)
-        return _Graph(h=h, y=y, masks=masks, logits=_persist(logits),
-                      losses=_persist(per_sample_loss(logits, y)))
+        return Graph(h=h, y=y, masks=masks, logits=persist(logits),
+                      losses=persist(per_sample_loss(logits, y)))
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """The mask-independent lower part of the network on ``x`` (inference mode), float32."""
