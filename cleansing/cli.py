@@ -76,7 +76,8 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_defau
                    help="output folder (default: %(default)s)")
     p.add_argument("-ds", "--dataset", default="digits",
                    help="digits (embedded), mnist, cifar10, stl10, or a path to an NNC train CSV")
-    p.add_argument("-m", "--model", default="cnn6", choices=["cnn6", "logreg", "mlp"])
+    from models import MODELS  # here: nnabla is imported after the logging set-up above
+    p.add_argument("-m", "--model", default="cnn6", choices=list(MODELS))
     p.add_argument("-e", "--epochs", type=positive_int, default=20, help="training epochs (default 20)")
     p.add_argument("-bs", "--batch-size", type=positive_int, default=32, help="mini-batch size (default 32)")
     p.add_argument("-lr", "--learning-rate", type=positive_float, default=0.05, help="SGD learning rate (default 0.05)")
