@@ -22,7 +22,7 @@ of the estimators' parameter space.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import nnabla as nn
 import nnabla.functions as F
@@ -32,6 +32,10 @@ import numpy as np
 from common.fastmul import mul
 from models.networks import (
     BN_DECAY,
+    Affine,
+    BatchNorm,
+    Conv,
+    Layer,
     Model,
     Tangent,
     batch_standardize,
@@ -43,14 +47,15 @@ from models.networks import (
 Vector = Dict[str, np.ndarray]
 
 
-class _Graph:
-    """Input variables and outputs of one built graph."""
+class Graph:
+    """Input variables and outputs of one built graph (attributes named by the builder)."""
 
-    def __init__(self, **items):
+    def __init__(self, **items: object):
         self.__dict__.update(items)
 
 
-def _persist(v: nn.Variable) -> nn.Variable:
+def persist(v: nn.Variable) -> nn.Variable:
+    """``v``, marked persistent: its data survives the forward pass's buffer clearing."""
     v.persistent = True
     return v
 
@@ -82,13 +87,12 @@ class _Jvp:
     the per-sample product ``<V, g_i>`` of ``Learner.per_sample_grad_dot`` (the derivative w.r.t.
     a per-sample ``eps_i`` on ``eps_i * t``, without building ``eps``).
 
-    Supported: ``logreg``, ``mlp``, ``cnn6`` (conv, batch norm in training or inference mode, ReLU,
-    max pooling 2x2, affine). Batch norm in training mode differentiates its batch statistics and
-    records them in ``batch_stats`` as ``(prefix, mean, running_var)``: what the training step
-    feeds into the running statistics.
+    The pass walks the model's ``layers``: each layer kind's rule is the method of that name
+    (``conv``, ``bn`` in training or inference mode, ``relu``, ``max_pool``, ``mask``, ``affine``).
+    Batch norm in training mode differentiates its batch statistics and records them in
+    ``batch_stats`` as ``(prefix, mean, running_var)``: what the training step feeds into the
+    running statistics. Masks are not part of these graphs (``mask`` is the identity).
     """
-
-    MODELS = ("logreg", "mlp", "cnn6")
 
     def __init__(self, model: Model, params, V, stats, train: bool, tangent: bool = True,
                  weights: Optional[nn.Variable] = None):
@@ -100,9 +104,12 @@ class _Jvp:
 
     @classmethod
     def supported(cls, model: Model) -> bool:
-        return getattr(model, "name", "") in cls.MODELS
+        """Whether every layer of ``model`` has a forward-mode rule."""
+        layers = getattr(model, "layers", ())
+        return bool(layers) and all(callable(getattr(cls, layer.kind, None)) for layer in layers)
 
-    def _linear(self, op, h, dh, prefix: str):
+    def _linear(self, layer: Union[Conv, Affine], h, dh):
+        op, prefix = layer.op, layer.prefix
         W, b = self.P[f"{prefix}/W"], self.P[f"{prefix}/b"]
         out = op(h, W, b)
         t = op(h, self.V[f"{prefix}/W"], self.V[f"{prefix}/b"])
@@ -111,13 +118,14 @@ class _Jvp:
             return out, None
         return out, (t if dh is None else op(dh, W, None) + t)
 
-    def conv(self, h, dh, prefix):
-        return self._linear(lambda a, W, b: F.convolution(a, W, b, pad=(1, 1)), h, dh, prefix)
+    def conv(self, h, dh, layer: Conv):
+        return self._linear(layer, h, dh)
 
-    def affine(self, h, dh, prefix):
-        return self._linear(lambda a, W, b: F.affine(a, W, b, base_axis=1), h, dh, prefix)
+    def affine(self, h, dh, layer: Affine):
+        return self._linear(layer, h, dh)
 
-    def batch_norm(self, h, dh, prefix):
+    def bn(self, h, dh, layer: BatchNorm):
+        prefix = layer.prefix
         beta, gamma = self.P[f"{prefix}/beta"], self.P[f"{prefix}/gamma"]
         mean, var = self.stats[f"{prefix}/mean"], self.stats[f"{prefix}/var"]
         w = self.weights
@@ -135,6 +143,8 @@ class _Jvp:
         self.taps.append((out, t))
         if not self.tangent:
             return out, None
+        if dh is None:  # the input does not depend on the parameters
+            return out, t
         a = gamma * inv
         if not self.train:
             return out, channel_affine(dh, a) + t
@@ -145,35 +155,29 @@ class _Jvp:
         m = weighted_batch_mean(mul(xhat, dh), w)
         return out, channel_affine(dh, a, -a * mdh) + channel_affine(xhat, -a * m) + t
 
-    def relu(self, h, dh):
-        if not self.tangent:
+    def relu(self, h, dh, layer: Layer):
+        if not self.tangent or dh is None:
             return F.relu(h), None
         mask = F.greater_scalar(h, 0.0)
         mask.need_grad = False
         return F.relu(h), mul(dh, mask)
 
-    def max_pool(self, h, dh):
+    def max_pool(self, h, dh, layer: Layer):
         out = F.max_pooling(h, (2, 2))
-        if not self.tangent:
+        if not self.tangent or dh is None:
             return out, None
         return out, _pool_tangent(dh, h, out.shape)
 
+    def mask(self, h, dh, layer: Layer):
+        return h, dh
+
     def forward(self, x):
-        name = self.model.name
-        if name == "logreg":
-            return self.affine(x, None, "fc/affine")
-        if name == "mlp":
-            h, dh = self.relu(*self.affine(x, None, "fc1/affine"))
-            return self.affine(h, dh, "fc2/affine")
-        if name == "cnn6":
-            h, dh = x, None
-            for k in range(1, len(self.model.maps) + 1):
-                h, dh = self.conv(h, dh, f"conv{2 * k - 1}/conv")
-                h, dh = self.relu(*self.batch_norm(h, dh, f"conv{2 * k - 1}/bn"))
-                h, dh = self.relu(*self.conv(h, dh, f"conv{2 * k}/conv"))
-                h, dh = self.max_pool(h, dh)
-            return self.affine(h, dh, "fc/affine")
-        raise ValueError(f"no forward-mode tangent for model {name!r}")
+        if not self.supported(self.model):
+            raise ValueError(f"no forward-mode tangent for model {self.model.name!r}")
+        h, dh = x, None
+        for layer in self.model.layers:
+            h, dh = getattr(self, layer.kind)(h, dh, layer)
+        return h, dh
 
     def per_sample_dots(self, total_loss):
         """``(B,)`` products ``d total_loss / d eps_i`` from the recorded taps (one backward pass)."""
@@ -225,7 +229,7 @@ class Learner:
         # Influence graphs in training mode normalise by batch statistics and would update the
         # running statistics as a side effect: they get scratch copies instead.
         self._scratch_stats = {k: nn.Variable(params[k].shape) for k in self.stat_names}
-        self._graphs: Dict[Tuple, _Graph] = {}
+        self._graphs: Dict[Tuple, Graph] = {}
         self._solver = S.Sgd(lr=0.0)
         self._solver.set_parameters(self.trainable)
 
@@ -247,7 +251,7 @@ class Learner:
         return {k: v.d.astype(np.float64) for k, v in self.trainable.items()}
 
     # ------------------------------------------------------------------ graph building
-    def _graph(self, kind: str, batch: int, train: bool, build: Callable[[int, bool], _Graph]) -> _Graph:
+    def _graph(self, kind: str, batch: int, train: bool, build: Callable[[int, bool], Graph]) -> Graph:
         key = (kind, batch, train)
         g = self._graphs.get(key)
         if g is None:
@@ -265,33 +269,33 @@ class Learner:
     def _stats(self, train: bool, training_graph: bool = False):
         return self.params if (training_graph or not train) else {**self.params, **self._scratch_stats}
 
-    def _build_train(self, batch: int, train: bool) -> _Graph:
+    def _build_train(self, batch: int, train: bool) -> Graph:
         x, y = self._inputs(batch)
         scale = nn.Variable(())
         logits = self.model.logits(x, self.params, train=True, stats=self.params)
         losses = per_sample_loss(logits, y)
         loss = F.sum(losses) * scale
-        return _Graph(x=x, y=y, scale=scale, loss=_persist(loss), losses=_persist(losses))
+        return Graph(x=x, y=y, scale=scale, loss=persist(loss), losses=persist(losses))
 
-    def _build_eval(self, batch: int, train: bool) -> _Graph:
+    def _build_eval(self, batch: int, train: bool) -> Graph:
         x, y = self._inputs(batch)
         logits = self.model.logits(x, self.params, train=False)
         losses = per_sample_loss(logits, y)
-        return _Graph(x=x, y=y, logits=_persist(logits), losses=_persist(losses))
+        return Graph(x=x, y=y, logits=persist(logits), losses=persist(losses))
 
-    def _build_grad(self, batch: int, train: bool) -> _Graph:
+    def _build_grad(self, batch: int, train: bool) -> Graph:
         x, y = self._inputs(batch)
         logits = self.model.logits(x, self.params, train=train, stats=self._stats(train),
                                    row_weights=self._unit_weights(batch) if train else None)
         loss = F.sum(per_sample_loss(logits, y))
         grads = nn.grad([loss], list(self.trainable.values()))
-        grads = [_persist(g) if g is not None else None for g in grads]
-        return _Graph(x=x, y=y, grads=grads)
+        grads = [persist(g) if g is not None else None for g in grads]
+        return Graph(x=x, y=y, grads=grads)
 
     def _direction_vars(self) -> OrderedDict[str, nn.Variable]:
         return OrderedDict((k, nn.Variable(v.shape)) for k, v in self.trainable.items())
 
-    def _build_dot(self, batch: int, train: bool) -> _Graph:
+    def _build_dot(self, batch: int, train: bool) -> Graph:
         x, y = self._inputs(batch)
         eps = nn.Variable((batch,), need_grad=True)
         eps.data.zero()
@@ -299,10 +303,10 @@ class Learner:
         logits = self.model.logits(x, self.params, train=train, stats=self._stats(train),
                                    tangent=Tangent(eps, U))
         loss = F.sum(per_sample_loss(logits, y))
-        dots = _persist(nn.grad([loss], [eps])[0])
-        return _Graph(x=x, y=y, U=U, dots=dots)
+        dots = persist(nn.grad([loss], [eps])[0])
+        return Graph(x=x, y=y, U=U, dots=dots)
 
-    def _build_hvp(self, batch: int, train: bool) -> _Graph:
+    def _build_hvp(self, batch: int, train: bool) -> Graph:
         x, y = self._inputs(batch)
         V = self._direction_vars()
         params = list(self.trainable.values())
@@ -311,8 +315,8 @@ class Learner:
         loss = F.mean(per_sample_loss(logits, y))
         gv = _graph_dot(nn.grad([loss], params), V.values())
         hv = nn.grad([gv], params)
-        hv = [_persist(h) if h is not None else None for h in hv]
-        return _Graph(x=x, y=y, V=V, hv=hv)
+        hv = [persist(h) if h is not None else None for h in hv]
+        return Graph(x=x, y=y, V=V, hv=hv)
 
     @staticmethod
     def _unit_weights(batch: int) -> nn.Variable:
@@ -320,7 +324,7 @@ class Learner:
         (nnabla's fused kernel computes the variance as E[h^2] - E[h]^2, less accurately)."""
         return nn.Variable.from_numpy_array(np.ones(batch, np.float32))
 
-    def _build_hvp_forward(self, batch: int, train: bool) -> _Graph:
+    def _build_hvp_forward(self, batch: int, train: bool) -> Graph:
         """``H v`` as the gradient of the forward-mode directional derivative ``<v, grad L>``."""
         x, y = self._inputs(batch)
         V = self._direction_vars()
@@ -328,10 +332,10 @@ class Learner:
         logits, dlogits = _Jvp(self.model, self.params, V, self._stats(train), train, weights=w).forward(x)
         gv = F.sum(_loss_tangent(logits, dlogits, y)) * (1.0 / batch)
         hv = nn.grad([gv], list(self.trainable.values()))
-        hv = [_persist(h) if h is not None else None for h in hv]
-        return _Graph(x=x, y=y, V=V, hv=hv)
+        hv = [persist(h) if h is not None else None for h in hv]
+        return Graph(x=x, y=y, V=V, hv=hv)
 
-    def _build_fused(self, batch: int, train: bool) -> _Graph:
+    def _build_fused(self, batch: int, train: bool) -> Graph:
         """One forward-mode pass and one backward pass for both ``H u`` and the removal products.
 
         ``gv = (1/B) sum_k w_k <u, grad l_k>`` (row weights ``w = 1`` in the loss and, in training
@@ -353,14 +357,14 @@ class Learner:
         if stats_dot is not None:
             gv = gv - scale * stats_dot
         grads = nn.grad([gv], list(self.trainable.values()) + [w])
-        hv = [_persist(h) if h is not None else None for h in grads[:-1]]
-        return _Graph(x=x, y=y, V=V, hv=hv, dots=_persist(grads[-1] * float(batch)), U_stats=U_stats,
+        hv = [persist(h) if h is not None else None for h in grads[:-1]]
+        return Graph(x=x, y=y, V=V, hv=hv, dots=persist(grads[-1] * float(batch)), U_stats=U_stats,
                       stat_scale=scale)
 
     def _stat_direction_vars(self) -> OrderedDict[str, nn.Variable]:
         return OrderedDict((k, nn.Variable(self.params[k].shape)) for k in self.stat_names)
 
-    def _build_stats_products(self, batch: int, train: bool) -> _Graph:
+    def _build_stats_products(self, batch: int, train: bool) -> Graph:
         """``(d S / d w_i, d S / d theta)`` for ``S = _running_stats_dot`` (training mode, reference)."""
         x, _ = self._inputs(batch)
         w = nn.Variable.from_numpy_array(np.ones(batch, np.float32), need_grad=True)
@@ -369,18 +373,18 @@ class Learner:
         jvp.forward(x)
         U_stats = self._stat_direction_vars()
         grads = nn.grad([_running_stats_dot(jvp.batch_stats, U_stats)], list(self.trainable.values()) + [w])
-        return _Graph(x=x, U_stats=U_stats, dots=_persist(grads[-1]),
-                      grads=[_persist(g) if g is not None else None for g in grads[:-1]])
+        return Graph(x=x, U_stats=U_stats, dots=persist(grads[-1]),
+                      grads=[persist(g) if g is not None else None for g in grads[:-1]])
 
-    def _build_stats_grad(self, batch: int, train: bool) -> _Graph:
+    def _build_stats_grad(self, batch: int, train: bool) -> Graph:
         """Summed inference-mode loss's gradient w.r.t. copies (``stats``) of the running statistics."""
         x, y = self._inputs(batch)
         stats = OrderedDict((k, nn.Variable(self.params[k].shape, need_grad=True)) for k in self.stat_names)
         logits = self.model.logits(x, self.params, train=False, stats={**self.params, **stats})
         grads = nn.grad([F.sum(per_sample_loss(logits, y))], list(stats.values()))
-        return _Graph(x=x, y=y, stats=stats, grads=[_persist(g) for g in grads])
+        return Graph(x=x, y=y, stats=stats, grads=[persist(g) for g in grads])
 
-    def _build_removal_dot(self, batch: int, train: bool) -> _Graph:
+    def _build_removal_dot(self, batch: int, train: bool) -> Graph:
         """``removal_grad_dot`` by double backward: ``d/dw <U, grad_theta sum_k w_k l_k(theta; w)>``."""
         x, y = self._inputs(batch)
         U = self._direction_vars()
@@ -388,16 +392,16 @@ class Learner:
         params = list(self.trainable.values())
         logits = self.model.logits(x, self.params, train=train, stats=self._stats(train), row_weights=w)
         gu = _graph_dot(nn.grad([F.sum(w * per_sample_loss(logits, y))], params), U.values())
-        return _Graph(x=x, y=y, U=U, dots=_persist(nn.grad([gu], [w])[0]))
+        return Graph(x=x, y=y, U=U, dots=persist(nn.grad([gu], [w])[0]))
 
-    def _build_dot_taps(self, batch: int, train: bool) -> _Graph:
+    def _build_dot_taps(self, batch: int, train: bool) -> Graph:
         """Per-sample products from layer taps (``_Jvp.per_sample_dots``), no ``eps`` variable."""
         x, y = self._inputs(batch)
         V = self._direction_vars()
         jvp = _Jvp(self.model, self.params, V, self._stats(train), train, tangent=False)
         logits, _ = jvp.forward(x)
-        dots = _persist(jvp.per_sample_dots(F.sum(per_sample_loss(logits, y))))
-        return _Graph(x=x, y=y, U=V, dots=dots)
+        dots = persist(jvp.per_sample_dots(F.sum(per_sample_loss(logits, y))))
+        return Graph(x=x, y=y, U=V, dots=dots)
 
     def hvp_method(self, method: Optional[str] = None) -> str:
         """The Hessian-vector product method actually used for ``method`` (None/'auto': the fastest
@@ -459,7 +463,7 @@ class Learner:
             n += len(x)
         return total / n, correct / n
 
-    def _mean_grad(self, kind: str, train: bool, build: Callable[[int, bool], _Graph], names,
+    def _mean_grad(self, kind: str, train: bool, build: Callable[[int, bool], Graph], names,
                    batches: Iterable[Tuple[np.ndarray, np.ndarray]]) -> Vector:
         """``(1/n) sum`` over all rows of the graph's ``grads`` (summed-loss gradients, in the
         order of ``names``), float64; ``None`` gradients give zeros."""

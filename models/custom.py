@@ -58,9 +58,10 @@ class NetworkModel(Model):
 
     def logits(self, x: nn.Variable, params: Mapping[str, nn.Variable], train: bool, tangent=None,
                stats: Optional[Mapping[str, nn.Variable]] = None, masks=None,
-               row_weights: Optional[nn.Variable] = None) -> nn.Variable:
-        if tangent is not None or masks:
-            raise ValueError(f"network {self.name!r} has no forward-mode or mask description")
+               row_weights: Optional[nn.Variable] = None, taps=None) -> nn.Variable:
+        if tangent is not None or masks or taps is not None:
+            raise UserError(f"network {self.name!r} has no layer description (forward-mode products, masks, "
+                            f"EK-FAC's layer taps): describe it in models/networks.py for this estimator")
         scope: OrderedDict = OrderedDict()
         with nn.parameter_scope("", scope):
             for key, v in params.items():
