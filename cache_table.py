@@ -45,7 +45,7 @@ def build_table(param_bytes: dict, batch_size: int, epochs: int):
     """One DataFrame: dataset, n_train, T, method, stored, bytes, GB, paper GB, ours/paper."""
     import pandas as pd
 
-    from cleansing.report import PAPER_TABLE1, cache_table_rows
+    from sgd_influence.cache_table import PAPER_TABLE1, cache_table_rows
 
     frames = []
     for label, key, _ in SETTINGS:

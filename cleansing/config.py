@@ -85,7 +85,7 @@ class RunConfig:
     removal: RemovalConfig = field(default_factory=RemovalConfig)
     reports: ReportConfig = field(default_factory=ReportConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    methods: Sequence[str] = ("Hara", "Ours", "Random")
+    methods: Sequence[str] = ()
     n_trials: int = 1
     first_seed: int = 0
     options: Dict[str, Options] = field(default_factory=dict)

@@ -17,7 +17,8 @@ An estimator declares
 * ``after``: estimators whose scores it reuses (they run first);
 * ``explain(trial, options, max_errors)`` when it can explain test errors, and ``control`` for a
   baseline that is not an estimate (Random: compared against, never validated);
-* ``summary_logs``: its per-trial logs that the run's reports gather into one summary table.
+* ``summary_logs``: its per-trial logs that the run's reports gather into one summary table, and
+  ``run_tables(facts)``: tables of the whole run (e.g. SGD-influence's Table 1 of cache sizes).
 """
 from __future__ import annotations
 
@@ -69,6 +70,19 @@ class Trained:
     params: Dict[str, np.ndarray]
     config: dict
     log: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What an estimator's run-level tables may draw on: the setting, the size of one parameter
+    file (``param_file_bytes``) and the measured caches (``cache_sizes``: method, seed, files, bytes)."""
+
+    dataset: str
+    n_train: int
+    batch_size: int
+    epochs: int
+    param_file_bytes: int
+    cache_sizes: pd.DataFrame
 
 
 @dataclass(frozen=True)
@@ -165,6 +179,11 @@ class Estimator:
 
     def estimate(self, trial: Any, options: Optional[Options]) -> Estimate:
         raise NotImplementedError
+
+    def run_tables(self, facts: RunFacts) -> Dict[str, pd.DataFrame]:
+        """Tables of the whole run (name -> frame, written to ``summary/<name>.csv``; estimators
+        that return the same name return the same table)."""
+        return {}
 
     @property
     def explains_errors(self) -> bool:

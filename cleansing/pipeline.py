@@ -28,7 +28,7 @@ from datasets.noise import check_fraction
 
 from . import analyze as analysis, report
 from .config import RunConfig
-from .estimator import Artefact, Estimate, Estimator, Registry
+from .estimator import Artefact, Estimate, Estimator, Registry, RunFacts
 from .explain import EXPLAIN_COLUMNS, explanation_table, plot_explanations
 from .folder import OutputFolder, prepare_output
 from .influence_csv import influence_frame, read_influence_csv, scores_by_position, write_influence_csv
@@ -226,7 +226,8 @@ def trial_reports_task(plan: Plan, seed: int):
     cfg = plan.cfg
     trial = trial_context(cfg, seed)
     n_train = len(trial.data.train)
-    write_trial_reports(trial, _frames(cfg, seed, n_train), check_cleanse(cfg, n_train))
+    write_trial_reports(trial, _frames(cfg, seed, n_train), check_cleanse(cfg, n_train),
+                        [e.name for e in plan.estimators if e.control])
     timings = []
     for est in plan.estimators:
         if cfg.reports.explain_max > 0 and est.explains_errors:
@@ -367,17 +368,18 @@ def run_trial(plan: Plan, seed: int, log=print) -> int:
 
 
 # ---------------------------------------------------------------------------- reports
-def write_trial_reports(trial: Trial, frames: Dict[str, pd.DataFrame], cleanse: Sequence[int]) -> None:
-    """Per method (Random included, as a control): the harmful-sample gallery (``gallery`` images,
-    0: none) and the cleansed datasets without the ``cleanse`` most harmful samples (sizes checked by
-    ``check_cleanse``). Existing files are kept."""
+def write_trial_reports(trial: Trial, frames: Dict[str, pd.DataFrame], cleanse: Sequence[int],
+                        controls: Sequence[str] = ()) -> None:
+    """Per method (``controls`` included, titled as such): the harmful-sample gallery (``gallery``
+    images, 0: none) and the cleansed datasets without the ``cleanse`` most harmful samples (sizes
+    checked by ``check_cleanse``). Existing files are kept."""
     cfg, seed, paths = trial.cfg, trial.seed, trial.paths
     true_labels = trial.true_labels if cfg.data.label_noise > 0 else None
     roots = report.image_roots(cfg.data.dataset, cfg.data.val_csv, cfg.data.test_csv)
     for name, frame in frames.items():
         path = report.gallery_path(paths.root, name, seed)
         if cfg.reports.gallery > 0 and not (path.is_file() or path.with_suffix(".csv").is_file()):
-            what = "Random (control: a random order, not an influence)" if name == "Random" else name.replace("_", " ")
+            what = f"{name} (control: a random order, not an influence)" if name in controls else name.replace("_", " ")
             title = f"{what}: {cfg.data.dataset} / {cfg.train.model}, seed {seed}{_noise_text(cfg)}"
             report.harmful_gallery(trial.data, frame, path, n=cfg.reports.gallery, title=title,
                                    true_labels=true_labels)
@@ -407,13 +409,21 @@ def explain_trial(plan: Plan, trial: Trial, est: Estimator) -> Optional[float]:
 
 
 def write_run_reports(plan: Plan, paths: RunPaths, n_train: int, title: str) -> None:
-    """``summary/cache_table.csv`` (the paper's Table 1 for this run's setting, beside the measured
-    ``cache_size.csv``) and, with label noise, ``summary/detection.csv`` and ``fig/detection.png``."""
+    """The estimators' run tables (``Estimator.run_tables``, e.g. ``summary/cache_table.csv``) and,
+    with label noise, ``summary/detection.csv`` and ``fig/detection.png``."""
     cfg = plan.cfg
     seeds = cfg.seeds
-    measured = pd.read_csv(paths.summary / "cache_size.csv")
-    report.write_cache_table(paths.root, paths.params(seeds[0], "final"), cfg.data.dataset, n_train,
-                             cfg.train.batch_size, cfg.train.epochs, measured=measured)
+    final = paths.params(seeds[0], "final")
+    if not final.is_file():
+        raise UserError(f"parameter file {final} is missing; rerun the same command")
+    facts = RunFacts(cfg.data.dataset, n_train, cfg.train.batch_size, cfg.train.epochs, final.stat().st_size,
+                     pd.read_csv(paths.summary / "cache_size.csv"))
+    tables: Dict[str, pd.DataFrame] = {}
+    for est in plan.estimators:
+        for name, frame in est.run_tables(facts).items():
+            tables.setdefault(name, frame)
+    for name, frame in tables.items():
+        write_csv_atomic(paths.summary / f"{name}.csv", frame)
     if cfg.data.label_noise > 0:
         frames = report.collect_detection_frames(paths.root, list(cfg.methods), seeds)
         if frames:

@@ -4,14 +4,18 @@ Both run ``infl.sgd_influence`` from the gradient ``u`` of the mean validation l
 parameters (with batch norm's running-statistics term); Hara reads the parameters stored before
 every step of the last epoch, Ours uses the final parameters at every step (the storage-efficient
 approximation of Suzuki et al.). Both explain test errors by restarting the recursion from a
-test image's loss gradient (``explain``).
+test image's loss gradient (``explain``) and give the run the paper's Table 1 (``cache_table``).
 """
 from __future__ import annotations
 
+from typing import Dict
+
 import numpy as np
+import pandas as pd
 
-from cleansing.estimator import Estimate, Estimator, Explanation
+from cleansing.estimator import Estimate, Estimator, Explanation, RunFacts
 
+from .cache_table import cache_table
 from .explain import explain_errors
 from .infl import sgd_influence
 
@@ -32,6 +36,11 @@ class Hara(Estimator):
 
     def explain(self, trial, options, max_errors: int) -> Explanation:
         return explain_errors(trial, self.scores, max_errors)
+
+    def run_tables(self, facts: RunFacts) -> Dict[str, pd.DataFrame]:
+        """``cache_table``: the paper's Table 1 for this run's setting, beside the measured caches."""
+        return {"cache_table": cache_table(facts.param_file_bytes, facts.dataset, facts.n_train, facts.batch_size,
+                                           facts.epochs, facts.cache_sizes)}
 
 
 class Ours(Hara):

@@ -103,7 +103,7 @@ def test_ours_equals_hara_when_every_step_uses_the_final_parameters(logreg_trial
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
-    cfg = make_config(REGISTRY, dataset="digits", out=str(out), n_trials=2, jobs=1,
+    cfg = make_config(REGISTRY, dataset="digits", out=str(out), n_trials=2, jobs=1, methods=("Hara", "Ours", "Random"),
                     train=TrainConfig(model="logreg", epochs=2, batch_size=32, lr=0.05),
                     remove=(0, 1, 10, 100, 2000), show_progress=False)
     summary = run(cfg, REGISTRY)
