@@ -243,7 +243,7 @@ class Registry:
         for m in methods:
             missing = [a for a in self[m].after if a not in methods[:list(methods).index(m)]]
             if missing:
-                raise UserError(f"{m} reuses the scores of {' '.join(missing)}: list {' '.join(missing)} "
+                raise UserError(f"{m} reuses the {' and '.join(missing)} scores: list {' '.join(missing)} "
                                 f"before it in --methods")
 
     def default_options(self) -> Dict[str, Options]:

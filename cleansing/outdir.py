@@ -39,7 +39,7 @@ SCOPES: Dict[str, Callable[[PurePosixPath], bool]] = {
     "train": lambda rel: True,
     "influence": lambda rel: rel.parts[0] not in ("weights", "images"),
     "eval": lambda rel: rel.parts[0] not in ("weights", "images", "influence")
-    and not rel.name.startswith(("timings_seed_", "turnover_timings_seed_")),
+    and not rel.name.startswith("timings_seed_"),
 }
 SCOPE_TEXT = {"train": "everything", "influence": "the influence scores and everything after them",
               "eval": "the retrainings and reports"}

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, cwd=ROOT, script="eval_sgd_influence.py"):
-    return subprocess.run([sys.executable, str(ROOT / script), *args, "--no-progress", "-j", "1"],
+    """The driver as a user runs it, quiet and with one worker unless ``args`` say otherwise (a later flag wins)."""
+    return subprocess.run([sys.executable, str(ROOT / script), "--no-progress", "-j", "1", *args],
                           cwd=cwd, capture_output=True, text=True, timeout=300)
 
 

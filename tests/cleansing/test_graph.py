@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 def run_jobs(out: Path, *extra: str, script: str = "eval_sgd_influence.py") -> subprocess.CompletedProcess:
-    """The driver with its own -j (run_cli adds -j 1; a later -j wins)."""
+    """The driver with ``extra`` flags (e.g. its own -j: run_cli's -j 1 comes first, a later -j wins)."""
     return run_cli("-o", str(out), *ARGS, *extra, script=script)
 
 
@@ -123,11 +123,19 @@ def test_worker_killed_mid_task_run_finishes_with_the_same_bytes(reference, tmp_
 
 
 def test_bad_input_inside_a_task_is_one_line(tmp_path):
+    # a learning rate that makes the training loss overflow: the training task (on a Dask worker)
+    # raises the one-line error, which the run reports as it is
     res = run_cli("-o", str(tmp_path / "o"), "-m", "logreg", "-e", "1", "--n-train", "100", "-r", "0", "10",
+                  "-lr", "1e38", "--methods", "Random", "-j", "2")
+    assert res.returncode == 2
+    assert_one_line_error(res, "the training loss became", "lower the learning rate")
+    # an order the registry knows to be impossible is refused before any task
+    res = run_cli("-o", str(tmp_path / "p"), "-m", "logreg", "-e", "1", "--n-train", "100", "-r", "0",
                   "--methods", "Influence_functions_original_sign", "Random", "-j", "2",
                   script="eval_influence_functions.py")
     assert res.returncode == 2
     assert_one_line_error(res, "Influence_functions_original_sign reuses the Influence_functions scores")
+    assert not (tmp_path / "p").exists()
 
 
 def test_unreachable_scheduler_is_one_line(tmp_path):
