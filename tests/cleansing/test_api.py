@@ -1,4 +1,6 @@
 """The Python API on a network the project has never seen, checked against the built-in path."""
+import textwrap
+
 import nnabla as nn
 import nnabla.functions as F
 import nnabla.initializer as I
@@ -11,6 +13,7 @@ import eval_sgd_influence
 from cleansing.api import Cleanser
 from datasets import load_dataset
 from estimators import REGISTRY
+from tests.helpers import ROOT
 
 
 def digits_arrays(n_train=150, n_val=50, n_test=60):
@@ -32,16 +35,20 @@ def user_logreg(x, train):
         return PF.affine(x, 10, w_init=I.NormalInitializer(0.01), b_init=I.ConstantInitializer(0.0))
 
 
-def test_readme_example_runs_on_a_new_network(tmp_path):
+def readme_example() -> str:
+    """The README's API example: the indented block that starts with its nnabla import."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index("    import nnabla as nn, nnabla.functions as F, nnabla.parametric_functions as PF")
+    end = next(i for i in range(start, len(lines)) if lines[i] and not lines[i].startswith("    "))
+    return textwrap.dedent("\n".join(lines[start:end]))
+
+
+def test_readme_example_runs_on_a_new_network(tmp_path, monkeypatch):
     train, val, test = digits_arrays()
-    # --- the README's example, as written there ---
-    c = Cleanser(REGISTRY, two_layer_tanh, train=train, val=val, test=test, out=tmp_path / "run", epochs=2)
-    log = c.train()
-    ours = c.influence("Ours")
-    hara = c.influence("Hara")
-    infl = c.influence("Influence_functions", cg_iters=20)
-    scores = c.retrain_without("Ours", 15)
-    # ---
+    monkeypatch.chdir(tmp_path)
+    env = {"train": train, "val": val, "test": test}
+    exec(compile(readme_example(), "README.md", "exec"), env)
+    log, ours, hara, infl, scores = (env[k] for k in ("log", "ours", "hara", "infl", "scores"))
     assert list(log.columns[:1]) == ["epoch"] and len(log) == 2
     for frame in (ours, hara, infl):
         assert list(frame.columns) == ["x:image", "y:label", "influence", "datasource_index"]
@@ -51,10 +58,11 @@ def test_readme_example_runs_on_a_new_network(tmp_path):
     assert {"val_accuracy", "test_accuracy", "test_loss"} <= set(scores.columns)
     assert scores.test_accuracy.between(0, 1).all()
     # the second call reuses the first's training and scores (same folder, same settings)
-    stamp = (tmp_path / "run/influence/Ours/influence_ours_0.csv").stat().st_mtime_ns
-    again = Cleanser(REGISTRY, two_layer_tanh, train=train, val=val, test=test, out=tmp_path / "run", epochs=2)
+    csv = tmp_path / "cleansing_run/influence/Ours/influence_ours_0.csv"
+    stamp = csv.stat().st_mtime_ns
+    again = Cleanser(REGISTRY, env["two_layer_tanh"], train=train, val=val, test=test, out="cleansing_run", epochs=2)
     pd.testing.assert_frame_equal(again.influence("Ours"), ours)
-    assert (tmp_path / "run/influence/Ours/influence_ours_0.csv").stat().st_mtime_ns == stamp
+    assert csv.stat().st_mtime_ns == stamp
 
 
 def test_scores_of_a_user_network_equal_the_built_in_path(tmp_path):
