@@ -92,14 +92,16 @@ class Artefact:
     that names it).
 
     ``config(trial) -> dict``: identifies it (compared with the stored one); ``train(trial) -> Trained``;
-    ``report(trial, trained) -> (tables, figures)``: checks drawn once it exists (written to
-    ``summary/`` and ``fig/`` as ``Estimate``'s).
+    ``report(trial, trained) -> (tables, figures)``: checks drawn once it exists, named in advance by
+    ``report_names`` (written to ``summary/`` and ``fig/`` as ``Estimate``'s; not redrawn while
+    they exist).
     """
 
     name: str
     config: Callable[[Any], dict]
     train: Callable[[Any], Trained]
     report: Optional[Callable[[Any, Trained], Tuple[Dict[str, pd.DataFrame], Dict[str, Any]]]] = None
+    report_names: Tuple[Tuple[str, ...], Tuple[str, ...]] = ((), ())  # (table stems, figure stems)
 
 
 # ---------------------------------------------------------------------------- options

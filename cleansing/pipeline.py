@@ -183,11 +183,10 @@ def artefact_task(plan: Plan, seed: int, name: str):
         trained = art.train(trial)
         save_artefact(paths, seed, name, trained)
         timings.append((seed, f"artefact_{name}", "", time.time() - t0))
-    if art.report is not None:
-        tables, figures = art.report(trial, trained)
-        missing = [paths.table(s, seed) for s in tables] + [paths.figure(s, seed) for s in figures]
-        if not all(p.is_file() for p in missing):
-            _write_objects(paths, seed, tables, figures)
+    tables, figures = art.report_names
+    wanted = [paths.table(s, seed) for s in tables] + [paths.figure(s, seed) for s in figures]
+    if art.report is not None and not all(p.is_file() for p in wanted):
+        _write_objects(paths, seed, *art.report(trial, trained))
     return None, timings
 
 

@@ -98,7 +98,10 @@ def _artefact(options: TDOptions, run, network: int) -> Artefact:
         return ({"turnover_loss_curve": trained.log, "turnover_check": check},
                 {"turnover_loss_curve": loss_curve_figure(trained.log, _title(trial, layers))})
 
-    return Artefact(network_name(network), config, train, report if network == 0 else None)
+    if network > 0:
+        return Artefact(network_name(network), config, train)
+    return Artefact(network_name(network), config, train, report,
+                    report_names=(("turnover_loss_curve", "turnover_check"), ("turnover_loss_curve",)))
 
 
 def _network(trial, layers, network: int, trained: Trained) -> TDLearner:
