@@ -111,15 +111,15 @@ def validation_summary(paths: RunPaths) -> Optional[pd.DataFrame]:
     """validation.csv / validation_pairs.csv and one scatter plot per method, from the trials'
     ``logs/validation_pairs_seed_<k>.csv``; None when no trial was validated."""
     from .validate import agreement
-    files = sorted((paths.root / "logs").glob("validation_pairs_seed_*.csv"))
+    files = sorted(paths.logs.glob("validation_pairs_seed_*.csv"))
     if not files:
         return None
     pairs = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
     rows = [{"method": m, "seed": int(s), "n": len(df), **agreement(df.estimate, df.actual)}
             for (m, s), df in pairs.groupby(["method", "seed"])]
     table = pd.DataFrame(rows, columns=["method", "seed", "n", "pearson", "spearman", "kendall", "jaccard20"])
-    write_csv_atomic(paths.summary / "validation_pairs.csv", pairs)
-    write_csv_atomic(paths.summary / "validation.csv", table)
+    write_csv_atomic(paths.run_table("validation_pairs"), pairs)
+    write_csv_atomic(paths.run_table("validation"), table)
     for m, df in pairs.groupby("method"):
         fig, ax = plt.subplots(figsize=(4.8, 4.6))
         ax.scatter(df.actual, df.estimate, s=14, alpha=0.7)
@@ -138,7 +138,7 @@ def validation_summary(paths: RunPaths) -> Optional[pd.DataFrame]:
         ax.xaxis.set_major_locator(plt.MaxNLocator(5))
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        save_figure(fig, paths.fig / f"validation_{m}.png", dpi=110)
+        save_figure(fig, paths.run_figure(f"validation_{m}"), dpi=110)
     return table
 
 
@@ -147,10 +147,10 @@ def analyze(paths: RunPaths, seeds: List[int], methods: List[str], title: str = 
     """Write summary.csv, cache_size.csv, timings.csv and fig/result.png; return the summary.
     ``caches``: method -> the parameter cache it reads (see ``cache_sizes``)."""
     summary = summarize(collect_scores(paths))
-    write_csv_atomic(paths.summary / "summary.csv", summary)
-    write_csv_atomic(paths.summary / "cache_size.csv", cache_sizes(paths, seeds, methods, caches))
+    write_csv_atomic(paths.run_table("summary"), summary)
+    write_csv_atomic(paths.run_table("cache_size"), cache_sizes(paths, seeds, methods, caches))
     if timings is not None:
-        write_csv_atomic(paths.summary / "timings.csv", timings)
-    plot_result(summary, paths.fig / "result.png", title)
+        write_csv_atomic(paths.run_table("timings"), timings)
+    plot_result(summary, paths.run_figure("result"), title)
     validation_summary(paths)
     return summary

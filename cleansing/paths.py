@@ -59,6 +59,35 @@ class RunPaths:
     def timings(self, seed: int) -> Path:
         return self.log("timings", seed)
 
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def run_table(self, name: str) -> Path:
+        """A table of the whole run: summary, cache_size, timings, validation, detection, ..."""
+        return self.summary / f"{name}.csv"
+
+    def run_figure(self, name: str) -> Path:
+        """A figure of the whole run: result, detection, validation_<Method>."""
+        return self.fig / f"{name}.png"
+
+    def gallery(self, method: str, seed: int) -> Path:
+        """The most harmful training images of ``method`` (a CSV beside it above 100 images)."""
+        return self.fig / f"harmful_{method.lower()}_seed{seed}.png"
+
+    @property
+    def cleansed(self) -> Path:
+        """Cleansed NNC CSVs (``--cleanse``)."""
+        return self.root / "cleansed"
+
+    def cleansed_csv(self, method: str, seed: int, n: int) -> Path:
+        return self.cleansed / f"{method.lower()}_seed{seed}_remove{n}.csv"
+
+    @property
+    def images(self) -> Path:
+        """Built-in datasets' images as PNG, for the cleansed CSVs."""
+        return self.root / "images"
+
     def explain_csv(self, method: str, seed: int) -> Path:
         return self.table(f"explain_errors_{method}", seed)
 

@@ -78,10 +78,10 @@ class Plan:
 # ---------------------------------------------------------------------------- bookkeeping
 def write_timings(paths: RunPaths) -> None:
     """``summary/timings.csv``: every trial's ``logs/timings_seed_<k>.csv`` (complete files only)."""
-    logs = [f for f in sorted((paths.root / "logs").glob("timings_seed_*.csv"))
+    logs = [f for f in sorted(paths.logs.glob("timings_seed_*.csv"))
             if re.fullmatch(r"timings_seed_\d+\.csv", f.name)]
     if logs:
-        write_csv_atomic(paths.summary / "timings.csv", pd.concat([pd.read_csv(f) for f in logs], ignore_index=True))
+        write_csv_atomic(paths.run_table("timings"), pd.concat([pd.read_csv(f) for f in logs], ignore_index=True))
 
 
 class Timings:
@@ -353,7 +353,7 @@ def merge_logs(plan: Plan, paths: RunPaths, seeds: Sequence[int]) -> None:
             tables.setdefault(table, []).extend(pd.read_csv(f) for s in seeds if (f := paths.log(stem, s)).is_file())
     for table, frames in tables.items():
         if frames:
-            write_csv_atomic(paths.summary / f"{table}.csv", pd.concat(frames, ignore_index=True))
+            write_csv_atomic(paths.run_table(table), pd.concat(frames, ignore_index=True))
 
 
 def run_trial(plan: Plan, seed: int, log=print) -> int:
@@ -416,13 +416,13 @@ def write_run_reports(plan: Plan, paths: RunPaths, n_train: int, title: str) -> 
     if not final.is_file():
         raise UserError(f"parameter file {final} is missing; rerun the same command")
     facts = RunFacts(cfg.data.dataset, n_train, cfg.train.batch_size, cfg.train.epochs, final.stat().st_size,
-                     pd.read_csv(paths.summary / "cache_size.csv"))
+                     pd.read_csv(paths.run_table("cache_size")))
     tables: Dict[str, pd.DataFrame] = {}
     for est in plan.estimators:
         for name, frame in est.run_tables(facts).items():
             tables.setdefault(name, frame)
     for name, frame in tables.items():
-        write_csv_atomic(paths.summary / f"{name}.csv", frame)
+        write_csv_atomic(paths.run_table(name), frame)
     if cfg.data.label_noise > 0:
         frames = report.collect_detection_frames(paths.root, list(cfg.methods), seeds)
         if frames:

@@ -37,6 +37,8 @@ from common.errors import UserError  # noqa: E402
 from common.figures import save_figure, show_image  # noqa: E402
 from common.fileio import partial_path, write_csv_atomic  # noqa: E402
 
+from .paths import RunPaths  # noqa: E402
+
 PathLike = Union[str, Path]
 GALLERY_MAX = 100          # more images than this: a CSV instead of a picture
 NNC_HEADER = ["x:image", "y:label"]
@@ -57,7 +59,7 @@ def _root(out) -> Path:
 # ============================================================================ gallery
 def gallery_path(out, method: str, seed: int) -> Path:
     """``<out>/fig/harmful_<method lower>_seed<k>.png``."""
-    return _root(out) / "fig" / f"harmful_{method.lower()}_seed{seed}.png"
+    return RunPaths(_root(out)).gallery(method, seed)
 
 
 def _is_image_data(images) -> bool:
@@ -168,7 +170,7 @@ def image_roots(dataset: str, val_csv: Optional[str] = None,
 
 def cleansed_csv_path(out, method: str, seed: int, n: int) -> Path:
     """``<out>/cleansed/<method lower>_seed<k>_remove<n>.csv``."""
-    return _root(out) / "cleansed" / f"{method.lower()}_seed{seed}_remove{n}.csv"
+    return RunPaths(_root(out)).cleansed_csv(method, seed, n)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -230,7 +232,7 @@ def _relative_to(target: Path, folder: Path) -> str:
 def _split_paths(split, role: str, folder: Path, out_root: Path, roots: Optional[Mapping[str, Path]]) -> list:
     """The ``x:image`` values of ``split`` for a CSV in ``folder``."""
     if roots is None:
-        files = export_images(split, out_root / "images")
+        files = export_images(split, RunPaths(out_root).images)
     else:
         base = Path(roots[role])
         files = [Path(i).expanduser() if Path(i).expanduser().is_absolute() else base / i for i in split.ids]
@@ -269,7 +271,7 @@ def write_cleansed_csv(data, frame: pd.DataFrame, n: int, out_dir: PathLike,
     keep = np.ones(n_train, bool)
     keep[order[:n]] = False
     root = _root(out_dir)
-    folder = root / "cleansed"
+    folder = RunPaths(root).cleansed
     folder.mkdir(parents=True, exist_ok=True)
     roots = None
     if image_root is not None:
@@ -277,7 +279,7 @@ def write_cleansed_csv(data, frame: pd.DataFrame, n: int, out_dir: PathLike,
             {k: Path(image_root) for k in ("train", "val", "test")}
 
     files = CleansedFiles(cleansed_csv_path(root, method, seed, n), folder / f"validation_seed{seed}.csv",
-                          folder / "test.csv")
+                          folder / "test.csv")  # the trial's validation split and the test split beside it
     if skip_existing and all(f.is_file() for f in (files.train, files.val, files.test)):
         return files
     train_paths = _split_paths(train, "train", folder, root, roots)
@@ -365,7 +367,6 @@ def collect_detection_frames(out, methods: Sequence[str], seeds: Sequence[int]) 
     Methods or seeds whose CSV is missing or has no ``noisy`` column (run without label noise)
     are left out; an empty dict means there is nothing to draw.
     """
-    from cleansing.paths import RunPaths
 
     paths = RunPaths(_root(out))
     frames: Dict[str, Dict[int, pd.DataFrame]] = {}
@@ -383,9 +384,9 @@ def collect_detection_frames(out, methods: Sequence[str], seeds: Sequence[int]) 
 def write_detection(out, frames_by_method: Mapping[str, object], title: str = "") -> pd.DataFrame:
     """``summary/detection.csv`` and ``fig/detection.png`` from method -> {seed: frame}; returns the curves."""
     curves = detection_curves(frames_by_method)
-    root = _root(out)
-    write_csv_atomic(root / "summary" / "detection.csv", curves)
+    paths = RunPaths(_root(out))
+    write_csv_atomic(paths.run_table("detection"), curves)
     noise = [float(f["noisy"].mean()) for v in frames_by_method.values()
              for f in (v.values() if isinstance(v, Mapping) else [v])]
-    plot_detection(curves, root / "fig" / "detection.png", title, float(np.mean(noise)) if noise else None)
+    plot_detection(curves, paths.run_figure("detection"), title, float(np.mean(noise)) if noise else None)
     return curves
