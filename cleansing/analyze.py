@@ -62,7 +62,8 @@ def draw_result(ax, summary: pd.DataFrame, title: str = "") -> None:
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # a run without retrainings has no line to name
+        ax.legend()
 
 
 def plot_result(summary: pd.DataFrame, path: Path, title: str = "") -> None:
