@@ -247,6 +247,3 @@ class Registry:
             if missing:
                 raise UserError(f"{m} reuses the {' and '.join(missing)} scores: list {' '.join(missing)} "
                                 f"before it in --methods")
-
-    def default_options(self) -> Dict[str, Options]:
-        return {t.__name__: t() for t in self.option_types()}

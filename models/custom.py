@@ -12,7 +12,7 @@ statistics) and turn-over dropout's mask points need the model described in ``mo
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional
 
 import nnabla as nn
 import nnabla.random
@@ -77,7 +77,3 @@ def register_network(name: str, build: Build, replace: bool = False) -> type:
     cls = type(f"Network_{name}", (NetworkModel,), {"name": name, "build": staticmethod(build)})
     MODELS[name] = cls
     return cls
-
-
-def network_names() -> Sequence[str]:
-    return [n for n, c in MODELS.items() if issubclass(c, NetworkModel)]
