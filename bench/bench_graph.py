@@ -4,7 +4,9 @@
     python bench/bench_graph.py [--baseline DIR_OF_AN_EARLIER_CHECKOUT] [--epochs 4]
 
 One trial of cnn6 on digits, Hara, Ours and Random, -r 0 10 40 100 (issue 19's setting), each
-configuration from an empty output folder. Results go to bench/results_graph.json.
+configuration from an empty output folder. Then projections (marked so) of the paper-size runs
+(-ds mnist -nt 10 and Fig. 5's batch sizes) for 1, 2, 10 and 100 workers, from the measured task
+costs and the run's task graph. Results go to bench/results_graph.json.
 """
 from __future__ import annotations
 
@@ -38,23 +40,109 @@ def csvs(out: Path) -> dict:
     return {str(f.relative_to(out)): f.read_bytes() for f in files if f.name != "timings.csv"}
 
 
-#: paper-size runs projected (Suzuki et al.'s MNIST setting, the default -r list below 50,000)
-PAPER = {"n_train": 50000, "epochs": 20, "trials": 10, "removals": 11, "methods": ("Hara", "Ours", "Random")}
+#: paper-size runs projected (Suzuki et al.'s MNIST setting: 50,000 samples, 20 epochs, lr 0.05,
+#: 10 trials, the default -r list below 50,000, Hara, Ours and Random); Fig. 5 varies the batch
+PAPER = {"n_train": 50000, "epochs": 20, "trials": 10, "methods": ("Hara", "Ours", "Random")}
+RUNS = {"-ds mnist -nt 10 (batch 32)": 32, "Fig. 5, batch 64": 64, "Fig. 5, batch 128": 128,
+        "Fig. 5, batch 256": 256}
+WORKERS = (1, 2, 10, 100)
+#: the GPU step costs bench/bench_influence.py assumes (no GPU measured): a cnn6 training step and
+#: an influence step (Hara's or Ours') of the last epoch, host work included
+GPU_STEP, GPU_INFL_STEP = 0.004, 0.013
 
 
-def projection(timings: pd.DataFrame, n_train: int, epochs: int, workers=(1, 2, 16, 64)) -> pd.DataFrame:
-    """Hours of ``eval_sgd_influence.py -ds mnist -nt 10`` on N workers, from one measured trial: each
-    task's seconds scaled by the samples it touches (training by samples x epochs, an estimator and a
-    last-epoch retraining by samples), the run's time max(total work / N, one trial's critical path:
-    training, the slowest estimator, the slowest retraining)."""
-    grow = PAPER["n_train"] / n_train
-    train = float(timings[timings.stage == "train"].seconds.sum()) * grow * PAPER["epochs"] / epochs
-    infl = timings[timings.stage == "infl"].groupby("method").seconds.sum() * grow
-    retrain = timings[timings.stage.str.startswith("eval")].seconds.mean() * grow
-    per_trial = train + float(infl.sum()) + retrain * (1 + PAPER["removals"] * len(PAPER["methods"]))
-    total = per_trial * PAPER["trials"]
-    critical = train + float(infl.max()) + retrain
-    rows = [{"workers": n, "hours": max(total / n, critical) / 3600} for n in workers]
+def paper_graph(batch: int):
+    """The task graph of the paper-size run at ``batch`` (``cleansing.graph.build_graph``)."""
+    sys.path.insert(0, str(ROOT))
+    from cleansing.config import make_config
+    from cleansing.graph import build_graph
+    from cleansing.pipeline import Plan
+    from estimators import REGISTRY
+    cfg = make_config(REGISTRY, dataset="mnist", out="/nonexistent", methods=PAPER["methods"],
+                      epochs=PAPER["epochs"], batch_size=batch, n_trials=PAPER["trials"])
+    return build_graph(Plan.of(cfg, REGISTRY), cfg.seeds, n_train=PAPER["n_train"])
+
+
+def task_costs(timings: pd.DataFrame, n_train: int, epochs: int, batch: int, device: str) -> dict:
+    """Seconds of each kind of task of the paper-size run. CPU: the measured trial's task costs
+    scaled by the samples each touches (training: samples x epochs; an estimator and a last-epoch
+    retraining: samples), per-sample costs taken as independent of the batch. GPU: the assumed step
+    costs times the steps (training E*T, an estimator or a retraining T, with T = ceil(n / batch))."""
+    n, E = PAPER["n_train"], PAPER["epochs"]
+    if device == "gpu":
+        T = -(-n // batch)
+        est = {m: (0.0 if m == "Random" else T * GPU_INFL_STEP) for m in PAPER["methods"]}
+        return {"head": (E - 1) * T * GPU_STEP, "last": T * GPU_STEP, "estimate": est, "retrain": T * GPU_STEP}
+    grow = n / n_train
+    per_epoch = float(timings[timings.stage == "train"].seconds.sum()) / epochs * grow
+    est = timings[timings.stage == "infl"].groupby("method").seconds.sum() * grow
+    retrain = float(timings[timings.stage.str.startswith("eval")].seconds.mean()) * grow
+    return {"head": (E - 1) * per_epoch, "last": per_epoch, "estimate": {m: float(est.get(m, 0.0)) for m in
+                                                                         PAPER["methods"]}, "retrain": retrain}
+
+
+def duration(task, costs: dict) -> float:
+    """Seconds of one task of the graph under ``costs`` (reports and the n = 0 copies: 0)."""
+    if task.key.startswith("train-head-"):
+        return costs["head"]
+    if task.key.startswith("train-"):
+        return costs["last"]
+    if task.key.startswith("estimate-"):
+        return costs["estimate"][task.key.split("-", 2)[2]]
+    if task.key.startswith("baseline-") or (task.key.startswith("retrain-") and not task.key.endswith("-0")):
+        return costs["retrain"]
+    return 0.0
+
+
+def simulate(tasks, seconds: dict, workers: int) -> float:
+    """Makespan of the graph on ``workers`` single-task workers: whenever a worker is free it takes
+    the ready task of highest priority, then the first in graph order (Dask's rule for this graph)."""
+    import heapq
+    waiting = {t.key: len(t.deps) for t in tasks}
+    children = {t.key: [] for t in tasks}
+    for t in tasks:
+        for d in t.deps:
+            children[d].append(t.key)
+    order = {t.key: (-t.priority, i) for i, t in enumerate(tasks)}
+    ready = [order[t.key] + (t.key,) for t in tasks if not t.deps]
+    heapq.heapify(ready)
+    running: list = []  # (end time, key)
+    now, free = 0.0, workers
+    while ready or running:
+        while free and ready:
+            key = heapq.heappop(ready)[-1]
+            heapq.heappush(running, (now + seconds[key], key))
+            free -= 1
+        now, key = heapq.heappop(running)
+        free += 1
+        for c in children[key]:
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                heapq.heappush(ready, order[c] + (c,))
+    return now
+
+
+def critical_path(tasks, seconds: dict) -> float:
+    """The longest chain of dependent tasks (what no number of workers shortens)."""
+    finish: dict = {}
+    for t in tasks:  # graph order respects the dependencies
+        finish[t.key] = seconds[t.key] + max((finish[d] for d in t.deps), default=0.0)
+    return max(finish.values())
+
+
+def projection(timings: pd.DataFrame, n_train: int, epochs: int) -> pd.DataFrame:
+    """Hours of each paper-size run (``RUNS``) on ``WORKERS`` workers, CPU and GPU: total work, the
+    critical path, and the wall time of the task graph scheduled on N workers (``simulate``)."""
+    rows = []
+    for run, batch in RUNS.items():
+        tasks = paper_graph(batch)
+        for device in ("cpu", "gpu"):
+            costs = task_costs(timings, n_train, epochs, batch, device)
+            seconds = {t.key: duration(t, costs) for t in tasks}
+            row = {"run": run, "device": device, "tasks": len(tasks), "work_h": sum(seconds.values()) / 3600,
+                   "critical_path_h": critical_path(tasks, seconds) / 3600}
+            row.update({f"{w}_workers_h": simulate(tasks, seconds, w) / 3600 for w in WORKERS})
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -81,11 +169,15 @@ def main() -> int:
                                           text=True).stdout.strip(), "machine": platform.processor() or "cpu"})
     n_train = len(pd.read_csv(work / "one" / "influence" / "Hara" / "influence_hara_0.csv"))
     proj = projection(pd.read_csv(work / "one" / "summary" / "timings.csv"), n_train, a.epochs)
-    rows["projection_mnist_nt10_hours"] = {int(r.workers): round(float(r.hours), 1) for r in proj.itertuples()}
+    rows["projection_hours"] = proj.round(2).to_dict("records")
     for k, v in rows.items():
-        print(f"{k:>28}: {v:.3f}" if isinstance(v, float) else f"{k:>28}: {v}")
-    print("projected hours of eval_sgd_influence.py -ds mnist -nt 10 (this CPU's per-task costs, scaled):")
-    print(proj.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+        if k != "projection_hours":
+            print(f"{k:>28}: {v:.3f}" if isinstance(v, float) else f"{k:>28}: {v}")
+    print("PROJECTIONS, not measurements: hours of the paper-size runs (50,000 MNIST samples, 20 epochs, 10 "
+          "trials, Hara/Ours/Random, default -r list) as the task graph on N workers. cpu: this trial's task "
+          f"costs scaled by samples; gpu: assumed {GPU_STEP * 1e3:.0f} ms per training step and "
+          f"{GPU_INFL_STEP * 1e3:.0f} ms per influence step, one GPU per worker")
+    print(proj.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     (ROOT / "bench" / "results_graph.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 

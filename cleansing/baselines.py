@@ -11,6 +11,7 @@ class Random(Estimator):
 
     name = "Random"
     control = True
+    needs_final_model = False
 
     def estimate(self, trial, options) -> Estimate:
         return Estimate(np.random.default_rng([trial.seed, 7]).random(len(trial.data.train)))

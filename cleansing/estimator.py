@@ -169,6 +169,9 @@ class Estimator:
     name: str = ""
     options: Optional[type] = None
     needs_step_params: bool = False
+    #: False: ``estimate`` reads only ``trial.data`` and ``trial.seed`` (``trial.trace`` and
+    #: ``trial.learner`` are None) and may run beside the training (the Random control)
+    needs_final_model: bool = True
     after: Tuple[str, ...] = ()
     control: bool = False
     #: log stem -> summary table: ``logs/<stem>_seed_<k>.csv`` of every trial gathered into

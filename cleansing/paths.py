@@ -37,6 +37,10 @@ class RunPaths:
     def train_log(self, seed: int) -> Path:
         return self.weights(seed) / "train_log.csv"
 
+    def head_log(self, seed: int) -> Path:
+        """Log of the epochs before the last (written last by the first training task: marks it complete)."""
+        return self.weights(seed) / "head_log.csv"
+
     # results
     def influence_csv(self, method: str, seed: int) -> Path:
         return self.root / "influence" / method / f"influence_{method.lower()}_{seed}.csv"

@@ -35,13 +35,14 @@ from .influence_csv import influence_frame, read_influence_csv, scores_by_positi
 from .paths import RunPaths
 from .retrain import SCORE_COLUMNS, read_score_csv, removal_mask, retrain_scores
 from .trace import load_trace
-from .train import train_with_trace, training_complete
+from .train import head_complete, train_head, train_last_epoch, training_complete
 from .trial import (
     Trial,
     load_artefact,
     load_trial_data,
     save_artefact,
     trial_context,
+    untrained_trial,
 )
 from .validate import actual_influence, pick_validation_samples
 
@@ -153,8 +154,21 @@ def _write_objects(paths: RunPaths, seed: int, tables: dict, figures: dict, logs
 # Each task function returns (value, timings) and does nothing when its output is complete; the
 # graph of them (``graph.build_graph``) is the run. Trials are rebuilt from the output folder in
 # each process (cached per process: estimators of one trial share its validation gradient).
+def train_head_task(plan: Plan, seed: int):
+    """Epochs 1 .. E-1 of trial ``seed`` (``train.train_head``): all a last-epoch retraining needs."""
+    cfg = plan.cfg
+    paths = RunPaths(cfg.out)
+    if head_complete(paths, seed):
+        return None, []
+    data = load_trial_data(cfg, seed)
+    t0 = time.time()
+    train_head(cfg.train, data, paths, seed, show_progress=cfg.runtime.show_progress)
+    return None, [(seed, "train", "head", time.time() - t0)]
+
+
 def train_task(plan: Plan, seed: int):
-    """Training with trace of trial ``seed`` (and the per-step parameters when an estimator needs them)."""
+    """The last epoch of trial ``seed`` (``train.train_last_epoch``), with the per-step parameters
+    when an estimator needs them; after it the training is complete."""
     cfg = plan.cfg
     paths = RunPaths(cfg.out)
     data = load_trial_data(cfg, seed)
@@ -163,12 +177,14 @@ def train_task(plan: Plan, seed: int):
     if training_complete(paths, seed, steps, steps_last):
         return len(data.train), []
     t0 = time.time()
-    try:
-        train_with_trace(cfg.train, data, paths, seed, save_hara=steps, show_progress=cfg.runtime.show_progress)
-    except BaseException:
-        shutil.rmtree(paths.weights(seed), ignore_errors=True)  # keep nothing of a failed stage
-        raise
-    return len(data.train), [(seed, "train", "", time.time() - t0)]
+    train_last_epoch(cfg.train, data, paths, seed, save_hara=steps, show_progress=cfg.runtime.show_progress)
+    return len(data.train), [(seed, "train", "last_epoch", time.time() - t0)]
+
+
+def discard_training(plan: Plan, seed: int) -> None:
+    """Keep nothing of a failed training (run by the driver when a training task of ``seed`` fails,
+    once no other task's error can be caused by the removal)."""
+    shutil.rmtree(RunPaths(plan.cfg.out).weights(seed), ignore_errors=True)
 
 
 def artefact_task(plan: Plan, seed: int, name: str):
@@ -198,7 +214,7 @@ def estimate_task(plan: Plan, seed: int, name: str):
     if csv.is_file():
         return None, []
     est = plan.estimator(name)
-    trial = trial_context(cfg, seed)
+    trial = trial_context(cfg, seed) if est.needs_final_model else untrained_trial(cfg, seed)
     t0 = time.time()
     result = est.estimate(trial, plan.options(est))
     if not isinstance(result, Estimate):

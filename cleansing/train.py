@@ -1,9 +1,10 @@
 """Training stage: SGD with a recorded trace and the parameter caches the estimators need.
 
-Writes under ``weights/seed_NN/``: ``initial.h5``, ``start_last_epoch.h5`` (before the first
-step of the last epoch), ``final.h5``, ``hara/step_XXXXXX.h5`` (parameters *before* every step
-of the last epoch, only when asked), ``trace.npz`` and ``train_log.csv`` (written last: its
-presence marks the stage complete).
+Two parts (two tasks of the run): ``train_head`` (epochs 1 .. E-1) writes under
+``weights/seed_NN/`` ``initial.h5``, ``trace.npz``, ``start_last_epoch.h5`` (before the first step
+of the last epoch) and ``head_log.csv``; ``train_last_epoch`` writes ``hara/step_XXXXXX.h5``
+(parameters *before* every step of the last epoch, only when asked), ``final.h5`` and
+``train_log.csv`` (written last: its presence marks the stage complete).
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class TrainConfig:
     lr: float = 0.05
     augment: bool = True
 
+
+TRAIN_LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "test_loss", "val_accuracy", "test_accuracy", "seconds"]
 
 def new_learner(cfg: TrainConfig, data: DataBundle, seed: int) -> Learner:
     """A learner with freshly initialised parameters drawn from ``seed``."""
@@ -97,34 +100,69 @@ def training_complete(paths: RunPaths, seed: int, hara: bool, trace_steps: Optio
     return True
 
 
+def head_complete(paths: RunPaths, seed: int) -> bool:
+    """True when the epochs before the last are trained: ``start_last_epoch.h5`` and the trace exist
+    (from ``train_head``, or from a whole training written before the training was two tasks)."""
+    done = paths.head_log(seed).is_file() or paths.train_log(seed).is_file()
+    return done and paths.params(seed, "start_last_epoch").is_file() and paths.trace(seed).is_file()
+
+
+def _epoch_row(epoch: int, train_loss: float, learner: Learner, data: DataBundle, t0: float) -> dict:
+    return {"epoch": epoch + 1, "train_loss": train_loss, **evaluate_splits(learner, data),
+            "seconds": time.time() - t0}
+
+
+def train_head(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int, show_progress: bool = True) -> None:
+    """Epochs 1 .. E-1 of trial ``seed`` from scratch: ``initial.h5``, ``trace.npz``,
+    ``start_last_epoch.h5`` and ``head_log.csv`` (last). The retrainings of the last epoch need
+    only these, so they can run beside ``train_last_epoch``."""
+    trace = make_schedule(len(data.train), cfg.epochs, cfg.batch_size, cfg.lr, seed)
+    learner = new_learner(cfg, data, seed)
+    save_params(paths.params(seed, "initial"), learner.params)
+    save_trace(paths.trace(seed), trace)
+    rows = []
+    bar = tqdm(total=trace.n_steps - len(trace.last_epoch_steps()), desc=f"train seed {seed}", unit="step",
+               disable=not show_progress, leave=False)
+    for epoch in range(cfg.epochs - 1):
+        t0 = time.time()
+        loss = run_steps(learner, data, trace, trace.epoch_steps(epoch), cfg.augment, progress=bar)
+        rows.append(_epoch_row(epoch, loss, learner, data, t0))
+    bar.close()
+    save_params(paths.params(seed, "start_last_epoch"), learner.params)
+    write_csv_atomic(paths.head_log(seed), pd.DataFrame(rows, columns=TRAIN_LOG_COLUMNS))
+
+
+def train_last_epoch(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int, save_hara: bool,
+                     show_progress: bool = True) -> None:
+    """The last epoch from ``start_last_epoch.h5`` (after ``train_head``): Hara's per-step cache when
+    asked, ``final.h5``, and ``train_log.csv`` (last: every epoch's row; its presence marks the
+    training complete)."""
+    trace = load_trace(paths.trace(seed), len(data.train))
+    learner = learner_from_file(cfg, data, paths.params(seed, "start_last_epoch"))
+    head = paths.head_log(seed) if paths.head_log(seed).is_file() else None
+    log = head if head is not None else paths.train_log(seed)  # a training written as one task has no head log
+    rows = pd.read_csv(log, float_precision="round_trip").iloc[:cfg.epochs - 1]
+
+    def before_step(t: int) -> None:
+        if save_hara:
+            save_params(paths.step_params(seed, t), learner.params)
+
+    steps = trace.last_epoch_steps()
+    bar = tqdm(total=len(steps), desc=f"train seed {seed}, last epoch", unit="step", disable=not show_progress,
+               leave=False)
+    t0 = time.time()
+    loss = run_steps(learner, data, trace, steps, cfg.augment, before_step=before_step, progress=bar)
+    bar.close()
+    last = pd.DataFrame([_epoch_row(cfg.epochs - 1, loss, learner, data, t0)], columns=TRAIN_LOG_COLUMNS)
+    save_params(paths.params(seed, "final"), learner.params)
+    write_csv_atomic(paths.train_log(seed), pd.concat([rows, last], ignore_index=True) if len(rows) else last)
+
+
 def train_with_trace(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int,
                      save_hara: bool, show_progress: bool = True) -> None:
     """Train trial ``seed`` from scratch, writing the trace, the caches and the per-epoch log."""
-    trace = make_schedule(len(data.train), cfg.epochs, cfg.batch_size, cfg.lr, seed)
-    learner = new_learner(cfg, data, seed)
-    last = trace.last_epoch_steps()
-    first_last = int(last[0])
-    save_params(paths.params(seed, "initial"), learner.params)
-    save_trace(paths.trace(seed), trace)
-
-    def before_step(t: int) -> None:
-        if t == first_last:
-            save_params(paths.params(seed, "start_last_epoch"), learner.params)
-        if save_hara and t >= first_last:
-            save_params(paths.step_params(seed, t), learner.params)
-
-    rows = []
-    bar = tqdm(total=trace.n_steps, desc=f"train seed {seed}", unit="step", disable=not show_progress,
-               leave=False)
-    for epoch in range(cfg.epochs):
-        t0 = time.time()
-        train_loss = run_steps(learner, data, trace, trace.epoch_steps(epoch), cfg.augment,
-                               before_step=before_step, progress=bar)
-        scores = evaluate_splits(learner, data)
-        rows.append({"epoch": epoch + 1, "train_loss": train_loss, **scores, "seconds": time.time() - t0})
-    bar.close()
-    save_params(paths.params(seed, "final"), learner.params)
-    write_csv_atomic(paths.train_log(seed), pd.DataFrame(rows))
+    train_head(cfg, data, paths, seed, show_progress)
+    train_last_epoch(cfg, data, paths, seed, save_hara, show_progress)
 
 
 def load_training(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int):

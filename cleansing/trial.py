@@ -41,14 +41,15 @@ def validation_loss_stats_grad(learner: Learner, data: DataBundle) -> Vector:
 
 @dataclass
 class Trial:
-    """What the estimators of one trial may use: the data, the trace and the final model."""
+    """What the estimators of one trial may use: the data, the trace and the final model (the last
+    two None for an estimator that does not need the training, see ``untrained_trial``)."""
 
     cfg: RunConfig
     seed: int
     data: DataBundle
     paths: RunPaths
-    trace: Trace
-    learner: Learner
+    trace: Optional[Trace]
+    learner: Optional[Learner]
     noisy: Optional[np.ndarray] = None          # training positions whose label was flipped (label noise)
     true_labels: Optional[np.ndarray] = None    # training labels before flipping
     _u: Optional[dict] = None
@@ -120,6 +121,13 @@ def trial_context(cfg: RunConfig, seed: int) -> Trial:
         while len(_TRIALS) > 2:
             _TRIALS.popitem(last=False)
     return _TRIALS[key]
+
+
+def untrained_trial(cfg: RunConfig, seed: int) -> Trial:
+    """Trial ``seed`` before its training: data and labels, no trace and no learner (for an
+    estimator whose ``needs_final_model`` is False)."""
+    data, noisy, true_labels = load_noisy_trial_data(cfg, seed)
+    return Trial(cfg, seed, data, RunPaths(cfg.out), None, None, noisy, true_labels)
 
 
 # ---------------------------------------------------------------------------- artefacts

@@ -336,7 +336,7 @@ def cost_lines(datas: Sequence[ExperimentData]) -> List[str]:
         t = d.timings
         if t is not None and len(t):
             t = t[t.seed.isin(d.seeds)]
-            tr = t[t.stage == "train"].seconds
+            tr = t[t.stage == "train"].groupby("seed").seconds.sum()  # epochs before the last + the last
             train = f"{tr.mean():.0f}" if len(tr) else "-"
             inf = t[t.stage == "infl"].groupby("method").seconds.mean()
             infl = ", ".join(f"{m} {v:.0f}" for m, v in inf.items()) or "-"

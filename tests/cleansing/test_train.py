@@ -8,7 +8,14 @@ import pytest
 from cleansing.paths import RunPaths
 from cleansing.retrain import retrain_last_epoch
 from cleansing.trace import load_trace, make_schedule, save_trace
-from cleansing.train import TrainConfig, train_with_trace, training_complete
+from cleansing.train import (
+    TrainConfig,
+    head_complete,
+    train_head,
+    train_last_epoch,
+    train_with_trace,
+    training_complete,
+)
 from common.errors import UserError
 from common.params_io import load_params
 from datasets import load_dataset
@@ -92,3 +99,28 @@ def test_replaying_the_last_epoch_reproduces_the_final_parameters_exactly(mnist_
     final = load_params(paths.params(0, "final"))
     for k, v in learner.params.items():
         assert np.array_equal(v.d, final[k]), k
+
+
+def test_training_in_two_tasks_gives_the_bytes_of_one_and_resumes_an_older_folder(mnist_run, tmp_path):
+    cfg, data, paths = mnist_run
+    split = RunPaths(tmp_path)
+    train_head(cfg, data, split, 0, show_progress=False)
+    assert head_complete(split, 0) and not split.params(0, "final").exists()
+    assert not split.train_log(0).exists() and list(pd.read_csv(split.head_log(0)).epoch) == [1]
+    for which in ("initial", "start_last_epoch"):
+        assert split.params(0, which).read_bytes() == paths.params(0, which).read_bytes(), which
+    train_last_epoch(cfg, data, split, 0, save_hara=False, show_progress=False)
+    assert split.params(0, "final").read_bytes() == paths.params(0, "final").read_bytes()
+    whole, parts = pd.read_csv(paths.train_log(0)), pd.read_csv(split.train_log(0))
+    pd.testing.assert_frame_equal(whole.drop(columns="seconds"), parts.drop(columns="seconds"))
+    # a folder trained as one task has no head log: the last epoch reruns (here for Hara's cache)
+    # from start_last_epoch.h5 and keeps the earlier epochs' rows of its train_log.csv
+    split.head_log(0).unlink()
+    split.params(0, "final").unlink()
+    assert head_complete(split, 0) and not training_complete(split, 0, hara=False)
+    train_last_epoch(cfg, data, split, 0, save_hara=True, show_progress=False)
+    assert split.params(0, "final").read_bytes() == paths.params(0, "final").read_bytes()
+    assert len(list(split.steps_dir(0).glob("step_*.h5"))) == 63
+    again = pd.read_csv(split.train_log(0))
+    pd.testing.assert_frame_equal(whole.drop(columns="seconds"), again.drop(columns="seconds"))
+    assert again.seconds.iloc[0] == parts.seconds.iloc[0]  # the first epoch's row is kept, not re-timed
