@@ -95,30 +95,23 @@ def duration(task, costs: dict) -> float:
 
 
 def simulate(tasks, seconds: dict, workers: int) -> float:
-    """Makespan of the graph on ``workers`` single-task workers: whenever a worker is free it takes
-    the ready task of highest priority, then the first in graph order (Dask's rule for this graph)."""
+    """Makespan of the graph on ``workers`` single-task workers, tasks released in the driver's
+    order (``cleansing.graph.ReleaseOrder``: ready, highest priority, then graph order)."""
     import heapq
-    waiting = {t.key: len(t.deps) for t in tasks}
-    children = {t.key: [] for t in tasks}
-    for t in tasks:
-        for d in t.deps:
-            children[d].append(t.key)
-    order = {t.key: (-t.priority, i) for i, t in enumerate(tasks)}
-    ready = [order[t.key] + (t.key,) for t in tasks if not t.deps]
-    heapq.heapify(ready)
-    running: list = []  # (end time, key)
+
+    from cleansing.graph import ReleaseOrder
+    order = ReleaseOrder(tasks)
+    running: list = []  # (end time, graph index, task)
+    index = {t.key: i for i, t in enumerate(tasks)}
     now, free = 0.0, workers
-    while ready or running:
-        while free and ready:
-            key = heapq.heappop(ready)[-1]
-            heapq.heappush(running, (now + seconds[key], key))
+    while order.ready or running:
+        while free and order.ready:
+            t = order.pop()
+            heapq.heappush(running, (now + seconds[t.key], index[t.key], t))
             free -= 1
-        now, key = heapq.heappop(running)
+        now, _, t = heapq.heappop(running)
         free += 1
-        for c in children[key]:
-            waiting[c] -= 1
-            if waiting[c] == 0:
-                heapq.heappush(ready, order[c] + (c,))
+        order.done(t)
     return now
 
 

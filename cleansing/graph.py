@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import heapq
 import logging
 import os
 import time
@@ -131,9 +132,8 @@ def run_sequential(plan, tasks: Sequence[Task]):
     return result
 
 
-def _remote(fn: Callable, context: Optional[str], device_id: int, args: tuple, *_deps):
-    """What a Dask worker runs: the nnabla context of the run, then the task (dependencies are only
-    waited for; their results stay where they are)."""
+def _remote(fn: Callable, context: Optional[str], device_id: int, args: tuple):
+    """What a Dask worker runs: the nnabla context of the run, then the task."""
     from common.context import set_context
     _quiet_dask()
     _untrim_malloc()
@@ -198,17 +198,36 @@ def start_client(jobs: int, scheduler: Optional[str]):
     return Client(cluster), cluster
 
 
-def _failed(task: Task, tasks: Sequence[Task], futures: Dict[str, object]) -> None:
-    """``on_error`` of the failed task and of every other failed one (a task after a failed one
-    fails with its error and may be reported first)."""
-    for t in tasks:
-        if t.on_error is not None and (t is task or getattr(futures[t.key], "status", "") == "error"):
-            t.on_error()
+class ReleaseOrder:
+    """Which tasks to hand to Dask next: those whose dependencies are done, highest ``priority``
+    first, then graph order (the order ``run_sequential`` follows)."""
+
+    def __init__(self, tasks: Sequence[Task]):
+        self.waiting = {t.key: len(t.deps) for t in tasks}
+        self.children: Dict[str, List[Task]] = {t.key: [] for t in tasks}
+        for t in tasks:
+            for d in t.deps:
+                self.children[d].append(t)
+        self.rank = {t.key: (-t.priority, i) for i, t in enumerate(tasks)}
+        self.ready = [self.rank[t.key] + (t,) for t in tasks if not t.deps]
+        heapq.heapify(self.ready)
+
+    def pop(self) -> Task:
+        return heapq.heappop(self.ready)[-1]
+
+    def done(self, task: Task) -> None:
+        for c in self.children[task.key]:
+            self.waiting[c.key] -= 1
+            if self.waiting[c.key] == 0:
+                heapq.heappush(self.ready, self.rank[c.key] + (c,))
 
 
 def run_dask(plan, tasks: Sequence[Task], jobs: int, scheduler: Optional[str] = None):
-    """Submit the graph to Dask and wait, recording timings as tasks finish. A task's UserError
-    stops the run with that one line; a lost scheduler with a line that says how to resume."""
+    """Run the graph on Dask, recording timings as tasks finish. A task is submitted once the tasks
+    it depends on are done, and no more are in flight than the cluster has threads, so Dask places
+    each on a free worker (a dependency passed as a future would tie it to the worker that ran the
+    dependency, which may be busy) and the priorities hold. A task's UserError stops the run with
+    that one line; a lost scheduler with a line that says how to resume."""
     from asyncio import CancelledError
     from concurrent.futures import CancelledError as FuturesCancelledError
 
@@ -218,44 +237,68 @@ def run_dask(plan, tasks: Sequence[Task], jobs: int, scheduler: Optional[str] = 
         from distributed.client import FutureCancelledError
     except ImportError:  # distributed < 2024.6 (Python 3.8) cancels with concurrent.futures' error
         FutureCancelledError = FuturesCancelledError
+    lost = (CancelledError, FuturesCancelledError, FutureCancelledError, CommClosedError, OSError, TimeoutError)
     client, cluster = start_client(jobs, scheduler)
     rt = plan.cfg.runtime
     if rt.show_progress and client.dashboard_link:
         print(f"Dask dashboard: {client.dashboard_link}")
-    futures: Dict[str, object] = {}
-    by_future = {}
-    try:
-        for t in tasks:
-            fut = client.submit(_remote, t.fn, rt.context, rt.device_id, t.args, *[futures[d] for d in t.deps],
-                                key=f"{t.key}-{os.getpid()}-{time.time_ns()}", pure=False, priority=t.priority)
-            futures[t.key] = fut
-            by_future[fut.key] = t
-        bar, advance = _progress(tasks, rt.show_progress)
-        result = None
+    order = ReleaseOrder(tasks)
+    running: Dict[str, Task] = {}
+    futures = as_completed()
+    bar, advance = _progress(tasks, rt.show_progress)
+
+    def release() -> None:
         try:
-            for fut in as_completed(list(futures.values())):
-                t = by_future[fut.key]
+            slots = max(1, sum(client.nthreads().values())) - len(running)
+        except lost as exc:
+            raise _lost(exc) from None
+        while order.ready and (slots > 0 or not running):
+            t = order.pop()
+            fut = client.submit(_remote, t.fn, rt.context, rt.device_id, t.args,
+                                key=f"{t.key}-{os.getpid()}-{time.time_ns()}", pure=False)
+            running[fut.key] = t
+            futures.add(fut)
+            slots -= 1
+    result, finished = None, 0
+    try:
+        try:
+            release()
+            for fut in futures:
+                t = running.pop(fut.key)
                 try:
                     value, timings = fut.result()
-                except (CancelledError, FuturesCancelledError, FutureCancelledError, CommClosedError, OSError,
-                        TimeoutError) as exc:
+                except lost as exc:
                     if isinstance(exc, OSError) and not isinstance(exc, CommClosedError) and \
                             "scheduler" not in str(exc).lower():
-                        _failed(t, tasks, futures)
+                        _failed(t)
                         raise  # a task's own OSError (a full disk, say): the driver reports it
-                    raise UserError(f"lost the Dask scheduler ({type(exc).__name__}); rerun the same command to "
-                                    f"continue where it stopped") from None
+                    raise _lost(exc) from None
                 except BaseException:  # the task's own error (a UserError is one line)
-                    _failed(t, tasks, futures)
+                    _failed(t)
                     raise
                 _record(plan, timings)
                 advance(t)
+                finished += 1
                 if t.key == "run-reports":
                     result = value
+                order.done(t)
+                release()
         finally:
             bar.close()
+        if finished != len(tasks):  # pragma: no cover - a graph with a cycle; build_graph makes none
+            raise RuntimeError(f"{len(tasks) - finished} tasks never became ready")
         return result
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _lost(exc: BaseException) -> UserError:
+    return UserError(f"lost the Dask scheduler ({type(exc).__name__}); rerun the same command to continue "
+                     f"where it stopped")
+
+
+def _failed(task: Task) -> None:
+    if task.on_error is not None:
+        task.on_error()
