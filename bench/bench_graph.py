@@ -1,7 +1,7 @@
 """Wall time of one trial as a task graph: 2 Dask workers against 1 (tasks in this process), and
 1 against the sequential pipeline of an earlier checkout, in one run; prints the ratios.
 
-    python bench/bench_graph.py [--baseline DIR_OF_AN_EARLIER_CHECKOUT] [--epochs 4]
+    python bench/bench_graph.py [--baseline DIR_OF_AN_EARLIER_CHECKOUT] [--epochs 4] [--trials 1]
 
 One trial of cnn6 on digits, Hara, Ours and Random, -r 0 10 40 100 (issue 19's setting), each
 configuration from an empty output folder. Then projections (marked so) of the paper-size runs
@@ -73,10 +73,10 @@ def task_costs(timings: pd.DataFrame, n_train: int, epochs: int, batch: int, dev
         T = -(-n // batch)
         est = {m: (0.0 if m == "Random" else T * GPU_INFL_STEP) for m in PAPER["methods"]}
         return {"head": (E - 1) * T * GPU_STEP, "last": T * GPU_STEP, "estimate": est, "retrain": T * GPU_STEP}
-    grow = n / n_train
+    grow = n / n_train / timings.seed.nunique()  # per trial
     per_epoch = float(timings[timings.stage == "train"].seconds.sum()) / epochs * grow
     est = timings[timings.stage == "infl"].groupby("method").seconds.sum() * grow
-    retrain = float(timings[timings.stage.str.startswith("eval")].seconds.mean()) * grow
+    retrain = float(timings[timings.stage.str.startswith("eval")].seconds.mean()) * n / n_train
     return {"head": (E - 1) * per_epoch, "last": per_epoch, "estimate": {m: float(est.get(m, 0.0)) for m in
                                                                          PAPER["methods"]}, "retrain": retrain}
 
@@ -143,21 +143,24 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--baseline", default=None, help="checkout of the sequential pipeline to compare with")
     p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--trials", type=int, default=1, help="trials of the run (-nt)")
     p.add_argument("--work", default="/tmp/bench_graph")
+    p.add_argument("--results", default=str(ROOT / "bench" / "results_graph.json"))
     a = p.parse_args()
     work = Path(a.work)
-    rows = {"one_worker_s": timed(ROOT, work / "one", a.epochs, "-j", "1"),
-            "two_workers_s": timed(ROOT, work / "two", a.epochs, "-j", "2")}
+    nt = ("-nt", str(a.trials))
+    rows = {"one_worker_s": timed(ROOT, work / "one", a.epochs, "-j", "1", *nt),
+            "two_workers_s": timed(ROOT, work / "two", a.epochs, "-j", "2", *nt)}
     rows["two_over_one"] = rows["two_workers_s"] / rows["one_worker_s"]
     if a.baseline:
-        rows["sequential_baseline_s"] = timed(Path(a.baseline), work / "base", a.epochs, "-j", "1")
+        rows["sequential_baseline_s"] = timed(Path(a.baseline), work / "base", a.epochs, "-j", "1", *nt)
         rows["one_over_sequential"] = rows["one_worker_s"] / rows["sequential_baseline_s"]
     ref = csvs(work / "one")
     rows["csvs_compared"] = len(ref)
     rows["same_bytes_two_workers"] = csvs(work / "two") == ref
     if a.baseline:
         rows["same_bytes_baseline"] = csvs(work / "base") == ref
-    rows.update({"epochs": a.epochs, "date": time.strftime("%Y-%m-%d"),
+    rows.update({"epochs": a.epochs, "trials": a.trials, "date": time.strftime("%Y-%m-%d"),
                  "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                           text=True).stdout.strip(), "machine": platform.processor() or "cpu"})
     n_train = len(pd.read_csv(work / "one" / "influence" / "Hara" / "influence_hara_0.csv"))
@@ -171,7 +174,7 @@ def main() -> int:
           f"costs scaled by samples; gpu: assumed {GPU_STEP * 1e3:.0f} ms per training step and "
           f"{GPU_INFL_STEP * 1e3:.0f} ms per influence step, one GPU per worker")
     print(proj.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    (ROOT / "bench" / "results_graph.json").write_text(json.dumps(rows, indent=1) + "\n")
+    Path(a.results).write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 
 
