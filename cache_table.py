@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common.cli import positive_int, run_main  # noqa: E402
+from cleansing.cli import positive_int, run_main  # noqa: E402
 from common.errors import UserError  # noqa: E402
 
 SETTINGS = (("MNIST", "mnist", (1, 32, 32)), ("CIFAR-10", "cifar10", (3, 32, 32)))
@@ -45,7 +45,7 @@ def build_table(param_bytes: dict, batch_size: int, epochs: int):
     """One DataFrame: dataset, n_train, T, method, stored, bytes, GB, paper GB, ours/paper."""
     import pandas as pd
 
-    from sgd_influence.report import PAPER_TABLE1, cache_table_rows
+    from sgd_influence.cache_table import PAPER_TABLE1, cache_table_rows
 
     frames = []
     for label, key, _ in SETTINGS:

@@ -1,33 +1,19 @@
-"""Data cleansing with SGD-influence: train, estimate influence (Hara, Ours, Random), retrain
-without the most harmful samples, summarise. See README.md and docs/SPEC.md section 3."""
+"""Data cleansing with SGD-influence: train, estimate influence (default: Hara, Ours, Random; any
+registered estimator with --methods), retrain without the most harmful samples, summarise.
+See README.md and docs/SPEC.md section 3."""
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import List, Optional
 
-from common.cli import OneLineParser, add_run_arguments, run_main
-from sgd_influence.pipeline import DEFAULT_REMOVE, RunConfig, config_fields, run
+from cleansing.cli import Driver, run_main
+from estimators import REGISTRY
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(description=__doc__)
-    add_run_arguments(p, "output_sgd_influence", DEFAULT_REMOVE)
-    p.add_argument("--methods", nargs="+", default=["Hara", "Ours", "Random"],
-                   help="estimators to run (default: %(default)s)")
-    return p
-
-
-def config_from_args(a: argparse.Namespace) -> RunConfig:
-    return RunConfig(**config_fields(a))
+DRIVER = Driver(__doc__, out="output_sgd_influence", methods=("Hara", "Ours", "Random"))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    summary = run(config_from_args(args), overwrite=args.overwrite)
-    print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"results in {args.output}/ (summary/summary.csv, fig/result.png)")
-    return 0
+    return DRIVER.main(argv, REGISTRY)
 
 
 if __name__ == "__main__":

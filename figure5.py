@@ -15,9 +15,9 @@ from typing import List, Optional
 
 import pandas as pd
 
-from common.cli import run_main
+from cleansing.analyze import plot_result_panels
+from cleansing.cli import run_main
 from common.errors import UserError
-from sgd_influence.analyze import plot_result_panels
 
 
 def panel(folder: Path) -> tuple:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common.cli import run_main  # noqa: E402
+from cleansing.cli import run_main  # noqa: E402
 
 
 def head_commit() -> str:

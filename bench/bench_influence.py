@@ -11,8 +11,8 @@ first step (graph building) + per-step cost x remaining steps; `--steps 0` runs 
 
 Influence functions: `ekfac` runs the whole Influence_functions_ekfac stage (two factor passes and
 the scores); `minres` times one full-batch Hessian-vector pass (one MINRES iteration) and the
-scoring pass and gives the stage at `--minres-iters` iterations (default 15, the README's detection
-run) as that many passes plus the residual's pass plus the scores.
+scoring pass and gives the stage at `--minres-iters` iterations (default 15, the detection run
+of docs/measurements.md) as that many passes plus the residual's pass plus the scores.
 """
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ BATCH, LR = 32, 0.05
 def _setup(n_train, n_val=1000):
     import logging
     logging.getLogger("nnabla").setLevel(logging.WARNING)
-    from common.paths import RunPaths
+    from cleansing.paths import RunPaths
+    from cleansing.train import TrainConfig
     from datasets import load_dataset
-    from sgd_influence.train import TrainConfig
     data = load_dataset("mnist", 0, data_dir=str(MNIST), n_train=n_train, n_val=n_val, n_test=1000)
     cfg = TrainConfig(model="cnn6", epochs=1, batch_size=BATCH, lr=LR, augment=True)
     return data, cfg, RunPaths(WORK)
@@ -46,15 +46,16 @@ def _setup(n_train, n_val=1000):
 def task(name: str, args) -> dict:
     import numpy as np
 
-    from common.autodiff import vdot, vnorm
-    from common.batches import training_batch
+    from cleansing.train import load_training, train_with_trace
+    from cleansing.trial import validation_loss_grad, validation_loss_stats_grad
     from common.params_io import load_params
-    from sgd_influence.infl import sgd_influence, validation_loss_grad, validation_loss_stats_grad
-    from sgd_influence.train import load_training, train_with_trace
+    from datasets.batches import training_batch
+    from models.autodiff import vdot, vnorm
+    from sgd_influence.infl import sgd_influence
     out = {}
     if name == "full_mnist_memory":  # peak memory of Ours' stage on all 50,000 training samples
-        from sgd_influence.trace import make_schedule
-        from sgd_influence.train import new_learner
+        from cleansing.trace import make_schedule
+        from cleansing.train import new_learner
         full, cfg, _ = _setup(None, None)
         learner = new_learner(cfg, full, 0)  # memory does not depend on the weights' values
         trace = make_schedule(len(full.train), 1, BATCH, LR, 0)
@@ -134,7 +135,7 @@ def task(name: str, args) -> dict:
     if name.startswith(("ours", "hara")):  # ours / hara / ours_ref / hara_ref
         u = validation_loss_grad(learner, data)
         ref = name.endswith("_ref")
-        state_at = (lambda s: load_params(paths.hara_step(0, s))) if name.startswith("hara") else None
+        state_at = (lambda s: load_params(paths.step_params(0, s))) if name.startswith("hara") else None
         n = args.steps or len(steps)
         if ref:  # the straightforward way: double-backward HVP and removal products, separate calls
             learner.default_hvp, learner.default_dot = "double_backward", "eps"
@@ -166,7 +167,7 @@ def task(name: str, args) -> dict:
         space = ParamSpace(learner)
         hvp = full_hvp(learner, data, space)
         v = space.flatten(u)
-        from common.batches import split_batches
+        from datasets.batches import split_batches
         from influence_functions.estimator import FULL_PASS_ROWS_32PX, chunk_rows
         sizes = {len(x) for x, _ in split_batches(data, data.train, chunk_rows(learner, data, FULL_PASS_ROWS_32PX))}
         for size in sizes:  # build the graphs on one batch of each size

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_jobs.py [--n-train 320]
 
 Each run starts in a fresh output folder; the ratio t(-j 2) / t(-j 1) is printed (target <= 0.6)
-and written to bench/results_jobs.json. Both runs go through `sgd_influence.pipeline.run`, the
+and written to bench/results_jobs.json. Both runs go through `cleansing.pipeline.run`, the
 same code as `eval_sgd_influence.py -nt 2 -j N`.
 """
 from __future__ import annotations
@@ -27,18 +27,20 @@ def main():
     args = ap.parse_args()
     import logging
     logging.getLogger("nnabla").setLevel(logging.WARNING)
-    from sgd_influence.pipeline import RunConfig, run
-    from sgd_influence.train import TrainConfig
+    from cleansing.config import make_config
+    from cleansing.pipeline import run
+    from cleansing.train import TrainConfig
+    from estimators import REGISTRY
     tmp = Path(tempfile.mkdtemp(prefix="bench_jobs_"))
     times = {}
     try:
         for jobs in (1, 2):
-            cfg = RunConfig(dataset="digits", out=str(tmp / f"j{jobs}"), n_trials=2, jobs=jobs,
-                            n_train=args.n_train, methods=("Ours", "Random"), remove=(0, 10),
-                            train=TrainConfig(model="cnn6", epochs=1, batch_size=32, lr=0.05),
-                            show_progress=False)
+            cfg = make_config(dataset="digits", out=str(tmp / f"j{jobs}"), n_trials=2, jobs=jobs,
+                              n_train=args.n_train, methods=("Ours", "Random"), remove=(0, 10),
+                              train=TrainConfig(model="cnn6", epochs=1, batch_size=32, lr=0.05),
+                              show_progress=False)
             t0 = time.perf_counter()
-            run(cfg)
+            run(cfg, REGISTRY)
             times[jobs] = time.perf_counter() - t0
             print(f"-j {jobs}: {times[jobs]:.1f} s", flush=True)
     finally:

@@ -32,19 +32,20 @@ def main() -> None:
     import pandas as pd
     from scipy import stats
 
-    import common.cli  # noqa: F401  (quiet nnabla)
-    from common.batches import split_batches
-    from common.paths import RunPaths
-    from sgd_influence.pipeline import RunConfig, load_trial_data
-    from sgd_influence.train import TrainConfig, learner_from_file, load_trace, run_steps
-    from sgd_influence.validate import nudge_parameters
+    import cleansing.cli  # noqa: F401  (quiet nnabla)
+    from cleansing.config import make_config
+    from cleansing.paths import RunPaths
+    from cleansing.train import TrainConfig, learner_from_file, load_trace, run_steps
+    from cleansing.trial import load_trial_data
+    from cleansing.validate import nudge_parameters
+    from datasets.batches import split_batches
 
     out = Path(args.out)
     m = json.loads((out / "manifest.json").read_text())
     train = TrainConfig(model=m["model"], epochs=m["epochs"], batch_size=m["batch_size"], lr=m["lr"],
                         augment=m["augment"])
-    cfg = RunConfig(dataset=m["dataset"], train=train, data_dir=args.data_dir, n_train=m["n_train"],
-                    n_val=m["n_val"], n_test=m["n_test"], label_noise=m["label_noise"])
+    cfg = make_config(dataset=m["dataset"], train=train, data_dir=args.data_dir, n_train=m["n_train"],
+                      n_val=m["n_val"], n_test=m["n_test"], label_noise=m["label_noise"])
     paths, seed = RunPaths(out), 0
     data = load_trial_data(cfg, seed)
     trace = load_trace(paths.trace(seed), len(data.train))

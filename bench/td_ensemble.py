@@ -26,20 +26,24 @@ def main() -> None:
     ap.add_argument("--data-dir", help="where the run's dataset files are (as given to the run)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    import common.cli  # noqa: F401  (quiet nnabla)
-    from common.paths import RunPaths
-    from sgd_influence.pipeline import load_noisy_trial_data
-    from sgd_influence.train import TrainConfig, load_trace
+    import cleansing.cli  # noqa: F401  (quiet nnabla)
+    from cleansing.config import make_config
+    from cleansing.paths import RunPaths
+    from cleansing.train import TrainConfig, load_trace
+    from cleansing.trial import load_artefact, load_noisy_trial_data
+    from estimators import REGISTRY
+    from turnover_dropout import TDOptions
     from turnover_dropout.influence import residual_validation_influence, validation_influence
-    from turnover_dropout.method import TDRunConfig, layers_of
-    from turnover_dropout.train import cached_turnover
+    from turnover_dropout.train import network_config, network_name, new_td_learner
 
     out = Path(a.out)
     m = json.loads((out / "manifest.json").read_text())
     train = TrainConfig(model=m["model"], epochs=m["epochs"], batch_size=m["batch_size"], lr=m["lr"],
                         augment=m["augment"])
-    cfg = TDRunConfig(dataset=m["dataset"], train=train, data_dir=a.data_dir, n_train=m["n_train"], n_val=m["n_val"],
-                      n_test=m["n_test"], label_noise=m["label_noise"], td_layers=tuple(m["td_layers"]))
+    cfg = make_config(REGISTRY, dataset=m["dataset"], train=train, data_dir=a.data_dir, n_train=m["n_train"],
+                      n_val=m["n_val"], n_test=m["n_test"], label_noise=m["label_noise"],
+                      td_layers=tuple(m["td_layers"]))
+    layers = cfg.option(TDOptions).layers(cfg)
     data, noisy, _ = load_noisy_trial_data(cfg, a.seed)
     if not noisy.any():
         raise SystemExit("this run has no flipped labels: use a run made with --label-noise")
@@ -56,9 +60,12 @@ def main() -> None:
     plain, resid = [], []
     rows = []
     for net in range(m.get("td_networks", 1)):
-        td, _, trained = cached_turnover(train, data, trace, paths, a.seed, layers_of(cfg), network=net)
-        if trained:
-            raise SystemExit(f"network {net} was not cached in {out}")
+        config = network_config(data, trace, a.seed, layers, network=net)
+        stored = load_artefact(paths, a.seed, network_name(net), config)
+        if stored is None:
+            raise SystemExit(f"network {net} was not stored in {out}")
+        td = new_td_learner(train, data, a.seed, layers, network=net)
+        td.set_state(stored.params)
         plain.append(validation_influence(td, data))
         resid.append(residual_validation_influence(td, data))
         p, r = np.mean(plain, axis=0), np.mean(resid, axis=0)

@@ -8,6 +8,7 @@ size keeps the whole split (logged).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Callable, Optional
@@ -15,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from datasets import cifar10, digits, mnist, nnc_csv, stl10
-from datasets.base import DataBundle, DatasetError, SourceData, Split, norm_stats
+from datasets.base import DataBundle, DatasetError, SourceData, Split, index_ids, make_split, norm_stats
 from datasets.files import locate
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,34 @@ FILE_SOURCES: dict = {"mnist": mnist.load, "cifar10": cifar10.load, "stl10": stl
 BUILTINS = ("digits",) + tuple(FILE_SOURCES)
 CSV_VAL_FRACTION = 0.2
 _DECODED: dict = {}
+
+
+#: in-memory datasets registered by ``register_arrays`` (name -> (train, val, test, num_classes))
+_ARRAYS: dict = {}
+
+
+def register_arrays(name: str, train: tuple, val: tuple, test: tuple, num_classes: Optional[int] = None) -> str:
+    """Make numpy data a dataset ``name`` of this process: each split a pair (images, labels) with
+    uint8 images (N, C, H, W) or (N, H, W) and integer labels; the splits are used as given (no
+    seeded split; ``n_*`` keep the first rows). Returns ``name``."""
+    if name in BUILTINS or str(name).lower().endswith(".csv"):
+        raise DatasetError(f"dataset name {name!r} is taken by a built-in or own CSV data; choose another")
+    splits = []
+    for role, pair in (("train", train), ("val", val), ("test", test)):
+        images, labels = (np.asarray(a) for a in pair)
+        if images.ndim == 3:
+            images = images[:, None]
+        if images.ndim != 4 or images.dtype != np.uint8 or len(images) != len(labels) or len(images) == 0:
+            raise DatasetError(f"{role} images must be a non-empty uint8 array (N, C, H, W) or (N, H, W) with one "
+                               f"label each; got {images.dtype} {images.shape} and {len(labels)} labels")
+        if labels.dtype.kind not in "iu" or labels.min() < 0:
+            raise DatasetError(f"{role} labels must be non-negative integers")
+        splits.append(make_split(images, labels, index_ids(f"{name}/{role}", len(labels))))
+    if len({s.images.shape[1:] for s in splits}) != 1:
+        raise DatasetError("train, validation and test images must have one shape")
+    classes = int(num_classes or max(int(s.labels.max()) for s in splits) + 1)
+    _ARRAYS[name] = (*splits, classes)
+    return name
 
 
 def clear_cache() -> None:
@@ -130,6 +159,9 @@ def input_fingerprints(name: str, val_csv: Optional[str] = None, test_csv: Optio
     rows, without one every training row, since each trial draws its own split); None where a split
     has no file of its own, and for the built-ins, whose files are checked against their published
     checksums instead."""
+    if name in _ARRAYS:
+        return {f"{role}_data": _array_digest(split, n)
+                for role, split, n in zip(("train", "val", "test"), _ARRAYS[name][:3], counts)}
     if not str(name).lower().endswith(".csv"):
         return {"train_data": None, "val_data": None, "test_data": None}
     train, val, test = _csv_paths(name, val_csv, test_csv)
@@ -142,6 +174,13 @@ def input_fingerprints(name: str, val_csv: Optional[str] = None, test_csv: Optio
                 "val_data": nnc_csv.fingerprint(src.val, n_val) if src.val is not None else None,
                 "test_data": nnc_csv.fingerprint(src.test, n_test)}
     return dict(_memoised(key, compute))
+
+
+def _array_digest(split: Split, count: Optional[int]) -> str:
+    part = _first(split, count, "n")
+    h = hashlib.sha256(part.images.tobytes())
+    h.update(part.labels.astype(np.int64).tobytes())
+    return h.hexdigest()
 
 
 def input_paths(name: str, data_dir: Optional[str] = None, val_csv: Optional[str] = None,
@@ -168,6 +207,11 @@ def load_dataset(name: str, seed: int, data_dir: Optional[str] = None, n_train: 
     _check_seed(seed)
     for value, what in ((n_train, "n_train"), (n_val, "n_val"), (n_test, "n_test")):
         _check_count(value, what)
+    if name in _ARRAYS:
+        train, val, test, num_classes = _ARRAYS[name]
+        mean, std = norm_stats(train.images.shape[1])
+        return DataBundle(name, _first(train, n_train, "n_train"), _first(val, n_val, "n_val"),
+                          _first(test, n_test, "n_test"), num_classes, mean, std)
     if name in BUILTINS:
         if val_csv or test_csv:
             raise DatasetError(f"--val-csv/--test-csv apply only to own CSV data, not to the built-in dataset {name!r}")

@@ -33,7 +33,7 @@ Labels ``y`` of ``g`` (``fisher``):
 
 Everything runs with batch norm in inference mode (``train=False``), as the other solvers.
 Per-sample gradients come in factored form from one forward and one data-gradient backward pass
-per batch (the layers' inputs and output gradients, ``_LayerTaps``), never one graph per sample;
+per batch (the layers' inputs and output gradients, the model's ``Tap`` records), never one graph per sample;
 memory is bounded by the batch (``chunk_rows``). The scores use the exact batched per-sample
 products ``Learner.per_sample_grad_dot`` (``estimator.influence_scores``), the same code as
 MINRES' scores, so both share one sign convention.
@@ -49,16 +49,16 @@ import nnabla.functions as F
 import numpy as np
 from tqdm import tqdm
 
-from common.autodiff import Learner, _Jvp
-from common.batches import split_batches
 from datasets import DataBundle
-from models.networks import BN_DECAY
+from datasets.batches import split_batches
+from models.autodiff import Learner
+from models.networks import Affine, BatchNorm, Conv, Tap
 
 from .estimator import chunk_rows, influence_scores
 
 FISHERS = ("sampled", "exact", "empirical")
-#: Rows per batch of the factor passes for cnn6 at 32x32 (the unfolded patches of a batch of 64
-#: take about 80 MB per layer in float32); the small models use 256 rows.
+#: Rows per batch of the factor passes for a convolutional model (cnn6) at 32x32 (the unfolded
+#: patches of a batch of 64 take about 80 MB per layer in float32); the others use 256 rows.
 FACTOR_ROWS_32PX = 64
 
 
@@ -84,41 +84,8 @@ class EkfacInfo:
 
 
 # ---------------------------------------------------------------------------- layer taps
-@dataclass
-class _Tap:
-    kind: str  # "affine", "conv" or "bn"
-    prefix: str
-    h: nn.Variable  # the layer's input
-    out: nn.Variable  # its output (pre-activation)
-
-
-class _LayerTaps(_Jvp):
-    """The model's inference-mode forward pass (``_Jvp``'s layer order, primal only) recording
-    each linear layer's and batch norm's input and output."""
-
-    def __init__(self, model, params, stats):
-        super().__init__(model, params, None, stats, train=False, tangent=False)
-        self.layers: List[_Tap] = []
-
-    def _record(self, kind, prefix, h, out):
-        self.layers.append(_Tap(kind, prefix, h, out))
-        return out, None
-
-    def conv(self, h, dh, prefix):
-        W = self.P[f"{prefix}/W"]
-        if tuple(W.shape[2:]) != (3, 3):
-            raise ValueError(f"EK-FAC unfolds 3x3 convolutions with padding 1; {prefix} has {W.shape}")
-        return self._record("conv", prefix, h, F.convolution(h, W, self.P[f"{prefix}/b"], pad=(1, 1)))
-
-    def affine(self, h, dh, prefix):
-        return self._record("affine", prefix, h,
-                            F.affine(h, self.P[f"{prefix}/W"], self.P[f"{prefix}/b"], base_axis=1))
-
-    def batch_norm(self, h, dh, prefix):
-        out = F.batch_normalization(h, self.P[f"{prefix}/beta"], self.P[f"{prefix}/gamma"],
-                                    self.stats[f"{prefix}/mean"], self.stats[f"{prefix}/var"], axes=[1],
-                                    decay_rate=BN_DECAY, eps=1e-5, batch_stat=False)
-        return self._record("bn", prefix, h, out)
+#: EK-FAC's block kind of each layer with parameters
+_KINDS = {Affine: "affine", Conv: "conv", BatchNorm: "bn"}
 
 
 class _TapGraph:
@@ -128,19 +95,18 @@ class _TapGraph:
 
     def __init__(self, learner: Learner, batch: int):
         model = learner.model
-        if not _Jvp.supported(model):
-            raise ValueError(f"EK-FAC does not cover model {model.name!r}")
         # the parameters' data, without their gradients: only data gradients are computed
         params = {k: (v.get_unlinked_variable(need_grad=False) if v.need_grad else v)
                   for k, v in learner.params.items()}
         self.x = nn.Variable((batch,) + model.input_shape, need_grad=True)
-        taps = _LayerTaps(model, params, learner.params)
-        logits, _ = taps.forward(self.x)
+        self.layers: List[Tap] = []
+        logits = model.logits(self.x, params, train=False, stats=learner.params, taps=self.layers)
         self.logits = F.identity(logits)  # so that the last layer's output receives its gradient
-        self.layers = taps.layers
         for t in self.layers:
-            t.h.persistent = True
-            t.out.persistent = True
+            if type(t.layer) not in _KINDS:
+                raise ValueError(f"EK-FAC does not cover layer {t.layer!r} of model {model.name!r}")
+            t.input.persistent = True
+            t.output.persistent = True
         self.logits.persistent = True
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -151,11 +117,11 @@ class _TapGraph:
         return e / e.sum(axis=1, keepdims=True)
 
     def inputs(self) -> List[np.ndarray]:
-        return [t.h.d.copy() for t in self.layers]
+        return [t.input.d.copy() for t in self.layers]
 
     def backward(self, cotangent: np.ndarray) -> List[np.ndarray]:
         self.logits.backward(grad=cotangent.astype(np.float32), clear_buffer=False)
-        return [t.out.g.copy() for t in self.layers]
+        return [t.output.g.copy() for t in self.layers]
 
 
 def unfold3x3(h: np.ndarray) -> np.ndarray:
@@ -170,8 +136,10 @@ def unfold3x3(h: np.ndarray) -> np.ndarray:
 class _Block:
     """One layer's factors and eigenvalue correction."""
 
-    def __init__(self, tap: _Tap, learner: Learner):
-        self.kind, self.prefix = tap.kind, tap.prefix
+    def __init__(self, tap: Tap, learner: Learner):
+        self.kind, self.prefix = _KINDS[type(tap.layer)], tap.layer.prefix
+        if self.kind == "conv" and tuple(learner.params[f"{self.prefix}/W"].shape[2:]) != (3, 3):
+            raise ValueError(f"EK-FAC unfolds 3x3 convolutions with padding 1; {self.prefix} is not one")
         if self.kind == "bn":
             self.names = [f"{self.prefix}/gamma", f"{self.prefix}/beta"]
             self.mean = learner.params[f"{self.prefix}/mean"].d.astype(np.float32).reshape(1, -1, 1, 1)

@@ -19,22 +19,22 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from common.autodiff import Learner
-from common.batches import split_batches
 from datasets import DataBundle, to_network_input
+from datasets.batches import split_batches
+from models.autodiff import Learner
 
 from .solvers import HVP, SolverInfo, SolverOptions, solve
 
 #: Rows per Hessian-vector product in a full pass, and per per-sample gradient product when
-#: scoring, for cnn6 on 32x32 images (about 0.6 GB each with nnabla 1.39 on the CPU; scaled down
-#: for larger images); the small models use 256 rows.
+#: scoring, for a convolutional model (cnn6) on 32x32 images (about 0.6 GB each with nnabla 1.39 on
+#: the CPU; scaled down for larger images); the others use 256 rows.
 FULL_PASS_ROWS_32PX = 64
 SCORE_ROWS_32PX = 128
 
 
 def chunk_rows(learner: Learner, data: DataBundle, rows_at_32px: int) -> int:
     """Rows per chunk: memory of the convolutional graphs grows with batch x image area."""
-    if learner.model.name != "cnn6":
+    if not learner.model.convolutional:
         return 256
     h, w = data.image_shape[1:]
     return int(max(8, min(256, rows_at_32px * 1024 // (h * w))))

@@ -1,4 +1,22 @@
-"""Networks (cnn6, the paper's model; logreg and mlp for fast checks) and their loss."""
-from .networks import MODELS, Model, Tangent, build_model, count_trainable
+"""Networks (cnn6, the paper's model; logreg and mlp for fast checks), each described once as a
+list of layers (``models.networks``), and their loss."""
+from .networks import (
+    MODELS,
+    Affine,
+    BatchNorm,
+    Conv,
+    Layer,
+    Mask,
+    MaxPool,
+    Model,
+    ParametricLayer,
+    ReLU,
+    Tangent,
+    Tap,
+    build_model,
+    count_trainable,
+    run_layers,
+)
 
-__all__ = ["MODELS", "Model", "Tangent", "build_model", "count_trainable"]
+__all__ = ["MODELS", "Affine", "BatchNorm", "Conv", "Layer", "Mask", "MaxPool", "Model", "ParametricLayer", "ReLU",
+           "Tangent", "Tap", "build_model", "count_trainable", "run_layers"]

@@ -1,4 +1,11 @@
-"""The classifiers, written as pure functions of an explicit parameter dictionary.
+"""The classifiers, each described once as a list of layers, and the forward pass derived from it.
+
+A model is a ``Model`` subclass whose ``layers`` list its network, lowest first, in a small
+vocabulary (``Conv``, ``BatchNorm``, ``ReLU``, ``MaxPool``, ``Mask``, ``Affine``). Everything else
+derives from that list: parameter creation (names and initialisation order), the forward pass
+``logits``, the mask points of turn-over dropout and their sizes, the split of the network at a mask
+point (``Model.split``), the layers with parameters (``Tap``, for EK-FAC) and, in ``models.autodiff``,
+the forward-mode (tangent) pass. Adding a model is adding its class here (and to ``MODELS``).
 
 Parameters are created with nnabla's parametric functions inside a *local* parameter scope
 (``nn.parameter_scope("", scope)``), so several models can live side by side and be saved and
@@ -21,7 +28,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import nnabla as nn
 import nnabla.functions as F
@@ -51,14 +58,6 @@ def _tangent_linear(op: Callable, h, params, prefix: str, tangent: Optional[Tang
         t = op(h, U[f"{prefix}/W"], U[f"{prefix}/b"] if has_bias else None)
         out = out + F.reshape(tangent.eps, (-1,) + (1,) * (len(out.shape) - 1)) * t
     return out
-
-
-def _conv(h, params, prefix, tangent):
-    return _tangent_linear(lambda x, W, b: F.convolution(x, W, b, pad=(1, 1)), h, params, prefix, tangent)
-
-
-def _affine(h, params, prefix, tangent):
-    return _tangent_linear(lambda x, W, b: F.affine(x, W, b, base_axis=1), h, params, prefix, tangent)
 
 
 def channel_affine(h, scale, bias=None):
@@ -164,12 +163,197 @@ def _masked(h, masks, name):
     return h * F.reshape(m, m.shape + (1,) * (len(h.shape) - len(m.shape)))
 
 
+# ---------------------------------------------------------------------- the layer vocabulary
+class Pass(NamedTuple):
+    """What a forward pass over layers needs besides its input (see ``run_layers``)."""
+
+    params: Mapping[str, nn.Variable]
+    train: bool
+    tangent: Optional[Tangent]
+    stats: Mapping[str, nn.Variable]
+    masks: Optional[Mapping[str, nn.Variable]]
+    row_weights: Optional[nn.Variable]
+
+
+class Layer:
+    """One step of a network, as data. ``kind`` names the step; its forward-mode (tangent) rule is
+    the method of that name of ``models.autodiff._Jvp``."""
+
+    kind: ClassVar[str] = ""
+
+    def create(self, h: nn.Variable, rng: np.random.RandomState, num_classes: int) -> nn.Variable:
+        """Create the layer's parameters (if any) in the current parameter scope; the output (shapes only)."""
+        raise NotImplementedError
+
+    def forward(self, h: nn.Variable, p: Pass) -> nn.Variable:
+        """The layer's output on ``h``."""
+        raise NotImplementedError
+
+    def channels(self, c: int, num_classes: int) -> int:
+        """Channels (or units) of the output, given ``c`` at the input."""
+        return c
+
+
+@dataclass(frozen=True)
+class ParametricLayer(Layer):
+    """A layer with parameters, named ``{scope}/{kind}/...`` (``prefix``): ``kind`` is also the scope
+    nnabla's parametric function opens."""
+
+    scope: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.scope}/{self.kind}"
+
+
+@dataclass(frozen=True)
+class Conv(ParametricLayer):
+    """3x3 convolution, padding 1, stride 1, with bias: ``{scope}/conv/W`` (maps, in, 3, 3) and ``/b``."""
+
+    maps: int
+    kind: ClassVar[str] = "conv"
+
+    @staticmethod
+    def op(h: nn.Variable, W: nn.Variable, b: Optional[nn.Variable]) -> nn.Variable:
+        """The linear map, for any ``W`` and ``b`` (or None) of the parameters' shapes."""
+        return F.convolution(h, W, b, pad=(1, 1))
+
+    def create(self, h, rng, num_classes):
+        with nn.parameter_scope(self.scope):
+            return PF.convolution(h, self.maps, (3, 3), pad=(1, 1), rng=rng)
+
+    def forward(self, h, p):
+        return _tangent_linear(self.op, h, p.params, self.prefix, p.tangent)
+
+    def channels(self, c, num_classes):
+        return self.maps
+
+
+@dataclass(frozen=True)
+class Affine(ParametricLayer):
+    """Fully connected layer on the flattened input: ``{scope}/affine/W`` (in, units) and ``/b``.
+
+    ``units`` None: the number of classes. ``w_std`` None: Glorot-uniform weights (nnabla's
+    default), else normal with that standard deviation; zero bias either way.
+    """
+
+    units: Optional[int] = None
+    w_std: Optional[float] = None
+    kind: ClassVar[str] = "affine"
+
+    @staticmethod
+    def op(h: nn.Variable, W: nn.Variable, b: Optional[nn.Variable]) -> nn.Variable:
+        """The linear map, for any ``W`` and ``b`` (or None) of the parameters' shapes."""
+        return F.affine(h, W, b, base_axis=1)
+
+    def create(self, h, rng, num_classes):
+        units = self.channels(h.shape[1], num_classes)
+        with nn.parameter_scope(self.scope):
+            if self.w_std is None:
+                return PF.affine(h, units, rng=rng)
+            return PF.affine(h, units, w_init=I.NormalInitializer(self.w_std, rng=rng),
+                             b_init=I.ConstantInitializer(0.0))
+
+    def forward(self, h, p):
+        return _tangent_linear(self.op, h, p.params, self.prefix, p.tangent)
+
+    def channels(self, c, num_classes):
+        return num_classes if self.units is None else self.units
+
+
+@dataclass(frozen=True)
+class BatchNorm(ParametricLayer):
+    """Batch normalisation per channel: ``{scope}/bn/beta``, ``/gamma`` (trainable) and the running
+    statistics ``/mean``, ``/var`` (see ``_batch_norm`` for the modes)."""
+
+    kind: ClassVar[str] = "bn"
+
+    def create(self, h, rng, num_classes):
+        with nn.parameter_scope(self.scope):
+            return PF.batch_normalization(h)
+
+    def forward(self, h, p):
+        return _batch_norm(h, p.params, self.prefix, p.train, p.tangent, p.stats, p.row_weights)
+
+
+@dataclass(frozen=True)
+class ReLU(Layer):
+    """Rectified linear unit."""
+
+    kind: ClassVar[str] = "relu"
+
+    def create(self, h, rng, num_classes):
+        return F.relu(h)
+
+    def forward(self, h, p):
+        return F.relu(h)
+
+
+@dataclass(frozen=True)
+class MaxPool(Layer):
+    """Max pooling 2x2, stride 2."""
+
+    kind: ClassVar[str] = "max_pool"
+
+    def create(self, h, rng, num_classes):
+        return F.max_pooling(h, (2, 2))
+
+    def forward(self, h, p):
+        return F.max_pooling(h, (2, 2))
+
+
+@dataclass(frozen=True)
+class Mask(Layer):
+    """A turn-over dropout mask point called ``name``: the pass's ``masks[name]`` (B, channels),
+    if given, multiplies the activation per row and channel; otherwise the identity."""
+
+    name: str
+    kind: ClassVar[str] = "mask"
+
+    def create(self, h, rng, num_classes):
+        return h
+
+    def forward(self, h, p):
+        return _masked(h, p.masks, self.name)
+
+
+class Tap(NamedTuple):
+    """A layer with parameters, its input and its output, recorded by a forward pass."""
+
+    layer: ParametricLayer
+    input: nn.Variable
+    output: nn.Variable
+
+
+def run_layers(layers: Sequence[Layer], h: nn.Variable, params: Mapping[str, nn.Variable], train: bool,
+               tangent: Optional[Tangent] = None, stats: Optional[Mapping[str, nn.Variable]] = None,
+               masks: Optional[Mapping[str, nn.Variable]] = None, row_weights: Optional[nn.Variable] = None,
+               taps: Optional[List[Tap]] = None) -> nn.Variable:
+    """``layers`` applied to ``h`` in order (arguments as ``Model.logits``; ``stats`` None: the
+    statistics in ``params``); each layer with parameters appends a ``Tap`` to ``taps`` when given."""
+    p = Pass(params, train, tangent, params if stats is None else stats, masks, row_weights)
+    for layer in layers:
+        out = layer.forward(h, p)
+        if taps is not None and isinstance(layer, ParametricLayer):
+            taps.append(Tap(layer, h, out))
+        h = out
+    return h
+
+
 class Model:
-    """A classifier: parameter creation plus a forward pass ``logits(x, params, train, ...)``."""
+    """A classifier: its ``layers`` (set by each subclass), from which parameter creation and the
+    forward pass ``logits(x, params, train, ...)`` derive."""
 
     name: str = ""
-    #: Layer outputs that accept a per-sample mask, lowest first (turn-over dropout).
+    #: The network, lowest layer first.
+    layers: Tuple[Layer, ...] = ()
+    #: Layer outputs that accept a per-sample mask, lowest first (turn-over dropout): the names of
+    #: the ``Mask`` layers, derived from ``layers``.
     mask_points: Tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.mask_points = tuple(layer.name for layer in cls.layers if isinstance(layer, Mask))
 
     def __init__(self, input_shape: Sequence[int], num_classes: int):
         self.input_shape = tuple(int(s) for s in input_shape)
@@ -184,35 +368,47 @@ class Model:
         with nn.parameter_scope("", scope):
             return OrderedDict(nn.get_parameters(grad_only=False))
 
+    def _create(self, x, rng) -> None:
+        h = x
+        for layer in self.layers:
+            h = layer.create(h, rng, self.num_classes)
+
     def mask_shapes(self) -> Dict[str, int]:
         """Channels (or units) of each mask point."""
-        raise NotImplementedError
+        c, shapes = self.input_shape[0], {}
+        for layer in self.layers:
+            c = layer.channels(c, self.num_classes)
+            if isinstance(layer, Mask):
+                shapes[layer.name] = c
+        return shapes
 
-    def _create(self, x, rng) -> None:
-        raise NotImplementedError
+    def split(self, point: str) -> Tuple[Tuple[Layer, ...], Tuple[Layer, ...]]:
+        """``(lower, upper)``: the layers below mask point ``point``, and the rest from its ``Mask`` on."""
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Mask) and layer.name == point:
+                return self.layers[:i], self.layers[i:]
+        raise ValueError(f"model {self.name!r} has no mask point {point!r}")
+
+    @property
+    def convolutional(self) -> bool:
+        """Whether the network has convolutions (its graphs' memory grows with batch x image area)."""
+        return any(isinstance(layer, Conv) for layer in self.layers)
 
     def logits(self, x: nn.Variable, params: Mapping[str, nn.Variable], train: bool,
                tangent: Optional[Tangent] = None, stats: Optional[Mapping[str, nn.Variable]] = None,
                masks: Optional[Mapping[str, nn.Variable]] = None,
-               row_weights: Optional[nn.Variable] = None) -> nn.Variable:
+               row_weights: Optional[nn.Variable] = None, taps: Optional[List[Tap]] = None) -> nn.Variable:
         """Class scores for ``x``. ``stats`` overrides the batch-norm statistics variables;
         ``row_weights`` weights the rows inside training-mode batch statistics (models without
-        batch normalisation ignore it)."""
-        raise NotImplementedError
+        batch normalisation ignore it); ``taps`` collects the layers with parameters (``run_layers``)."""
+        return run_layers(self.layers, x, params, train, tangent, stats, masks, row_weights, taps)
 
 
 class LogReg(Model):
     """Multinomial logistic regression on the flattened image."""
 
     name = "logreg"
-
-    def _create(self, x, rng):
-        with nn.parameter_scope("fc"):
-            PF.affine(x, self.num_classes, w_init=I.NormalInitializer(0.01, rng=rng),
-                      b_init=I.ConstantInitializer(0.0))
-
-    def logits(self, x, params, train, tangent=None, stats=None, masks=None, row_weights=None):
-        return _affine(x, params, "fc/affine", tangent)
+    layers = (Affine("fc", w_std=0.01),)
 
 
 class MLP(Model):
@@ -220,23 +416,16 @@ class MLP(Model):
 
     name = "mlp"
     hidden = 128
-    mask_points = ("fc1",)
+    layers = (Affine("fc1", hidden), ReLU(), Mask("fc1"), Affine("fc2"))
 
-    def mask_shapes(self):
-        return {"fc1": self.hidden}
 
-    def _create(self, x, rng):
-        with nn.parameter_scope("fc1"):
-            h = PF.affine(x, self.hidden, w_init=I.UniformInitializer(
-                I.calc_uniform_lim_glorot(int(np.prod(self.input_shape)), self.hidden), rng=rng))
-        with nn.parameter_scope("fc2"):
-            PF.affine(h, self.num_classes, w_init=I.UniformInitializer(
-                I.calc_uniform_lim_glorot(self.hidden, self.num_classes), rng=rng))
-
-    def logits(self, x, params, train, tangent=None, stats=None, masks=None, row_weights=None):
-        h = F.relu(_affine(x, params, "fc1/affine", tangent))
-        h = _masked(h, masks, "fc1")
-        return _affine(h, params, "fc2/affine", tangent)
+def _cnn6_blocks(maps: Sequence[int]) -> Tuple[Layer, ...]:
+    """Block k: conv3x3 + BN + ReLU, conv3x3 + ReLU, max-pool 2x2, mask point ``block{k}``."""
+    layers: List[Layer] = []
+    for k, m in enumerate(maps, start=1):
+        layers += [Conv(f"conv{2 * k - 1}", m), BatchNorm(f"conv{2 * k - 1}"), ReLU(),
+                   Conv(f"conv{2 * k}", m), ReLU(), MaxPool(), Mask(f"block{k}")]
+    return tuple(layers)
 
 
 class CNN6(Model):
@@ -248,33 +437,7 @@ class CNN6(Model):
 
     name = "cnn6"
     maps = (32, 64, 128)
-    mask_points = ("block1", "block2", "block3")
-
-    def mask_shapes(self):
-        return dict(zip(self.mask_points, self.maps))
-
-    def _create(self, x, rng):
-        h = x
-        for k, m in enumerate(self.maps, start=1):
-            with nn.parameter_scope(f"conv{2 * k - 1}"):
-                h = PF.convolution(h, m, (3, 3), pad=(1, 1), rng=rng)
-                h = PF.batch_normalization(h)
-            with nn.parameter_scope(f"conv{2 * k}"):
-                h = PF.convolution(h, m, (3, 3), pad=(1, 1), rng=rng)
-            h = F.max_pooling(h, (2, 2))
-        with nn.parameter_scope("fc"):
-            PF.affine(h, self.num_classes, rng=rng)
-
-    def logits(self, x, params, train, tangent=None, stats=None, masks=None, row_weights=None):
-        stats = params if stats is None else stats
-        h = x
-        for k in range(1, len(self.maps) + 1):
-            h = _conv(h, params, f"conv{2 * k - 1}/conv", tangent)
-            h = F.relu(_batch_norm(h, params, f"conv{2 * k - 1}/bn", train, tangent, stats, row_weights))
-            h = F.relu(_conv(h, params, f"conv{2 * k}/conv", tangent))
-            h = F.max_pooling(h, (2, 2))
-            h = _masked(h, masks, f"block{k}")
-        return _affine(h, params, "fc/affine", tangent)
+    layers = _cnn6_blocks(maps) + (Affine("fc"),)
 
 
 MODELS: Dict[str, type] = {m.name: m for m in (CNN6, LogReg, MLP)}

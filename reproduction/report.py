@@ -20,8 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from common.paths import RunPaths  # noqa: E402
-from sgd_influence.analyze import collect_scores, plot_result, summarize  # noqa: E402
+from cleansing.analyze import collect_scores, plot_result, summarize  # noqa: E402
+from cleansing.paths import RunPaths  # noqa: E402
 
 from . import stats  # noqa: E402
 from .scales import Experiment, Scale  # noqa: E402
@@ -602,8 +602,8 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
         "* CIFAR-10 (Fig. 2b, 4b, 5e-h) and STL-10: their archives cannot be downloaded on this machine; "
         "`python reproduce.py --scale paper --data-dir DIR` runs the CIFAR-10 rows where "
         "`cifar-10-python.tar.gz` is present.",
-        "* The paper's sizes (50,000 MNIST training samples): `--scale paper` (about 1 h per trial-set on one GPU "
-        "by the README's projection; not run here).",
+        "* The paper's sizes (50,000 MNIST training samples): `--scale paper` (not run here; "
+        "`bench/bench_graph.py` prints the projected hours from measured task costs).",
     ]
     for note in scale.notes:
         body.append(f"* {note}")

@@ -24,8 +24,10 @@ from typing import Callable, Iterable, List, Optional
 
 import pandas as pd
 
-from sgd_influence.pipeline import RunConfig, run
-from sgd_influence.train import TrainConfig
+from cleansing.config import RunConfig, make_config
+from cleansing.pipeline import run
+from cleansing.train import TrainConfig
+from estimators import REGISTRY
 
 from .scales import Experiment, Scale
 
@@ -78,12 +80,9 @@ def run_config(exp: Experiment, runs: Path, seed: int, data_dir: Optional[str]) 
         jobs=1,
         show_progress=False,
         gallery=0,
+        explain_max=0,
     )
-    if exp.kind == "td":
-        from turnover_dropout import TDRunConfig
-
-        return TDRunConfig(**common, explain_max=0)
-    return RunConfig(**common)
+    return make_config(REGISTRY, **common)
 
 
 def copy_trial(exp: Experiment, runs: Path, committed: Path, seed: int, wall_s: float) -> List[Path]:
@@ -174,7 +173,7 @@ def run_scale(
                 return done
             log(f"{time.strftime('%H:%M:%S')} {exp.name}: trial seed {seed} starts")
             t0 = time.time()
-            run(run_config(exp, runs, seed, data_dir))
+            run(run_config(exp, runs, seed, data_dir), REGISTRY)
             wall = time.time() - t0
             files = copy_trial(exp, runs, committed, seed, wall)
             log(f"{time.strftime('%H:%M:%S')} {exp.name}: trial seed {seed} done in {wall:.0f} s")

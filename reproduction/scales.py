@@ -28,8 +28,8 @@ PAPER_REMOVE = (0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000)
 class Experiment:
     """One run folder: a dataset, training settings, trials (seeds 0..trials-1) and a removal list.
 
-    ``kind``: 'sgd' (Hara, Ours, Random through ``sgd_influence.pipeline``) or 'td' (turn-over
-    dropout through ``turnover_dropout.TDRunConfig``). ``primary_n``: the n of the verdict, fixed
+    ``kind``: 'sgd' (Hara, Ours, Random) or 'td' (turn-over
+    dropout): both through ``cleansing.pipeline``. ``primary_n``: the n of the verdict, fixed
     in advance. ``dataset``: a built-in name, or 'domain_shift' (assembled by
     ``reproduction.domain_shift``). ``needs``: what must exist locally (a note when it does not).
     """

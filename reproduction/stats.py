@@ -94,7 +94,7 @@ def paired_by_seed(scores: pd.DataFrame, a: Tuple[str, int], b: Tuple[str, int],
     """``paired_difference`` of ``metric`` between (method, n) ``a`` and ``b``, over the seeds both have.
 
     ``scores`` has one row per (method, n_drops, seed) with the metric columns (as
-    ``sgd_influence.analyze.collect_scores`` returns)."""
+    ``cleansing.analyze.collect_scores`` returns)."""
     x, y = _by_seed(scores, *a, metric), _by_seed(scores, *b, metric)
     common = x.index.intersection(y.index)
     return paired_difference(x.loc[common].to_numpy(), y.loc[common].to_numpy())

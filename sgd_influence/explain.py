@@ -4,7 +4,7 @@ For a misclassified test image ``(x, y)`` predicted as ``c``, the recursion of `
 is started from ``u = grad_theta l((x, c); theta_T)`` (batch norm in inference mode, as every test
 loss, with the loss's gradient w.r.t. the running statistics beside it) instead of the
 validation-loss gradient: ``infl[i]`` then estimates the change of the *wrong class's* loss when
-``z_i`` is left out of the last epoch, the quantity ``common.explain`` ranks (positive = ``z_i``
+``z_i`` is left out of the last epoch, the quantity ``cleansing.explain`` ranks (positive = ``z_i``
 pushes towards the error). Cost: one influence stage per explained image.
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ from dataclasses import replace
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 
-from common.batches import split_batches
-from common.explain import EXPLAIN_COLUMNS, explanation_table, misclassified
+from cleansing.estimator import Explanation
+from cleansing.explain import misclassified
 from datasets import to_network_input
+from datasets.batches import split_batches
 
 #: What ``I`` means in the SGD-influence explanation figure.
 SGD_FORMULA = ("I = estimated change of the wrong class's loss when z_i leaves the last epoch; "
@@ -31,7 +31,7 @@ def test_predictions(trial) -> np.ndarray:
 
 
 def wrong_class_influence(trial, compute: Callable, wrong: np.ndarray, preds: np.ndarray) -> np.ndarray:
-    """(n_train, len(wrong)): ``compute`` (a ``Method.compute``) run once per test image ``wrong[e]``
+    """(n_train, len(wrong)): ``compute`` run once per test image ``wrong[e]``
     with the trial's ``u`` replaced by the gradient of that image's loss for its predicted class."""
     data, learner = trial.data, trial.learner
     cols = []
@@ -43,11 +43,10 @@ def wrong_class_influence(trial, compute: Callable, wrong: np.ndarray, preds: np
     return np.stack(cols, axis=1) if cols else np.zeros((len(data.train), 0))
 
 
-def explain_errors(trial, compute: Callable, k: int, max_errors: int, same_label: bool = False) -> pd.DataFrame:
-    """The table of ``common.explain`` for the first ``max_errors`` misclassified test images."""
+def explain_errors(trial, compute: Callable, max_errors: int) -> Explanation:
+    """The influence of every training sample towards the first ``max_errors`` test errors, by
+    ``compute`` (a function of a trial that follows ``trial.u``, as Hara and Ours do)."""
     preds = test_predictions(trial)
     wrong = misclassified(preds, trial.data.test.labels, max_errors)
-    if len(wrong) == 0:
-        return pd.DataFrame(columns=EXPLAIN_COLUMNS)
     infl = wrong_class_influence(trial, compute, wrong, preds)
-    return explanation_table(trial.data, wrong, preds, infl, k, same_label)
+    return Explanation(wrong, preds, infl, SGD_FORMULA)

@@ -23,7 +23,7 @@ The papers leave this term out (``u_stats=None``); at small learning rates it is
 large part of the actual effect of leaving a sample out.
 
 Speed: by default each step runs one graph whose forward pass serves both the per-sample
-products and the Hessian-vector product (forward-mode tangents, ``common.autodiff._Jvp``), and
+products and the Hessian-vector product (forward-mode tangents, ``models.autodiff._Jvp``), and
 Hara's parameter files are read one step ahead by a thread. Same math as the separate calls.
 
 Network mode: the per-sample products and Hessian-vector products run batch normalisation in
@@ -37,23 +37,12 @@ from typing import Callable, Iterator, Mapping, Optional
 import numpy as np
 from tqdm import tqdm
 
-from common.autodiff import Learner, Vector
-from common.batches import split_batches, training_batch
+from cleansing.trace import Trace
 from datasets import DataBundle
-
-from .trace import Trace
+from datasets.batches import training_batch
+from models.autodiff import Learner
 
 StateAt = Callable[[int], Mapping[str, np.ndarray]]
-
-
-def validation_loss_grad(learner: Learner, data: DataBundle) -> Vector:
-    """``u = grad (1/|V|) sum_{z in V} l(z; theta)`` at the learner's parameters (inference mode)."""
-    return learner.mean_loss_grad(split_batches(data, data.val), train=False)
-
-
-def validation_loss_stats_grad(learner: Learner, data: DataBundle) -> Vector:
-    """``dL_val/dr`` for batch norm's running means and variances r (empty without batch norm)."""
-    return learner.running_stats_grad(split_batches(data, data.val))
 
 
 def _prefetched(state_at: StateAt, steps) -> Iterator[Mapping[str, np.ndarray]]:

@@ -7,7 +7,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 MNIST_DIR = ROOT.parent / "shared" / "datasets" / "mnist"
 
-import common.cli  # noqa: E402,F401  (quiets nnabla's INFO logging before nnabla is imported)
+import cleansing.cli  # noqa: E402,F401  (quiets nnabla's INFO logging before nnabla is imported)
 
 
 @pytest.fixture(scope="session")

@@ -1,29 +1,23 @@
 """Turn-over dropout (Kobayashi et al., 2020): influence of a training instance from two
 sub-networks of one model trained with instance-specific dropout masks.
 
-Importing this package registers the "Turnover_dropout" method (mean influence on the validation
-set), "Turnover_dropout_self" (self-influence, for finding mislabeled samples) and
-"Turnover_dropout_residual" (the validation influence less what the instance's mask bits predict)
-with ``sgd_influence.pipeline``.
 Modules: ``masks`` (volatile mask generation), ``network`` (masked training step, split forward),
-``train`` (TD training, loss curve, cache), ``influence`` (pairwise and validation influence),
-``report`` (loss-curve and explain-errors figures), ``method`` (the pipeline method). The
-label-noise detection check runs through the driver: ``eval_turnover_dropout.py --label-noise 0.1``.
+``train`` (TD training, loss curve), ``influence`` (pairwise and validation influence),
+``report`` (loss-curve figure and error explanations), ``estimators`` (the pipeline's
+"Turnover_dropout", "Turnover_dropout_self" and "Turnover_dropout_residual" and their options).
 """
-from .masks import P_KEEP, flip, instance_masks, resolve_layers
-from .method import (
-    METHOD,
+from .estimators import (
+    ESTIMATORS,
     NAME,
-    RESIDUAL_METHOD,
     RESIDUAL_NAME,
-    SELF_METHOD,
     SELF_NAME,
-    TDRunConfig,
-    compute,
-    compute_residual,
-    compute_self,
+    TDOptions,
+    TurnoverDropout,
+    TurnoverDropoutResidual,
+    TurnoverDropoutSelf,
 )
+from .masks import P_KEEP, flip, instance_masks, resolve_layers
 from .network import TDLearner
 
-__all__ = ["METHOD", "NAME", "P_KEEP", "RESIDUAL_METHOD", "RESIDUAL_NAME", "SELF_METHOD", "SELF_NAME", "TDLearner",
-           "TDRunConfig", "compute", "compute_residual", "compute_self", "flip", "instance_masks", "resolve_layers"]
+__all__ = ["ESTIMATORS", "NAME", "P_KEEP", "RESIDUAL_NAME", "SELF_NAME", "TDLearner", "TDOptions", "TurnoverDropout",
+           "TurnoverDropoutResidual", "TurnoverDropoutSelf", "flip", "instance_masks", "resolve_layers"]

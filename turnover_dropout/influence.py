@@ -24,8 +24,8 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from common.batches import EVAL_BATCH, split_batches
 from datasets import DataBundle, Split
+from datasets.batches import EVAL_BATCH, split_batches
 
 from .network import TDLearner
 

@@ -84,8 +84,9 @@ def resolve_layers(model_name: str, mask_points: Sequence[str], layers) -> tuple
     """
     points = tuple(mask_points)
     if not points:
-        raise ValueError(f"model '{model_name}' has no layer that turn-over dropout can mask; "
-                         f"use -m cnn6 or -m mlp")
+        from models import MODELS  # here: the masks themselves need only NumPy
+        maskable = " or ".join(f"-m {name}" for name, cls in MODELS.items() if cls.mask_points)
+        raise ValueError(f"model '{model_name}' has no layer that turn-over dropout can mask; use {maskable}")
     if layers is None or (isinstance(layers, str) and layers in ("", "default")):
         return points[-1:]
     if isinstance(layers, str):

@@ -1,6 +1,6 @@
 """A learner with per-row turn-over dropout masks, and the model split at the masked layers.
 
-``TDLearner`` extends ``common.autodiff.Learner`` (same parameter variables, same graph cache) with
+``TDLearner`` extends ``models.autodiff.Learner`` (same parameter variables, same graph cache) with
 
 * ``td_sgd_step``: one SGD step where row r of the mini-batch is multiplied by its own mask
   ``m(z_{idx[r]})`` at every chosen mask point (batch norm in training mode, as ``sgd_step``);
@@ -10,47 +10,23 @@
 * ``linear_head``: when the only masked point feeds the final affine layer directly (cnn6
   'block3', mlp 'fc1'), the head is linear in the mask, which the influence code exploits.
 
-The split forward (``_stages``) re-states ``models.networks`` CNN6/MLP layer by layer with the
-same helpers and parameter names; ``tests/test_turnover_dropout.py`` checks that
-``head(features(x), masks)`` equals ``model.logits(x, masks=masks)``. Other models fall back to
-"no split" (features = the input, head = the whole network).
+The split is the model's own layer list cut at the lowest chosen mask point (``Model.split``), run
+by ``models.networks.run_layers``; ``tests/turnover_dropout`` checks that
+``head(features(x), masks)`` equals ``model.logits(x, masks=masks)``. Layers that are not all
+mask points of the model fall back to "no split" (features = the input, head = the whole network).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import nnabla as nn
 import nnabla.functions as F
 import numpy as np
 
-from common.autodiff import Learner, _Graph, _persist
-from models.networks import CNN6, MLP, Model, _affine, _batch_norm, _conv, _masked, per_sample_loss
+from models.autodiff import Graph, Learner, persist
+from models.networks import Affine, Model, per_sample_loss, run_layers
 
 from .masks import P_KEEP, flip, instance_masks
-
-Stage = Tuple[Optional[str], Callable[[nn.Variable], nn.Variable]]
-
-
-def _stages(model: Model, params, train: bool) -> Optional[List[Stage]]:
-    """The forward pass as a list of (mask point after it or None, function); None if unknown."""
-    if isinstance(model, CNN6):
-        def block(k):
-            def f(h):
-                h = _conv(h, params, f"conv{2 * k - 1}/conv", None)
-                h = F.relu(_batch_norm(h, params, f"conv{2 * k - 1}/bn", train, None, params))
-                h = F.relu(_conv(h, params, f"conv{2 * k}/conv", None))
-                return F.max_pooling(h, (2, 2))
-            return f
-        stages = [(f"block{k}", block(k)) for k in range(1, len(model.maps) + 1)]
-        return stages + [(None, lambda h: _affine(h, params, "fc/affine", None))]
-    if isinstance(model, MLP):
-        return [("fc1", lambda h: F.relu(_affine(h, params, "fc1/affine", None))),
-                (None, lambda h: _affine(h, params, "fc2/affine", None))]
-    return None
-
-
-#: the final affine layer fed directly by the topmost mask point, per model class
-_FINAL_AFFINE = {CNN6: "fc/affine", MLP: "fc2/affine"}
 
 
 class TDLearner(Learner):
@@ -69,11 +45,10 @@ class TDLearner(Learner):
         self.mask_seed = int(mask_seed)
         self.network = int(network)
         self.p = float(p)
-        stages = _stages(model, self.params, False)
-        self.split = stages is not None and all(name in [s[0] for s in stages] for name in self.layers)
+        self.split = bool(self.layers) and all(name in model.mask_points for name in self.layers)
         if self.split:
-            names = [s[0] for s in stages]
-            self._cut = names.index(self.layers[0]) + 1  # stages [0, cut) are below the masks
+            # below the lowest chosen mask point / from its mask on
+            self._lower_layers, self._upper_layers = model.split(self.layers[0])
         self.feature_shape = self._feature_shape()
 
     @classmethod
@@ -90,19 +65,19 @@ class TDLearner(Learner):
     def _mask_vars(self, batch: int) -> Dict[str, nn.Variable]:
         return {k: nn.Variable((batch, c)) for k, c in self.shapes.items()}
 
-    def _set_masks(self, g: _Graph, masks: Mapping[str, np.ndarray]) -> None:
+    def _set_masks(self, g: Graph, masks: Mapping[str, np.ndarray]) -> None:
         for k, var in g.masks.items():
             var.d = masks[k]
 
     # ------------------------------------------------------------------ training
-    def _build_td_train(self, batch: int, train: bool) -> _Graph:
+    def _build_td_train(self, batch: int, train: bool) -> Graph:
         x, y = self._inputs(batch)
         scale = nn.Variable(())
         masks = self._mask_vars(batch)
         logits = self.model.logits(x, self.params, train=True, stats=self.params, masks=masks)
         losses = per_sample_loss(logits, y)
         loss = F.sum(losses) * scale
-        return _Graph(x=x, y=y, scale=scale, masks=masks, loss=_persist(loss), losses=_persist(losses))
+        return Graph(x=x, y=y, scale=scale, masks=masks, loss=persist(loss), losses=persist(losses))
 
     def td_sgd_step(self, x: np.ndarray, y: np.ndarray, indices: np.ndarray, lr: float,
                     batch_size: Optional[int] = None, masks: Optional[Mapping[str, np.ndarray]] = None) -> float:
@@ -128,33 +103,24 @@ class TDLearner(Learner):
         return tuple(h.shape[1:])
 
     def _lower(self, x):
-        h = x
-        for _, f in _stages(self.model, self.params, False)[:self._cut]:
-            h = f(h)
-        return h
+        return run_layers(self._lower_layers, x, self.params, train=False)
 
     def _upper(self, h, masks):
         if not self.split:
             return self.model.logits(h, self.params, train=False, masks=masks)
-        stages = _stages(self.model, self.params, False)
-        h = _masked(h, masks, stages[self._cut - 1][0])
-        for point, f in stages[self._cut:]:
-            h = f(h)
-            if point is not None:
-                h = _masked(h, masks, point)
-        return h
+        return run_layers(self._upper_layers, h, self.params, train=False, masks=masks)
 
-    def _build_lower(self, batch: int, train: bool) -> _Graph:
+    def _build_lower(self, batch: int, train: bool) -> Graph:
         x = nn.Variable((batch,) + self.model.input_shape)
-        return _Graph(x=x, h=_persist(self._lower(x)))
+        return Graph(x=x, h=persist(self._lower(x)))
 
-    def _build_head(self, batch: int, train: bool) -> _Graph:
+    def _build_head(self, batch: int, train: bool) -> Graph:
         h = nn.Variable((batch,) + self.feature_shape)
         y = nn.Variable((batch, self.model.num_classes))
         masks = self._mask_vars(batch)
         logits = self._upper(h, masks)
-        return _Graph(h=h, y=y, masks=masks, logits=_persist(logits),
-                      losses=_persist(per_sample_loss(logits, y)))
+        return Graph(h=h, y=y, masks=masks, logits=persist(logits),
+                      losses=persist(per_sample_loss(logits, y)))
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """The mask-independent lower part of the network on ``x`` (inference mode), float32."""
@@ -183,9 +149,12 @@ class TDLearner(Learner):
 
         Then ``logits = b + sum_c m_c * P_c`` with ``P_c = sum_s h[c, s] W[c, s, :]``: linear in the mask.
         """
-        name = _FINAL_AFFINE.get(type(self.model))
-        if not self.split or name is None or self.layers != (self.model.mask_points[-1],):
+        if not self.split or len(self.layers) != 1:
             return None
+        head = self._upper_layers[1:]  # after the mask
+        if len(head) != 1 or not isinstance(head[0], Affine):
+            return None
+        name = head[0].prefix
         W = self.params[f"{name}/W"].d.astype(np.float64)
         b = self.params[f"{name}/b"].d.astype(np.float64)
         C = self.shapes[self.layers[0]]

@@ -2,8 +2,6 @@
 explanation of test errors by their most influential training images (paper Fig. 5)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -12,18 +10,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from common.batches import split_batches  # noqa: E402
-from common.explain import EXPLAIN_COLUMNS, explanation_table, misclassified, plot_explanations  # noqa: E402
-from common.figures import save_figure  # noqa: E402
-from common.fileio import write_csv_atomic  # noqa: E402
+from cleansing.estimator import Explanation  # noqa: E402
+from cleansing.explain import misclassified  # noqa: E402
 from datasets import DataBundle  # noqa: E402
+from datasets.batches import split_batches  # noqa: E402
 
 from .influence import influence_on_targets, split_features  # noqa: E402
 from .network import TDLearner  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- Fig. 2
-def plot_loss_curve(curve: pd.DataFrame, path: Path, title: str = "") -> None:
+def loss_curve_figure(curve: pd.DataFrame, title: str = ""):
     """Training loss with the own mask m(z) and the flipped mask m~(z), against validation loss."""
     fig, ax = plt.subplots(figsize=(6.6, 4.4))
     e = curve["epoch"]
@@ -43,36 +40,25 @@ def plot_loss_curve(curve: pd.DataFrame, path: Path, title: str = "") -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, path, dpi=130)
+    return fig
 
 
 # ---------------------------------------------------------------------------- Fig. 5
 TD_FORMULA = "I = L(f^m~(z_i), (x, pred)) - L(f^m(z_i), (x, pred)) > 0: z_i lowers the wrong class's loss"
 
 
-def explain_errors(td: TDLearner, data: DataBundle, k: int = 5, max_errors: int = 8,
-                   same_label: bool = False) -> pd.DataFrame:
-    """For the first ``max_errors`` test images the TD network (no mask) gets wrong, the ``k``
-    training images with the largest influence towards the wrong prediction.
+def explain_errors(td: TDLearner, data: DataBundle, max_errors: int = 8) -> Explanation:
+    """For the first ``max_errors`` test images the TD network (no mask) gets wrong, the influence
+    of every training image towards the wrong prediction:
 
     ``influence_on_wrong(z_i) = L(f^{m~(z_i)}, (x, y_pred)) - L(f^{m(z_i)}, (x, y_pred))``: the
     loss of the *predicted (wrong) class* without z_i minus with it. Positive = the sub-network
-    that learned z_i gives the wrong class a lower loss, i.e. z_i pushes towards the error; the
-    table lists the k largest values (most positive first). ``same_label``: only training images
-    labelled as the wrong class are candidates (the paper's Figs. 3-5 show such images).
+    that learned z_i gives the wrong class a lower loss, i.e. z_i pushes towards the error.
     """
     preds = np.concatenate([td.losses_and_predictions(x, y)[1] for x, y in split_batches(data, data.test)])
     wrong = misclassified(preds, data.test.labels, max_errors)
     if len(wrong) == 0:
-        return pd.DataFrame(columns=EXPLAIN_COLUMNS)
+        return Explanation(wrong, preds, np.zeros((len(data.train), 0)), TD_FORMULA)
     h = split_features(td, data, data.test, wrong)
     infl = influence_on_targets(td, h, preds[wrong], len(data.train), reduce_mean=False)  # (n_train, E)
-    return explanation_table(data, wrong, preds, infl, k, same_label)
-
-
-def write_explain_errors(td: TDLearner, data: DataBundle, csv: Path, png: Path, k: int = 5,
-                         max_errors: int = 8, title: str = "", same_label: bool = False) -> pd.DataFrame:
-    table = explain_errors(td, data, k, max_errors, same_label)
-    write_csv_atomic(csv, table)
-    plot_explanations(table, data, png, title, TD_FORMULA)
-    return table
+    return Explanation(wrong, preds, infl, TD_FORMULA)

@@ -4,30 +4,25 @@ The TD network is trained exactly like the standard one (same ``TrainConfig``, s
 parameters drawn from the trial seed, same seeded schedule and augmentation seeds), except that
 every training row is multiplied by its own mask ``m(z_i)`` at the chosen mask points.
 
-Cache, under ``weights/seed_NN/turnover/`` (further networks of an ensemble:
-``turnover_net<k>/``): ``final.h5`` (the TD network), ``config.json`` (layers, p, mask seed,
-network) and ``loss_log.csv`` (per epoch, written last: its presence marks the cache complete). A
-cache made with other layers / p / mask seed is not reused (it is retrained).
+Each network is an artefact the pipeline stores under ``weights/seed_NN/turnover/`` (further
+networks of an ensemble: ``turnover_net<k>/``): ``final.h5``, ``config.json`` (layers, p, mask
+seed, network) and ``loss_log.csv`` (per epoch, written last).
 """
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common.batches import split_batches, training_batch
+from cleansing.estimator import Trained
+from cleansing.trace import Trace
+from cleansing.train import TrainConfig, new_learner
 from common.errors import UserError
-from common.fileio import write_csv_atomic, write_text_atomic
-from common.params_io import load_params, save_params
-from common.paths import RunPaths
 from datasets import DataBundle
-from sgd_influence.trace import Trace
-from sgd_influence.train import TrainConfig, new_learner
+from datasets.batches import split_batches, training_batch
 
 from .influence import instance_losses
 from .masks import P_KEEP, keep_bits
@@ -39,10 +34,6 @@ CURVE_COLUMNS = ["epoch", "train_loss_steps", "train_loss_own_mask", "train_loss
                  "val_accuracy", "test_accuracy", "seconds"]
 CHECK_COLUMNS = ["group", "n", "train_loss_own_mask", "train_loss_flipped_mask", "train_loss_no_mask", "val_loss",
                  "val_loss_random_mask", "flipped_closer_to_val"]
-
-
-def cache_dir(paths: RunPaths, seed: int, network: int = 0) -> Path:
-    return paths.weights(seed) / ("turnover" if network == 0 else f"turnover_net{network}")
 
 
 def new_td_learner(cfg: TrainConfig, data: DataBundle, seed: int, layers: Sequence[str],
@@ -125,27 +116,22 @@ def train_turnover(cfg: TrainConfig, data: DataBundle, trace: Trace, seed: int, 
     return td, pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
-def cached_turnover(cfg: TrainConfig, data: DataBundle, trace: Trace, paths: RunPaths, seed: int,
-                    layers: Sequence[str], p: float = P_KEEP, show_progress: bool = False, network: int = 0
-                    ) -> Tuple[TDLearner, pd.DataFrame, bool]:
-    """(TD network, loss curve, trained now?) from the cache, training and caching it if needed.
-    Only network 0 records the full per-epoch loss curve (the sanity check is drawn from it)."""
-    folder = cache_dir(paths, seed, network)
-    final, log, conf = folder / "final.h5", folder / "loss_log.csv", folder / "config.json"
-    wanted = {"layers": list(layers), "p": p, "mask_seed": seed, "epochs": trace.n_epochs,
-              "n_train": len(data.train), **({"network": network} if network else {})}
-    if final.is_file() and log.is_file() and conf.is_file():
-        try:
-            ok = json.loads(conf.read_text()) == wanted
-        except ValueError:
-            ok = False
-        if ok:
-            td = new_td_learner(cfg, data, seed, layers, p, network)
-            td.set_state(load_params(final))
-            return td, pd.read_csv(log), False
+def network_name(network: int = 0) -> str:
+    """The artefact name (folder under ``weights/seed_NN/``) of TD network ``network``."""
+    return "turnover" if network == 0 else f"turnover_net{network}"
+
+
+def network_config(data: DataBundle, trace: Trace, seed: int, layers: Sequence[str], p: float = P_KEEP,
+                   network: int = 0) -> dict:
+    """What identifies a stored TD network (one made with other layers / p / mask seed is retrained)."""
+    return {"layers": list(layers), "p": p, "mask_seed": seed, "epochs": trace.n_epochs,
+            "n_train": len(data.train), **({"network": network} if network else {})}
+
+
+def train_network(cfg: TrainConfig, data: DataBundle, trace: Trace, seed: int, layers: Sequence[str],
+                  p: float = P_KEEP, show_progress: bool = False, network: int = 0) -> Trained:
+    """TD network ``network`` trained along ``trace``, as an artefact for the pipeline to store. Only
+    network 0 records the full per-epoch loss curve (the sanity check is drawn from it)."""
     desc = f"turn-over train seed {seed}" + (f" network {network}" if network else "")
     td, curve = train_turnover(cfg, data, trace, seed, layers, p, show_progress, desc, network, curve=network == 0)
-    save_params(final, td.params)
-    write_text_atomic(conf, json.dumps(wanted, indent=1))
-    write_csv_atomic(log, curve)
-    return td, curve, True
+    return Trained(td.params, network_config(data, trace, seed, layers, p, network), curve)

@@ -1,0 +1,195 @@
+"""The settings of a run, grouped by what they change: data, training, removal, reports, runtime,
+plus the options of the estimators in use (``cleansing.estimator.Options``, one per family).
+
+``manifest`` lists every setting that changes a result and ``manifest_scopes`` which outputs a
+change of it invalidates (``cleansing.outdir.SCOPES``); runtime settings change no result.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from datasets.loader import input_fingerprints, input_paths
+
+from .estimator import Options, Registry
+from .outdir import SCOPES, method_scope
+from .train import TrainConfig
+
+DEFAULT_REMOVE = (0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000)
+#: Manifest keys added after runs had been made: an old manifest without them had these values.
+MANIFEST_DEFAULTS = {"label_noise": 0.0, "retrain_all": False, "train_data": None, "val_data": None,
+                     "test_data": None}
+#: Report settings added to the manifest later: an old manifest without them takes today's values.
+ADOPTED_IF_MISSING = ("gallery", "explain_k", "explain_max", "explain_same_label")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which samples: a built-in dataset name or an NNC train CSV (``val_csv``/``test_csv``
+    beside it by default), the first ``n_*`` of each seeded split, and label noise."""
+
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    n_train: Optional[int] = None
+    n_val: Optional[int] = None
+    n_test: Optional[int] = None
+    val_csv: Optional[str] = None
+    test_csv: Optional[str] = None
+    label_noise: float = 0.0
+
+
+@dataclass(frozen=True)
+class RemovalConfig:
+    """Which retrainings: the numbers of most harmful samples removed (``-r``), retraining every
+    epoch (``retrain_all``) or the last, and the leave-one-out validation (``--validate``)."""
+
+    remove: Sequence[int] = DEFAULT_REMOVE
+    retrain_all: bool = False
+    validate: int = 0
+    validate_repeats: int = 1
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Which reports: harmful galleries, cleansed datasets, explained test errors."""
+
+    gallery: int = 32
+    cleanse: Sequence[int] = ()
+    explain_k: int = 5
+    explain_max: int = 0
+    explain_same_label: bool = False
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how the run executes (no effect on any result)."""
+
+    out: str = "output_sgd_influence"
+    context: Optional[str] = None
+    device_id: int = 0
+    jobs: int = 1
+    scheduler: Optional[str] = None
+    show_progress: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs: trials ``first_seed`` .. ``first_seed + n_trials - 1``, the
+    ``methods`` (registered estimator names, run in this order) and their ``options`` (options
+    class name -> ``Options``; a missing entry means the defaults)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    removal: RemovalConfig = field(default_factory=RemovalConfig)
+    reports: ReportConfig = field(default_factory=ReportConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    methods: Sequence[str] = ()
+    n_trials: int = 1
+    first_seed: int = 0
+    options: Dict[str, Options] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> List[int]:
+        return list(range(self.first_seed, self.first_seed + self.n_trials))
+
+    @property
+    def out(self) -> str:
+        return self.runtime.out
+
+    def updated(self, registry: Optional[Registry] = None, **settings: Any) -> RunConfig:
+        """A copy with flat settings changed (see ``make_config``): ``cfg.updated(jobs=2, epochs=3)``."""
+        return make_config(registry, self, **settings)
+
+    def option(self, kind: type) -> Options:
+        """The options of class ``kind`` (its defaults unless set)."""
+        return self.options.get(kind.__name__) or kind()
+
+    def manifest(self, registry: Registry) -> dict:
+        """Every setting that changes a result, with the content fingerprints of own CSV data and
+        the options of the estimators in ``methods``."""
+        d, r, rep = self.data, self.removal, self.reports
+        base = {"dataset": d.dataset, **asdict(self.train), "n_train": d.n_train, "n_val": d.n_val,
+                "n_test": d.n_test, "label_noise": float(d.label_noise), "retrain_all": bool(r.retrain_all),
+                "gallery": int(rep.gallery), "explain_k": int(rep.explain_k), "explain_max": int(rep.explain_max),
+                "explain_same_label": bool(rep.explain_same_label),
+                **input_fingerprints(d.dataset, d.val_csv, d.test_csv, (d.n_train, d.n_val, d.n_test))}
+        for kind in registry.option_types(self.methods):
+            base.update(self.option(kind).manifest(self))
+        return base
+
+    def manifest_defaults(self, registry: Registry) -> dict:
+        """Values of keys that older manifests lack (they were recorded later)."""
+        out = dict(MANIFEST_DEFAULTS)
+        for kind in registry.option_types(self.methods):
+            out.update(kind.manifest_defaults)
+        return out
+
+    def manifest_scopes(self, registry: Registry) -> Dict[str, Callable]:
+        """Manifest key -> the outputs a change of it invalidates: training settings everything,
+        validation data the influence onwards, test data and ``retrain_all`` the retrainings, report
+        sizes their reports, an estimator family's options its estimators' outputs only."""
+        scopes = {k: SCOPES["train"] for k in ("dataset", *asdict(self.train), "n_train", "label_noise", "train_data")}
+        scopes.update({k: SCOPES["influence"] for k in ("n_val", "val_data")})
+        scopes.update({k: SCOPES["eval"] for k in ("n_test", "test_data", "retrain_all")})
+        scopes["gallery"] = lambda rel: rel.name.startswith("harmful_")
+        for k in ("explain_k", "explain_max", "explain_same_label"):
+            scopes[k] = lambda rel: rel.name.startswith("explain_errors")
+        for kind in registry.option_types(self.methods):
+            users = [e.name for e in registry if e.options is kind]
+            hits = [method_scope(n, weights_tag=kind.weights_tag) for n in users]
+            own = _any_of(hits)
+            for k in self.option(kind).manifest(self):
+                scopes[k] = kind.scopes.get(k, own)
+        return scopes
+
+    def inputs(self) -> List[Path]:
+        """Files and folders the run reads its data from."""
+        d = self.data
+        return input_paths(d.dataset, d.data_dir, d.val_csv, d.test_csv)
+
+
+def _any_of(scopes: List[Callable]) -> Callable:
+    return lambda rel: any(s(rel) for s in scopes)
+
+
+_GROUPS = {"data": DataConfig, "removal": RemovalConfig, "reports": ReportConfig, "runtime": RuntimeConfig,
+           "train": TrainConfig}
+
+
+def make_config(registry: Optional[Registry] = None, base: Optional[RunConfig] = None, **settings: Any) -> RunConfig:
+    """A ``RunConfig`` from flat keyword settings (``dataset=``, ``epochs=``, ``remove=``, ``out=``,
+    ``methods=``, an options field such as ``damping=`` (with ``registry``) ...): each goes to the
+    group that has a field of that name (``TrainConfig``'s ``lr`` is also accepted as
+    ``learning_rate``); a whole group may be given by its name (``train=TrainConfig(...)``).
+    Settings not given keep their values in ``base`` (default: the defaults)."""
+    base = base or RunConfig()
+    groups: Dict[str, Any] = {g: getattr(base, g) for g in _GROUPS}
+    changes: Dict[str, Dict[str, Any]] = {g: {} for g in _GROUPS}
+    top: Dict[str, Any] = {}
+    option_kinds = registry.option_types() if registry is not None else []
+    option_values: Dict[type, Dict[str, Any]] = {k: {} for k in option_kinds}
+    names = {g: {f.name for f in dataclasses.fields(c)} for g, c in _GROUPS.items()}
+    for key, value in settings.items():
+        key = "lr" if key == "learning_rate" else key
+        if key in _GROUPS and isinstance(value, _GROUPS[key]):
+            groups[key] = value
+            continue
+        if key in ("methods", "n_trials", "first_seed", "options"):
+            top[key] = tuple(value) if key == "methods" else value
+            continue
+        group = next((g for g in _GROUPS if key in names[g]), None)
+        if group is not None:
+            changes[group][key] = tuple(value) if isinstance(value, list) else value
+            continue
+        kind = next((k for k in option_kinds if key in {f.name for f in dataclasses.fields(k)}), None)
+        if kind is None:
+            raise TypeError(f"unknown setting {key!r}")
+        option_values[kind][key] = tuple(value) if isinstance(value, list) else value
+    options = dict(top.pop("options", base.options))
+    for kind, values in option_values.items():
+        if values:
+            options[kind.__name__] = dataclasses.replace(options.get(kind.__name__) or kind(), **values)
+    new_groups = {g: dataclasses.replace(groups[g], **changes[g]) if changes[g] else groups[g] for g in _GROUPS}
+    return dataclasses.replace(base, **new_groups, **top, options=options)

@@ -1,0 +1,113 @@
+"""The output folder tree (docs/SPEC.md section 4): every path a run writes is named here."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+
+class RunPaths:
+    """Paths of every file a run writes under its output folder ``root``."""
+
+    def __init__(self, root: Union[str, Path]):
+        self.root = Path(root)
+
+    # parameter cache and trace
+    def weights(self, seed: int) -> Path:
+        return self.root / "weights" / f"seed_{seed:02d}"
+
+    def params(self, seed: int, which: str) -> Path:
+        """``which``: 'initial', 'start_last_epoch' or 'final'."""
+        return self.weights(seed) / f"{which}.h5"
+
+    def steps_dir(self, seed: int) -> Path:
+        """Per-step parameters of the last epoch (estimators with ``needs_step_params``: Hara's cache)."""
+        return self.weights(seed) / "hara"
+
+    def step_params(self, seed: int, step: int) -> Path:
+        """Parameters before global step ``step`` (a step of the last epoch)."""
+        return self.steps_dir(seed) / f"step_{step:06d}.h5"
+
+    def artefact(self, seed: int, name: str) -> Path:
+        """Folder of a trained artefact of an estimator (e.g. ``turnover``: a turn-over-dropout network)."""
+        return self.weights(seed) / name
+
+    def trace(self, seed: int) -> Path:
+        return self.weights(seed) / "trace.npz"
+
+    def train_log(self, seed: int) -> Path:
+        return self.weights(seed) / "train_log.csv"
+
+    # results
+    def influence_csv(self, method: str, seed: int) -> Path:
+        return self.root / "influence" / method / f"influence_{method.lower()}_{seed}.csv"
+
+    def score_csv(self, method: str, n: int, seed: int) -> Path:
+        return self.root / "score" / method / f"score_delete_worst_{n}_seed_{seed}.csv"
+
+    def table(self, stem: str, seed: int) -> Path:
+        """An estimator's or artefact's table of one trial."""
+        return self.summary / f"{stem}_{seed}.csv"
+
+    def figure(self, stem: str, seed: int) -> Path:
+        """An estimator's or artefact's figure of one trial."""
+        return self.fig / f"{stem}_{seed}.png"
+
+    def log(self, stem: str, seed: int) -> Path:
+        """An estimator's log of one trial (e.g. a solver's report)."""
+        return self.root / "logs" / f"{stem}_seed_{seed}.csv"
+
+    def timings(self, seed: int) -> Path:
+        return self.log("timings", seed)
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def run_table(self, name: str) -> Path:
+        """A table of the whole run: summary, cache_size, timings, validation, detection, ..."""
+        return self.summary / f"{name}.csv"
+
+    def run_figure(self, name: str) -> Path:
+        """A figure of the whole run: result, detection, validation_<Method>."""
+        return self.fig / f"{name}.png"
+
+    def gallery(self, method: str, seed: int) -> Path:
+        """The most harmful training images of ``method`` (a CSV beside it above 100 images)."""
+        return self.fig / f"harmful_{method.lower()}_seed{seed}.png"
+
+    @property
+    def cleansed(self) -> Path:
+        """Cleansed NNC CSVs (``--cleanse``)."""
+        return self.root / "cleansed"
+
+    def cleansed_csv(self, method: str, seed: int, n: int) -> Path:
+        return self.cleansed / f"{method.lower()}_seed{seed}_remove{n}.csv"
+
+    @property
+    def images(self) -> Path:
+        """Built-in datasets' images as PNG, for the cleansed CSVs."""
+        return self.root / "images"
+
+    def explain_csv(self, method: str, seed: int) -> Path:
+        return self.table(f"explain_errors_{method}", seed)
+
+    def explain_png(self, method: str, seed: int) -> Path:
+        return self.figure(f"explain_errors_{method}", seed)
+
+    def validation_repeat(self, seed: int, repeat: int) -> Path:
+        return self.root / "logs" / f"validation_actual_seed_{seed}_repeat_{repeat}.csv"
+
+    def validation_pairs(self, seed: int) -> Path:
+        return self.log("validation_pairs", seed)
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary"
+
+    @property
+    def fig(self) -> Path:
+        return self.root / "fig"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"

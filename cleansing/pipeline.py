@@ -1,0 +1,467 @@
+"""The run: training with trace, the estimators, retraining without the most harmful samples,
+validation, analysis and reports, as tasks (``cleansing.graph``), resumable and parallel.
+
+Every task reads its inputs from and writes its outputs to the output folder; an output that
+exists is complete (all files are written atomically) and is not computed again. Estimators
+(``cleansing.estimator``) compute; this module does every write.
+
+With ``label_noise`` a seeded fraction of each trial's training labels is flipped (influence CSVs
+then get a ``noisy`` column). After the influence stage each method gets its harmful-sample gallery
+and cleansed datasets (``report``); after the analysis the run gets ``summary/cache_table.csv`` and,
+with label noise, the mislabel-detection curves.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from common.errors import UserError
+from common.figures import save_figure
+from common.fileio import write_csv_atomic
+from datasets.noise import check_fraction
+
+from . import analyze as analysis, report
+from .config import RunConfig
+from .estimator import Artefact, Estimate, Estimator, Registry, RunFacts
+from .explain import EXPLAIN_COLUMNS, explanation_table, plot_explanations
+from .folder import OutputFolder, prepare_output
+from .influence_csv import influence_frame, read_influence_csv, scores_by_position, write_influence_csv
+from .paths import RunPaths
+from .retrain import SCORE_COLUMNS, read_score_csv, removal_mask, retrain_scores
+from .trace import load_trace
+from .train import train_with_trace, training_complete
+from .trial import (
+    Trial,
+    load_artefact,
+    load_trial_data,
+    save_artefact,
+    trial_context,
+)
+from .validate import actual_influence, pick_validation_samples
+
+Timing = Tuple[int, str, str, float]  # (seed, stage, method, seconds)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run's configuration with its estimators resolved from the registry (``--methods`` order)."""
+
+    cfg: RunConfig
+    estimators: Tuple[Estimator, ...]
+
+    @classmethod
+    def of(cls, cfg: RunConfig, registry: Registry) -> Plan:
+        registry.check_methods(list(cfg.methods))
+        return cls(cfg, tuple(registry[m] for m in cfg.methods))
+
+    def estimator(self, name: str) -> Estimator:
+        return next(e for e in self.estimators if e.name == name)
+
+    def options(self, est: Estimator):
+        return self.cfg.option(est.options) if est.options is not None else None
+
+    def artefacts(self, est: Optional[Estimator] = None) -> List[Artefact]:
+        """The distinct artefacts of ``est`` (all estimators when None), in first-use order."""
+        found: Dict[str, Artefact] = {}
+        for e in self.estimators if est is None else (est,):
+            for a in e.artefacts(self.cfg, self.options(e)):
+                found.setdefault(a.name, a)
+        return list(found.values())
+
+
+# ---------------------------------------------------------------------------- bookkeeping
+def write_timings(paths: RunPaths) -> None:
+    """``summary/timings.csv``: every trial's ``logs/timings_seed_<k>.csv`` (complete files only)."""
+    logs = [f for f in sorted(paths.logs.glob("timings_seed_*.csv"))
+            if re.fullmatch(r"timings_seed_\d+\.csv", f.name)]
+    if logs:
+        write_csv_atomic(paths.run_table("timings"), pd.concat([pd.read_csv(f) for f in logs], ignore_index=True))
+
+
+class Timings:
+    """Seconds per (stage, method) of one trial, kept in ``logs/timings_seed_<k>.csv``."""
+
+    def __init__(self, paths: RunPaths, seed: int):
+        self.path = paths.timings(seed)
+        self.seed = seed
+
+    def add(self, stage: str, method: str, seconds: float) -> None:
+        """Record (or replace) the row of (stage, method); rows written by others are kept."""
+        rows = pd.read_csv(self.path, keep_default_na=False).to_dict("records") if self.path.is_file() else []
+        rows = [r for r in rows if (r["stage"], r["method"]) != (stage, method)]
+        rows.append({"stage": stage, "method": method, "seed": self.seed, "seconds": round(seconds, 3)})
+        write_csv_atomic(self.path, pd.DataFrame(rows, columns=["stage", "method", "seed", "seconds"]))
+
+
+def remove_list(cfg: RunConfig, n_train: int, log=print) -> List[int]:
+    """The -r values below the training size (others skipped with a message, as the original)."""
+    keep = sorted({int(n) for n in cfg.removal.remove if int(n) < n_train})
+    skipped = sorted({int(n) for n in cfg.removal.remove if int(n) >= n_train})
+    if skipped:
+        log(f"note: skipping removal of {skipped} samples: not below the training size {n_train}")
+    return keep
+
+
+def check_cleanse(cfg: RunConfig, n_train: int) -> List[int]:
+    """The --cleanse sizes, sorted; a UserError (before any training) when one is not below ``n_train``."""
+    ns = sorted({int(n) for n in cfg.reports.cleanse})
+    bad = [n for n in ns if not 0 <= n < n_train]
+    if bad:
+        raise UserError(f"--cleanse {' '.join(map(str, bad))}: cannot remove that many of the {n_train} training "
+                        f"samples; choose 0 <= N < {n_train}")
+    return ns
+
+
+def planned_removals(cfg: RunConfig, n_train: Optional[int] = None, log=None) -> List[int]:
+    """The -r values the run retrains for (below the training size)."""
+    if n_train is None:
+        n_train = len(load_trial_data(cfg, cfg.seeds[0]).train)
+    return remove_list(cfg, n_train, log or (lambda *_: None))
+
+
+def check_run(plan: Plan, log=print) -> int:
+    """Checks that need the data or the options, made once before any task: returns the training size."""
+    cfg = plan.cfg
+    for est in plan.estimators:
+        if est.options is not None:
+            plan.options(est).check(cfg)
+    n_train = len(load_trial_data(cfg, cfg.seeds[0]).train)
+    check_cleanse(cfg, n_train)
+    ns = remove_list(cfg, n_train, log)
+    if cfg.removal.remove and not ns:
+        raise UserError(f"every -r value ({' '.join(map(str, sorted(set(cfg.removal.remove))))}) is at or above "
+                        f"the {n_train} training samples; choose values below {n_train}")
+    return n_train
+
+
+def _write_objects(paths: RunPaths, seed: int, tables: dict, figures: dict, logs: Optional[dict] = None) -> None:
+    for stem, frame in tables.items():
+        write_csv_atomic(paths.table(stem, seed), frame)
+    for stem, fig in figures.items():
+        save_figure(fig, paths.figure(stem, seed), dpi=130)
+    for stem, frame in (logs or {}).items():
+        write_csv_atomic(paths.log(stem, seed), frame)
+
+
+# ---------------------------------------------------------------------------- tasks
+# Each task function returns (value, timings) and does nothing when its output is complete; the
+# graph of them (``graph.build_graph``) is the run. Trials are rebuilt from the output folder in
+# each process (cached per process: estimators of one trial share its validation gradient).
+def train_task(plan: Plan, seed: int):
+    """Training with trace of trial ``seed`` (and the per-step parameters when an estimator needs them)."""
+    cfg = plan.cfg
+    paths = RunPaths(cfg.out)
+    data = load_trial_data(cfg, seed)
+    steps = any(e.needs_step_params for e in plan.estimators)
+    steps_last = -(-len(data.train) // cfg.train.batch_size)
+    if training_complete(paths, seed, steps, steps_last):
+        return len(data.train), []
+    t0 = time.time()
+    try:
+        train_with_trace(cfg.train, data, paths, seed, save_hara=steps, show_progress=cfg.runtime.show_progress)
+    except BaseException:
+        shutil.rmtree(paths.weights(seed), ignore_errors=True)  # keep nothing of a failed stage
+        raise
+    return len(data.train), [(seed, "train", "", time.time() - t0)]
+
+
+def artefact_task(plan: Plan, seed: int, name: str):
+    """Train and store artefact ``name`` of trial ``seed``, then write its report tables and figures."""
+    paths = RunPaths(plan.cfg.out)
+    art = next(a for a in plan.artefacts() if a.name == name)
+    trial = trial_context(plan.cfg, seed)
+    timings = []
+    trained = load_artefact(paths, seed, name, art.config(trial))
+    if trained is None:
+        t0 = time.time()
+        trained = art.train(trial)
+        save_artefact(paths, seed, name, trained)
+        timings.append((seed, f"artefact_{name}", "", time.time() - t0))
+    tables, figures = art.report_names
+    wanted = [paths.table(s, seed) for s in tables] + [paths.figure(s, seed) for s in figures]
+    if art.report is not None and not all(p.is_file() for p in wanted):
+        _write_objects(paths, seed, *art.report(trial, trained))
+    return None, timings
+
+
+def estimate_task(plan: Plan, seed: int, name: str):
+    """The influence CSV of estimator ``name`` for trial ``seed`` (and its tables, figures, logs)."""
+    cfg = plan.cfg
+    paths = RunPaths(cfg.out)
+    csv = paths.influence_csv(name, seed)
+    if csv.is_file():
+        return None, []
+    est = plan.estimator(name)
+    trial = trial_context(cfg, seed)
+    t0 = time.time()
+    result = est.estimate(trial, plan.options(est))
+    if not isinstance(result, Estimate):
+        result = Estimate(np.asarray(result))
+    scores = np.asarray(result.scores, dtype=np.float64)
+    if scores.shape != (len(trial.data.train),):
+        raise UserError(f"{name} returned {scores.shape} scores for {len(trial.data.train)} training samples")
+    if not np.all(np.isfinite(scores)):
+        raise UserError(f"{name} produced non-finite influence for seed {seed}; "
+                        f"lower the learning rate (-lr) or check the training log")
+    _write_objects(paths, seed, result.tables, result.figures, result.logs)
+    write_influence_csv(csv, influence_frame(trial.data.train.ids, trial.data.train.labels, scores,
+                                             trial.noisy if cfg.data.label_noise > 0 else None))
+    return None, [(seed, "infl", name, time.time() - t0)]
+
+
+def _frames(cfg: RunConfig, seed: int, n_train: int) -> Dict[str, pd.DataFrame]:
+    paths = RunPaths(cfg.out)
+    return {m: read_influence_csv(paths.influence_csv(m, seed), n_train) for m in cfg.methods}
+
+
+def trial_reports_task(plan: Plan, seed: int):
+    """Galleries, cleansed datasets and error explanations of trial ``seed``."""
+    cfg = plan.cfg
+    trial = trial_context(cfg, seed)
+    n_train = len(trial.data.train)
+    write_trial_reports(trial, _frames(cfg, seed, n_train), check_cleanse(cfg, n_train),
+                        [e.name for e in plan.estimators if e.control])
+    timings = []
+    for est in plan.estimators:
+        if cfg.reports.explain_max > 0 and est.explains_errors:
+            seconds = explain_trial(plan, trial, est)
+            if seconds is not None:
+                timings.append((seed, "explain", est.name, seconds))
+    return None, timings
+
+
+def _validation_samples(plan: Plan, seed: int) -> Tuple[Dict[str, np.ndarray], Optional[np.ndarray]]:
+    cfg = plan.cfg
+    n_train = len(load_trial_data(cfg, seed).train)
+    controls = {e.name for e in plan.estimators if e.control}
+    estimators = {name: scores_by_position(f) for name, f in _frames(cfg, seed, n_train).items()
+                  if name not in controls}
+    if not estimators:
+        return estimators, None
+    return estimators, pick_validation_samples(estimators, cfg.removal.validate, seed)
+
+
+def _cached_repeat(paths: RunPaths, seed: int, r: int, samples: np.ndarray) -> Optional[np.ndarray]:
+    f = paths.validation_repeat(seed, r)
+    if not f.is_file():
+        return None
+    d = pd.read_csv(f)
+    return d.actual.to_numpy() if np.array_equal(d.datasource_index.to_numpy(), samples) else None
+
+
+def validation_repeat_task(plan: Plan, seed: int, repeat: int):
+    """Repeat ``repeat`` of the leave-one-out truth on the samples picked from the estimates (see
+    ``validation_pairs_task``), kept in ``logs/validation_actual_seed_<k>_repeat_<r>.csv``."""
+    cfg = plan.cfg
+    paths = RunPaths(cfg.out)
+    _, samples = _validation_samples(plan, seed)
+    if samples is None or _cached_repeat(paths, seed, repeat, samples) is not None:
+        return None, []
+    t0 = time.time()
+    trial = trial_context(cfg, seed)
+    actual = actual_influence(cfg.train, trial.data, paths, seed, trial.trace, samples, cfg.removal.retrain_all,
+                              repeat, show_progress=cfg.runtime.show_progress)
+    write_csv_atomic(paths.validation_repeat(seed, repeat),
+                     pd.DataFrame({"datasource_index": samples, "actual": actual}))
+    return None, [(seed, "validate", f"repeat_{repeat}", time.time() - t0)]
+
+
+def validation_pairs_task(plan: Plan, seed: int):
+    """Every method's estimate beside the actual leave-one-out change of the validation loss
+    (counterfactual retraining of the last epoch, or of all epochs with -ra) on the samples picked
+    by ``pick_validation_samples``, averaged over ``validate_repeats`` repeats (see
+    ``actual_influence``): ``logs/validation_pairs_seed_<k>.csv``."""
+    cfg = plan.cfg
+    paths = RunPaths(cfg.out)
+    out = paths.validation_pairs(seed)
+    repeats = max(1, cfg.removal.validate_repeats)
+    if out.is_file() and int(pd.read_csv(out, nrows=1).get("repeats", pd.Series([1])).iloc[0]) == repeats:
+        return None, []
+    estimators, samples = _validation_samples(plan, seed)
+    if samples is None:
+        return None, []
+    table = np.stack([_cached_repeat(paths, seed, r, samples) for r in range(repeats)])
+    spread = table.std(axis=0, ddof=1) if repeats > 1 else np.full(len(samples), np.nan)
+    rows = [pd.DataFrame({"method": name, "seed": seed, "datasource_index": samples, "estimate": s[samples],
+                          "actual": table.mean(axis=0), "actual_sd": spread, "repeats": repeats})
+            for name, s in estimators.items()]
+    write_csv_atomic(out, pd.concat(rows, ignore_index=True))
+    return None, []
+
+
+def baseline_task(plan: Plan, seed: int):
+    """The retraining without removal (``No_Removal``, n = 0), shared by every method."""
+    cfg = plan.cfg
+    paths = RunPaths(cfg.out)
+    base = paths.score_csv(analysis.NO_REMOVAL, 0, seed)
+    if 0 not in planned_removals(cfg) or base.is_file():
+        return None, []
+    t0 = time.time()
+    data = load_trial_data(cfg, seed)
+    trace = load_trace(paths.trace(seed), len(data.train))
+    rows = retrain_scores(cfg.train, data, paths, seed, trace, removal_mask(len(data.train), [], 0),
+                          cfg.removal.retrain_all)
+    write_csv_atomic(base, pd.DataFrame(rows, columns=SCORE_COLUMNS))
+    return None, [(seed, "eval", analysis.NO_REMOVAL, time.time() - t0)]
+
+
+def retrain_task(plan: Plan, seed: int, name: str, n: int):
+    """The scores after retraining trial ``seed`` without the ``n`` most harmful samples by ``name``."""
+    cfg = plan.cfg
+    paths = RunPaths(cfg.out)
+    out = paths.score_csv(name, n, seed)
+    if out.is_file():
+        return None, []
+    if n == 0:
+        write_csv_atomic(out, read_score_csv(paths.score_csv(analysis.NO_REMOVAL, 0, seed)))
+        return None, []
+    t0 = time.time()
+    data = load_trial_data(cfg, seed)
+    trace = load_trace(paths.trace(seed), len(data.train))
+    order = read_influence_csv(paths.influence_csv(name, seed), len(data.train))["datasource_index"].to_numpy()
+    rows = retrain_scores(cfg.train, data, paths, seed, trace, removal_mask(len(data.train), order, n),
+                          cfg.removal.retrain_all)
+    write_csv_atomic(out, pd.DataFrame(rows, columns=SCORE_COLUMNS))
+    return None, [(seed, f"eval_n{n}", name, time.time() - t0)]
+
+
+def run_reports_task(plan: Plan, seeds: List[int]):
+    """Summary, figures and tables of the whole run (``analysis.analyze``, ``write_run_reports``);
+    ``summary/timings.csv`` is written by the process that records the timings, after every task."""
+    cfg = plan.cfg
+    paths = RunPaths(cfg.out)
+    title = f"{cfg.data.dataset} / {cfg.train.model}, {len(seeds)} trial(s)"
+    caches = {e.name: "steps" if e.needs_step_params else "none" if e.control else "final" for e in plan.estimators}
+    summary = analysis.analyze(paths, seeds, list(cfg.methods), title, caches=caches)
+    write_run_reports(plan, paths, len(load_trial_data(cfg, seeds[0]).train), title)
+    merge_logs(plan, paths, seeds)
+    return summary, []
+
+
+def merge_logs(plan: Plan, paths: RunPaths, seeds: Sequence[int]) -> None:
+    """``summary/<table>.csv`` from the estimators' per-trial logs (``Estimator.summary_logs``), in
+    ``--methods`` then seed order."""
+    tables: Dict[str, List[pd.DataFrame]] = {}
+    for est in plan.estimators:
+        for stem, table in est.summary_logs.items():
+            tables.setdefault(table, []).extend(pd.read_csv(f) for s in seeds if (f := paths.log(stem, s)).is_file())
+    for table, frames in tables.items():
+        if frames:
+            write_csv_atomic(paths.run_table(table), pd.concat(frames, ignore_index=True))
+
+
+def run_trial(plan: Plan, seed: int, log=print) -> int:
+    """Every task of trial ``seed`` in this process, in graph order (resumable); returns the number
+    of training samples."""
+    from .graph import build_graph, run_sequential
+    n_train = check_run(plan, log)
+    one = Plan(replace(plan.cfg, first_seed=seed, n_trials=1), plan.estimators)
+    run_sequential(one, [t for t in build_graph(one, [seed]) if t.key != "run-reports"])
+    return n_train
+
+
+# ---------------------------------------------------------------------------- reports
+def write_trial_reports(trial: Trial, frames: Dict[str, pd.DataFrame], cleanse: Sequence[int],
+                        controls: Sequence[str] = ()) -> None:
+    """Per method (``controls`` included, titled as such): the harmful-sample gallery (``gallery``
+    images, 0: none) and the cleansed datasets without the ``cleanse`` most harmful samples (sizes
+    checked by ``check_cleanse``). Existing files are kept."""
+    cfg, seed, paths = trial.cfg, trial.seed, trial.paths
+    true_labels = trial.true_labels if cfg.data.label_noise > 0 else None
+    roots = report.image_roots(cfg.data.dataset, cfg.data.val_csv, cfg.data.test_csv)
+    for name, frame in frames.items():
+        path = report.gallery_path(paths.root, name, seed)
+        if cfg.reports.gallery > 0 and not (path.is_file() or path.with_suffix(".csv").is_file()):
+            what = f"{name} (control: a random order, not an influence)" if name in controls else name.replace("_", " ")
+            title = f"{what}: {cfg.data.dataset} / {cfg.train.model}, seed {seed}{_noise_text(cfg)}"
+            report.harmful_gallery(trial.data, frame, path, n=cfg.reports.gallery, title=title,
+                                   true_labels=true_labels)
+        for n in cleanse:
+            report.write_cleansed_csv(trial.data, frame, n, paths.root, roots, method=name, seed=seed)
+
+
+def explain_trial(plan: Plan, trial: Trial, est: Estimator) -> Optional[float]:
+    """``summary/explain_errors_<method>_<seed>.csv`` and ``fig/explain_errors_<method>_<seed>.png``:
+    the first ``explain_max`` misclassified test images and their ``explain_k`` most influential
+    training images by ``est``; returns the seconds it took (None when both files existed)."""
+    cfg, seed, paths = trial.cfg, trial.seed, trial.paths
+    csv, png = paths.explain_csv(est.name, seed), paths.explain_png(est.name, seed)
+    if csv.is_file() and png.is_file():
+        return None
+    t0 = time.time()
+    rep = cfg.reports
+    ex = est.explain(trial, plan.options(est), rep.explain_max)
+    if len(ex.wrong) == 0:
+        table = pd.DataFrame(columns=EXPLAIN_COLUMNS)
+    else:
+        table = explanation_table(trial.data, ex.wrong, ex.preds, ex.influence, rep.explain_k, rep.explain_same_label)
+    write_csv_atomic(csv, table)
+    title = f"{est.name}: {cfg.data.dataset} / {cfg.train.model}, seed {seed}{_noise_text(cfg)}"
+    plot_explanations(table, trial.data, png, title, ex.formula)
+    return time.time() - t0
+
+
+def write_run_reports(plan: Plan, paths: RunPaths, n_train: int, title: str) -> None:
+    """The estimators' run tables (``Estimator.run_tables``, e.g. ``summary/cache_table.csv``) and,
+    with label noise, ``summary/detection.csv`` and ``fig/detection.png``."""
+    cfg = plan.cfg
+    seeds = cfg.seeds
+    final = paths.params(seeds[0], "final")
+    if not final.is_file():
+        raise UserError(f"parameter file {final} is missing; rerun the same command")
+    facts = RunFacts(cfg.data.dataset, n_train, cfg.train.batch_size, cfg.train.epochs, final.stat().st_size,
+                     pd.read_csv(paths.run_table("cache_size")))
+    tables: Dict[str, pd.DataFrame] = {}
+    for est in plan.estimators:
+        for name, frame in est.run_tables(facts).items():
+            tables.setdefault(name, frame)
+    for name, frame in tables.items():
+        write_csv_atomic(paths.run_table(name), frame)
+    if cfg.data.label_noise > 0:
+        frames = report.collect_detection_frames(paths.root, list(cfg.methods), seeds)
+        if frames:
+            report.write_detection(paths.root, frames, title + _noise_text(cfg))
+
+
+def _noise_text(cfg: RunConfig) -> str:
+    return f", {100 * cfg.data.label_noise:g}% of training labels flipped" if cfg.data.label_noise > 0 else ""
+
+
+# ---------------------------------------------------------------------------- the run
+def run(cfg: RunConfig, registry: Registry, overwrite: bool = False) -> pd.DataFrame:
+    """Run the task graph of every trial (in this process, or on ``runtime.jobs`` local Dask
+    workers, or on the cluster of ``runtime.scheduler``), then the analysis and the run's reports;
+    returns the summary table."""
+    plan = Plan.of(cfg, registry)
+    check_fraction(cfg.data.label_noise)
+    if cfg.reports.gallery < 0:
+        raise UserError(f"gallery size must not be negative, got {cfg.reports.gallery}")
+    folder = prepare_output(cfg, registry, overwrite)
+    failed = True
+    try:
+        summary = _run_trials(plan, folder)
+        write_timings(folder.paths)
+        failed = False
+    finally:
+        folder.close(failed)
+    return summary
+
+
+def _run_trials(plan: Plan, folder: OutputFolder) -> pd.DataFrame:
+    from .graph import build_graph, run_dask, run_sequential
+    cfg = plan.cfg
+    check_run(plan)
+    folder.started = True
+    rt = cfg.runtime
+    if rt.scheduler or rt.jobs > 1:  # one progress bar over the tasks, none inside them
+        quiet = Plan(replace(cfg, runtime=replace(rt, show_progress=False)), plan.estimators)
+        return run_dask(plan, build_graph(quiet, cfg.seeds), rt.jobs, rt.scheduler)
+    from common.context import set_context
+    set_context(rt.context, rt.device_id)
+    return run_sequential(plan, build_graph(plan, cfg.seeds))

@@ -1,0 +1,145 @@
+"""A trained trial as the estimators see it, and the stored artefacts beside its training.
+
+``Trial`` holds the trial's data (label noise applied), the trace of its training, the learner at
+the final parameters, and lazily the gradient ``u`` of the mean validation loss there. It is
+rebuilt from the output folder in each process (``trial_context`` caches it per process).
+"""
+from __future__ import annotations
+
+import collections
+import json
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+
+from common.errors import UserError
+from common.fileio import write_csv_atomic, write_text_atomic
+from common.params_io import load_params, save_params
+from datasets import DataBundle, load_dataset
+from datasets.batches import split_batches
+from datasets.noise import apply_label_noise
+from models.autodiff import Learner, Vector
+
+from .config import RunConfig
+from .estimator import Artefact, Trained
+from .paths import RunPaths
+from .trace import Trace
+from .train import load_training
+
+
+def validation_loss_grad(learner: Learner, data: DataBundle) -> Vector:
+    """``u = grad (1/|V|) sum_{z in V} l(z; theta)`` at the learner's parameters (inference mode)."""
+    return learner.mean_loss_grad(split_batches(data, data.val), train=False)
+
+
+def validation_loss_stats_grad(learner: Learner, data: DataBundle) -> Vector:
+    """``dL_val/dr`` for batch norm's running means and variances r (empty without batch norm)."""
+    return learner.running_stats_grad(split_batches(data, data.val))
+
+
+@dataclass
+class Trial:
+    """What the estimators of one trial may use: the data, the trace and the final model."""
+
+    cfg: RunConfig
+    seed: int
+    data: DataBundle
+    paths: RunPaths
+    trace: Trace
+    learner: Learner
+    noisy: Optional[np.ndarray] = None          # training positions whose label was flipped (label noise)
+    true_labels: Optional[np.ndarray] = None    # training labels before flipping
+    _u: Optional[dict] = None
+    _u_stats: Optional[dict] = None
+    _artefacts: Dict[str, Trained] = field(default_factory=dict)
+
+    @property
+    def u(self) -> dict:
+        """Gradient of the mean validation loss at the final parameters (computed once)."""
+        if self._u is None:
+            self._u = validation_loss_grad(self.learner, self.data)
+        return self._u
+
+    @property
+    def u_stats(self) -> dict:
+        """Its gradient w.r.t. batch norm's running statistics (computed once; empty without)."""
+        if self._u_stats is None:
+            self._u_stats = validation_loss_stats_grad(self.learner, self.data)
+        return self._u_stats
+
+    def step_params(self, step: int) -> Dict[str, np.ndarray]:
+        """Parameters before global step ``step`` of the last epoch (estimators with ``needs_step_params``)."""
+        return load_params(self.paths.step_params(self.seed, step))
+
+    def artefact(self, artefact: Artefact) -> Trained:
+        """The stored ``artefact`` of this trial (its task ran before the estimator that reads it)."""
+        name = artefact.name
+        if name not in self._artefacts:
+            found = load_artefact(self.paths, self.seed, name, artefact.config(self))
+            if found is None:
+                raise UserError(f"artefact {name} of seed {self.seed} is missing or was made with other settings; "
+                                f"rerun the same command")
+            self._artefacts[name] = found
+        return self._artefacts[name]
+
+
+# ---------------------------------------------------------------------------- data
+def load_noisy_trial_data(cfg: RunConfig, seed: int) -> Tuple[DataBundle, np.ndarray, np.ndarray]:
+    """(data of trial ``seed`` with ``label_noise`` of its training labels flipped, noisy mask,
+    training labels before flipping); validation and test are never flipped."""
+    d = cfg.data
+    data = load_dataset(d.dataset, seed, data_dir=d.data_dir, n_train=d.n_train, n_val=d.n_val,
+                        n_test=d.n_test, val_csv=d.val_csv, test_csv=d.test_csv)
+    if cfg.train.batch_size > len(data.train):
+        raise UserError(f"batch size {cfg.train.batch_size} is larger than the {len(data.train)} training "
+                        f"samples; lower -bs")
+    true_labels = data.train.labels
+    data, noisy = apply_label_noise(data, d.label_noise, seed)
+    return data, noisy, true_labels
+
+
+def load_trial_data(cfg: RunConfig, seed: int) -> DataBundle:
+    """The data trial ``seed`` trains on (label noise applied)."""
+    return load_noisy_trial_data(cfg, seed)[0]
+
+
+_TRIALS: collections.OrderedDict = collections.OrderedDict()
+
+
+def trial_context(cfg: RunConfig, seed: int) -> Trial:
+    """The trained trial ``seed`` (data, trace, final learner), built once per process."""
+    paths = RunPaths(cfg.out)
+    final = paths.params(seed, "final")
+    key = (repr(cfg), seed, final.stat().st_mtime_ns if final.is_file() else None)
+    if key not in _TRIALS:
+        data, noisy, true_labels = load_noisy_trial_data(cfg, seed)
+        trace, learner = load_training(cfg.train, data, paths, seed)
+        _TRIALS[key] = Trial(cfg, seed, data, paths, trace, learner, noisy, true_labels)
+        while len(_TRIALS) > 2:
+            _TRIALS.popitem(last=False)
+    return _TRIALS[key]
+
+
+# ---------------------------------------------------------------------------- artefacts
+def load_artefact(paths: RunPaths, seed: int, name: str, config: dict) -> Optional[Trained]:
+    """The stored artefact, or None when it is incomplete or was made with another ``config``."""
+    folder = paths.artefact(seed, name)
+    final, log, conf = folder / "final.h5", folder / "loss_log.csv", folder / "config.json"
+    if not (final.is_file() and log.is_file() and conf.is_file()):
+        return None
+    try:
+        if json.loads(conf.read_text()) != config:
+            return None
+    except ValueError:
+        return None
+    return Trained(load_params(final), config, pd.read_csv(log))
+
+
+def save_artefact(paths: RunPaths, seed: int, name: str, trained: Trained) -> None:
+    """Store an artefact: parameters, config, and its log last (the log marks it complete)."""
+    folder = paths.artefact(seed, name)
+    save_params(folder / "final.h5", trained.params)
+    write_text_atomic(folder / "config.json", json.dumps(trained.config, indent=1))
+    write_csv_atomic(folder / "loss_log.csv", trained.log)

@@ -1,0 +1,161 @@
+"""The pipeline's influence-function estimators and their options (``cleansing.estimator``).
+
+* "Influence_functions": ``infl_j = <v, grad l(z_j)> / n_train`` with ``v ~= (H + alpha I)^-1 u``
+  solved by ``--solver`` (MINRES by default); each solve's report goes to
+  ``logs/solver_seed_<k>.csv`` and ``summary/solver.csv``.
+* "Influence_functions_ekfac": the same score with ``v = (G + alpha I)^-1 u``, ``G`` the EK-FAC
+  approximation of the Gauss-Newton matrix (no iterative solve).
+* "Influence_functions_original_sign": ``-infl``, what the original example stored (its ascending
+  order removes the most *helpful* first); reuses the Influence_functions scores.
+
+``InfluenceOptions`` are the flags of all three (``damping`` None: 10.0 for cifar10, 0.1 otherwise).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from cleansing.cli import positive_float, positive_int
+from cleansing.estimator import Estimate, Estimator, Options, option
+from cleansing.influence_csv import read_influence_csv, scores_by_position
+from cleansing.outdir import method_scope
+from common.errors import UserError
+
+from .ekfac import FISHERS, EkfacOptions, ekfac_influence
+from .estimator import SOLVER_COLUMNS, default_damping, influence_functions, solver_row
+from .solvers import SOLVERS, SolverInfo, SolverOptions
+
+NAME = "Influence_functions"
+EKFAC = "Influence_functions_ekfac"
+ORIGINAL_SIGN = "Influence_functions_original_sign"
+DIVERGED = 1.0  # a residual above this is worse than v = 0
+_S = SolverOptions()
+
+
+def momentum(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must be in [0, 1)")
+    return v
+
+
+@dataclass(frozen=True)
+class InfluenceOptions(Options):
+    """Damping, the exact solvers' settings and EK-FAC's Fisher labels."""
+
+    title = "influence functions (Influence_functions, Influence_functions_ekfac)"
+    manifest_defaults = {"ekfac_fisher": EkfacOptions().fisher}  # recorded since EK-FAC
+    scopes = {"ekfac_fisher": method_scope(EKFAC)}
+
+    damping: Optional[float] = option(
+        None, "alpha in (H + alpha I)^-1, and in EK-FAC's (G + alpha I)^-1 (default: 10.0 for cifar10, 0.1 "
+              "otherwise, as the original)", type=positive_float)
+    solver: str = option(
+        _S.solver, "Influence_functions' solver: minres (default): MINRES on full-batch Hessian-vector products, "
+                   "converges also when H + alpha I is indefinite; cg: conjugate gradient (stops at negative "
+                   "curvature); sgd: the original example's momentum SGD over mini-batches; lissa: Agarwal et al.'s "
+                   "stochastic series", choices=SOLVERS)
+    cg_iters: int = option(_S.cg_iters, "cg, minres: most iterations, one full-batch product each (default "
+                                        "%(default)s)", type=positive_int)
+    tol: float = option(_S.tol, "cg, minres: stop at this relative residual (default %(default)s)",
+                        type=positive_float)
+    sgd_epochs: int = option(_S.sgd_epochs, "sgd: epochs (default %(default)s)", type=positive_int)
+    sgd_lr: float = option(_S.sgd_lr, "sgd: learning rate (default %(default)s)", type=positive_float)
+    sgd_momentum: float = option(_S.sgd_momentum, "sgd: momentum (default %(default)s)", type=momentum)
+    lissa_scale: Optional[float] = option(
+        None, "lissa: scale, above the largest mini-batch Hessian eigenvalue + damping (default: 1.2 x a "
+              "20-step power-iteration estimate)", type=positive_float)
+    lissa_depth: int = option(_S.lissa_depth, "lissa: recursion depth in mini-batch steps (default %(default)s)",
+                              type=positive_int)
+    lissa_repeats: int = option(_S.lissa_repeats, "lissa: independent runs averaged (default %(default)s)",
+                                type=positive_int)
+    ekfac_fisher: str = option(
+        EkfacOptions().fisher, "Influence_functions_ekfac: labels of the Fisher's gradients: sampled (default) from "
+                               "the model's prediction (the true Fisher = Gauss-Newton matrix, Kronfluence's "
+                               "default); exact: the expectation over all classes (one backward pass per class); "
+                               "empirical: the true labels", choices=FISHERS)
+
+    def resolved_damping(self, dataset: str) -> float:
+        return default_damping(dataset) if self.damping is None else float(self.damping)
+
+    @property
+    def solver_options(self) -> SolverOptions:
+        return SolverOptions(**{k: getattr(self, k) for k in asdict(SolverOptions())})
+
+    def manifest(self, run) -> dict:
+        return {"damping": self.resolved_damping(run.data.dataset), **asdict(self.solver_options),
+                "ekfac_fisher": self.ekfac_fisher}
+
+
+class InfluenceFunctions(Estimator):
+    """Koh & Liang's influence functions with an iterative solve of the damped Hessian system."""
+
+    name = NAME
+    options = InfluenceOptions
+    summary_logs = {"solver": "solver"}
+
+    def estimate(self, trial, options: InfluenceOptions) -> Estimate:
+        damping, solver = options.resolved_damping(trial.cfg.data.dataset), options.solver_options
+        scores, info = influence_functions(trial.learner, trial.data, trial.u, damping, solver,
+                                           batch_size=trial.cfg.train.batch_size, seed=trial.seed,
+                                           show_progress=trial.cfg.runtime.show_progress,
+                                           desc=f"{NAME} seed {trial.seed}")
+        log = pd.DataFrame([solver_row(NAME, trial.seed, damping, info)], columns=SOLVER_COLUMNS)
+        print(f"{NAME} seed {trial.seed}: {info.solver} solver, damping {damping:g}, {info.iterations} iterations, "
+              f"relative residual {info.residual:.3g}, {info.seconds:.1f} s" + (f" ({info.note})" if info.note else ""))
+        if not np.all(np.isfinite(scores)):
+            raise UserError(f"the {info.solver} solve of (H + {damping:g} I) v = u diverged for seed {trial.seed} "
+                            f"({info.note or 'non-finite v'}); use --solver cg or raise --damping")
+        if info.residual > DIVERGED:
+            print(f"warning: {NAME} seed {trial.seed}: the {info.solver} solve did not converge (relative residual "
+                  f"{info.residual:.3g} > 1, worse than v = 0): its scores are not meaningful; "
+                  f"use --solver cg or raise --damping")
+        return Estimate(scores, logs={"solver": log})
+
+
+class InfluenceFunctionsEkfac(Estimator):
+    """The same score with an EK-FAC approximation of the Gauss-Newton matrix (``ekfac``)."""
+
+    name = EKFAC
+    options = InfluenceOptions
+    summary_logs = {"solver_influence_functions_ekfac": "solver"}
+
+    def estimate(self, trial, options: InfluenceOptions) -> Estimate:
+        damping = options.resolved_damping(trial.cfg.data.dataset)
+        scores, ek = ekfac_influence(trial.learner, trial.data, trial.u, damping,
+                                     EkfacOptions(fisher=options.ekfac_fisher), seed=trial.seed,
+                                     show_progress=trial.cfg.runtime.show_progress, desc=f"{EKFAC} seed {trial.seed}")
+        times = ", ".join(f"{k} {v:.1f} s" for k, v in ek.seconds.items())
+        info = SolverInfo(f"ekfac-{ek.fisher}", passes=float(ek.passes), seconds=ek.total_seconds,
+                          notes=[f"EK-FAC ({ek.fisher} labels): {times}; residual not measured (an approximation, "
+                                 f"not a solve of (H + alpha I) v = u)"])
+        print(f"{EKFAC} seed {trial.seed}: EK-FAC with {ek.fisher} labels, damping {damping:g}, {ek.passes} passes "
+              f"over the training set, {times}")
+        log = pd.DataFrame([solver_row(EKFAC, trial.seed, damping, info)], columns=SOLVER_COLUMNS)
+        return Estimate(scores, logs={"solver_influence_functions_ekfac": log})
+
+
+class InfluenceFunctionsOriginalSign(Estimator):
+    """``-infl``: the original example's stored value, for comparison only (no second solve)."""
+
+    name = ORIGINAL_SIGN
+    options = InfluenceOptions
+    after = (NAME,)
+
+    def estimate(self, trial, options) -> Estimate:
+        return Estimate(original_sign(trial))
+
+
+def original_sign(trial) -> np.ndarray:
+    """Minus this trial's Influence_functions scores, read from their CSV."""
+    csv = trial.paths.influence_csv(NAME, trial.seed)
+    if not csv.is_file():
+        raise UserError(f"{ORIGINAL_SIGN} reuses the {NAME} scores: list {NAME} before it in --methods")
+    return -scores_by_position(read_influence_csv(csv, len(trial.data.train)))
+
+
+ESTIMATORS = (InfluenceFunctions(), InfluenceFunctionsEkfac(), InfluenceFunctionsOriginalSign())

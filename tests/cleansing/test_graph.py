@@ -1,0 +1,161 @@
+"""The run as a task graph on Dask: the same bytes whatever the placement, faults survived or
+reported in one line."""
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from tests.helpers import ROOT, assert_one_line_error, run_cli
+
+ARGS = ["-m", "logreg", "-e", "2", "--n-train", "200", "--n-val", "60", "--n-test", "60", "--gallery", "0",
+        "--methods", "Hara", "Ours", "Random", "-r", "0", "10", "40", "--validate", "6", "--validate-repeats", "2"]
+BIN = Path(sys.executable).parent
+
+
+def results(out: Path) -> dict:
+    """sha256 of every influence, score and summary CSV but the wall-clock timings."""
+    files = [p for d in ("influence", "score", "summary") for p in sorted((out / d).rglob("*.csv"))]
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files
+            if p.name != "timings.csv"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_jobs(out: Path, *extra: str, script: str = "eval_sgd_influence.py") -> subprocess.CompletedProcess:
+    """The driver with ``extra`` flags (e.g. its own -j: run_cli's -j 1 comes first, a later -j wins)."""
+    return run_cli("-o", str(out), *ARGS, *extra, script=script)
+
+
+class TcpCluster:
+    """A Dask scheduler and two workers (one thread each) started as separate processes on localhost."""
+
+    def __init__(self, tmp: Path):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "DASK_LOGGING__DISTRIBUTED": "error"}
+        port = free_port()
+        self.address = f"tcp://127.0.0.1:{port}"
+        self.log = open(tmp / "cluster.log", "w")
+        self.scheduler = subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                           "--dashboard-address", ":0"], env=env, stdout=self.log, stderr=self.log)
+        self.workers = [subprocess.Popen([str(BIN / "dask"), "worker", self.address, "--nthreads", "1",
+                                          "--nworkers", "1", "--host", "127.0.0.1", "--dashboard-address", ":0"],
+                                         env=env, cwd=ROOT, stdout=self.log, stderr=self.log) for _ in range(2)]
+        from distributed import Client
+        with Client(self.address, timeout="60s") as c:
+            c.wait_for_workers(2, timeout=120)
+
+    def worker_processes(self):
+        """The worker processes (children of the nannies), which run the tasks."""
+        return [c for w in self.workers for c in psutil.Process(w.pid).children(recursive=True)]
+
+    def close(self):
+        for p in self.workers + [self.scheduler]:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in self.workers + [self.scheduler]:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.log.close()
+
+
+def start_on(cluster: TcpCluster, out: Path) -> subprocess.Popen:
+    """The driver on ``cluster``, returned once its training is under way (the trace is written)."""
+    cmd = [sys.executable, str(ROOT / "eval_sgd_influence.py"), "-o", str(out), *ARGS, "--scheduler",
+           cluster.address, "--no-progress"]
+    run = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (out / "weights" / "seed_00" / "trace.npz").exists():
+        assert run.poll() is None and time.time() - t0 < 300, run.stderr.read() if run.poll() is not None else ""
+        time.sleep(0.01)
+    return run
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "o"
+    res = run_jobs(out)
+    assert res.returncode == 0, res.stderr
+    return results(out)
+
+
+def test_same_bytes_with_one_worker_two_workers_and_a_tcp_cluster(reference, tmp_path):
+    assert len(reference) == 1 + 3 + 3 * 3 + 5  # No_Removal, influence, scores, 5 summaries
+    res = run_jobs(tmp_path / "two", "-j", "2")
+    assert res.returncode == 0, res.stderr
+    assert results(tmp_path / "two") == reference
+    cluster = TcpCluster(tmp_path)
+    try:
+        res = run_jobs(tmp_path / "tcp", "--scheduler", cluster.address)
+        assert res.returncode == 0, res.stderr
+    finally:
+        cluster.close()
+    assert results(tmp_path / "tcp") == reference
+    timings = pd.read_csv(tmp_path / "tcp" / "summary" / "timings.csv")
+    assert {"train", "infl", "validate", "eval", "eval_n10", "eval_n40"} <= set(timings.stage)
+
+
+def test_worker_killed_mid_task_run_finishes_with_the_same_bytes(reference, tmp_path):
+    cluster = TcpCluster(tmp_path)
+    out = tmp_path / "o"
+    try:
+        run = start_on(cluster, out)
+        killed = cluster.worker_processes()
+        for p in killed:
+            p.send_signal(signal.SIGKILL)
+        assert run.wait(timeout=600) == 0, run.stderr.read()
+    finally:
+        cluster.close()
+    assert killed and results(out) == reference
+    assert not list(out.rglob("*.partial*"))
+
+
+def test_bad_input_inside_a_task_is_one_line(tmp_path):
+    # a learning rate that makes the training loss overflow: the training task (on a Dask worker)
+    # raises the one-line error, which the run reports as it is
+    res = run_cli("-o", str(tmp_path / "o"), "-m", "logreg", "-e", "1", "--n-train", "100", "-r", "0", "10",
+                  "-lr", "1e38", "--methods", "Random", "-j", "2")
+    assert res.returncode == 2
+    assert_one_line_error(res, "the training loss became", "lower the learning rate")
+    # an order the registry knows to be impossible is refused before any task
+    res = run_cli("-o", str(tmp_path / "p"), "-m", "logreg", "-e", "1", "--n-train", "100", "-r", "0",
+                  "--methods", "Influence_functions_original_sign", "Random", "-j", "2",
+                  script="eval_influence_functions.py")
+    assert res.returncode == 2
+    assert_one_line_error(res, "Influence_functions_original_sign reuses the Influence_functions scores")
+    assert not (tmp_path / "p").exists()
+
+
+def test_unreachable_scheduler_is_one_line(tmp_path):
+    res = run_jobs(tmp_path / "o", "--scheduler", f"tcp://127.0.0.1:{free_port()}")
+    assert res.returncode == 2
+    assert_one_line_error(res, "cannot reach the Dask scheduler", "leave --scheduler out")
+
+
+def test_lost_scheduler_is_one_line_and_the_rerun_finishes(reference, tmp_path):
+    cluster = TcpCluster(tmp_path)
+    out = tmp_path / "o"
+    try:
+        run = start_on(cluster, out)
+        cluster.scheduler.kill()
+        assert run.wait(timeout=300) == 2
+        lines = [ln for ln in run.stderr.read().splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: lost the Dask scheduler (")
+        assert lines[0].endswith("rerun the same command to continue where it stopped")
+    finally:
+        cluster.close()
+    res = run_jobs(out)  # the same command, here on one worker, finishes the run
+    assert res.returncode == 0, res.stderr
+    assert results(out) == reference

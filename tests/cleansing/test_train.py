@@ -1,0 +1,94 @@
+"""Training with a trace, the parameter caches, and exact replay."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cleansing.paths import RunPaths
+from cleansing.retrain import retrain_last_epoch
+from cleansing.trace import load_trace, make_schedule, save_trace
+from cleansing.train import TrainConfig, train_with_trace, training_complete
+from common.errors import UserError
+from common.params_io import load_params
+from datasets import load_dataset
+
+
+def test_schedule_visits_every_sample_once_per_epoch():
+    tr = make_schedule(n_train=70, epochs=3, batch_size=32, lr=0.05, seed=5)
+    assert tr.n_steps == 9 and tr.n_epochs == 3
+    for e in range(3):
+        idx = np.concatenate([tr.batch(t)[0] for t in tr.epoch_steps(e)])
+        assert sorted(idx) == list(range(70))
+    assert [len(tr.batch(t)[0]) for t in range(3)] == [32, 32, 6]
+    np.testing.assert_array_equal(tr.last_epoch_steps(), [6, 7, 8])
+    assert np.all(tr.lr == 0.05)
+
+
+def test_schedule_is_seeded():
+    a, b, c = (make_schedule(100, 2, 10, 0.1, s) for s in (1, 1, 2))
+    assert np.array_equal(a.indices, b.indices) and np.array_equal(a.seeds, b.seeds)
+    assert not np.array_equal(a.indices, c.indices)
+    # each sample gets a new augmentation seed every epoch
+    s0 = dict(zip(*[np.concatenate(z) for z in zip(*[a.batch(t) for t in a.epoch_steps(0)])]))
+    s1 = dict(zip(*[np.concatenate(z) for z in zip(*[a.batch(t) for t in a.epoch_steps(1)])]))
+    assert sum(s0[i] != s1[i] for i in range(100)) > 90
+
+
+def test_trace_round_trip_and_crafted_files_are_refused(tmp_path):
+    tr = make_schedule(50, 2, 16, 0.05, 0)
+    save_trace(tmp_path / "trace.npz", tr)
+    back = load_trace(tmp_path / "trace.npz", 50)
+    assert np.array_equal(back.indices, tr.indices) and np.array_equal(back.lr, tr.lr)
+    with pytest.raises(UserError, match="unexpected content"):
+        load_trace(tmp_path / "trace.npz", 10)  # indices beyond the training set
+    # a pickled object array inside an npz must not be unpickled
+    evil = tmp_path / "evil.npz"
+    np.savez(evil, epoch=np.array([object()], dtype=object), step=np.arange(1), lr=np.ones(1),
+             indices=np.zeros((1, 1), int), seeds=np.zeros((1, 1), int))
+    with pytest.raises(UserError, match="is not a valid trace"):
+        load_trace(evil, 50)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="is not a valid trace"):
+        load_trace(tmp_path / "junk.npz", 50)
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory, mnist_dir):
+    """cnn6 on 2,000 MNIST samples, 2 epochs, batch 32, with Hara's cache."""
+    data = load_dataset("mnist", 0, data_dir=mnist_dir, n_train=2000, n_val=500, n_test=500)
+    cfg = TrainConfig(model="cnn6", epochs=2, batch_size=32, lr=0.05)
+    paths = RunPaths(tmp_path_factory.mktemp("mnist_run"))
+    train_with_trace(cfg, data, paths, 0, save_hara=True, show_progress=False)
+    return cfg, data, paths
+
+
+def test_training_writes_trace_caches_and_log(mnist_run):
+    cfg, data, paths = mnist_run
+    w = paths.weights(0)
+    for name in ("initial.h5", "start_last_epoch.h5", "final.h5", "trace.npz", "train_log.csv"):
+        assert (w / name).is_file(), name
+    T = math.ceil(2000 / 32)
+    hara = sorted(paths.steps_dir(0).glob("step_*.h5"))
+    assert len(hara) == T == 63
+    assert hara[0].name == f"step_{T:06d}.h5" and hara[-1].name == f"step_{2 * T - 1:06d}.h5"
+    assert training_complete(paths, 0, hara=True, trace_steps=T)
+    assert not training_complete(paths, 0, hara=True, trace_steps=T + 1)
+    log = pd.read_csv(paths.train_log(0))
+    assert list(log.epoch) == [1, 2]
+    assert set(log.columns) >= {"train_loss", "val_loss", "val_accuracy", "test_accuracy"}
+    assert log.val_accuracy.iloc[-1] > 0.5  # well above chance (0.1) after 126 steps
+    # Hara's first cached step is the start of the last epoch
+    a, b = load_params(hara[0]), load_params(paths.params(0, "start_last_epoch"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    trace = load_trace(paths.trace(0), 2000)
+    assert trace.n_steps == 2 * T and not list(w.glob("*partial*"))
+
+
+def test_replaying_the_last_epoch_reproduces_the_final_parameters_exactly(mnist_run):
+    cfg, data, paths = mnist_run
+    trace = load_trace(paths.trace(0), len(data.train))
+    learner = retrain_last_epoch(cfg, data, paths, 0, trace, np.zeros(len(data.train), bool))
+    final = load_params(paths.params(0, "final"))
+    for k, v in learner.params.items():
+        assert np.array_equal(v.d, final[k]), k

@@ -1,0 +1,211 @@
+"""The reproduction report from a tiny fake set of committed run folders, against numbers computed by hand.
+
+Fake study: 5 trials (seeds 0-4) of a claim-1 experiment planned for 10, n in {0, 2}. Test accuracy:
+
+    No Removal  0.900 0.910 0.905 0.895 0.920
+    Ours  n=2   base + (0.001 0.002 0.003 0.004 0.005)
+    Hara  n=2   base + (0.002 0.002 0.002 0.004 0.004)
+    Random n=2  base + (-0.002 0.001 0.000 -0.001 0.002)
+
+By hand, Ours - No Removal: d = 0.001..0.005, mean 0.003, s = sqrt(2.5e-6) = 0.00158114,
+se = s / sqrt(5) = 0.000707107, t = 4.24264 (t^2 = 18); t_{0.975,4} = 2.776445 (table), so the
+interval is 0.003 -+ 0.00196324 = [0.00103676, 0.00496324]. The two-sided p of Student t with 4
+degrees of freedom has the closed form F(t) = 1/2 + (3/8) x (1 - x^2 / 12) with x = t / sqrt(1 + t^2/4)
+... written out: x = 4.24264 / sqrt(5.5) = 1.809068, x^2 = 3.272727, F = 0.5 + 0.375 * 1.809068 *
+0.727273 = 0.993382, p = 2 (1 - F) = 0.013236. Wilcoxon, all five differences positive and distinct:
+exact two-sided p = 2 / 2^5 = 0.0625. MDE = (2.776445 + t_{0.80,4} = 0.940965) * se = 0.0026286.
+Ours - Random: d = (0.003 0.001 0.003 0.005 0.003), mean 0.003, s = sqrt(8e-6 / 4) = 0.00141421,
+interval 0.003 -+ 2.776445 * 0.000632456 = [0.00124402, 0.00475598].
+Random - No Removal: mean 0, s = 0.00158114, interval [-0.00196324, +0.00196324].
+Ours - Hara: d = (-0.001 0 0.001 0 0.001), mean 0.0002.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from reproduction import stats  # noqa: E402
+from reproduction.report import build_report, load_experiment  # noqa: E402
+from reproduction.scales import Experiment, Scale  # noqa: E402
+
+BASE = [0.900, 0.910, 0.905, 0.895, 0.920]
+DELTAS = {
+    "Ours": [0.001, 0.002, 0.003, 0.004, 0.005],
+    "Hara": [0.002, 0.002, 0.002, 0.004, 0.004],
+    "Random": [-0.002, 0.001, 0.0, -0.001, 0.002],
+}
+EXP = Experiment(
+    "claim1_fake",
+    1,
+    "sgd",
+    dataset="mnist",
+    trials=10,
+    remove=(0, 2),
+    primary_n=2,
+    n_train=4,
+    n_val=2,
+    n_test=5000,
+    label="fake MNIST",
+)
+
+
+def _score(path: Path, acc: float, val_loss: float, test_loss: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"val_loss,test_loss,val_accuracy,test_accuracy\n{val_loss},{test_loss},0.9,{acc}\n")
+
+
+def make_fake_runs(root: Path) -> Path:
+    """Committed folder ``root/runs/claim1_fake`` in the project's format (hand-written CSVs)."""
+    folder = root / "runs" / EXP.name
+    for seed, b in enumerate(BASE):
+        for m in ("No_Removal", "Ours", "Hara", "Random"):
+            _score(folder / "score" / m / f"score_delete_worst_0_seed_{seed}.csv", b, 0.30, 0.35)
+        for m, d in DELTAS.items():
+            _score(
+                folder / "score" / m / f"score_delete_worst_2_seed_{seed}.csv",
+                round(b + d[seed], 3),
+                0.30 - 0.01 * (seed + 1) if m == "Ours" else 0.30,
+                0.35 - 0.001 * seed,
+            )
+        # influence CSVs, sorted ascending (most harmful first): the first two rows are removed at n = 2
+        for m in ("Ours", "Hara", "Random"):
+            f = folder / "influence" / m / f"influence_{m.lower()}_{seed}.csv"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(
+                "x:image,y:label,influence,datasource_index\n"
+                "mnist/train/3,1,-0.5,3\nmnist/train/1,7,-0.2,1\nmnist/train/0,5,0.1,0\nmnist/train/2,4,0.4,2\n"
+            )
+        t = folder / "trials" / f"seed_{seed}.json"
+        t.parent.mkdir(parents=True, exist_ok=True)
+        t.write_text(json.dumps({"experiment": EXP.name, "seed": seed, "wall_s": 600.0}))
+    return folder
+
+
+def test_paired_difference_by_hand():
+    a = np.array(BASE) + np.array(DELTAS["Ours"])
+    p = stats.paired_difference(a, BASE)
+    assert p.n == 5
+    assert p.mean == pytest.approx(0.003, abs=1e-12)
+    assert p.sd == pytest.approx(0.0015811388, rel=1e-7)
+    assert p.ci_low == pytest.approx(0.00103676, rel=1e-5)
+    assert p.ci_high == pytest.approx(0.00496324, rel=1e-5)
+    assert p.p_t == pytest.approx(0.013236, rel=1e-4)
+    assert p.p_wilcoxon == pytest.approx(0.0625, rel=1e-9)
+    assert p.mde == pytest.approx(0.0026286, rel=1e-4)
+    one = stats.paired_difference([1.0], [0.5])
+    assert one.n == 1 and one.mean == 0.5 and math.isnan(one.ci_low)
+    zero = stats.paired_difference([1.0, 2.0], [1.0, 2.0])
+    assert zero.mean == 0 and zero.p_t == 1.0 and math.isnan(zero.p_wilcoxon)
+
+
+def test_tables_and_report_from_fake_runs(tmp_path):
+    make_fake_runs(tmp_path)
+    data = load_experiment(EXP, tmp_path / "runs" / EXP.name)
+    assert data.seeds == [0, 1, 2, 3, 4]
+    table = stats.comparison_table(data.scores, metrics=("test_accuracy",)).set_index("method")
+    ours, rand, hara = table.loc["Ours"], table.loc["Random"], table.loc["Hara"]
+    assert ours.trials == 5
+    assert ours["mean"] == pytest.approx(np.mean(BASE) + 0.003, abs=1e-12)  # 0.909
+    assert ours["mean"] == pytest.approx(0.909, abs=1e-12)
+    assert ours["sd"] == pytest.approx(np.std(np.array(BASE) + DELTAS["Ours"], ddof=1), rel=1e-9)
+    assert ours.base_mean == pytest.approx(0.003, abs=1e-12)
+    assert (ours.base_ci_low, ours.base_ci_high) == (
+        pytest.approx(0.00103676, rel=1e-5),
+        pytest.approx(0.00496324, rel=1e-5),
+    )
+    assert ours.base_p_wilcoxon == pytest.approx(0.0625)
+    assert ours.rand_mean == pytest.approx(0.003, abs=1e-12)
+    assert ours.rand_sd == pytest.approx(0.00141421356, rel=1e-7)
+    assert (ours.rand_ci_low, ours.rand_ci_high) == (
+        pytest.approx(0.00124402, rel=1e-5),
+        pytest.approx(0.00475598, rel=1e-5),
+    )
+    assert ours.pair_mean == pytest.approx(0.0002, abs=1e-12)
+    assert rand.base_mean == pytest.approx(0.0, abs=1e-12)
+    assert (rand.base_ci_low, rand.base_ci_high) == (
+        pytest.approx(-0.00196324, rel=1e-5),
+        pytest.approx(0.00196324, rel=1e-5),
+    )
+    assert math.isnan(rand.rand_mean) and math.isnan(hara.pair_mean)
+
+    # claim 5: Ours removed indices 3 and 1 -> predicted -0.5 + -0.2 = -0.7; actual = -0.01 (seed + 1)
+    pairs = stats.predicted_vs_actual(data.scores, data.influence, {"Ours": "Ours", "Random": "Ours"})
+    ours5 = pairs[pairs.method == "Ours"].sort_values("seed")
+    assert list(ours5.predicted) == pytest.approx([-0.7] * 5)
+    assert list(ours5.actual) == pytest.approx([-0.01, -0.02, -0.03, -0.04, -0.05])
+    assert list(pairs[pairs.method == "Random"].actual) == pytest.approx([0.0] * 5)
+
+    # the verdict: gain and margin over Random above 0 -> reproduced
+    scale = Scale("fake", (EXP,))
+    index = build_report(scale, tmp_path, commit="abc1234")
+    text = index.read_text()
+    assert "**partial: 5 of 10 trials**" in text
+    assert "| 1 (fake MNIST) | **reproduced** |" in text
+    assert "+0.30 [+0.10, +0.50]" in text  # Ours - No Removal, pp
+    assert "+0.30 [+0.12, +0.48]" in text  # Ours - Random, pp
+    assert "+0.00 [-0.20, +0.20]" in text  # Random - No Removal, pp
+    assert "0.0132 / 0.0625" in text  # p (t / Wilcoxon)
+    # Random n = 2: 0.898 0.911 0.905 0.894 0.922, mean 0.906, deviations -8 5 -1 -12 16 (1e-3),
+    # s = sqrt(490e-6 / 4) = 0.011068
+    assert "| 2 | Random | 5 | 90.60 +- 1.11 |" in text
+    assert (tmp_path / "report" / "fig" / "claim1_claim1_fake.png").is_file()
+    assert (tmp_path / "report" / "fig" / "claim5_prediction.png").is_file()
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "<td>+0.30 [+0.10, +0.50]</td>" in page and "<img src='fig/claim5_prediction.png'" in page
+
+
+def test_verdict_rules():
+    P = stats.Paired
+    wide = P(10, 0.001, 0.004, -0.0019, 0.0039, 0.4, 0.4, 0.0040)
+    none = P(10, 0.0, 0.001, -0.0007, 0.0007, 0.9, 0.9, 0.001)
+    up = P(10, 0.004, 0.002, 0.0026, 0.0054, 0.001, 0.002, 0.002)
+    assert stats.gain_verdict(up, up, none, None, 0.002).label == stats.REPRODUCED
+    assert stats.gain_verdict(none, none, none, None, 0.002).label == stats.NOT_REPRODUCED
+    assert stats.gain_verdict(wide, wide, none, None, 0.002).label == stats.INCONCLUSIVE
+    assert stats.parity_text(none, 0.002).startswith("equivalent")
+
+
+def test_copy_trial_keeps_small_files_only(tmp_path):
+    """The committed copy of a trial: influence, score, timing and train-log files and the marker
+    (with compute_s = the sum of the stage timings); never weights or another seed's files."""
+    from reproduction.runner import copy_trial, trial_done
+
+    runs, committed = tmp_path / "runs", tmp_path / "committed"
+    src = runs / EXP.name
+    (src / "weights" / "seed_03" / "hara").mkdir(parents=True)
+    for f in ("initial.h5", "final.h5", "hara/step_000001.h5"):
+        (src / "weights" / "seed_03" / f).write_bytes(b"\0" * 10)
+    (src / "weights" / "seed_03" / "train_log.csv").write_text("epoch,seconds\n1,2.0\n")
+    (src / "manifest.json").write_text("{}")
+    (src / "logs").mkdir()
+    (src / "logs" / "timings_seed_3.csv").write_text("stage,method,seed,seconds\ntrain,,3,100.5\ninfl,Ours,3,20.0\n")
+    for seed in (3, 4):
+        _score(src / "score" / "Ours" / f"score_delete_worst_2_seed_{seed}.csv", 0.9, 0.3, 0.3)
+        f = src / "influence" / "Ours" / f"influence_ours_{seed}.csv"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("x:image,y:label,influence,datasource_index\n")
+    assert not trial_done(committed, EXP, 3)
+    written = copy_trial(EXP, runs, committed, 3, wall_s=7.0)
+    dst = committed / "runs" / EXP.name
+    names = sorted(str(p.relative_to(dst)) for p in written)
+    assert names == [
+        "influence/Ours/influence_ours_3.csv",
+        "logs/timings_seed_3.csv",
+        "manifest.json",
+        "score/Ours/score_delete_worst_2_seed_3.csv",
+        "train_log/train_log_seed_3.csv",
+        "trials/seed_3.json",
+    ]
+    assert not list(dst.rglob("*.h5"))
+    marker = json.loads((dst / "trials" / "seed_3.json").read_text())
+    assert marker["wall_s"] == 7.0 and marker["compute_s"] == 120.5
+    assert trial_done(committed, EXP, 3)
