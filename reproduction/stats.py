@@ -192,7 +192,8 @@ def gain_verdict(
     * not reproduced at this scale: the ``gain`` interval lies below ``delta`` (a gain of ``delta``
       or more is excluded) or ``vs_random`` lies below ``delta`` while entirely excluding 0 from above,
       i.e. the study could see ``delta`` and did not;
-    * inconclusive: otherwise (the interval still holds both 0 and ``delta``), with the MDE.
+    * inconclusive: otherwise (the gain's interval, or the margin over Random's, still holds both 0
+      and ``delta``), with the MDE.
     """
     if gain.n < 2 or math.isnan(gain.ci_low):
         return Verdict(INCONCLUSIVE, f"only {gain.n} paired trial(s): no interval")
@@ -212,9 +213,15 @@ def gain_verdict(
         return Verdict(
             NOT_REPRODUCED, f"accuracy rises, but not by {100 * delta:.2f} pp more than random removal: {detail}"
         )
+    if gain.ci_low > 0:  # the gain is shown; the margin over Random is not resolved
+        return Verdict(
+            INCONCLUSIVE,
+            f"accuracy rises (the gain's interval is above 0), but the margin over Random holds both 0 and "
+            f"{100 * delta:.2f} pp: {detail}",
+        )
     return Verdict(
         INCONCLUSIVE,
-        f"the interval holds both 0 and {100 * delta:.2f} pp "
+        f"the gain's interval holds both 0 and {100 * delta:.2f} pp "
         f"(effects below the MDE cannot be told from noise): {detail}",
     )
 

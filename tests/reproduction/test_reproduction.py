@@ -171,6 +171,10 @@ def test_verdict_rules():
     assert stats.gain_verdict(up, up, none, None, 0.002).label == stats.REPRODUCED
     assert stats.gain_verdict(none, none, none, None, 0.002).label == stats.NOT_REPRODUCED
     assert stats.gain_verdict(wide, wide, none, None, 0.002).label == stats.INCONCLUSIVE
+    assert stats.gain_verdict(wide, wide, none, None, 0.002).reason.startswith("the gain's interval holds both 0")
+    mixed = stats.gain_verdict(up, wide, none, None, 0.002)  # the gain is shown, the margin over Random is not
+    assert mixed.label == stats.INCONCLUSIVE and mixed.reason.startswith("accuracy rises")
+    assert "margin over Random holds both 0 and 0.20 pp" in mixed.reason
     assert stats.parity_text(none, 0.002).startswith("equivalent")
 
 
