@@ -122,8 +122,7 @@ def run_sequential(plan, tasks: Sequence[Task]):
             try:
                 result, timings = t.fn(*t.args)
             except BaseException:
-                if t.on_error is not None:
-                    t.on_error()
+                _failed(t)
                 raise
             _record(plan, timings)
             advance(t)
@@ -147,13 +146,12 @@ def _remote(fn: Callable, context: Optional[str], device_id: int, args: tuple):
 _MALLOC_ENV = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 
+@functools.lru_cache(maxsize=None)  # once per worker process
 def _untrim_malloc() -> None:
     """In a worker whose nanny set ``MALLOC_TRIM_THRESHOLD_`` (one the user started): raise glibc's
     trim and mmap thresholds back to sizes at which nnabla's arrays stay on the heap."""
-    global _MALLOC_DONE
-    if _MALLOC_DONE or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
         return
-    _MALLOC_DONE = True
     try:
         import ctypes
         libc = ctypes.CDLL("libc.so.6")
@@ -161,9 +159,6 @@ def _untrim_malloc() -> None:
         libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):  # not glibc: nothing to undo
         pass
-
-
-_MALLOC_DONE = False
 
 
 def _quiet_dask() -> None:

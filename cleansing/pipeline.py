@@ -183,7 +183,8 @@ def train_task(plan: Plan, seed: int):
 
 def discard_training(plan: Plan, seed: int) -> None:
     """Keep nothing of a failed training (run by the driver when a training task of ``seed`` fails,
-    once no other task's error can be caused by the removal)."""
+    after it has taken that task's error as the one to report: a task still reading the removed
+    files cannot replace it)."""
     shutil.rmtree(RunPaths(plan.cfg.out).weights(seed), ignore_errors=True)
 
 

@@ -39,6 +39,7 @@ class TrainConfig:
 
 TRAIN_LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "test_loss", "val_accuracy", "test_accuracy", "seconds"]
 
+
 def new_learner(cfg: TrainConfig, data: DataBundle, seed: int) -> Learner:
     """A learner with freshly initialised parameters drawn from ``seed``."""
     model = build_model(cfg.model, data.image_shape, data.num_classes)
@@ -139,19 +140,19 @@ def train_last_epoch(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: 
     training complete)."""
     trace = load_trace(paths.trace(seed), len(data.train))
     learner = learner_from_file(cfg, data, paths.params(seed, "start_last_epoch"))
-    head = paths.head_log(seed) if paths.head_log(seed).is_file() else None
-    log = head if head is not None else paths.train_log(seed)  # a training written as one task has no head log
+    # a training written as one task has no head log: its train_log.csv holds the earlier epochs
+    log = paths.head_log(seed) if paths.head_log(seed).is_file() else paths.train_log(seed)
     rows = pd.read_csv(log, float_precision="round_trip").iloc[:cfg.epochs - 1]
 
-    def before_step(t: int) -> None:
-        if save_hara:
-            save_params(paths.step_params(seed, t), learner.params)
+    def save_step(t: int) -> None:
+        save_params(paths.step_params(seed, t), learner.params)
 
     steps = trace.last_epoch_steps()
     bar = tqdm(total=len(steps), desc=f"train seed {seed}, last epoch", unit="step", disable=not show_progress,
                leave=False)
     t0 = time.time()
-    loss = run_steps(learner, data, trace, steps, cfg.augment, before_step=before_step, progress=bar)
+    loss = run_steps(learner, data, trace, steps, cfg.augment, before_step=save_step if save_hara else None,
+                     progress=bar)
     bar.close()
     last = pd.DataFrame([_epoch_row(cfg.epochs - 1, loss, learner, data, t0)], columns=TRAIN_LOG_COLUMNS)
     save_params(paths.params(seed, "final"), learner.params)
