@@ -42,7 +42,8 @@ def csvs(out: Path) -> dict:
 
 #: paper-size runs projected (Suzuki et al.'s MNIST setting: 50,000 samples, 20 epochs, lr 0.05,
 #: 10 trials, the default -r list below 50,000, Hara, Ours and Random); Fig. 5 varies the batch
-PAPER = {"n_train": 50000, "epochs": 20, "trials": 10, "methods": ("Hara", "Ours", "Random")}
+PAPER = {"n_train": 50000, "n_val": 10000, "epochs": 20, "trials": 10, "methods": ("Hara", "Ours", "Random")}
+N_VAL_DIGITS = 300  # the measured trial's validation images (datasets.digits.N_VAL)
 RUNS = {"-ds mnist -nt 10 (batch 32)": 32, "Fig. 5, batch 64": 64, "Fig. 5, batch 128": 128,
         "Fig. 5, batch 256": 256}
 WORKERS = (1, 2, 10, 100)
@@ -67,18 +68,22 @@ def task_costs(timings: pd.DataFrame, n_train: int, epochs: int, batch: int, dev
     """Seconds of each kind of task of the paper-size run. CPU: the measured trial's task costs
     scaled by the samples each touches (training: samples x epochs; an estimator and a last-epoch
     retraining: samples), per-sample costs taken as independent of the batch. GPU: the assumed step
-    costs times the steps (training E*T, an estimator or a retraining T, with T = ceil(n / batch))."""
+    costs times the steps (training E*T, an estimator or a retraining T, with T = ceil(n / batch));
+    the validation gradient scales with the validation images (GPU: one training step per batch)."""
     n, E = PAPER["n_train"], PAPER["epochs"]
     if device == "gpu":
         T = -(-n // batch)
         est = {m: (0.0 if m == "Random" else T * GPU_INFL_STEP) for m in PAPER["methods"]}
-        return {"head": (E - 1) * T * GPU_STEP, "last": T * GPU_STEP, "estimate": est, "retrain": T * GPU_STEP}
+        return {"head": (E - 1) * T * GPU_STEP, "last": T * GPU_STEP, "estimate": est, "retrain": T * GPU_STEP,
+                "validation_grad": -(-PAPER["n_val"] // batch) * GPU_STEP}
     grow = n / n_train / timings.seed.nunique()  # per trial
     per_epoch = float(timings[timings.stage == "train"].seconds.sum()) / epochs * grow
     est = timings[timings.stage == "infl"].groupby("method").seconds.sum() * grow
     retrain = float(timings[timings.stage.str.startswith("eval")].seconds.mean()) * n / n_train
-    return {"head": (E - 1) * per_epoch, "last": per_epoch, "estimate": {m: float(est.get(m, 0.0)) for m in
-                                                                         PAPER["methods"]}, "retrain": retrain}
+    return {"head": (E - 1) * per_epoch, "last": per_epoch, "retrain": retrain,
+            "estimate": {m: float(est.get(m, 0.0)) for m in PAPER["methods"]},
+            "validation_grad": float(est.get("validation_grad", 0.0)) * PAPER["n_val"] / N_VAL_DIGITS
+            / timings.seed.nunique()}
 
 
 def duration(task, costs: dict) -> float:
@@ -89,6 +94,8 @@ def duration(task, costs: dict) -> float:
         return costs["last"]
     if task.key.startswith("estimate-"):
         return costs["estimate"][task.key.split("-", 2)[2]]
+    if task.key.startswith("validation-grad-"):
+        return costs["validation_grad"]
     if task.key.startswith("baseline-") or (task.key.startswith("retrain-") and not task.key.endswith("-0")):
         return costs["retrain"]
     return 0.0

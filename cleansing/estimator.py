@@ -14,6 +14,7 @@ An estimator declares
 * ``needs_step_params``: the training must keep the per-step parameters of its last epoch
   (Hara et al.'s cache); ``artefacts(trial, options)``: further trained objects it needs (e.g. a
   turn-over-dropout network), each a task of its own whose parameters the pipeline stores;
+* ``needs_validation_grad``: it reads ``trial.u`` (computed once per trial, before it);
 * ``after``: estimators whose scores it reuses (they run first);
 * ``explain(trial, options, max_errors)`` when it can explain test errors, and ``control`` for a
   baseline that is not an estimate (Random: compared against, never validated);
@@ -172,6 +173,9 @@ class Estimator:
     #: False: ``estimate`` reads only ``trial.data`` and ``trial.seed`` (``trial.trace`` and
     #: ``trial.learner`` are None) and may run beside the training (the Random control)
     needs_final_model: bool = True
+    #: True: ``estimate`` reads ``trial.u`` (and ``trial.u_stats``); a task of their own computes them
+    #: once per trial for every such estimator, which then reads them from the trial's folder
+    needs_validation_grad: bool = False
     after: Tuple[str, ...] = ()
     control: bool = False
     #: log stem -> summary table: ``logs/<stem>_seed_<k>.csv`` of every trial gathered into

@@ -5,6 +5,8 @@ does nothing and an interrupted run resumes unchanged):
 
 * ``train-head``       per trial: the epochs before the last (what every retraining starts from);
 * ``train``            per trial: the last epoch (and Hara's cache when a method needs it);
+* ``validation-grad``  per trial, when an estimator reads it: ``u``, the validation loss gradient
+                       at the final parameters (computed once, not once per estimator and worker);
 * ``artefact``         per trial and artefact an estimator declares (a turn-over-dropout network);
 * ``estimate``         per trial and estimator: the influence CSV, after the artefacts it reads
                        and the estimators whose scores it reuses (``Estimator.after``);
@@ -65,6 +67,9 @@ def build_graph(plan, seeds: Sequence[int], n_train: Optional[int] = None) -> Li
         discard = functools.partial(p.discard_training, plan, seed)
         tasks.append(Task(head, "train", p.train_head_task, (plan, seed), priority=1, on_error=discard))
         tasks.append(Task(train, "train", p.train_task, (plan, seed), [head], priority=1, on_error=discard))
+        grad = f"validation-grad-{seed}"
+        if any(e.needs_validation_grad for e in plan.estimators):
+            tasks.append(Task(grad, "estimate", p.validation_grad_task, (plan, seed), [train], priority=1))
         for a in plan.artefacts():
             tasks.append(Task(f"artefact-{seed}-{a.name}", "train", p.artefact_task, (plan, seed, a.name), [train],
                               priority=1))
@@ -72,6 +77,7 @@ def build_graph(plan, seeds: Sequence[int], n_train: Optional[int] = None) -> Li
         for est in plan.estimators:
             key = f"estimate-{seed}-{est.name}"
             deps = [train] if est.needs_final_model else []
+            deps += [grad] if est.needs_validation_grad else []
             deps += [f"artefact-{seed}-{a.name}" for a in plan.artefacts(est)]
             deps += [f"estimate-{seed}-{name}" for name in est.after]
             tasks.append(Task(key, "estimate", p.estimate_task, (plan, seed, est.name), deps, priority=1))

@@ -34,6 +34,10 @@ class RunPaths:
     def trace(self, seed: int) -> Path:
         return self.weights(seed) / "trace.npz"
 
+    def validation_grad(self, seed: int) -> Path:
+        """``u`` and ``u_stats`` at the final parameters (``Trial.u``), computed once for every estimator."""
+        return self.weights(seed) / "validation_grad.npz"
+
     def train_log(self, seed: int) -> Path:
         return self.weights(seed) / "train_log.csv"
 

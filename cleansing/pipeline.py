@@ -188,6 +188,17 @@ def discard_training(plan: Plan, seed: int) -> None:
     shutil.rmtree(RunPaths(plan.cfg.out).weights(seed), ignore_errors=True)
 
 
+def validation_grad_task(plan: Plan, seed: int):
+    """``u`` and ``u_stats`` of trial ``seed`` at its final parameters (``Trial.save_validation_grad``),
+    read by every estimator with ``needs_validation_grad``; the same arrays a process would compute."""
+    paths = RunPaths(plan.cfg.out)
+    if paths.validation_grad(seed).is_file():
+        return None, []
+    t0 = time.time()
+    trial_context(plan.cfg, seed).save_validation_grad()
+    return None, [(seed, "infl", "validation_grad", time.time() - t0)]
+
+
 def artefact_task(plan: Plan, seed: int, name: str):
     """Train and store artefact ``name`` of trial ``seed``, then write its report tables and figures."""
     paths = RunPaths(plan.cfg.out)

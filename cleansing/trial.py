@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import UserError
-from common.fileio import write_csv_atomic, write_text_atomic
+from common.fileio import atomic_path, write_csv_atomic, write_text_atomic
 from common.params_io import load_params, save_params
 from datasets import DataBundle, load_dataset
 from datasets.batches import split_batches
@@ -58,17 +58,32 @@ class Trial:
 
     @property
     def u(self) -> dict:
-        """Gradient of the mean validation loss at the final parameters (computed once)."""
+        """Gradient of the mean validation loss at the final parameters (computed once, or read
+        from the trial's ``validation_grad.npz``)."""
+        if self._u is None:
+            self._load_validation_grad()
         if self._u is None:
             self._u = validation_loss_grad(self.learner, self.data)
         return self._u
 
     @property
     def u_stats(self) -> dict:
-        """Its gradient w.r.t. batch norm's running statistics (computed once; empty without)."""
+        """Its gradient w.r.t. batch norm's running statistics (computed once, or read; empty without)."""
+        if self._u_stats is None:
+            self._load_validation_grad()
         if self._u_stats is None:
             self._u_stats = validation_loss_stats_grad(self.learner, self.data)
         return self._u_stats
+
+    def _load_validation_grad(self) -> None:
+        stored = load_validation_grad(self.paths.validation_grad(self.seed))
+        if stored is not None:
+            self._u, self._u_stats = stored
+
+    def save_validation_grad(self) -> None:
+        """Store ``u`` and ``u_stats`` (the ``validation-grad`` task): an estimator in another
+        process then reads them instead of recomputing them."""
+        save_validation_grad(self.paths.validation_grad(self.seed), self.u, self.u_stats)
 
     def step_params(self, step: int) -> Dict[str, np.ndarray]:
         """Parameters before global step ``step`` of the last epoch (estimators with ``needs_step_params``)."""
@@ -84,6 +99,27 @@ class Trial:
                                 f"rerun the same command")
             self._artefacts[name] = found
         return self._artefacts[name]
+
+
+def save_validation_grad(path, u: Vector, u_stats: Vector) -> None:
+    """Write ``u`` and ``u_stats`` atomically, each array with its dtype (``u/<name>``, ``stats/<name>``)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{f"u/{k}": np.asarray(v) for k, v in u.items()},
+                     **{f"stats/{k}": np.asarray(v) for k, v in u_stats.items()})
+
+
+def load_validation_grad(path) -> Optional[Tuple[dict, dict]]:
+    """``(u, u_stats)`` from ``save_validation_grad``'s file, or None when there is none (an older run
+    folder) or it is unreadable: the caller then computes them."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception:  # missing, truncated or foreign: recompute
+        return None
+    u = {k[2:]: v for k, v in arrays.items() if k.startswith("u/")}
+    stats = {k[6:]: v for k, v in arrays.items() if k.startswith("stats/")}
+    return (u, stats) if u else None
 
 
 # ---------------------------------------------------------------------------- data

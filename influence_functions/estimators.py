@@ -96,6 +96,7 @@ class InfluenceFunctions(Estimator):
 
     name = NAME
     options = InfluenceOptions
+    needs_validation_grad = True
     summary_logs = {"solver": "solver"}
 
     def estimate(self, trial, options: InfluenceOptions) -> Estimate:
@@ -122,6 +123,7 @@ class InfluenceFunctionsEkfac(Estimator):
 
     name = EKFAC
     options = InfluenceOptions
+    needs_validation_grad = True
     summary_logs = {"solver_influence_functions_ekfac": "solver"}
 
     def estimate(self, trial, options: InfluenceOptions) -> Estimate:

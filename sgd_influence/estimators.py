@@ -25,6 +25,7 @@ class Hara(Estimator):
 
     name = "Hara"
     needs_step_params = True
+    needs_validation_grad = True
 
     def scores(self, trial) -> np.ndarray:
         return sgd_influence(trial.learner, trial.data, trial.trace, trial.u, trial.cfg.train.augment,

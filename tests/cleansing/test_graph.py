@@ -92,16 +92,19 @@ def test_controls_and_no_removal_wait_only_for_the_epochs_before_the_last(tmp_pa
     tasks = {t.key: t for t in build_graph(Plan.of(cfg, REGISTRY), [3])}
     deps = {k: t.deps for k, t in tasks.items()}
     assert deps["train-head-3"] == [] and deps["train-3"] == ["train-head-3"]
-    assert deps["estimate-3-Hara"] == ["train-3"] and deps["estimate-3-Random"] == []
+    assert deps["validation-grad-3"] == ["train-3"]
+    assert deps["estimate-3-Hara"] == ["train-3", "validation-grad-3"] and deps["estimate-3-Random"] == []
     assert deps["baseline-3"] == ["train-head-3"]
     assert deps["retrain-3-Random-10"] == ["train-head-3", "estimate-3-Random"]
     assert deps["retrain-3-Hara-10"] == ["train-head-3", "estimate-3-Hara"]
     assert deps["retrain-3-Hara-0"] == ["baseline-3"]
     assert deps["trial-reports-3"] == ["train-3", "estimate-3-Hara", "estimate-3-Random"]
-    assert {k for k, t in tasks.items() if t.priority > 0} == {"train-head-3", "train-3", "estimate-3-Hara",
-                                                               "estimate-3-Random"}
+    assert {k for k, t in tasks.items() if t.priority > 0} == {"train-head-3", "train-3", "validation-grad-3",
+                                                               "estimate-3-Hara", "estimate-3-Random"}
     order = list(tasks)
     assert all(order.index(d) < order.index(k) for k in order for d in deps[k])
+    random_only = make_config(REGISTRY, dataset="digits", out=str(tmp_path), methods=("Random",), remove=(0, 10))
+    assert not any(t.key.startswith("validation-grad") for t in build_graph(Plan.of(random_only, REGISTRY), [3]))
 
 
 @pytest.fixture(scope="module")

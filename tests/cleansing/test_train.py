@@ -124,3 +124,30 @@ def test_training_in_two_tasks_gives_the_bytes_of_one_and_resumes_an_older_folde
     again = pd.read_csv(split.train_log(0))
     pd.testing.assert_frame_equal(whole.drop(columns="seconds"), again.drop(columns="seconds"))
     assert again.seconds.iloc[0] == parts.seconds.iloc[0]  # the first epoch's row is kept, not re-timed
+
+
+def test_validation_gradient_is_stored_once_and_read_back_exactly(mnist_run):
+    from cleansing.trial import Trial, load_validation_grad
+    from cleansing.train import load_training
+    cfg, data, paths = mnist_run
+    trace, learner = load_training(cfg, data, paths, 0)
+    first = Trial(None, 0, data, paths, trace, learner)
+    u, stats = first.u, first.u_stats
+    assert set(u) == set(learner.trainable) and stats  # cnn6 has batch norm: its running statistics
+    first.save_validation_grad()
+    # without a learner the trial can only read them: the same arrays, bit for bit, and dtypes
+    stored = Trial(None, 0, data, paths, trace, None)
+    for mine, theirs in ((u, stored.u), (stats, stored.u_stats)):
+        assert list(mine) == list(theirs)
+        for k in mine:
+            assert theirs[k].dtype == np.asarray(mine[k]).dtype and np.array_equal(theirs[k], mine[k]), k
+    # a damaged file, or one holding a pickled object, is never read: the gradient is recomputed
+    path = paths.validation_grad(0)
+    np.savez(path.with_suffix(".evil.npz"), **{"u/x": np.array([object()], dtype=object)})
+    path.with_suffix(".evil.npz").replace(path)
+    assert load_validation_grad(path) is None
+    path.write_bytes(b"not a zip")
+    assert load_validation_grad(path) is None
+    again = Trial(None, 0, data, paths, trace, learner)
+    assert all(np.array_equal(again.u[k], u[k]) for k in u)
+    path.unlink()
