@@ -76,18 +76,20 @@ def task_costs(timings: pd.DataFrame, n_train: int, epochs: int, batch: int, dev
         est = {m: (0.0 if m == "Random" else T * GPU_INFL_STEP) for m in PAPER["methods"]}
         return {"head": (E - 1) * T * GPU_STEP, "last": T * GPU_STEP, "estimate": est, "retrain": T * GPU_STEP,
                 "validation_grad": -(-PAPER["n_val"] // batch) * GPU_STEP}
-    grow = n / n_train / timings.seed.nunique()  # per trial
+    trials = timings.seed.nunique()
+    grow = n / n_train / trials  # per trial
     per_epoch = float(timings[timings.stage == "train"].seconds.sum()) / epochs * grow
-    est = timings[timings.stage == "infl"].groupby("method").seconds.sum() * grow
-    retrain = float(timings[timings.stage.str.startswith("eval")].seconds.mean()) * n / n_train
+    infl = timings[timings.stage == "infl"].groupby("method").seconds.sum()
+    est = infl * grow
+    retrain = float(timings[timings.stage.str.startswith("eval_n")].seconds.mean()) * n / n_train
     return {"head": (E - 1) * per_epoch, "last": per_epoch, "retrain": retrain,
             "estimate": {m: float(est.get(m, 0.0)) for m in PAPER["methods"]},
-            "validation_grad": float(est.get("validation_grad", 0.0)) * PAPER["n_val"] / N_VAL_DIGITS
-            / timings.seed.nunique()}
+            "validation_grad": float(infl.get("validation_grad", 0.0)) / trials * PAPER["n_val"] / N_VAL_DIGITS}
 
 
 def duration(task, costs: dict) -> float:
-    """Seconds of one task of the graph under ``costs`` (reports and the n = 0 copies: 0)."""
+    """Seconds of one task of the graph under ``costs`` (reports, No_Removal's rows read from the
+    training log and the n = 0 copies: 0)."""
     if task.key.startswith("train-head-"):
         return costs["head"]
     if task.key.startswith("train-"):
@@ -96,7 +98,7 @@ def duration(task, costs: dict) -> float:
         return costs["estimate"][task.key.split("-", 2)[2]]
     if task.key.startswith("validation-grad-"):
         return costs["validation_grad"]
-    if task.key.startswith("baseline-") or (task.key.startswith("retrain-") and not task.key.endswith("-0")):
+    if task.key.startswith("retrain-") and not task.key.endswith("-0"):
         return costs["retrain"]
     return 0.0
 

@@ -12,7 +12,8 @@ does nothing and an interrupted run resumes unchanged):
                        and the estimators whose scores it reuses (``Estimator.after``);
 * ``trial-reports``    per trial: galleries, cleansed datasets, error explanations;
 * ``validate``         per trial and repeat of the leave-one-out truth, then ``validate-pairs``;
-* ``baseline``         per trial: the retraining without removal ("No_Removal"), after ``train-head``;
+* ``baseline``         per trial: the scores without removal ("No_Removal"): the final model's, after
+                       ``train`` (retraining with nothing removed replays the last epoch exactly);
 * ``retrain``          per trial, method and n of ``-r``, after ``train-head`` and the method's estimate
                        (so the Random control's retrainings run beside the last training epoch);
 * ``run-reports``      once: summaries, figures and tables of the whole run.
@@ -89,7 +90,7 @@ def build_graph(plan, seeds: Sequence[int], n_train: Optional[int] = None) -> Li
                 tasks.append(Task(key, "validate", p.validation_repeat_task, (plan, seed, r), [train] + estimates))
             tasks.append(Task(f"validate-pairs-{seed}", "validate", p.validation_pairs_task, (plan, seed), repeats))
         baseline = f"baseline-{seed}"
-        tasks.append(Task(baseline, "retrain", p.baseline_task, (plan, seed), [head]))
+        tasks.append(Task(baseline, "retrain", p.baseline_task, (plan, seed), [train]))
         for n in removals:
             for est in plan.estimators:
                 deps = [baseline] if n == 0 else [head, f"estimate-{seed}-{est.name}"]

@@ -35,7 +35,7 @@ from .influence_csv import influence_frame, read_influence_csv, scores_by_positi
 from .paths import RunPaths
 from .retrain import SCORE_COLUMNS, read_score_csv, removal_mask, retrain_scores
 from .trace import load_trace
-from .train import head_complete, train_head, train_last_epoch, training_complete
+from .train import evaluate_splits, head_complete, learner_from_file, train_head, train_last_epoch, training_complete
 from .trial import (
     Trial,
     load_artefact,
@@ -324,7 +324,10 @@ def validation_pairs_task(plan: Plan, seed: int):
 
 
 def baseline_task(plan: Plan, seed: int):
-    """The retraining without removal (``No_Removal``, n = 0), shared by every method."""
+    """The scores without removal (``No_Removal``, n = 0), shared by every method. Retraining the
+    last epoch with nothing removed replays the training's exactly (same start, batches, seeds and
+    arithmetic: the same parameters, ``tests/cleansing/test_train.py``), so the final model is scored
+    instead; with ``retrain_all`` (a row per epoch) every epoch is retrained."""
     cfg = plan.cfg
     paths = RunPaths(cfg.out)
     base = paths.score_csv(analysis.NO_REMOVAL, 0, seed)
@@ -332,9 +335,11 @@ def baseline_task(plan: Plan, seed: int):
         return None, []
     t0 = time.time()
     data = load_trial_data(cfg, seed)
-    trace = load_trace(paths.trace(seed), len(data.train))
-    rows = retrain_scores(cfg.train, data, paths, seed, trace, removal_mask(len(data.train), [], 0),
-                          cfg.removal.retrain_all)
+    if cfg.removal.retrain_all:
+        trace = load_trace(paths.trace(seed), len(data.train))
+        rows = retrain_scores(cfg.train, data, paths, seed, trace, removal_mask(len(data.train), [], 0), True)
+    else:  # the current validation and test data (the training log's may be older)
+        rows = [evaluate_splits(learner_from_file(cfg.train, data, paths.params(seed, "final")), data)]
     write_csv_atomic(base, pd.DataFrame(rows, columns=SCORE_COLUMNS))
     return None, [(seed, "eval", analysis.NO_REMOVAL, time.time() - t0)]
 

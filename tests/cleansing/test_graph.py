@@ -83,7 +83,7 @@ def start_on(cluster: TcpCluster, out: Path) -> subprocess.Popen:
     return run
 
 
-def test_controls_and_no_removal_wait_only_for_the_epochs_before_the_last(tmp_path):
+def test_controls_wait_only_for_the_epochs_before_the_last_and_no_removal_for_the_training(tmp_path):
     from cleansing.config import make_config
     from cleansing.graph import build_graph
     from cleansing.pipeline import Plan
@@ -94,7 +94,7 @@ def test_controls_and_no_removal_wait_only_for_the_epochs_before_the_last(tmp_pa
     assert deps["train-head-3"] == [] and deps["train-3"] == ["train-head-3"]
     assert deps["validation-grad-3"] == ["train-3"]
     assert deps["estimate-3-Hara"] == ["train-3", "validation-grad-3"] and deps["estimate-3-Random"] == []
-    assert deps["baseline-3"] == ["train-head-3"]
+    assert deps["baseline-3"] == ["train-3"]
     assert deps["retrain-3-Random-10"] == ["train-head-3", "estimate-3-Random"]
     assert deps["retrain-3-Hara-10"] == ["train-head-3", "estimate-3-Hara"]
     assert deps["retrain-3-Hara-0"] == ["baseline-3"]

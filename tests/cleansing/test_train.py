@@ -151,3 +151,28 @@ def test_validation_gradient_is_stored_once_and_read_back_exactly(mnist_run):
     again = Trial(None, 0, data, paths, trace, learner)
     assert all(np.array_equal(again.u[k], u[k]) for k in u)
     path.unlink()
+
+
+@pytest.mark.parametrize("retrain_all", [False, True])
+def test_no_removal_rows_are_the_bytes_a_retraining_without_removal_writes(tmp_path, retrain_all):
+    """No_Removal scores the final model (retrains every epoch with retrain_all): the same file an
+    actual retraining with nothing removed writes."""
+    from cleansing.analyze import NO_REMOVAL
+    from cleansing.config import make_config
+    from cleansing.pipeline import Plan, baseline_task, train_head_task, train_task
+    from cleansing.retrain import SCORE_COLUMNS, retrain_scores
+    from cleansing.trial import load_trial_data
+    from common.fileio import write_csv_atomic
+    from estimators import REGISTRY
+    cfg = make_config(REGISTRY, dataset="digits", model="logreg", epochs=3, n_train=150, n_val=60, n_test=60,
+                      out=str(tmp_path / "o"), methods=("Random",), remove=(0,), retrain_all=retrain_all)
+    plan = Plan.of(cfg, REGISTRY)
+    for task in (train_head_task, train_task, baseline_task):
+        task(plan, 1)
+    paths, data = RunPaths(cfg.out), load_trial_data(cfg, 1)
+    rows = retrain_scores(cfg.train, data, paths, 1, load_trace(paths.trace(1), len(data.train)),
+                          np.zeros(len(data.train), bool), retrain_all)
+    write_csv_atomic(tmp_path / "retrained.csv", pd.DataFrame(rows, columns=SCORE_COLUMNS))
+    mine = paths.score_csv(NO_REMOVAL, 0, 1).read_bytes()
+    assert mine == (tmp_path / "retrained.csv").read_bytes()
+    assert len(mine.decode().splitlines()) == 1 + (3 if retrain_all else 1)
