@@ -1,7 +1,7 @@
 """Wall time of one trial as a task graph: 2 Dask workers against 1 (tasks in this process), and
 1 against the sequential pipeline of an earlier checkout, in one run; prints the ratios.
 
-    python bench/bench_graph.py [--baseline DIR_OF_AN_EARLIER_CHECKOUT] [--epochs 4] [--trials 1]
+    python bench/bench_graph.py [--baseline DIR_OF_AN_EARLIER_CHECKOUT] [--epochs 4] [--trials 1] [--repeats K]
 
 One trial of cnn6 on digits, Hara, Ours and Random, -r 0 10 40 100 (issue 19's setting), each
 configuration from an empty output folder. Then projections (marked so) of the paper-size runs
@@ -153,20 +153,31 @@ def main() -> int:
     p.add_argument("--baseline", default=None, help="checkout of the sequential pipeline to compare with")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--trials", type=int, default=1, help="trials of the run (-nt)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="pairs of (-j 1, -j 2) runs, one after the other: the ratio of each pair and their mean")
     p.add_argument("--work", default="/tmp/bench_graph")
     p.add_argument("--results", default=str(ROOT / "bench" / "results_graph.json"))
     a = p.parse_args()
     work = Path(a.work)
     nt = ("-nt", str(a.trials))
-    rows = {"one_worker_s": timed(ROOT, work / "one", a.epochs, "-j", "1", *nt),
-            "two_workers_s": timed(ROOT, work / "two", a.epochs, "-j", "2", *nt)}
-    rows["two_over_one"] = rows["two_workers_s"] / rows["one_worker_s"]
+    pairs = []
+    for r in range(a.repeats):  # the first pair's folders are kept for the byte comparison and projection
+        suffix = "" if r == 0 else f"_{r}"
+        one = timed(ROOT, work / f"one{suffix}", a.epochs, "-j", "1", *nt)
+        two = timed(ROOT, work / f"two{suffix}", a.epochs, "-j", "2", *nt)
+        pairs.append({"one_worker_s": round(one, 1), "two_workers_s": round(two, 1), "ratio": round(two / one, 3)})
+    rows = {"one_worker_s": sum(p["one_worker_s"] for p in pairs) / len(pairs),
+            "two_workers_s": sum(p["two_workers_s"] for p in pairs) / len(pairs)}
+    rows["two_over_one"] = sum(p["ratio"] for p in pairs) / len(pairs)  # mean of the pairs' ratios
+    if a.repeats > 1:
+        rows["pairs"] = pairs
     if a.baseline:
         rows["sequential_baseline_s"] = timed(Path(a.baseline), work / "base", a.epochs, "-j", "1", *nt)
         rows["one_over_sequential"] = rows["one_worker_s"] / rows["sequential_baseline_s"]
     ref = csvs(work / "one")
     rows["csvs_compared"] = len(ref)
-    rows["same_bytes_two_workers"] = csvs(work / "two") == ref
+    rows["same_bytes_two_workers"] = all(csvs(work / f"two{'' if r == 0 else f'_{r}'}") == ref
+                                         for r in range(a.repeats))
     if a.baseline:
         rows["same_bytes_baseline"] = csvs(work / "base") == ref
     rows.update({"epochs": a.epochs, "trials": a.trials, "date": time.strftime("%Y-%m-%d"),
@@ -176,8 +187,10 @@ def main() -> int:
     proj = projection(pd.read_csv(work / "one" / "summary" / "timings.csv"), n_train, a.epochs)
     rows["projection_hours"] = proj.round(2).to_dict("records")
     for k, v in rows.items():
-        if k != "projection_hours":
+        if k not in ("projection_hours", "pairs"):
             print(f"{k:>28}: {v:.3f}" if isinstance(v, float) else f"{k:>28}: {v}")
+    for p_ in pairs if a.repeats > 1 else []:
+        print(f"{'pair':>28}: -j 1 {p_['one_worker_s']} s, -j 2 {p_['two_workers_s']} s, ratio {p_['ratio']}")
     print("PROJECTIONS, not measurements: hours of the paper-size runs (50,000 MNIST samples, 20 epochs, 10 "
           "trials, Hara/Ours/Random, default -r list) as the task graph on N workers. cpu: this trial's task "
           f"costs scaled by samples; gpu: assumed {GPU_STEP * 1e3:.0f} ms per training step and "
