@@ -127,8 +127,8 @@ def test_training_in_two_tasks_gives_the_bytes_of_one_and_resumes_an_older_folde
 
 
 def test_validation_gradient_is_stored_once_and_read_back_exactly(mnist_run):
-    from cleansing.trial import Trial, load_validation_grad
     from cleansing.train import load_training
+    from cleansing.trial import Trial, load_validation_grad
     cfg, data, paths = mnist_run
     trace, learner = load_training(cfg, data, paths, 0)
     first = Trial(None, 0, data, paths, trace, learner)
