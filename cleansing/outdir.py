@@ -26,6 +26,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 from common.errors import UserError
 from common.fileio import PARTIAL_TAG, write_text_atomic
 
+from .paths import VALIDATION_GRAD
+
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 OWNED_DIRS = ("weights", "influence", "score", "summary", "fig", "logs", "cleansed", "images")
@@ -33,11 +35,12 @@ OWNED_SUFFIXES = (".h5", ".npz", ".csv", ".png", ".json")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: scope name -> which owned files (path relative to the output folder) it invalidates.
-#: "train": everything; "influence": all but the training and exported images; "eval": the
-#: retrainings, validation truths and reports (training and influence CSVs are kept).
+#: "train": everything; "influence": all but the training and exported images (the validation
+#: gradient stored beside the training is the influence's); "eval": the retrainings, validation
+#: truths and reports (training and influence CSVs are kept).
 SCOPES: Dict[str, Callable[[PurePosixPath], bool]] = {
     "train": lambda rel: True,
-    "influence": lambda rel: rel.parts[0] not in ("weights", "images"),
+    "influence": lambda rel: rel.parts[0] not in ("weights", "images") or rel.name == VALIDATION_GRAD,
     "eval": lambda rel: rel.parts[0] not in ("weights", "images", "influence")
     and not rel.name.startswith("timings_seed_"),
 }

@@ -4,6 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
+#: file name of the stored validation gradient (``RunPaths.validation_grad``): it depends on the
+#: validation data, so the "influence" scope of ``cleansing.outdir`` removes it with the scores
+VALIDATION_GRAD = "validation_grad.npz"
+
 
 class RunPaths:
     """Paths of every file a run writes under its output folder ``root``."""
@@ -36,7 +40,7 @@ class RunPaths:
 
     def validation_grad(self, seed: int) -> Path:
         """``u`` and ``u_stats`` at the final parameters (``Trial.u``), computed once for every estimator."""
-        return self.weights(seed) / "validation_grad.npz"
+        return self.weights(seed) / VALIDATION_GRAD
 
     def train_log(self, seed: int) -> Path:
         return self.weights(seed) / "train_log.csv"

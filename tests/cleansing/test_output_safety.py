@@ -144,6 +144,23 @@ def test_retrain_all_recomputes_only_the_retrainings(tmp_path):
     assert len((out / score).read_text().splitlines()) == 3
 
 
+def test_changed_validation_set_recomputes_the_stored_validation_gradient(done_run, tmp_path):
+    out = copy_run(done_run, tmp_path / "o")
+    grad = "weights/seed_00/validation_grad.npz"
+    before = snapshot(out)
+    assert grad in before
+    other = [a if a != "50" or FAST[i - 1] != "--n-val" else "40" for i, a in enumerate(FAST)]
+    exit2(run_cli("-o", str(out), *other, "-r", "0", "10"), "n_val 50 -> 40")
+    ok(run_cli("-o", str(out), *other, "-r", "0", "10", "--overwrite"))
+    after = snapshot(out)
+    assert after["weights/seed_00/final.h5"] == before["weights/seed_00/final.h5"]  # training kept
+    assert after[grad] != before[grad]
+    fresh = tmp_path / "fresh"
+    ok(run_cli("-o", str(fresh), *other, "-r", "0", "10"))
+    influence = "influence/Ours/influence_ours_0.csv"
+    assert after[influence] == snapshot(fresh)[influence]  # as if the new validation set had always been used
+
+
 def test_new_remove_value_reuses_the_training(done_run, tmp_path):
     out = copy_run(done_run, tmp_path / "o")
     before = snapshot(out)
