@@ -90,9 +90,7 @@ def build_graph(plan, seeds: Sequence[int], n_train: Optional[int] = None) -> Li
                 tasks.append(Task(key, "validate", p.validation_repeat_task, (plan, seed, r), [train] + estimates))
             tasks.append(Task(f"validate-pairs-{seed}", "validate", p.validation_pairs_task, (plan, seed), repeats))
         baseline = f"baseline-{seed}"
-        # scoring the final model (2 s) is the shortest task of a trial: last among the ready ones, it
-        # fills a worker's gap at the end instead of delaying a retraining (longest first)
-        tasks.append(Task(baseline, "retrain", p.baseline_task, (plan, seed), [train], priority=-1))
+        tasks.append(Task(baseline, "retrain", p.baseline_task, (plan, seed), [train]))
         for n in removals:
             for est in plan.estimators:
                 deps = [baseline] if n == 0 else [head, f"estimate-{seed}-{est.name}"]
