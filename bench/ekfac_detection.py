@@ -72,6 +72,29 @@ def factored_scores(ek, learner, data, vs: dict) -> dict:
     return {k: out[i] / n for i, k in enumerate(keys)}
 
 
+def load_run(run: Path, data_dir: str):
+    """A finished label-noise run's trial 0: ``(run, manifest, data with the flipped labels, their
+    mask, the learner at the final parameters, u, {method: stored scores by position})``."""
+    from cleansing.influence_csv import read_influence_csv, scores_by_position
+    from cleansing.train import TrainConfig, learner_from_file
+    from cleansing.trial import validation_loss_grad
+    from datasets import load_dataset
+    from datasets.noise import apply_label_noise
+
+    man = json.loads((run / "manifest.json").read_text())
+    data = load_dataset(man["dataset"], 0, data_dir=data_dir, n_train=man["n_train"], n_val=man["n_val"],
+                        n_test=man["n_test"])
+    data, noisy = apply_label_noise(data, man["label_noise"], 0)
+    learner = learner_from_file(TrainConfig(model=man["model"]), data, run / "weights" / "seed_00" / "final.h5")
+    u = validation_loss_grad(learner, data)
+    stored = {}
+    for method in ("Influence_functions_ekfac", "Influence_functions", "Random"):
+        f = run / "influence" / method / f"influence_{method.lower()}_0.csv"
+        if f.is_file():
+            stored[method] = scores_by_position(read_influence_csv(f, len(data.train)))
+    return run, man, data, noisy, learner, u, stored
+
+
 def ranking(scores: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(scores)), scores))
 
@@ -93,21 +116,10 @@ def main() -> None:
     import pandas as pd
     from scipy.stats import spearmanr
 
-    from cleansing.influence_csv import read_influence_csv, scores_by_position
-    from cleansing.train import TrainConfig, learner_from_file
-    from cleansing.trial import validation_loss_grad
-    from datasets import load_dataset
-    from datasets.noise import apply_label_noise
     from influence_functions.ekfac import Ekfac, EkfacOptions
 
-    run = Path(args.run)
-    man = json.loads((run / "manifest.json").read_text())
-    data = load_dataset(man["dataset"], 0, data_dir=args.data_dir, n_train=man["n_train"], n_val=man["n_val"],
-                        n_test=man["n_test"])
-    data, noisy = apply_label_noise(data, man["label_noise"], 0)
+    run, man, data, noisy, learner, u, stored = load_run(Path(args.run), args.data_dir)
     n = len(data.train)
-    learner = learner_from_file(TrainConfig(model=man["model"]), data, run / "weights" / "seed_00" / "final.h5")
-    u = validation_loss_grad(learner, data)
     vs, fits, ek = {}, {}, None
     for fisher in args.fishers:
         t0 = time.time()
@@ -129,11 +141,6 @@ def main() -> None:
             print(f"{f} damping {d:g}: mean score of the flipped labels by block: " +
                   ", ".join(f"{b.prefix} {m:+.2e}" for b, m in zip(ek.blocks, flipped.mean(axis=1))))
     print(f"scores of {len(vs)} variants in one pass: {time.time() - t0:.1f} s", flush=True)
-    stored = {}
-    for method in ("Influence_functions_ekfac", "Influence_functions", "Random"):
-        f = run / "influence" / method / f"influence_{method.lower()}_0.csv"
-        if f.is_file():
-            stored[method] = scores_by_position(read_influence_csv(f, n))
     k = int(round(args.fraction * n))
     rows = []
     for name, s in [*((f"ekfac {f} damping {d:g}", v) for (f, d), v in scores.items()), *stored.items()]:
