@@ -73,7 +73,7 @@ def factored_scores(ek, learner, data, vs: dict) -> dict:
 
 
 def load_run(run: Path, data_dir: str):
-    """A finished label-noise run's trial 0: ``(run, manifest, data with the flipped labels, their
+    """A finished label-noise run's trial 0: ``(manifest, data with the flipped labels, their
     mask, the learner at the final parameters, u, {method: stored scores by position})``."""
     from cleansing.influence_csv import read_influence_csv, scores_by_position
     from cleansing.train import TrainConfig, learner_from_file
@@ -92,7 +92,7 @@ def load_run(run: Path, data_dir: str):
         f = run / "influence" / method / f"influence_{method.lower()}_0.csv"
         if f.is_file():
             stored[method] = scores_by_position(read_influence_csv(f, len(data.train)))
-    return run, man, data, noisy, learner, u, stored
+    return man, data, noisy, learner, u, stored
 
 
 def ranking(scores: np.ndarray) -> np.ndarray:
@@ -118,7 +118,7 @@ def main() -> None:
 
     from influence_functions.ekfac import Ekfac, EkfacOptions
 
-    run, man, data, noisy, learner, u, stored = load_run(Path(args.run), args.data_dir)
+    man, data, noisy, learner, u, stored = load_run(Path(args.run), args.data_dir)
     n = len(data.train)
     vs, fits, ek = {}, {}, None
     for fisher in args.fishers:

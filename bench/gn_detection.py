@@ -124,7 +124,7 @@ def main() -> None:
 
     from influence_functions.estimator import ParamSpace, influence_scores
     from influence_functions.solvers import conjugate_gradient
-    run, man, data, noisy, learner, u, stored = load_run(Path(args.run), args.data_dir)
+    man, data, noisy, learner, u, stored = load_run(Path(args.run), args.data_dir)
     damping = man["damping"] if args.damping is None else args.damping
     space = ParamSpace(learner)
     t0 = time.time()
