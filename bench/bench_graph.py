@@ -42,8 +42,10 @@ def csvs(out: Path) -> dict:
 
 #: paper-size runs projected (Suzuki et al.'s MNIST setting: 50,000 samples, 20 epochs, lr 0.05,
 #: 10 trials, the default -r list below 50,000, Hara, Ours and Random); Fig. 5 varies the batch
-PAPER = {"n_train": 50000, "n_val": 10000, "epochs": 20, "trials": 10, "methods": ("Hara", "Ours", "Random")}
+PAPER = {"n_train": 50000, "n_val": 10000, "n_test": 10000, "epochs": 20, "trials": 10,
+         "methods": ("Hara", "Ours", "Random")}
 N_VAL_DIGITS = 300  # the measured trial's validation images (datasets.digits.N_VAL)
+N_EVAL_DIGITS = 600  # the images an epoch's evaluation scores (300 validation, 300 test)
 RUNS = {"-ds mnist -nt 10 (batch 32)": 32, "Fig. 5, batch 64": 64, "Fig. 5, batch 128": 128,
         "Fig. 5, batch 256": 256}
 WORKERS = (1, 2, 10, 100)
@@ -66,23 +68,29 @@ def paper_graph(batch: int):
 
 def task_costs(timings: pd.DataFrame, n_train: int, epochs: int, batch: int, device: str) -> dict:
     """Seconds of each kind of task of the paper-size run. CPU: the measured trial's task costs
-    scaled by the samples each touches (training: samples x epochs; an estimator and a last-epoch
-    retraining: samples), per-sample costs taken as independent of the batch. GPU: the assumed step
-    costs times the steps (training E*T, an estimator or a retraining T, with T = ceil(n / batch));
-    the validation gradient scales with the validation images (GPU: one training step per batch)."""
-    n, E = PAPER["n_train"], PAPER["epochs"]
+    scaled by the samples each touches (a training epoch, an estimator and a last-epoch retraining:
+    the training samples; an epoch's evaluation: the validation and test images), per-sample costs
+    taken as independent of the batch. GPU: the assumed step costs times the steps (an epoch, an
+    estimator or a retraining T, with T = ceil(n / batch); an evaluation one step per batch); the
+    validation gradient scales with the validation images (GPU: one training step per batch)."""
+    n = PAPER["n_train"]
+    n_eval = PAPER["n_val"] + PAPER["n_test"]
     if device == "gpu":
         T = -(-n // batch)
         est = {m: (0.0 if m == "Random" else T * GPU_INFL_STEP) for m in PAPER["methods"]}
-        return {"head": (E - 1) * T * GPU_STEP, "last": T * GPU_STEP, "estimate": est, "retrain": T * GPU_STEP,
-                "validation_grad": -(-PAPER["n_val"] // batch) * GPU_STEP}
+        return {"epoch": T * GPU_STEP, "eval": -(-n_eval // batch) * GPU_STEP, "last": T * GPU_STEP,
+                "estimate": est, "retrain": T * GPU_STEP, "validation_grad": -(-PAPER["n_val"] // batch) * GPU_STEP}
     trials = timings.seed.nunique()
     grow = n / n_train / trials  # per trial
-    per_epoch = float(timings[timings.stage == "train"].seconds.sum()) / epochs * grow
+    train = timings[timings.stage == "train"]
+    evals = train[train.method.str.startswith("eval_")]
+    epochs_before_last = train[train.method.str.startswith("epoch_")]
     infl = timings[timings.stage == "infl"].groupby("method").seconds.sum()
     est = infl * grow
     retrain = float(timings[timings.stage.str.startswith("eval_n")].seconds.mean()) * n / n_train
-    return {"head": (E - 1) * per_epoch, "last": per_epoch, "retrain": retrain,
+    return {"epoch": float(epochs_before_last.seconds.mean()) * n / n_train,
+            "eval": float(evals.seconds.mean()) * n_eval / N_EVAL_DIGITS,
+            "last": float(train[train.method == "last_epoch"].seconds.sum()) * grow, "retrain": retrain,
             "estimate": {m: float(est.get(m, 0.0)) for m in PAPER["methods"]},
             "validation_grad": float(infl.get("validation_grad", 0.0)) / trials * PAPER["n_val"] / N_VAL_DIGITS}
 
@@ -91,8 +99,10 @@ def duration(task, costs: dict) -> float:
     """Seconds of one task of the graph under ``costs``, by the pipeline function it runs (reports,
     No_Removal's scoring of the final model and the n = 0 copies: 0)."""
     from cleansing import pipeline as p
-    if task.fn is p.train_head_task:
-        return costs["head"]
+    if task.fn is p.train_epoch_task:
+        return costs["epoch"]
+    if task.fn is p.train_eval_task:
+        return costs["eval"]
     if task.fn is p.train_task:
         return costs["last"]
     if task.fn is p.estimate_task:

@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 
 from cleansing.paths import RunPaths  # noqa: E402
 from common.figures import save_figure  # noqa: E402
-from common.fileio import write_csv_atomic  # noqa: E402
+from common.fileio import read_csv_exact, write_csv_atomic  # noqa: E402
 
 from .retrain import read_score_csv  # noqa: E402
 
@@ -115,7 +115,7 @@ def validation_summary(paths: RunPaths) -> Optional[pd.DataFrame]:
     files = sorted(paths.logs.glob("validation_pairs_seed_*.csv"))
     if not files:
         return None
-    pairs = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    pairs = pd.concat([read_csv_exact(f) for f in files], ignore_index=True)
     rows = [{"method": m, "seed": int(s), "n": len(df), **agreement(df.estimate, df.actual)}
             for (m, s), df in pairs.groupby(["method", "seed"])]
     table = pd.DataFrame(rows, columns=["method", "seed", "n", "pearson", "spearman", "kendall", "jaccard20"])

@@ -3,8 +3,12 @@
 Tasks (each one's output is the file it has always written, so a task whose output is complete
 does nothing and an interrupted run resumes unchanged):
 
-* ``train-head``       per trial: the epochs before the last (what every retraining starts from);
-* ``train``            per trial: the last epoch (and Hara's cache when a method needs it);
+* ``train-epoch``      per trial and epoch before the last, each after the one before (the last of
+                       them writes what every retraining starts from);
+* ``train-eval``       per trial and epoch before the last: its validation and test scores (its
+                       ``train_log.csv`` row), beside the training of the next epoch;
+* ``train``            per trial: the last epoch (and Hara's cache when a method needs it), after
+                       the epochs before it and their evaluations;
 * ``validation-grad``  per trial, when an estimator reads it: ``u``, the validation loss gradient
                        at the final parameters (computed once, not once per estimator and worker);
 * ``artefact``         per trial and artefact an estimator declares (a turn-over-dropout network);
@@ -14,7 +18,7 @@ does nothing and an interrupted run resumes unchanged):
 * ``validate``         per trial and repeat of the leave-one-out truth, then ``validate-pairs``;
 * ``baseline``         per trial: the scores without removal ("No_Removal"): the final model's, after
                        ``train`` (retraining with nothing removed replays the last epoch exactly);
-* ``retrain``          per trial, method and n of ``-r``, after ``train-head`` and the method's estimate
+* ``retrain``          per trial, method and n of ``-r``, after the last ``train-epoch`` and the method's estimate
                        (so the Random control's retrainings run beside the last training epoch);
 * ``run-reports``      once: summaries, figures and tables of the whole run.
 
@@ -60,14 +64,26 @@ def build_graph(plan, seeds: Sequence[int], n_train: Optional[int] = None) -> Li
     """The tasks of a run, in an order that respects their dependencies (also the sequential order);
     ``n_train`` (default: read from the first trial's data) bounds the -r list."""
     from . import pipeline as p
+    from .train import head_epochs
     cfg = plan.cfg
     tasks: List[Task] = []
     removals = p.planned_removals(cfg, n_train)
     for seed in seeds:
-        head, train = f"train-head-{seed}", f"train-{seed}"
+        train = f"train-{seed}"
         discard = functools.partial(p.discard_training, plan, seed)
-        tasks.append(Task(head, "train", p.train_head_task, (plan, seed), priority=1, on_error=discard))
-        tasks.append(Task(train, "train", p.train_task, (plan, seed), [head], priority=1, on_error=discard))
+        epochs = head_epochs(cfg.train)
+        heads = [f"train-epoch-{seed}-{e}" for e in epochs]
+        evals = [f"train-eval-{seed}-{e}" for e in epochs if e]
+        for i, e in enumerate(epochs):
+            tasks.append(Task(heads[i], "train", p.train_epoch_task, (plan, seed, e), heads[i - 1:i] if i else [],
+                              priority=1, on_error=discard))
+            if i:  # epoch e-1's evaluation after epoch e in graph order: the chain of epochs goes first
+                tasks.append(Task(evals[i - 1], "train", p.train_eval_task, (plan, seed, e - 1), [heads[i - 1]],
+                                  priority=1))
+        head = heads[-1]
+        if epochs[-1]:
+            tasks.append(Task(evals[-1], "train", p.train_eval_task, (plan, seed, epochs[-1]), [head], priority=1))
+        tasks.append(Task(train, "train", p.train_task, (plan, seed), [head] + evals, priority=1, on_error=discard))
         grad = f"validation-grad-{seed}"
         if any(e.needs_validation_grad for e in plan.estimators):
             tasks.append(Task(grad, "estimate", p.validation_grad_task, (plan, seed), [train], priority=1))

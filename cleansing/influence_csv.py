@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import UserError
-from common.fileio import write_csv_atomic
+from common.fileio import read_csv_exact, write_csv_atomic
 
 COLUMNS = ["x:image", "y:label", "influence", "datasource_index"]
 
@@ -35,7 +35,7 @@ def read_influence_csv(path: Union[str, Path], n_train: int) -> pd.DataFrame:
     """Read an influence CSV back, checking columns and that it covers the training set once."""
     path = Path(path)
     try:
-        frame = pd.read_csv(path)
+        frame = read_csv_exact(path)
     except Exception as exc:
         raise UserError(f"influence CSV {path} is unreadable ({type(exc).__name__}); delete it and rerun") from None
     idx = frame.get("datasource_index")

@@ -27,6 +27,20 @@ class RunPaths:
         """Per-step parameters of the last epoch (estimators with ``needs_step_params``: Hara's cache)."""
         return self.weights(seed) / "hara"
 
+    def epochs_dir(self, seed: int) -> Path:
+        """The epochs before the last, one training and one evaluation task each (removed once
+        ``train_log.csv`` holds their rows)."""
+        return self.weights(seed) / "epochs"
+
+    def epoch_params(self, seed: int, epoch: int) -> Path:
+        """Parameters after epoch ``epoch`` (1-based) of the epochs before the last but one."""
+        return self.epochs_dir(seed) / f"epoch_{epoch:03d}.h5"
+
+    def epoch_log(self, seed: int, epoch: int, part: str = "") -> Path:
+        """Epoch ``epoch``'s ``train_log.csv`` row (``part="train"``: its training half, which marks
+        the epoch's training task complete; written last by that task)."""
+        return self.epochs_dir(seed) / f"epoch_{epoch:03d}{'_' + part if part else ''}.csv"
+
     def step_params(self, seed: int, step: int) -> Path:
         """Parameters before global step ``step`` (a step of the last epoch)."""
         return self.steps_dir(seed) / f"step_{step:06d}.h5"

@@ -23,7 +23,7 @@ import pandas as pd
 
 from common.errors import UserError
 from common.figures import save_figure
-from common.fileio import write_csv_atomic
+from common.fileio import read_csv_exact, write_csv_atomic
 from datasets.noise import check_fraction
 
 from . import analyze as analysis, report
@@ -35,7 +35,15 @@ from .influence_csv import influence_frame, read_influence_csv, scores_by_positi
 from .paths import RunPaths
 from .retrain import SCORE_COLUMNS, read_score_csv, removal_mask, retrain_scores
 from .trace import load_trace
-from .train import evaluate_splits, head_complete, learner_from_file, train_head, train_last_epoch, training_complete
+from .train import (
+    evaluate_head_epoch,
+    evaluate_splits,
+    head_complete,
+    learner_from_file,
+    train_head_epoch,
+    train_last_epoch,
+    training_complete,
+)
 from .trial import (
     Trial,
     load_artefact,
@@ -82,7 +90,7 @@ def write_timings(paths: RunPaths) -> None:
     logs = [f for f in sorted(paths.logs.glob("timings_seed_*.csv"))
             if re.fullmatch(r"timings_seed_\d+\.csv", f.name)]
     if logs:
-        write_csv_atomic(paths.run_table("timings"), pd.concat([pd.read_csv(f) for f in logs], ignore_index=True))
+        write_csv_atomic(paths.run_table("timings"), pd.concat([read_csv_exact(f) for f in logs], ignore_index=True))
 
 
 class Timings:
@@ -154,16 +162,30 @@ def _write_objects(paths: RunPaths, seed: int, tables: dict, figures: dict, logs
 # Each task function returns (value, timings) and does nothing when its output is complete; the
 # graph of them (``graph.build_graph``) is the run. Trials are rebuilt from the output folder in
 # each process (cached per process: estimators of one trial share its validation gradient).
-def train_head_task(plan: Plan, seed: int):
-    """Epochs 1 .. E-1 of trial ``seed`` (``train.train_head``): all a last-epoch retraining needs."""
+def train_epoch_task(plan: Plan, seed: int, epoch: int):
+    """Epoch ``epoch`` of the epochs before the last of trial ``seed`` (``train.train_head_epoch``);
+    the last of them writes ``start_last_epoch.h5``: all a last-epoch retraining needs."""
     cfg = plan.cfg
     paths = RunPaths(cfg.out)
-    if head_complete(paths, seed):
+    if head_complete(paths, seed) or paths.epoch_log(seed, epoch, "train").is_file():
         return None, []
     data = load_trial_data(cfg, seed)
     t0 = time.time()
-    train_head(cfg.train, data, paths, seed, show_progress=cfg.runtime.show_progress)
-    return None, [(seed, "train", "head", time.time() - t0)]
+    train_head_epoch(cfg.train, data, paths, seed, epoch, show_progress=cfg.runtime.show_progress)
+    return None, [(seed, "train", f"epoch_{epoch}", time.time() - t0)]
+
+
+def train_eval_task(plan: Plan, seed: int, epoch: int):
+    """The validation and test scores after epoch ``epoch`` (``train.evaluate_head_epoch``), beside
+    the training of the next epoch."""
+    cfg = plan.cfg
+    paths = RunPaths(cfg.out)
+    if head_complete(paths, seed) or paths.epoch_log(seed, epoch).is_file():
+        return None, []
+    data = load_trial_data(cfg, seed)
+    t0 = time.time()
+    evaluate_head_epoch(cfg.train, data, paths, seed, epoch)
+    return None, [(seed, "train", f"eval_{epoch}", time.time() - t0)]
 
 
 def train_task(plan: Plan, seed: int):
@@ -279,7 +301,7 @@ def _cached_repeat(paths: RunPaths, seed: int, r: int, samples: np.ndarray) -> O
     f = paths.validation_repeat(seed, r)
     if not f.is_file():
         return None
-    d = pd.read_csv(f)
+    d = read_csv_exact(f)
     return d.actual.to_numpy() if np.array_equal(d.datasource_index.to_numpy(), samples) else None
 
 
@@ -383,7 +405,7 @@ def merge_logs(plan: Plan, paths: RunPaths, seeds: Sequence[int]) -> None:
     tables: Dict[str, List[pd.DataFrame]] = {}
     for est in plan.estimators:
         for stem, table in est.summary_logs.items():
-            tables.setdefault(table, []).extend(pd.read_csv(f) for s in seeds if (f := paths.log(stem, s)).is_file())
+            tables.setdefault(table, []).extend(read_csv_exact(f) for s in seeds if (f := paths.log(stem, s)).is_file())
     for table, frames in tables.items():
         if frames:
             write_csv_atomic(paths.run_table(table), pd.concat(frames, ignore_index=True))

@@ -15,6 +15,7 @@ import pandas as pd
 
 from cleansing.paths import RunPaths
 from common.errors import UserError
+from common.fileio import read_csv_exact
 from datasets import DataBundle
 
 from .trace import Trace
@@ -29,7 +30,7 @@ def read_score_csv(path: Union[str, Path]) -> pd.DataFrame:
     path = Path(path)
     try:
         complete = path.read_bytes().endswith(b"\n")  # pandas ends every file with one; a cut file does not
-        frame = pd.read_csv(path)
+        frame = read_csv_exact(path)
     except Exception as exc:
         raise UserError(f"score CSV {path} is unreadable ({type(exc).__name__}); delete it and rerun") from None
     ok = complete and list(frame.columns) == SCORE_COLUMNS and len(frame) > 0

@@ -1,16 +1,20 @@
 """Training stage: SGD with a recorded trace and the parameter caches the estimators need.
 
-Two parts (two tasks of the run): ``train_head`` (epochs 1 .. E-1) writes under
-``weights/seed_NN/`` ``initial.h5``, ``trace.npz``, ``start_last_epoch.h5`` (before the first step
-of the last epoch) and ``head_log.csv``; ``train_last_epoch`` writes ``hara/step_XXXXXX.h5``
-(parameters *before* every step of the last epoch, only when asked), ``final.h5`` and
-``train_log.csv`` (written last: its presence marks the stage complete).
+Tasks of the run: one per epoch before the last (``train_head_epoch``; the first also writes
+``initial.h5`` and ``trace.npz``, the last ``start_last_epoch.h5``, before the first step of the
+last epoch), one evaluation per such epoch (``evaluate_head_epoch``: its ``train_log.csv`` row, so
+evaluating epoch k runs beside the training of epoch k + 1), and ``train_last_epoch``, which writes
+``hara/step_XXXXXX.h5`` (parameters *before* every step of the last epoch, only when asked),
+``final.h5`` and ``train_log.csv`` (written last: its presence marks the stage complete). The
+epochs' own files live in ``weights/seed_NN/epochs/`` until ``train_log.csv`` holds their rows.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -102,8 +106,8 @@ def training_complete(paths: RunPaths, seed: int, hara: bool, trace_steps: Optio
 
 
 def head_complete(paths: RunPaths, seed: int) -> bool:
-    """True when the epochs before the last are trained: ``start_last_epoch.h5`` and the trace exist
-    (from ``train_head``, or from a whole training written before the training was two tasks)."""
+    """True when the epochs before the last are trained and logged as one file: the training is
+    complete, or the folder was written before those epochs were tasks of their own (``head_log.csv``)."""
     done = paths.head_log(seed).is_file() or paths.train_log(seed).is_file()
     return done and paths.params(seed, "start_last_epoch").is_file() and paths.trace(seed).is_file()
 
@@ -113,36 +117,84 @@ def _epoch_row(epoch: int, train_loss: float, learner: Learner, data: DataBundle
             "seconds": time.time() - t0}
 
 
-def train_head(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int, show_progress: bool = True) -> None:
-    """Epochs 1 .. E-1 of trial ``seed`` from scratch: ``initial.h5``, ``trace.npz``,
-    ``start_last_epoch.h5`` and ``head_log.csv`` (last). The retrainings of the last epoch need
-    only these, so they can run beside ``train_last_epoch``."""
-    trace = make_schedule(len(data.train), cfg.epochs, cfg.batch_size, cfg.lr, seed)
-    learner = new_learner(cfg, data, seed)
-    save_params(paths.params(seed, "initial"), learner.params)
-    save_trace(paths.trace(seed), trace)
-    rows = []
-    bar = tqdm(total=trace.n_steps - len(trace.last_epoch_steps()), desc=f"train seed {seed}", unit="step",
-               disable=not show_progress, leave=False)
-    for epoch in range(cfg.epochs - 1):
+def head_epochs(cfg: TrainConfig) -> List[int]:
+    """The epochs before the last, 1-based (one training task each); ``[0]`` with a single epoch:
+    a task that only draws the initial parameters and the trace."""
+    return list(range(1, cfg.epochs)) or [0]
+
+
+def state_after(cfg: TrainConfig, paths: RunPaths, seed: int, epoch: int) -> Path:
+    """The parameters after epoch ``epoch`` of the epochs before the last (0: the initial ones)."""
+    if epoch == max(cfg.epochs - 1, 0):
+        return paths.params(seed, "start_last_epoch")
+    return paths.params(seed, "initial") if epoch == 0 else paths.epoch_params(seed, epoch)
+
+
+def train_head_epoch(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int, epoch: int,
+                     show_progress: bool = True) -> None:
+    """Epoch ``epoch`` (``head_epochs``) of trial ``seed``: from the parameters after the epoch
+    before (the first draws ``initial.h5`` and ``trace.npz``), written as ``state_after(epoch)``, then
+    the training half of its log row (last: marks the task complete). Saving and reading the
+    parameters between epochs is exact, so the epochs give the bytes of one uninterrupted training."""
+    if epoch <= 1:
+        trace = make_schedule(len(data.train), cfg.epochs, cfg.batch_size, cfg.lr, seed)
+        learner = new_learner(cfg, data, seed)
+        save_params(paths.params(seed, "initial"), learner.params)
+        save_trace(paths.trace(seed), trace)
+    else:
+        trace = load_trace(paths.trace(seed), len(data.train))
+        learner = learner_from_file(cfg, data, state_after(cfg, paths, seed, epoch - 1))
+    row = pd.DataFrame(columns=["epoch", "train_loss", "seconds"])
+    if epoch >= 1:
+        steps = trace.epoch_steps(epoch - 1)
+        bar = tqdm(total=len(steps), desc=f"train seed {seed}, epoch {epoch}", unit="step",
+                   disable=not show_progress, leave=False)
         t0 = time.time()
-        loss = run_steps(learner, data, trace, trace.epoch_steps(epoch), cfg.augment, progress=bar)
-        rows.append(_epoch_row(epoch, loss, learner, data, t0))
-    bar.close()
-    save_params(paths.params(seed, "start_last_epoch"), learner.params)
-    write_csv_atomic(paths.head_log(seed), pd.DataFrame(rows, columns=TRAIN_LOG_COLUMNS))
+        loss = run_steps(learner, data, trace, steps, cfg.augment, progress=bar)
+        bar.close()
+        row = pd.DataFrame([{"epoch": epoch, "train_loss": loss, "seconds": time.time() - t0}])
+    save_params(state_after(cfg, paths, seed, epoch), learner.params)
+    write_csv_atomic(paths.epoch_log(seed, epoch, "train"), row)
+
+
+def evaluate_head_epoch(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int, epoch: int) -> None:
+    """Epoch ``epoch``'s ``train_log.csv`` row: its training loss and the validation and test loss
+    and accuracy of the parameters after it; ``seconds`` = training plus evaluation."""
+    t0 = time.time()
+    part = pd.read_csv(paths.epoch_log(seed, epoch, "train"), float_precision="round_trip")
+    learner = learner_from_file(cfg, data, state_after(cfg, paths, seed, epoch))
+    row = {"epoch": epoch, "train_loss": float(part.train_loss.iloc[0]), **evaluate_splits(learner, data),
+           "seconds": float(part.seconds.iloc[0]) + time.time() - t0}
+    write_csv_atomic(paths.epoch_log(seed, epoch), pd.DataFrame([row], columns=TRAIN_LOG_COLUMNS))
+
+
+def train_head(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int, show_progress: bool = True) -> None:
+    """Epochs 1 .. E-1 of trial ``seed`` from scratch, each trained then evaluated (the tasks of
+    the run, in this process): all a last-epoch retraining needs."""
+    for epoch in head_epochs(cfg):
+        train_head_epoch(cfg, data, paths, seed, epoch, show_progress)
+        if epoch:
+            evaluate_head_epoch(cfg, data, paths, seed, epoch)
+
+
+def head_rows(cfg: TrainConfig, paths: RunPaths, seed: int) -> pd.DataFrame:
+    """The log rows of the epochs before the last: from their evaluation tasks, or from an older
+    folder's ``head_log.csv`` or ``train_log.csv`` (a training written as one or two tasks)."""
+    for log in (paths.head_log(seed), paths.train_log(seed)):
+        if log.is_file():
+            return pd.read_csv(log, float_precision="round_trip").iloc[:cfg.epochs - 1]
+    rows = [pd.read_csv(paths.epoch_log(seed, e), float_precision="round_trip") for e in range(1, cfg.epochs)]
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=TRAIN_LOG_COLUMNS)
 
 
 def train_last_epoch(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int, save_hara: bool,
                      show_progress: bool = True) -> None:
-    """The last epoch from ``start_last_epoch.h5`` (after ``train_head``): Hara's per-step cache when
-    asked, ``final.h5``, and ``train_log.csv`` (last: every epoch's row; its presence marks the
-    training complete)."""
+    """The last epoch from ``start_last_epoch.h5`` (after the epochs before it and their
+    evaluations): Hara's per-step cache when asked, ``final.h5``, and ``train_log.csv`` (last: every
+    epoch's row; its presence marks the training complete); then the epochs' own files go."""
     trace = load_trace(paths.trace(seed), len(data.train))
     learner = learner_from_file(cfg, data, paths.params(seed, "start_last_epoch"))
-    # a training written as one task has no head log: its train_log.csv holds the earlier epochs
-    log = paths.head_log(seed) if paths.head_log(seed).is_file() else paths.train_log(seed)
-    rows = pd.read_csv(log, float_precision="round_trip").iloc[:cfg.epochs - 1]
+    rows = head_rows(cfg, paths, seed)
 
     def save_step(t: int) -> None:
         save_params(paths.step_params(seed, t), learner.params)
@@ -157,6 +209,7 @@ def train_last_epoch(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: 
     last = pd.DataFrame([_epoch_row(cfg.epochs - 1, loss, learner, data, t0)], columns=TRAIN_LOG_COLUMNS)
     save_params(paths.params(seed, "final"), learner.params)
     write_csv_atomic(paths.train_log(seed), pd.concat([rows, last], ignore_index=True) if len(rows) else last)
+    shutil.rmtree(paths.epochs_dir(seed), ignore_errors=True)
 
 
 def train_with_trace(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int,

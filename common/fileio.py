@@ -128,3 +128,10 @@ def write_csv_atomic(path: PathLike, frame: pandas.DataFrame) -> None:  # noqa: 
     """Write a pandas DataFrame as CSV (no index column) atomically."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def read_csv_exact(path: PathLike, **kwargs) -> pandas.DataFrame:  # noqa: F821
+    """``pandas.read_csv`` that reads every float back to the bits ``write_csv_atomic`` wrote it from
+    (pandas writes the shortest repr; its default parser can land one ulp away)."""
+    import pandas as pd
+    return pd.read_csv(path, float_precision="round_trip", **kwargs)

@@ -91,16 +91,23 @@ def test_controls_wait_only_for_the_epochs_before_the_last_and_no_removal_for_th
     cfg = make_config(REGISTRY, dataset="digits", out=str(tmp_path), methods=("Hara", "Random"), remove=(0, 10))
     tasks = {t.key: t for t in build_graph(Plan.of(cfg, REGISTRY), [3])}
     deps = {k: t.deps for k, t in tasks.items()}
-    assert deps["train-head-3"] == [] and deps["train-3"] == ["train-head-3"]
+    head = [f"train-epoch-3-{e}" for e in range(1, 20)]  # 20 epochs: 19 before the last
+    evals = [f"train-eval-3-{e}" for e in range(1, 20)]
+    assert deps[head[0]] == [] and all(deps[head[i]] == [head[i - 1]] for i in range(1, 19))
+    assert all(deps[evals[i]] == [head[i]] for i in range(19))
+    assert deps["train-3"] == [head[-1]] + evals
     assert deps["validation-grad-3"] == ["train-3"]
     assert deps["estimate-3-Hara"] == ["train-3", "validation-grad-3"] and deps["estimate-3-Random"] == []
     assert deps["baseline-3"] == ["train-3"]
-    assert deps["retrain-3-Random-10"] == ["train-head-3", "estimate-3-Random"]
-    assert deps["retrain-3-Hara-10"] == ["train-head-3", "estimate-3-Hara"]
+    assert deps["retrain-3-Random-10"] == [head[-1], "estimate-3-Random"]
+    assert deps["retrain-3-Hara-10"] == [head[-1], "estimate-3-Hara"]
     assert deps["retrain-3-Hara-0"] == ["baseline-3"]
     assert deps["trial-reports-3"] == ["train-3", "estimate-3-Hara", "estimate-3-Random"]
-    assert {k for k, t in tasks.items() if t.priority > 0} == {"train-head-3", "train-3", "validation-grad-3",
+    assert {k for k, t in tasks.items() if t.priority > 0} == {*head, *evals, "train-3", "validation-grad-3",
                                                                "estimate-3-Hara", "estimate-3-Random"}
+    # released in this order when the previous epoch is done: the next epoch before the evaluation
+    order = list(tasks)
+    assert order.index(head[1]) < order.index(evals[0]) < order.index(head[2])
     order = list(tasks)
     assert all(order.index(d) < order.index(k) for k in order for d in deps[k])
     random_only = make_config(REGISTRY, dataset="digits", out=str(tmp_path), methods=("Random",), remove=(0, 10))

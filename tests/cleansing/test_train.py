@@ -10,7 +10,11 @@ from cleansing.retrain import retrain_last_epoch
 from cleansing.trace import load_trace, make_schedule, save_trace
 from cleansing.train import (
     TrainConfig,
+    evaluate_splits,
     head_complete,
+    head_epochs,
+    new_learner,
+    run_steps,
     train_head,
     train_last_epoch,
     train_with_trace,
@@ -101,29 +105,79 @@ def test_replaying_the_last_epoch_reproduces_the_final_parameters_exactly(mnist_
         assert np.array_equal(v.d, final[k]), k
 
 
-def test_training_in_two_tasks_gives_the_bytes_of_one_and_resumes_an_older_folder(mnist_run, tmp_path):
-    cfg, data, paths = mnist_run
-    split = RunPaths(tmp_path)
-    train_head(cfg, data, split, 0, show_progress=False)
-    assert head_complete(split, 0) and not split.params(0, "final").exists()
-    assert not split.train_log(0).exists() and list(pd.read_csv(split.head_log(0)).epoch) == [1]
-    for which in ("initial", "start_last_epoch"):
-        assert split.params(0, which).read_bytes() == paths.params(0, which).read_bytes(), which
-    train_last_epoch(cfg, data, split, 0, save_hara=False, show_progress=False)
-    assert split.params(0, "final").read_bytes() == paths.params(0, "final").read_bytes()
-    whole, parts = pd.read_csv(paths.train_log(0)), pd.read_csv(split.train_log(0))
-    pd.testing.assert_frame_equal(whole.drop(columns="seconds"), parts.drop(columns="seconds"))
-    # a folder trained as one task has no head log: the last epoch reruns (here for Hara's cache)
-    # from start_last_epoch.h5 and keeps the earlier epochs' rows of its train_log.csv
-    split.head_log(0).unlink()
-    split.params(0, "final").unlink()
-    assert head_complete(split, 0) and not training_complete(split, 0, hara=False)
-    train_last_epoch(cfg, data, split, 0, save_hara=True, show_progress=False)
-    assert split.params(0, "final").read_bytes() == paths.params(0, "final").read_bytes()
-    assert len(list(split.steps_dir(0).glob("step_*.h5"))) == 63
-    again = pd.read_csv(split.train_log(0))
+def test_epoch_tasks_give_the_bytes_of_one_uninterrupted_training(tmp_path):
+    """The epochs before the last are tasks of their own, their parameters passed on through files,
+    and each epoch's evaluation is a task of its own: the final parameters, training losses and
+    scores are those of one learner trained through every epoch without a file in between."""
+    data = load_dataset("digits", 0, n_train=100, n_val=60, n_test=60)
+    cfg = TrainConfig(model="cnn6", epochs=3, batch_size=32, lr=0.05)
+    paths = RunPaths(tmp_path)
+    assert head_epochs(cfg) == [1, 2] and head_epochs(TrainConfig(epochs=1)) == [0]
+    train_head(cfg, data, paths, 0, show_progress=False)
+    assert sorted(p.name for p in paths.epochs_dir(0).iterdir()) == [
+        "epoch_001.csv", "epoch_001.h5", "epoch_001_train.csv", "epoch_002.csv", "epoch_002_train.csv"]
+    assert not head_complete(paths, 0) and not paths.params(0, "final").exists()
+    train_last_epoch(cfg, data, paths, 0, save_hara=False, show_progress=False)
+    assert not paths.epochs_dir(0).exists()  # their rows are in train_log.csv now
+
+    trace = load_trace(paths.trace(0), len(data.train))
+    learner = new_learner(cfg, data, 0)
+    assert all(np.array_equal(v.d, load_params(paths.params(0, "initial"))[k]) for k, v in learner.params.items())
+    losses, scores = [], []
+    for e in range(3):
+        losses.append(run_steps(learner, data, trace, trace.epoch_steps(e), cfg.augment))
+        scores.append(evaluate_splits(learner, data))
+        if e == 1:
+            start = load_params(paths.params(0, "start_last_epoch"))
+            assert all(np.array_equal(v.d, start[k]) for k, v in learner.params.items())
+    final = load_params(paths.params(0, "final"))
+    assert all(np.array_equal(v.d, final[k]) for k, v in learner.params.items())
+    log = pd.read_csv(paths.train_log(0), float_precision="round_trip")
+    assert list(log.epoch) == [1, 2, 3] and log.train_loss.tolist() == losses
+    assert log[list(scores[0])].to_dict("records") == scores
+    assert (log.seconds > 0).all()
+
+
+def test_epoch_tasks_resume_and_an_older_folder_keeps_its_rows(mnist_run, tmp_path):
+    """A finished epoch task is not run again, one cut before its marker is; folders written
+    before the epochs were tasks (a ``head_log.csv``, or a whole ``train_log.csv``) keep their rows
+    and end with the same final parameters."""
+    from cleansing.config import make_config
+    from cleansing.pipeline import Plan, train_epoch_task, train_eval_task
+    from estimators import REGISTRY
+    cfg = make_config(REGISTRY, dataset="digits", model="logreg", epochs=3, n_train=150, n_val=60, n_test=60,
+                      out=str(tmp_path / "o"), methods=("Random",), remove=(0,))
+    plan, paths = Plan.of(cfg, REGISTRY), RunPaths(tmp_path / "o")
+    assert train_epoch_task(plan, 1, 1)[1][0][:3] == (1, "train", "epoch_1")
+    assert train_epoch_task(plan, 1, 1) == (None, [])  # done: its marker is there
+    paths.epoch_log(1, 1, "train").unlink()  # cut before the marker: the epoch is trained again, same bytes
+    before = paths.epoch_params(1, 1).read_bytes()
+    assert train_epoch_task(plan, 1, 1)[1] and paths.epoch_params(1, 1).read_bytes() == before
+    assert train_eval_task(plan, 1, 1)[1][0][:3] == (1, "train", "eval_1")
+    assert train_eval_task(plan, 1, 1) == (None, [])
+
+    mcfg, data, done = mnist_run
+    older = RunPaths(tmp_path / "older")
+    older.weights(0).mkdir(parents=True)
+    for name in ("initial.h5", "start_last_epoch.h5", "trace.npz"):
+        (older.weights(0) / name).write_bytes((done.weights(0) / name).read_bytes())
+    whole = pd.read_csv(done.train_log(0), float_precision="round_trip")
+    whole.iloc[:1].to_csv(older.head_log(0), index=False)  # two tasks: the head's own log
+    assert head_complete(older, 0)
+    train_last_epoch(mcfg, data, older, 0, save_hara=False, show_progress=False)
+    assert older.params(0, "final").read_bytes() == done.params(0, "final").read_bytes()
+    again = pd.read_csv(older.train_log(0), float_precision="round_trip")
     pd.testing.assert_frame_equal(whole.drop(columns="seconds"), again.drop(columns="seconds"))
-    assert again.seconds.iloc[0] == parts.seconds.iloc[0]  # the first epoch's row is kept, not re-timed
+    # one task: train_log.csv holds the earlier epochs; the last epoch reruns (here for Hara's cache)
+    older.head_log(0).unlink()
+    older.params(0, "final").unlink()
+    assert head_complete(older, 0) and not training_complete(older, 0, hara=False)
+    train_last_epoch(mcfg, data, older, 0, save_hara=True, show_progress=False)
+    assert older.params(0, "final").read_bytes() == done.params(0, "final").read_bytes()
+    assert len(list(older.steps_dir(0).glob("step_*.h5"))) == 63
+    third = pd.read_csv(older.train_log(0), float_precision="round_trip")
+    pd.testing.assert_frame_equal(whole.drop(columns="seconds"), third.drop(columns="seconds"))
+    assert third.seconds.iloc[0] == whole.seconds.iloc[0]  # the first epoch's row is kept, not re-timed
 
 
 def test_validation_gradient_is_stored_once_and_read_back_exactly(mnist_run):
@@ -159,7 +213,7 @@ def test_no_removal_rows_are_the_bytes_a_retraining_without_removal_writes(tmp_p
     actual retraining with nothing removed writes."""
     from cleansing.analyze import NO_REMOVAL
     from cleansing.config import make_config
-    from cleansing.pipeline import Plan, baseline_task, train_head_task, train_task
+    from cleansing.pipeline import Plan, baseline_task, train_epoch_task, train_eval_task, train_task
     from cleansing.retrain import SCORE_COLUMNS, retrain_scores
     from cleansing.trial import load_trial_data
     from common.fileio import write_csv_atomic
@@ -167,7 +221,10 @@ def test_no_removal_rows_are_the_bytes_a_retraining_without_removal_writes(tmp_p
     cfg = make_config(REGISTRY, dataset="digits", model="logreg", epochs=3, n_train=150, n_val=60, n_test=60,
                       out=str(tmp_path / "o"), methods=("Random",), remove=(0,), retrain_all=retrain_all)
     plan = Plan.of(cfg, REGISTRY)
-    for task in (train_head_task, train_task, baseline_task):
+    for epoch in (1, 2):
+        train_epoch_task(plan, 1, epoch)
+        train_eval_task(plan, 1, epoch)
+    for task in (train_task, baseline_task):
         task(plan, 1)
     paths, data = RunPaths(cfg.out), load_trial_data(cfg, 1)
     rows = retrain_scores(cfg.train, data, paths, 1, load_trace(paths.trace(1), len(data.train)),
