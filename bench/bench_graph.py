@@ -190,7 +190,9 @@ def main() -> int:
     rows["same_bytes_two_workers"] = all(csvs(work / f"two{'' if r == 0 else f'_{r}'}") == ref
                                          for r in range(a.repeats))
     if a.baseline:
-        rows["same_bytes_baseline"] = csvs(work / "base") == ref
+        base = csvs(work / "base")
+        rows["same_bytes_baseline"] = base == ref
+        rows["baseline_differs"] = sorted(k for k in set(base) | set(ref) if base.get(k) != ref.get(k))
     rows.update({"epochs": a.epochs, "trials": a.trials, "date": time.strftime("%Y-%m-%d"),
                  "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                           text=True).stdout.strip(), "machine": platform.processor() or "cpu"})
