@@ -88,17 +88,18 @@ def task_costs(timings: pd.DataFrame, n_train: int, epochs: int, batch: int, dev
 
 
 def duration(task, costs: dict) -> float:
-    """Seconds of one task of the graph under ``costs`` (reports, No_Removal's rows read from the
-    training log and the n = 0 copies: 0)."""
-    if task.key.startswith("train-head-"):
+    """Seconds of one task of the graph under ``costs``, by the pipeline function it runs (reports,
+    No_Removal's scoring of the final model and the n = 0 copies: 0)."""
+    from cleansing import pipeline as p
+    if task.fn is p.train_head_task:
         return costs["head"]
-    if task.key.startswith("train-"):
+    if task.fn is p.train_task:
         return costs["last"]
-    if task.key.startswith("estimate-"):
-        return costs["estimate"][task.key.split("-", 2)[2]]
-    if task.key.startswith("validation-grad-"):
+    if task.fn is p.estimate_task:
+        return costs["estimate"][task.args[2]]
+    if task.fn is p.validation_grad_task:
         return costs["validation_grad"]
-    if task.key.startswith("retrain-") and not task.key.endswith("-0"):
+    if task.fn is p.retrain_task and task.args[3] != 0:
         return costs["retrain"]
     return 0.0
 

@@ -33,7 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def factored_scores(ek, learner, data, vs: dict) -> dict:
-    """``<v, grad l(z_j)> / n`` for every v of ``vs`` (a dict of parameter dicts), one pass."""
+    """``<v, grad l(z_j)> / n`` for every v of ``vs`` (a dict of parameter dicts), one pass, split by
+    block: ``{key: (n_blocks, n)}`` (the score is the sum over blocks, the preconditioner being
+    block-diagonal)."""
     from datasets.batches import split_batches
 
     n = len(data.train)
@@ -45,29 +47,52 @@ def factored_scores(ek, learner, data, vs: dict) -> dict:
                          for name in b.names])
         else:
             mats.append(np.stack([b.to_matrix(vs[k]) for k in keys]).astype(np.float32))
-    out = np.zeros((len(keys), n))
+    out = np.zeros((len(keys), len(ek.blocks), n))
     pos = 0
     for x, y in split_batches(data, data.train, ek.batch):
         g = ek._graph(len(x))
         p = g.forward(x)
         acts = [b.activations(h) for b, h in zip(ek.blocks, g.inputs())]
         grads = g.backward(p - np.eye(p.shape[1])[np.asarray(y).reshape(-1)])
-        s = np.zeros((len(keys), len(x)))
-        for b, M, a, gout in zip(ek.blocks, mats, acts, grads):
+        s = np.zeros((len(keys), len(ek.blocks), len(x)))
+        for i, (b, M, a, gout) in enumerate(zip(ek.blocks, mats, acts, grads)):
             go = b.output_grads(gout)
             if b.kind == "bn":
                 gg = np.einsum("nct,nct->nc", go, a)  # (B, C) per-sample gradients of gamma, beta
                 gb = go.sum(axis=2)
-                s += M[0] @ gg.T + M[1] @ gb.T
+                s[:, i] = M[0] @ gg.T + M[1] @ gb.T
                 continue
             B, T, din = a.shape
             k, dout = M.shape[0], M.shape[1]
             W = M[:, :, :-1].transpose(2, 0, 1).reshape(din, k * dout)  # (in, k*out)
             z = (a.reshape(B * T, din) @ W).reshape(B, T, k, dout) + M[:, :, -1][None, None]
-            s += np.einsum("btko,bto->kb", z, go)
-        out[:, pos:pos + len(x)] = s
+            s[:, i] = np.einsum("btko,bto->kb", z, go)
+        out[:, :, pos:pos + len(x)] = s
         pos += len(x)
     return {k: out[i] / n for i, k in enumerate(keys)}
+
+
+def load_run(run: Path, data_dir: str):
+    """A finished label-noise run's trial 0: ``(manifest, data with the flipped labels, their
+    mask, the learner at the final parameters, u, {method: stored scores by position})``."""
+    from cleansing.influence_csv import read_influence_csv, scores_by_position
+    from cleansing.train import TrainConfig, learner_from_file
+    from cleansing.trial import validation_loss_grad
+    from datasets import load_dataset
+    from datasets.noise import apply_label_noise
+
+    man = json.loads((run / "manifest.json").read_text())
+    data = load_dataset(man["dataset"], 0, data_dir=data_dir, n_train=man["n_train"], n_val=man["n_val"],
+                        n_test=man["n_test"])
+    data, noisy = apply_label_noise(data, man["label_noise"], 0)
+    learner = learner_from_file(TrainConfig(model=man["model"]), data, run / "weights" / "seed_00" / "final.h5")
+    u = validation_loss_grad(learner, data)
+    stored = {}
+    for method in ("Influence_functions_ekfac", "Influence_functions", "Random"):
+        f = run / "influence" / method / f"influence_{method.lower()}_0.csv"
+        if f.is_file():
+            stored[method] = scores_by_position(read_influence_csv(f, len(data.train)))
+    return man, data, noisy, learner, u, stored
 
 
 def ranking(scores: np.ndarray) -> np.ndarray:
@@ -82,27 +107,19 @@ def main() -> None:
     ap.add_argument("--dampings", nargs="+", type=float, default=[0.01, 0.1, 1.0])
     ap.add_argument("--fraction", type=float, default=0.1, help="checked fraction of the ranking (0.1)")
     ap.add_argument("--out", help="write the table as CSV")
+    ap.add_argument("--blocks", action="store_true",
+                    help="also rank each variant without batch norm's blocks (Kronfluence tracks only affine and "
+                         "convolution layers) and print each block's share of the flipped labels' scores")
     args = ap.parse_args()
     import logging
     logging.getLogger("nnabla").setLevel(logging.WARNING)
     import pandas as pd
     from scipy.stats import spearmanr
 
-    from cleansing.influence_csv import read_influence_csv, scores_by_position
-    from cleansing.train import TrainConfig, learner_from_file
-    from cleansing.trial import validation_loss_grad
-    from datasets import load_dataset
-    from datasets.noise import apply_label_noise
     from influence_functions.ekfac import Ekfac, EkfacOptions
 
-    run = Path(args.run)
-    man = json.loads((run / "manifest.json").read_text())
-    data = load_dataset(man["dataset"], 0, data_dir=args.data_dir, n_train=man["n_train"], n_val=man["n_val"],
-                        n_test=man["n_test"])
-    data, noisy = apply_label_noise(data, man["label_noise"], 0)
+    man, data, noisy, learner, u, stored = load_run(Path(args.run), args.data_dir)
     n = len(data.train)
-    learner = learner_from_file(TrainConfig(model=man["model"]), data, run / "weights" / "seed_00" / "final.h5")
-    u = validation_loss_grad(learner, data)
     vs, fits, ek = {}, {}, None
     for fisher in args.fishers:
         t0 = time.time()
@@ -113,16 +130,20 @@ def main() -> None:
         for d in args.dampings:
             vs[(fisher, d)] = ek.inverse_product(u, d)
     t0 = time.time()
-    scores = factored_scores(ek, learner, data, vs)
+    parts = factored_scores(ek, learner, data, vs)
+    scores = {k: p.sum(axis=0) for k, p in parts.items()}
+    if args.blocks:
+        bn = np.array([b.kind == "bn" for b in ek.blocks])
+        for (f, d), p in list(parts.items()):
+            scores[(f + " without bn", d)] = p[~bn].sum(axis=0)
+        for (f, d), p in parts.items():
+            flipped = p[:, noisy]
+            print(f"{f} damping {d:g}: mean score of the flipped labels by block: " +
+                  ", ".join(f"{b.prefix} {m:+.2e}" for b, m in zip(ek.blocks, flipped.mean(axis=1))))
     print(f"scores of {len(vs)} variants in one pass: {time.time() - t0:.1f} s", flush=True)
-    stored = {}
-    for method in ("Influence_functions_ekfac", "Influence_functions", "Random"):
-        f = run / "influence" / method / f"influence_{method.lower()}_0.csv"
-        if f.is_file():
-            stored[method] = scores_by_position(read_influence_csv(f, n))
     k = int(round(args.fraction * n))
     rows = []
-    for name, s in [*((f"ekfac {f} damping {d:g}", scores[(f, d)]) for f, d in vs), *stored.items()]:
+    for name, s in [*((f"ekfac {f} damping {d:g}", v) for (f, d), v in scores.items()), *stored.items()]:
         row = {"variant": name, "found": int(noisy[ranking(s)[:k]].sum()), "of": int(noisy.sum()), "checked": k}
         if "Influence_functions" in stored:
             row["spearman_vs_minres"] = round(float(spearmanr(s, stored["Influence_functions"])[0]), 4)

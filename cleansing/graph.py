@@ -168,6 +168,16 @@ def _untrim_malloc() -> None:
         pass
 
 
+#: Dask's timers that wake each worker's event loop (stack profiler every 10 ms, loop tick 20 ms,
+#: system monitor 500 ms, the nanny's memory check 100 ms) cost 7 to 9% of a run's wall time once
+#: every core is busy with a task: two retrainings at once in two workers took 49 to 50 s, 46 s in
+#: two plain processes, 46 s in workers with these settings (bench/NOTES.md). They serve Dask's
+#: dashboard and diagnostics, not results; a user's own workers take them as environment variables
+#: (README, "Scale-out with Dask").
+QUIET = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
+         "distributed.admin.system-monitor.interval": "5s", "distributed.worker.memory.monitor-interval": "2s"}
+
+
 def _quiet_dask() -> None:
     """Dask's own INFO lines and task-failure reports stay out of the user's stderr: a failing task
     reaches the user as its one-line error (``DASK_LOGGING__DISTRIBUTED`` reaches spawned workers)."""
@@ -194,7 +204,7 @@ def start_client(jobs: int, scheduler: Optional[str]):
             raise UserError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); start it with "
                             f"'dask scheduler' or leave --scheduler out for a local cluster") from None
     import dask
-    with dask.config.set({_MALLOC_ENV: None}):  # glibc's defaults in the workers (see _untrim_malloc)
+    with dask.config.set({_MALLOC_ENV: None, **QUIET}):  # glibc's malloc defaults: see _untrim_malloc
         cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=":0",
                                silence_logs=logging.CRITICAL)
     return Client(cluster), cluster

@@ -366,8 +366,9 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
         f"Status: {status} (experiments whose data are not on this machine are not counted). "
         f"Built by `python reproduce.py --scale {scale.name} --report-only` from the committed run folders "
         f"`docs/reproduction/{scale.name}/runs/`{f' at commit {commit}' if commit else ''}. "
-        f"Compute time of the completed trials: {wall / 3600:.2f} h (sum of the trials' stage timings, one process, "
-        f"2-core machine shared with other work).",
+        f"Compute time of the completed trials: {wall / 3600:.2f} h (sum of the trials' stage wall times, one process "
+        f"per trial, two at once on a 2-core machine shared with other work; a stage's time includes any time the "
+        f"study was paused for a benchmark, so this overstates the compute).",
         "",
         "Every comparison is paired by trial (same seed: same split, initialisation and batch order). "
         "Intervals are 95% Student-t intervals of the mean paired difference; p-values: paired t-test and "

@@ -183,3 +183,24 @@ def test_lost_scheduler_is_one_line_and_the_rerun_finishes(reference, tmp_path):
     res = run_jobs(out)  # the same command, here on one worker, finishes the run
     assert res.returncode == 0, res.stderr
     assert results(out) == reference
+
+
+def test_local_workers_run_without_the_dashboard_timers():
+    """The local cluster's workers start with the stack profiler off and slow ticks (graph.QUIET):
+    with every core busy those timers cost 7 to 9% of the wall time."""
+    from cleansing.graph import QUIET, start_client
+    client, cluster = start_client(2, None)
+    try:
+        def seen(dask_worker):
+            import dask
+            return ("profile" in dask_worker.periodic_callbacks, dask_worker._tick_interval,
+                    {k: dask.config.get(k) for k in QUIET})
+        states = client.run(seen)
+    finally:
+        client.close()
+        cluster.close()
+    assert len(states) == 2
+    for profiled, tick, config in states.values():
+        assert not profiled
+        assert tick == 1.0
+        assert config == QUIET
