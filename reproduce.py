@@ -47,6 +47,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         metavar="NAME",
         help="experiments or claims to run (e.g. claim1, claim4_td_digits_to_mnist)",
     )
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="K",
+        help="only these trial seeds (two processes can split one experiment: --seeds 1 3 5 / --seeds 2 4 6)",
+    )
     p.add_argument("--max-trials", type=int, default=None, help="stop after this many new trials")
     p.add_argument("--commit", action="store_true", help="git-commit each finished trial's small files")
     p.add_argument(
@@ -74,7 +82,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not a.report_only:
         runs = Path(a.runs or ROOT / f"output_reproduction_{scale.name}").resolve()
         hook = (lambda exp, seed: report(a.commit)) if a.report_each else None
-        n = run_scale(scale, runs, a.data_dir, commit=a.commit, only=a.only, max_trials=a.max_trials, on_trial=hook)
+        n = run_scale(
+            scale, runs, a.data_dir, commit=a.commit, only=a.only, max_trials=a.max_trials, on_trial=hook, seeds=a.seeds
+        )
         print(f"{n} trial(s) run; run folders in {runs}")
     index = report(a.commit and not a.report_only)
     print(f"wrote {index}")

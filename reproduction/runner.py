@@ -154,11 +154,14 @@ def run_scale(
     max_trials: Optional[int] = None,
     on_trial: Optional[Callable[[Experiment, int], None]] = None,
     log=print,
+    seeds: Optional[Iterable[int]] = None,
 ) -> int:
-    """Run every missing trial of ``scale`` (experiments in order, seeds ascending); after each one
-    copy its small files to the committed folder and, with ``commit``, commit them. Experiments
-    whose data are not here (``needs``) are skipped with a message. Returns the trials run."""
+    """Run every missing trial of ``scale`` (experiments in order, seeds ascending; only ``seeds``
+    when given, so that processes can split one experiment); after each one copy its small files to
+    the committed folder and, with ``commit``, commit them. Experiments whose data are not here
+    (``needs``) are skipped with a message. Returns the trials run."""
     committed = committed_root(scale.name)
+    keep = None if seeds is None else set(seeds)
     done = 0
     for exp in scale.experiments:
         if only and exp.name not in only and f"claim{exp.claim}" not in only:
@@ -167,7 +170,7 @@ def run_scale(
             log(f"skip {exp.name}: needs {exp.needs}")
             continue
         for seed in range(exp.trials):
-            if trial_done(committed, exp, seed):
+            if trial_done(committed, exp, seed) or (keep is not None and seed not in keep):
                 continue
             if max_trials is not None and done >= max_trials:
                 return done

@@ -213,3 +213,24 @@ def test_copy_trial_keeps_small_files_only(tmp_path):
     marker = json.loads((dst / "trials" / "seed_3.json").read_text())
     assert marker["wall_s"] == 7.0 and marker["compute_s"] == 120.5
     assert trial_done(committed, EXP, 3)
+
+
+def test_run_scale_runs_missing_trials_of_the_given_seeds_only(tmp_path, monkeypatch):
+    """``--seeds`` splits one experiment between processes: only the listed seeds that have no
+    marker yet are run, in ascending order, and each is copied after it runs."""
+    from reproduction import runner
+
+    ran, copied = [], []
+    monkeypatch.setattr(runner, "committed_root", lambda name: tmp_path / "committed")
+    monkeypatch.setattr(runner, "run_config", lambda exp, runs, seed, data_dir: seed)
+    monkeypatch.setattr(runner, "run", lambda cfg, registry: ran.append(cfg))
+    monkeypatch.setattr(runner, "copy_trial", lambda exp, runs, committed, seed, wall: copied.append(seed) or [])
+    marker = tmp_path / "committed" / "runs" / EXP.name / "trials" / "seed_3.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text("{}")
+    scale = Scale("fake", (EXP,))
+    n = runner.run_scale(scale, tmp_path / "runs", None, seeds=[7, 3, 1, 12], log=lambda s: None)
+    assert (n, ran, copied) == (2, [1, 7], [1, 7])
+    ran.clear()
+    assert runner.run_scale(scale, tmp_path / "runs", None, max_trials=4, log=lambda s: None) == 4
+    assert ran == [0, 1, 2, 4]
