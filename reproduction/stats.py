@@ -9,7 +9,8 @@ the train/validation split, the initialisation and the batch order, so the diffe
 * paired t-test p-value (``scipy.stats.ttest_rel``, two-sided) and Wilcoxon signed-rank p-value
   (``scipy.stats.wilcoxon``, two-sided, zero differences dropped);
 * minimal detectable effect ``MDE = (t_{0.975, n-1} + t_{0.80, n-1}) * s / sqrt(n)``: the true mean
-  difference a two-sided paired t-test at 5% would find with 80% power, given the observed ``s``.
+  difference a two-sided paired t-test at 5% would find with 80% power, given the observed ``s``;
+* trials needed to resolve ``delta``: the smallest ``m`` with ``MDE(m) <= delta`` at the observed ``s``.
 """
 
 from __future__ import annotations
@@ -83,6 +84,18 @@ def paired_difference(a: Sequence[float], b: Sequence[float], alpha: float = ALP
     else:
         p_w = math.nan
     return Paired(n, mean, sd, mean - tcrit * se, mean + tcrit * se, p_t, p_w, (tcrit + tpow) * se)
+
+
+def trials_needed(sd: float, delta: float, alpha: float = ALPHA, power: float = POWER, most: int = 10**6) -> float:
+    """The smallest number of paired trials ``m >= 2`` whose MDE ``(t_{1-alpha/2, m-1} + t_{power, m-1})
+    * sd / sqrt(m)`` is at most ``delta``, for a spread ``sd`` of the paired differences; NaN when
+    ``sd`` is NaN, inf beyond ``most``."""
+    if math.isnan(sd):
+        return math.nan
+    m = np.arange(2, most + 1)
+    mde = (stats.t.ppf(1 - alpha / 2, m - 1) + stats.t.ppf(power, m - 1)) * sd / np.sqrt(m)
+    ok = np.flatnonzero(mde <= delta)
+    return float(m[ok[0]]) if ok.size else math.inf
 
 
 def _by_seed(scores: pd.DataFrame, method: str, n: int, metric: str) -> pd.Series:
@@ -193,7 +206,8 @@ def gain_verdict(
       or more is excluded) or ``vs_random`` lies below ``delta`` while entirely excluding 0 from above,
       i.e. the study could see ``delta`` and did not;
     * inconclusive: otherwise (the gain's interval, or the margin over Random's, still holds both 0
-      and ``delta``), with the MDE.
+      and ``delta``), with the MDE and the trials the unresolved comparison would need at its
+      observed spread (``trials_needed``).
     """
     if gain.n < 2 or math.isnan(gain.ci_low):
         return Verdict(INCONCLUSIVE, f"only {gain.n} paired trial(s): no interval")
@@ -217,12 +231,24 @@ def gain_verdict(
         return Verdict(
             INCONCLUSIVE,
             f"accuracy rises (the gain's interval is above 0), but the margin over Random holds both 0 and "
-            f"{100 * delta:.2f} pp: {detail}",
+            f"{100 * delta:.2f} pp: {detail}; {_needed(vs_random, delta, f'{what} - Random')}",
         )
     return Verdict(
         INCONCLUSIVE,
         f"the gain's interval holds both 0 and {100 * delta:.2f} pp "
-        f"(effects below the MDE cannot be told from noise): {detail}",
+        f"(effects below the MDE cannot be told from noise): {detail}; "
+        f"{_needed(gain, delta, f'{what} - No Removal')}",
+    )
+
+
+def _needed(p: Paired, delta: float, what: str) -> str:
+    m = trials_needed(p.sd, delta)
+    if math.isnan(m):
+        return f"the trials {what} needs to resolve {100 * delta:.2f} pp are unknown (no spread)"
+    count = "over a million" if math.isinf(m) else f"{int(m):,}"
+    return (
+        f"resolving {100 * delta:.2f} pp of {what} at its observed spread (sd {100 * p.sd:.2f} pp) "
+        f"takes {count} trials"
     )
 
 

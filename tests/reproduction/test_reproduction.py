@@ -107,6 +107,13 @@ def test_paired_difference_by_hand():
     assert zero.mean == 0 and zero.p_t == 1.0 and math.isnan(zero.p_wilcoxon)
 
 
+def test_trials_needed_by_hand():
+    assert stats.trials_needed(0.004, 0.002) == 34  # see test_verdict_rules for the t quantiles
+    assert stats.trials_needed(0.0, 0.002) == 2
+    assert math.isnan(stats.trials_needed(math.nan, 0.002))
+    assert math.isinf(stats.trials_needed(1.0, 0.002, most=1000))
+
+
 def test_tables_and_report_from_fake_runs(tmp_path):
     make_fake_runs(tmp_path)
     data = load_experiment(EXP, tmp_path / "runs" / EXP.name)
@@ -175,6 +182,14 @@ def test_verdict_rules():
     mixed = stats.gain_verdict(up, wide, none, None, 0.002)  # the gain is shown, the margin over Random is not
     assert mixed.label == stats.INCONCLUSIVE and mixed.reason.startswith("accuracy rises")
     assert "margin over Random holds both 0 and 0.20 pp" in mixed.reason
+    # sd 0.4 pp, delta 0.2 pp: MDE(m) = (t_0.975,m-1 + t_0.80,m-1) * 0.004 / sqrt(m) is
+    # (2.0369 + 0.8531) * 0.004 / sqrt(33) = 0.002012 at m = 33 and (2.0345 + 0.8530) * 0.004 / sqrt(34) = 0.001981
+    assert mixed.reason.endswith(
+        "resolving 0.20 pp of Ours - Random at its observed spread (sd 0.40 pp) takes 34 trials"
+    )
+    assert stats.gain_verdict(wide, wide, none, None, 0.002).reason.endswith(
+        "resolving 0.20 pp of Ours - No Removal at its observed spread (sd 0.40 pp) takes 34 trials"
+    )
     assert stats.parity_text(none, 0.002).startswith("equivalent")
 
 
