@@ -146,7 +146,11 @@ _TRIALS: collections.OrderedDict = collections.OrderedDict()
 
 
 def trial_context(cfg: RunConfig, seed: int) -> Trial:
-    """The trained trial ``seed`` (data, trace, final learner), built once per process."""
+    """The trained trial ``seed`` (data, trace, final learner), built once per process.
+
+    The two trials used last stay cached; only the one in use keeps its learner's graphs, which hold
+    gigabytes at the study's sizes (without this a process running trial after trial grew by one
+    trial's graphs each time until two were held)."""
     paths = RunPaths(cfg.out)
     final = paths.params(seed, "final")
     key = (repr(cfg), seed, final.stat().st_mtime_ns if final.is_file() else None)
@@ -156,6 +160,10 @@ def trial_context(cfg: RunConfig, seed: int) -> Trial:
         _TRIALS[key] = Trial(cfg, seed, data, paths, trace, learner, noisy, true_labels)
         while len(_TRIALS) > 2:
             _TRIALS.popitem(last=False)
+    _TRIALS.move_to_end(key)
+    for other, trial in _TRIALS.items():
+        if other != key and trial.learner is not None:
+            trial.learner.release_graphs()
     return _TRIALS[key]
 
 

@@ -258,6 +258,11 @@ class Learner:
             g = self._graphs[key] = build(batch, train)
         return g
 
+    def release_graphs(self) -> None:
+        """Drop the cached graphs (and the arrays they hold); the next call rebuilds the ones it needs,
+        computing the same values. The parameters are kept."""
+        self._graphs.clear()
+
     def _inputs(self, batch: int):
         x = nn.Variable((batch,) + self.model.input_shape)
         y = nn.Variable((batch, self.model.num_classes))  # one-hot targets
