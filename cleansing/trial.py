@@ -7,6 +7,7 @@ rebuilt from the output folder in each process (``trial_context`` caches it per 
 from __future__ import annotations
 
 import collections
+import gc
 import json
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
@@ -158,12 +159,19 @@ def trial_context(cfg: RunConfig, seed: int) -> Trial:
         data, noisy, true_labels = load_noisy_trial_data(cfg, seed)
         trace, learner = load_training(cfg.train, data, paths, seed)
         _TRIALS[key] = Trial(cfg, seed, data, paths, trace, learner, noisy, true_labels)
+        switched = True
         while len(_TRIALS) > 2:
             _TRIALS.popitem(last=False)
-    _TRIALS.move_to_end(key)
-    for other, trial in _TRIALS.items():
-        if other != key and trial.learner is not None:
-            trial.learner.release_graphs()
+    else:
+        switched = next(reversed(_TRIALS)) != key
+        _TRIALS.move_to_end(key)
+    if switched and len(_TRIALS) > 1:  # another trial was in use: release its graphs
+        for other, trial in _TRIALS.items():
+            if other != key and trial.learner is not None:
+                trial.learner.release_graphs()
+        # what a released or evicted trial held is not all freed by reference counting: without
+        # this collection a process still grew by one trial's graphs at its third trial
+        gc.collect()
     return _TRIALS[key]
 
 
