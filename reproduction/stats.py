@@ -74,7 +74,6 @@ def paired_difference(a: Sequence[float], b: Sequence[float], alpha: float = ALP
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     se = sd / math.sqrt(n)
     tcrit = float(stats.t.ppf(1 - alpha / 2, n - 1))
-    tpow = float(stats.t.ppf(power, n - 1))
     if sd == 0:
         p_t = 1.0 if mean == 0 else 0.0
     else:
@@ -83,18 +82,22 @@ def paired_difference(a: Sequence[float], b: Sequence[float], alpha: float = ALP
         p_w = float(stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
     else:
         p_w = math.nan
-    return Paired(n, mean, sd, mean - tcrit * se, mean + tcrit * se, p_t, p_w, (tcrit + tpow) * se)
+    return Paired(n, mean, sd, mean - tcrit * se, mean + tcrit * se, p_t, p_w, float(mde(sd, n, alpha, power)))
+
+
+def mde(sd: float, n, alpha: float = ALPHA, power: float = POWER):
+    """``(t_{1-alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n)`` (``n`` a count or an array of counts)."""
+    n = np.asarray(n)
+    return (stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / np.sqrt(n)
 
 
 def trials_needed(sd: float, delta: float, alpha: float = ALPHA, power: float = POWER, most: int = 10**6) -> float:
-    """The smallest number of paired trials ``m >= 2`` whose MDE ``(t_{1-alpha/2, m-1} + t_{power, m-1})
-    * sd / sqrt(m)`` is at most ``delta``, for a spread ``sd`` of the paired differences; NaN when
-    ``sd`` is NaN, inf beyond ``most``."""
+    """The smallest number of paired trials ``m >= 2`` whose ``mde(sd, m)`` is at most ``delta``, for a
+    spread ``sd`` of the paired differences; NaN when ``sd`` is NaN, inf beyond ``most``."""
     if math.isnan(sd):
         return math.nan
     m = np.arange(2, most + 1)
-    mde = (stats.t.ppf(1 - alpha / 2, m - 1) + stats.t.ppf(power, m - 1)) * sd / np.sqrt(m)
-    ok = np.flatnonzero(mde <= delta)
+    ok = np.flatnonzero(mde(sd, m, alpha, power) <= delta)
     return float(m[ok[0]]) if ok.size else math.inf
 
 
