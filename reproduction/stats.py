@@ -96,9 +96,13 @@ def trials_needed(sd: float, delta: float, alpha: float = ALPHA, power: float = 
     spread ``sd`` of the paired differences; NaN when ``sd`` is NaN, inf beyond ``most``."""
     if math.isnan(sd):
         return math.nan
-    m = np.arange(2, most + 1)
-    ok = np.flatnonzero(mde(sd, m, alpha, power) <= delta)
-    return float(m[ok[0]]) if ok.size else math.inf
+    hi = 2  # mde falls with m: double to a count that resolves delta, then take the first in range
+    while mde(sd, hi, alpha, power) > delta:
+        if hi >= most:
+            return math.inf
+        hi = min(2 * hi, most)
+    m = np.arange(max(2, hi // 2), hi + 1)
+    return float(m[np.flatnonzero(mde(sd, m, alpha, power) <= delta)[0]])
 
 
 def _by_seed(scores: pd.DataFrame, method: str, n: int, metric: str) -> pd.Series:
