@@ -3,6 +3,7 @@
     python reproduce.py --scale cpu                  # run every missing trial, then the report
     python reproduce.py --scale cpu --report-only    # rebuild the report from the committed runs
     python reproduce.py --scale paper --data-dir DIR # the papers' sizes (GPU advised)
+    python reproduce.py --scale pilot --data-dir DIR # issue 32's pilot: which training size has settled
 
 Trials run one at a time through the project's pipeline into ``--runs`` (resumable: an interrupted
 trial continues where it stopped); each finished trial's small files are copied to
@@ -69,6 +70,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     committed = committed_root(scale.name)
 
     def report(commit: bool = False) -> Path:
+        if scale.name == "pilot":
+            from reproduction.pilot import write_pilot
+
+            index = write_pilot(scale, committed, head_commit())
+            if commit:
+                git_commit([index, index.with_suffix(".csv")], "reproduction pilot: table rebuilt")
+            return index
         index = build_report(scale, committed, head_commit())
         if commit:
             files = (

@@ -88,10 +88,11 @@ def run_steps(learner: Learner, data: DataBundle, trace: Trace, steps: Iterable[
     return total / max(count, 1)
 
 
-def evaluate_splits(learner: Learner, data: DataBundle) -> dict:
-    """Validation and test loss and accuracy (inference mode)."""
+def evaluate_splits(learner: Learner, data: DataBundle, test: bool = True) -> dict:
+    """Validation and test loss and accuracy (inference mode); ``test=False``: the test columns are
+    NaN (the epochs before the last: nothing reads their test scores, issue 32)."""
     val_loss, val_acc = learner.evaluate(split_batches(data, data.val))
-    test_loss, test_acc = learner.evaluate(split_batches(data, data.test))
+    test_loss, test_acc = learner.evaluate(split_batches(data, data.test)) if test else (np.nan, np.nan)
     return {"val_loss": val_loss, "test_loss": test_loss, "val_accuracy": val_acc, "test_accuracy": test_acc}
 
 
@@ -158,12 +159,13 @@ def train_head_epoch(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: 
 
 
 def evaluate_head_epoch(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int, epoch: int) -> None:
-    """Epoch ``epoch``'s ``train_log.csv`` row: its training loss and the validation and test loss
-    and accuracy of the parameters after it; ``seconds`` = training plus evaluation."""
+    """Epoch ``epoch``'s ``train_log.csv`` row: its training loss and the validation loss and
+    accuracy of the parameters after it (test columns empty: only the last epoch's row evaluates the
+    test set); ``seconds`` = training plus evaluation."""
     t0 = time.time()
     part = pd.read_csv(paths.epoch_log(seed, epoch, "train"), float_precision="round_trip")
     learner = learner_from_file(cfg, data, state_after(cfg, paths, seed, epoch))
-    row = {"epoch": epoch, "train_loss": float(part.train_loss.iloc[0]), **evaluate_splits(learner, data),
+    row = {"epoch": epoch, "train_loss": float(part.train_loss.iloc[0]), **evaluate_splits(learner, data, test=False),
            "seconds": float(part.seconds.iloc[0]) + time.time() - t0}
     write_csv_atomic(paths.epoch_log(seed, epoch), pd.DataFrame([row], columns=TRAIN_LOG_COLUMNS))
 

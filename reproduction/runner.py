@@ -15,6 +15,7 @@ Two trees:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import subprocess
@@ -61,13 +62,20 @@ def dataset_of(exp: Experiment, runs: Path, data_dir: Optional[str]) -> str:
     return exp.dataset
 
 
-def run_config(exp: Experiment, runs: Path, seed: int, data_dir: Optional[str]) -> RunConfig:
-    """The pipeline configuration of trial ``seed`` of ``exp`` (one trial per call, one process)."""
+def run_folder(scale: Scale, exp: Experiment, runs: Path, seed: int) -> Path:
+    """The run folder of trial ``seed``: ``<runs>/<experiment>``, or its ``seed_<k>`` with ``trial_folders``."""
+    return runs / exp.name / f"seed_{seed}" if scale.trial_folders else runs / exp.name
+
+
+def run_config(exp: Experiment, runs: Path, seed: int, data_dir: Optional[str],
+               out: Optional[Path] = None) -> RunConfig:
+    """The pipeline configuration of trial ``seed`` of ``exp`` (one trial per call, one process),
+    written to ``out`` (default ``<runs>/<experiment>``)."""
     train = TrainConfig(model="cnn6", epochs=exp.epochs, batch_size=exp.batch_size, lr=exp.lr, augment=True)
     csv = exp.dataset == "domain_shift"
     common = dict(
         dataset=dataset_of(exp, runs, data_dir),
-        out=str(runs / exp.name),
+        out=str(out or runs / exp.name),
         train=train,
         n_trials=1,
         first_seed=seed,
@@ -85,10 +93,12 @@ def run_config(exp: Experiment, runs: Path, seed: int, data_dir: Optional[str]) 
     return make_config(REGISTRY, **common)
 
 
-def copy_trial(exp: Experiment, runs: Path, committed: Path, seed: int, wall_s: float) -> List[Path]:
-    """Copy trial ``seed``'s small files from the run folder to the committed folder (never weights);
-    the marker ``trials/seed_<k>.json`` is written last. Returns the files written."""
-    src, dst = runs / exp.name, committed / "runs" / exp.name
+def copy_trial(exp: Experiment, runs: Path, committed: Path, seed: int, wall_s: float,
+               src: Optional[Path] = None) -> List[Path]:
+    """Copy trial ``seed``'s small files from its run folder ``src`` (default ``<runs>/<experiment>``)
+    to the committed folder (never weights); the marker ``trials/seed_<k>.json`` is written last.
+    Returns the files written."""
+    src, dst = src or runs / exp.name, committed / "runs" / exp.name
     files = [src / "manifest.json", src / "logs" / f"timings_seed_{seed}.csv"]
     files += sorted((src / "influence").glob(f"*/influence_*_{seed}.csv"))
     files += sorted((src / "score").glob(f"*/score_delete_worst_*_seed_{seed}.csv"))
@@ -118,6 +128,7 @@ def copy_trial(exp: Experiment, runs: Path, committed: Path, seed: int, wall_s: 
                 "seed": seed,
                 "wall_s": round(wall_s, 1),
                 "compute_s": round(compute_s, 1),
+                "commit": code_commit(),
                 "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
             indent=1,
@@ -125,6 +136,13 @@ def copy_trial(exp: Experiment, runs: Path, committed: Path, seed: int, wall_s: 
     )
     out.append(marker)
     return out
+
+
+def code_commit(repo: Path = REPO) -> str:
+    """The commit the code runs at (short hash, ``+dirty`` when tracked Python files differ from it)."""
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", "HEAD", "--", "*.py"], capture_output=True)
+    return head.stdout.strip() + ("+dirty" if dirty.returncode else "")
 
 
 def git_commit(paths: Iterable[Path], message: str, repo: Path = REPO, tries: int = 10) -> bool:
@@ -143,6 +161,28 @@ def git_commit(paths: Iterable[Path], message: str, repo: Path = REPO, tries: in
                 return False
         time.sleep(3 + 3 * i)
     return False
+
+
+class TrialClaim:
+    """A non-blocking ``flock`` held while a process runs
+    that trial, so that several ``reproduce.py`` processes share one scale without taking the same
+    trial (``<runs>/.claims/<experiment>_seed_<k>``, beside the run folders, outside the repository)."""
+
+    def __init__(self, runs: Path, exp: Experiment, seed: int):
+        self.path = runs / ".claims" / f"{exp.name}_seed_{seed}"
+        self.fh = None
+
+    def __enter__(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
+
+    def __exit__(self, *exc) -> None:
+        self.fh.close()
 
 
 def run_scale(
@@ -174,11 +214,15 @@ def run_scale(
                 continue
             if max_trials is not None and done >= max_trials:
                 return done
-            log(f"{time.strftime('%H:%M:%S')} {exp.name}: trial seed {seed} starts")
-            t0 = time.time()
-            run(run_config(exp, runs, seed, data_dir), REGISTRY)
-            wall = time.time() - t0
-            files = copy_trial(exp, runs, committed, seed, wall)
+            with TrialClaim(runs, exp, seed) as mine:
+                if not mine or trial_done(committed, exp, seed):
+                    continue
+                log(f"{time.strftime('%H:%M:%S')} {exp.name}: trial seed {seed} starts")
+                t0 = time.time()
+                out = run_folder(scale, exp, runs, seed)
+                run(run_config(exp, runs, seed, data_dir, out), REGISTRY)
+                wall = time.time() - t0
+                files = copy_trial(exp, runs, committed, seed, wall, out)
             log(f"{time.strftime('%H:%M:%S')} {exp.name}: trial seed {seed} done in {wall:.0f} s")
             if commit:
                 ok = git_commit(files, f"reproduction {scale.name}: {exp.name} trial seed {seed} ({wall:.0f} s)")

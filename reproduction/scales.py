@@ -60,6 +60,9 @@ class Scale:
     experiments: Tuple[Experiment, ...]
     delta: float = 0.002  # the smallest accuracy difference the study should resolve
     notes: Tuple[str, ...] = field(default_factory=tuple)
+    #: each trial in its own run folder ``<runs>/<experiment>/seed_<k>``, so that two processes
+    #: can run trials of one experiment at once (each folder has its own lock)
+    trial_folders: bool = False
 
     def by_claim(self, claim: int) -> List[Experiment]:
         return [e for e in self.experiments if e.claim == claim]
@@ -185,4 +188,36 @@ def _paper() -> Scale:
     )
 
 
-SCALES: Dict[str, Scale] = {"cpu": _cpu(), "paper": _paper()}
+#: The pilot's criterion (issue 32), fixed before any claim is run at the chosen size: a training
+#: size is *settled* when, over its seeds, the median range (max - min) of the validation accuracy
+#: over the last ``PILOT_LAST`` epochs is at most ``PILOT_MAX_RANGE`` and No_Removal's test accuracy
+#: has a sample sd of at most ``PILOT_MAX_SD``; the study takes the smallest settled size.
+PILOT_LAST = 3
+PILOT_MAX_RANGE = 0.005
+PILOT_MAX_SD = 0.003
+PILOT_SIZES = (5000, 10000, 20000)
+
+
+def _pilot() -> Scale:
+    """Training only (No_Removal: ``Random`` with ``-r 0`` costs nothing more), cnn6 with the paper's
+    settings and clean labels, 10,000 validation images, the full test set, three seeds per size."""
+    exps = tuple(
+        Experiment(
+            f"pilot_n{n}",
+            0,
+            "sgd",
+            dataset="mnist",
+            trials=3,
+            remove=(0,),
+            primary_n=0,
+            n_train=n,
+            n_val=10000,
+            methods=("Random",),
+            label=f"MNIST {n:,} / cnn6, batch 32 (training only)",
+        )
+        for n in PILOT_SIZES
+    )
+    return Scale("pilot", exps, trial_folders=True)
+
+
+SCALES: Dict[str, Scale] = {"cpu": _cpu(), "paper": _paper(), "pilot": _pilot()}

@@ -126,7 +126,7 @@ def test_epoch_tasks_give_the_bytes_of_one_uninterrupted_training(tmp_path):
     losses, scores = [], []
     for e in range(3):
         losses.append(run_steps(learner, data, trace, trace.epoch_steps(e), cfg.augment))
-        scores.append(evaluate_splits(learner, data))
+        scores.append(evaluate_splits(learner, data, test=e == 2))
         if e == 1:
             start = load_params(paths.params(0, "start_last_epoch"))
             assert all(np.array_equal(v.d, start[k]) for k, v in learner.params.items())
@@ -134,7 +134,11 @@ def test_epoch_tasks_give_the_bytes_of_one_uninterrupted_training(tmp_path):
     assert all(np.array_equal(v.d, final[k]) for k, v in learner.params.items())
     log = pd.read_csv(paths.train_log(0), float_precision="round_trip")
     assert list(log.epoch) == [1, 2, 3] and log.train_loss.tolist() == losses
-    assert log[list(scores[0])].to_dict("records") == scores
+    cols = list(scores[0])
+    assert log[cols].iloc[2].to_dict() == scores[2]
+    for e in (0, 1):  # the epochs before the last: validation only (issue 32's cost cut)
+        assert log.val_loss[e] == scores[e]["val_loss"] and log.val_accuracy[e] == scores[e]["val_accuracy"]
+        assert np.isnan(log.test_loss[e]) and np.isnan(log.test_accuracy[e])
     assert (log.seconds > 0).all()
 
 

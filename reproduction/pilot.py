@@ -1,0 +1,116 @@
+"""The pilot of issue 32: which training size has settled training (pure functions, plus the writer
+of ``docs/reproduction/pilot/pilot.md``).
+
+Criterion (``reproduction.scales.PILOT_*``, fixed before any claim is run): a size is *settled* when,
+over its seeds, the median range (max - min) of the validation accuracy over the last 3 epochs is at
+most 0.5 pp and No_Removal's test accuracy (the final model's) has a sample sd of at most 0.3 pp. The
+study takes the smallest settled size; when none is settled, the one closest to the criterion (the
+smallest ``max(median range / 0.5 pp, sd / 0.3 pp)``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import pandas as pd
+
+from .scales import PILOT_LAST, PILOT_MAX_RANGE, PILOT_MAX_SD, Scale
+
+TABLE_COLUMNS = ["n_train", "steps_per_epoch", "seeds", "median_val_range_pp", "mean_val_range_pp",
+                 "test_accuracy_mean_pct", "test_accuracy_sd_pp", "settled"]
+
+
+def val_range(log: pd.DataFrame, last: int = PILOT_LAST) -> float:
+    """max - min of the validation accuracy over the last ``last`` epochs of one train log (a fraction)."""
+    tail = log.sort_values("epoch").val_accuracy.tail(last)
+    return float(tail.max() - tail.min())
+
+
+def size_row(n_train: int, batch_size: int, logs: Dict[int, pd.DataFrame], test_accuracy: Dict[int, float]) -> dict:
+    """One row of the pilot's table from the trials (seed -> train log, seed -> final test accuracy)."""
+    seeds = sorted(set(logs) & set(test_accuracy))
+    ranges = [val_range(logs[s]) for s in seeds]
+    acc = [test_accuracy[s] for s in seeds]
+    sd = float(np.std(acc, ddof=1)) if len(acc) > 1 else math.nan
+    med = float(np.median(ranges)) if ranges else math.nan
+    settled = bool(len(seeds) > 1 and med <= PILOT_MAX_RANGE + 1e-12 and sd <= PILOT_MAX_SD + 1e-12)
+    return {"n_train": n_train, "steps_per_epoch": math.ceil(n_train / batch_size), "seeds": len(seeds),
+            "median_val_range_pp": 100 * med, "mean_val_range_pp": 100 * float(np.mean(ranges)) if ranges else math.nan,
+            "test_accuracy_mean_pct": 100 * float(np.mean(acc)) if acc else math.nan,
+            "test_accuracy_sd_pp": 100 * sd, "settled": settled}
+
+
+def choose_size(table: pd.DataFrame, complete: int = 3) -> Optional[int]:
+    """The smallest settled size among the sizes with ``complete`` seeds; when none is settled, the
+    closest to the criterion; None while no size has its seeds."""
+    full = table[table.seeds >= complete]
+    if not len(full):
+        return None
+    settled = full[full.settled]
+    if len(settled):
+        return int(settled.n_train.min())
+    distance = np.maximum(full.median_val_range_pp / (100 * PILOT_MAX_RANGE),
+                          full.test_accuracy_sd_pp / (100 * PILOT_MAX_SD))
+    return int(full.n_train.iloc[int(np.argmin(distance.to_numpy()))])
+
+
+def load_pilot(scale: Scale, committed: Path) -> pd.DataFrame:
+    """The pilot's table from the committed runs (complete trials only: those with a marker)."""
+    rows = []
+    for exp in scale.experiments:
+        folder = committed / "runs" / exp.name
+        logs, acc = {}, {}
+        for marker in sorted((folder / "trials").glob("seed_*.json")):
+            seed = int(marker.stem.split("_")[1])
+            log = folder / "train_log" / f"train_log_seed_{seed}.csv"
+            score = folder / "score" / "No_Removal" / f"score_delete_worst_0_seed_{seed}.csv"
+            if log.is_file() and score.is_file():
+                logs[seed] = pd.read_csv(log)
+                acc[seed] = float(pd.read_csv(score).test_accuracy.iloc[0])
+        rows.append(size_row(exp.n_train, exp.batch_size, logs, acc))
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def write_pilot(scale: Scale, committed: Path, commit: str = "") -> Path:
+    """``<committed>/pilot.md`` and ``pilot.csv``: the criterion, the table and the chosen size."""
+    table = load_pilot(scale, committed)
+    chosen = choose_size(table, scale.experiments[0].trials)
+    csv = committed / "pilot.csv"
+    table.to_csv(csv, index=False)
+    lines = [
+        "# Pilot: the training size where training has settled (issue 32)",
+        "",
+        f"Built by `python reproduce.py --scale pilot --report-only`{f' at {commit}' if commit else ''}. "
+        "cnn6, lr 0.05, 20 epochs, batch 32, the SPEC's augmentation, clean labels, 10,000 validation "
+        "images, the full 10,000-image test set; training only (No_Removal is the final model).",
+        "",
+        f"**Criterion (fixed before any claim runs):** a size is settled when, over its seeds, the median range "
+        f"of the validation accuracy over the last {PILOT_LAST} epochs is at most {100 * PILOT_MAX_RANGE:.1f} pp "
+        f"and No_Removal's test accuracy has a sample sd of at most {100 * PILOT_MAX_SD:.1f} pp. The study takes "
+        "the smallest settled size; if none is settled, the one closest to the criterion "
+        "(smallest max(range / 0.5 pp, sd / 0.3 pp)).",
+        "",
+        "| training size | steps / epoch | seeds | median last-3 val range (pp) | mean (pp) | "
+        "No_Removal test accuracy (%) | sd (pp) | settled |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for r in table.itertuples():
+        def f(x, d=2):
+            return "-" if not np.isfinite(x) else f"{x:.{d}f}"
+        lines.append(f"| {r.n_train:,} | {r.steps_per_epoch} | {r.seeds} | {f(r.median_val_range_pp)} | "
+                     f"{f(r.mean_val_range_pp)} | {f(r.test_accuracy_mean_pct)} | {f(r.test_accuracy_sd_pp)} | "
+                     f"{'yes' if r.settled else ('no' if r.seeds > 1 else '-')} |")
+    lines.append("")
+    if chosen is None:
+        lines.append("**Chosen size:** none yet (no size has all its seeds).")
+    else:
+        settled = bool(table[table.n_train == chosen].settled.iloc[0])
+        lines.append(f"**Chosen size:** {chosen:,}" + ("" if settled else " (no size is settled; the closest)") + ".")
+    missing = int(sum(max(0, e.trials - s) for e, s in zip(scale.experiments, table.seeds)))
+    lines.append(f"\nProgress: {int(table.seeds.sum())} trials done, {missing} remaining.")
+    out = committed / "pilot.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
