@@ -4,7 +4,8 @@ Split rule: ``perm = np.random.RandomState(seed).permutation(len(pool))``; valid
 ``pool[perm[:n_val]]``, train = ``pool[perm[n_val:]]`` (permutation order). For own CSV data with
 a validation CSV, train is the training CSV in row order and validation the validation CSV.
 ``n_train``/``n_val``/``n_test`` then keep the first N of each split; a count above the split's
-size keeps the whole split (logged).
+size keeps the whole split (logged). The training split that results must hold two classes or
+more, whatever the source (``_check_training_split``, the one place that refuses it).
 """
 from __future__ import annotations
 
@@ -32,13 +33,54 @@ _DECODED: dict = {}
 _ARRAYS: dict = {}
 
 
+_ROLE_NAMES = {"train": "training", "val": "validation", "test": "test"}
+_LABELS_SHOWN = 10
+
+
+def _labels_named(values: np.ndarray) -> str:
+    """'label 10 ... is' or 'labels 10, 12 ... are' (at most ``_LABELS_SHOWN`` distinct values)."""
+    distinct = [int(v) for v in np.unique(values)]
+    shown = ", ".join(map(str, distinct[:_LABELS_SHOWN]))
+    if len(distinct) > _LABELS_SHOWN:
+        shown += f" and {len(distinct) - _LABELS_SHOWN} more"
+    return f"label {shown} of the {{}} arrays is" if len(distinct) == 1 else f"labels {shown} of the {{}} arrays are"
+
+
+def _check_array_labels(labels: dict, num_classes: Optional[int]) -> None:
+    """Integer labels (role -> array), each a class index 0 .. num_classes - 1 (0, 1, 2, ... when
+    num_classes is None); the first split that breaks this is named with its offending labels."""
+    indices = "0, 1, 2, ..." if num_classes is None else f"0..{num_classes - 1}"
+    for role, values in labels.items():
+        if values.dtype.kind not in "iu":
+            raise DatasetError(f"{_ROLE_NAMES[role]} labels must be integers (class indices 0, 1, 2, ...), "
+                               f"got {values.dtype}")
+        negative = values[values < 0]
+        if negative.size:
+            raise DatasetError(f"{_labels_named(negative).format(_ROLE_NAMES[role])} negative; "
+                               f"labels must be class indices {indices}: relabel those samples")
+    if num_classes is None:
+        return
+    largest = max(int(values.max()) for values in labels.values())
+    for role, values in labels.items():
+        too_large = values[values >= num_classes]
+        if too_large.size:
+            raise DatasetError(f"{_labels_named(too_large).format(_ROLE_NAMES[role])} not below num_classes "
+                               f"{num_classes}; relabel those samples {indices} or give num_classes={largest + 1} "
+                               "(or more)")
+
+
 def register_arrays(name: str, train: tuple, val: tuple, test: tuple, num_classes: Optional[int] = None) -> str:
     """Make numpy data a dataset ``name`` of this process: each split a pair (images, labels) with
-    uint8 images (N, C, H, W) or (N, H, W) and integer labels; the splits are used as given (no
+    uint8 images (N, C, H, W) or (N, H, W) and integer labels, each a class index below
+    ``num_classes`` (default: the largest label of any split + 1); the splits are used as given (no
     seeded split; ``n_*`` keep the first rows). Returns ``name``."""
     if name in BUILTINS or str(name).lower().endswith(".csv"):
         raise DatasetError(f"dataset name {name!r} is taken by a built-in or own CSV data; choose another")
-    splits = []
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
+                                    or num_classes < 2):
+        raise DatasetError(f"num_classes must be an integer of at least 2, or None for the largest label + 1; "
+                           f"got {num_classes!r}")
+    pairs = {}
     for role, pair in (("train", train), ("val", val), ("test", test)):
         images, labels = (np.asarray(a) for a in pair)
         if images.ndim == 3:
@@ -46,9 +88,10 @@ def register_arrays(name: str, train: tuple, val: tuple, test: tuple, num_classe
         if images.ndim != 4 or images.dtype != np.uint8 or len(images) != len(labels) or len(images) == 0:
             raise DatasetError(f"{role} images must be a non-empty uint8 array (N, C, H, W) or (N, H, W) with one "
                                f"label each; got {images.dtype} {images.shape} and {len(labels)} labels")
-        if labels.dtype.kind not in "iu" or labels.min() < 0:
-            raise DatasetError(f"{role} labels must be non-negative integers")
-        splits.append(make_split(images, labels, index_ids(f"{name}/{role}", len(labels))))
+        pairs[role] = (images, labels)
+    _check_array_labels({role: labels for role, (_, labels) in pairs.items()}, num_classes)
+    splits = [make_split(images, labels, index_ids(f"{name}/{role}", len(labels)))
+              for role, (images, labels) in pairs.items()]
     if len({s.images.shape[1:] for s in splits}) != 1:
         raise DatasetError("train, validation and test images must have one shape")
     classes = int(num_classes or max(int(s.labels.max()) for s in splits) + 1)
@@ -85,6 +128,12 @@ def _first(split: Split, count: Optional[int], what: str) -> Split:
     if count > len(split):
         log.info("%s=%d is more than the %d samples available; keeping all of them", what, count, len(split))
     return split.subset(np.arange(min(count, len(split))))
+
+
+def _firsts(splits: tuple, counts: tuple) -> tuple:
+    """(train, validation, test), each cut to the first ``n_train``/``n_val``/``n_test`` rows."""
+    names = ("n_train", "n_val", "n_test")
+    return tuple(_first(split, count, what) for split, count, what in zip(splits, counts, names))
 
 
 def seeded_split(pool: Split, n_val: int, seed: int) -> tuple:
@@ -128,7 +177,8 @@ def _first_rows(idx: np.ndarray, count: Optional[int], what: str) -> np.ndarray:
 
 def _csv_splits(train_csv: str, seed: int, val_csv: Optional[str], test_csv: Optional[str],
                 counts: tuple) -> tuple:
-    """(train, validation, test, num_classes) of own CSV data; only the rows kept are decoded."""
+    """(train, validation, test, num_classes, training rows before ``n_train``) of own CSV data;
+    only the rows kept are decoded."""
     src = _csv_source(train_csv, val_csv, test_csv)
     n_train, n_val, n_test = counts
     rows = np.arange(len(src.train.values))
@@ -143,13 +193,17 @@ def _csv_splits(train_csv: str, seed: int, val_csv: Optional[str], test_csv: Opt
     train = src.split("train", _first_rows(train_idx, n_train, "n_train"))
     val = src.split(val_from, _first_rows(val_idx, n_val, "n_val"))
     test = src.split("test", _first_rows(np.arange(len(src.test.values)), n_test, "n_test"))
+    return train, val, test, src.num_classes, len(train_idx)
+
+
+def _warn_unlearnable(train: Split, val: Split, test: Split) -> None:
+    """Log the validation and test classes that no training sample has."""
     missing = sorted(set(np.unique(val.labels)) - set(np.unique(train.labels)))
     missing_test = sorted(set(np.unique(test.labels)) - set(np.unique(train.labels)))
     for what, classes in (("validation", missing), ("test", missing_test)):
         if classes:
             log.warning("the %s set has class(es) %s that no training sample has: the model cannot learn them",
                         what, ", ".join(map(str, classes)))
-    return train, val, test, src.num_classes
 
 
 def input_fingerprints(name: str, val_csv: Optional[str] = None, test_csv: Optional[str] = None,
@@ -209,23 +263,42 @@ def load_dataset(name: str, seed: int, data_dir: Optional[str] = None, n_train: 
         _check_count(value, what)
     if name in _ARRAYS:
         train, val, test, num_classes = _ARRAYS[name]
-        mean, std = norm_stats(train.images.shape[1])
-        return DataBundle(name, _first(train, n_train, "n_train"), _first(val, n_val, "n_val"),
-                          _first(test, n_test, "n_test"), num_classes, mean, std)
-    if name in BUILTINS:
+        available, where, remedy = len(train), "the training arrays", "give training labels of two classes or more"
+        train, val, test = _firsts((train, val, test), (n_train, n_val, n_test))
+    elif name in BUILTINS:
         if val_csv or test_csv:
             raise DatasetError(f"--val-csv/--test-csv apply only to own CSV data, not to the built-in dataset {name!r}")
         source = _builtin_source(name, data_dir)
         train, val = seeded_split(source.pool, source.n_val, seed)
         test = source.test.subset(np.arange(len(source.test)))
+        available, where, remedy = len(train), f"dataset {name}, trial seed {seed}", "use more training samples"
+        train, val, test = _firsts((train, val, test), (n_train, n_val, n_test))
+        num_classes = BUILTIN_CLASSES
     elif str(name).lower().endswith(".csv"):
-        train, val, test, num_classes = _csv_splits(name, seed, val_csv, test_csv, (n_train, n_val, n_test))
-        mean, std = norm_stats(train.images.shape[1])
-        return DataBundle(name, train, val, test, num_classes, mean, std)
+        train, val, test, num_classes, available = _csv_splits(name, seed, val_csv, test_csv,
+                                                               (n_train, n_val, n_test))
+        where, remedy = str(name), "add training rows of another class"
     else:
         raise DatasetError(f"unknown dataset {name!r}; "
                            "use digits, mnist, cifar10, stl10 or the path of an NNC .csv file")
-    num_classes = BUILTIN_CLASSES
+    _check_training_split(train.labels, where, remedy if n_train is None or n_train >= available
+                          else f"raise --n-train (now {n_train}) until the training split holds two classes")
+    if name not in _ARRAYS and name not in BUILTINS:    # own CSV data
+        _warn_unlearnable(train, val, test)
     mean, std = norm_stats(train.images.shape[1])
-    return DataBundle(name, _first(train, n_train, "n_train"), _first(val, n_val, "n_val"),
-                      _first(test, n_test, "n_test"), num_classes, mean, std)
+    return DataBundle(name, train, val, test, num_classes, mean, std)
+
+
+def _check_training_split(labels: np.ndarray, where: str, remedy: str) -> None:
+    """The one check every data source's training split passes (built-ins, own CSV data, registered
+    arrays, after ``n_train``): at least two samples of at least two classes."""
+    classes = np.unique(labels)
+    if classes.size >= 2:
+        return
+    if labels.size == 0:
+        held = "no samples"
+    elif labels.size == 1:
+        held = f"1 sample (label {int(classes[0])})"
+    else:
+        held = f"{labels.size} samples, all of label {int(classes[0])}"
+    raise DatasetError(f"{where}: the training split has {held}; a classifier needs at least two classes; {remedy}")

@@ -2,11 +2,31 @@
 
 Image paths are relative to the CSV's folder (absolute paths work too); PNG, JPEG and whatever
 else PIL reads. Columns after the first two are ignored (so this tool's influence CSVs load too).
-Channels: the first training image decides: a one-band image (L, 1, I, F, LA) makes the whole
-dataset grey (1 channel), anything else RGB (3 channels, alpha dropped); every image is converted
-to that mode. Size: every image is resized to the working size of the first training image.
+Channels: the first training image decides: a one-band image (1, L, LA, I, I;16, F) makes the whole
+dataset grey (1 channel), anything else RGB (3 channels); every image is converted to that mode.
+Size: every image is resized to the working size of the first training image.
 Labels are class indices written as plain decimal digits (0, 1, 2, ...) below ``MAX_CLASSES``;
 num_classes = max label over all splits + 1.
+
+Pixel values (``_eight_bit``), per mode PIL opens an image in:
+
+* 1, L, RGB (8 bits per sample): as stored (1: 0 or 255).
+* 16-bit grey (I;16, I;16B, I;16L, and I, as which some Pillow versions open 16-bit PNGs and PPMs):
+  each value keeps its high byte (v >> 8, i.e. v // 256), as libpng's strip-16 does and as PIL
+  itself reduces 16-bit RGB, RGBA and grey+alpha PNGs (which it opens as RGB/RGBA, so a 16-bit
+  grey+alpha first image makes the dataset RGB); this recovers 8-bit data widened either way
+  (v * 256 as nnabla's image writer does, v * 257 as the PNG specification does) exactly. An I
+  image with a value outside 0..65535 (a 32-bit integer TIFF) is refused in one line naming the
+  file and the mode.
+* F (32-bit float): accepted only when every value is a whole number 0..255 (then as stored);
+  anything else (fractions, as in 0..1-scaled images, negative, above 255, NaN) is refused in one
+  line naming the file and the mode: floats have no range a reader could assume.
+* Alpha (LA, RGBA, PA, and P with a ``transparency`` entry) is dropped: every pixel keeps its
+  stored colour whatever its opacity (no compositing onto a background), which is what nnabla's
+  image reader returns when it asks PIL for grey or RGB. A P image with transparency is
+  expanded to RGBA first (its palette colours, no PIL warning), then converted.
+* P without transparency: its palette colours. CMYK: PIL's conversion without a colour profile
+  (ICC profiles are ignored for every mode). Modes PIL cannot convert are refused in one line.
 """
 from __future__ import annotations
 
@@ -24,7 +44,8 @@ from datasets.base import DatasetError, Split, make_split
 from datasets.imageops import resize_images, working_size
 
 HEADER = ("x:image", "y:label")
-_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_SIXTEEN_BIT = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 #: labels are 0 .. MAX_CLASSES - 1 (the output layer has max label + 1 units)
 MAX_CLASSES = 10000
 _LABEL = re.compile(r"-?[0-9]+")
@@ -93,6 +114,34 @@ def _image_path(rows: CsvRows, i: int) -> Path:
     return path
 
 
+def _eight_bit(img: Image.Image, rows: CsvRows, i: int) -> Image.Image:
+    """``img`` with 8-bit samples, ready for ``convert`` to L or RGB (module doc, "Pixel values"):
+    16-bit grey keeps each value's high byte, F must hold whole numbers 0..255, P with
+    transparency becomes RGBA; other modes are returned as they are."""
+    if img.mode in _SIXTEEN_BIT:
+        values = np.asarray(img)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 0xFFFF:
+            raise _row_error(rows.path, rows.lines[i],
+                             f"image {rows.values[i]!r} has mode {img.mode} pixels from {low} to {high}, beyond "
+                             "the 16-bit range 0..65535; save it as an 8-bit or 16-bit PNG")
+        return Image.fromarray((values.astype(np.int64) >> 8).astype(np.uint8))
+    if img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(values).all():
+            found = "NaN or infinite values"
+        elif values.min() < 0 or values.max() > 255 or (values != np.floor(values)).any():
+            found = f"values from {values.min():g} to {values.max():g}"
+        else:
+            return img
+        raise _row_error(rows.path, rows.lines[i],
+                         f"image {rows.values[i]!r} has floating-point pixels (mode F) with {found}, not whole "
+                         "numbers 0..255; save it as an 8-bit or 16-bit PNG")
+    if img.mode == "P" and "transparency" in img.info:
+        return img.convert("RGBA")
+    return img
+
+
 def _open_image(rows: CsvRows, i: int, mode: Optional[str]) -> np.ndarray:
     """Image of row i as uint8 (C, H, W) in ``mode`` (None: decided by this image)."""
     path = _image_path(rows, i)
@@ -100,7 +149,7 @@ def _open_image(rows: CsvRows, i: int, mode: Optional[str]) -> np.ndarray:
         with Image.open(path) as img:
             if mode is None:
                 mode = "L" if img.mode in _GREY_MODES else "RGB"
-            pixels = np.asarray(img.convert(mode), dtype=np.uint8)
+            pixels = np.asarray(_eight_bit(img, rows, i).convert(mode), dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise _row_error(rows.path, rows.lines[i], f"cannot read image {rows.values[i]!r} "
                                                    f"({' '.join(str(exc).split())}); "
@@ -212,15 +261,12 @@ class CsvSource:
 def read_source(train_path: Path, val_path: Optional[Path], test_path: Path) -> CsvSource:
     """Read and check own NNC CSV data without decoding its images (``CsvSource.split`` decodes).
 
-    Raises DatasetError for a missing first image, a wrong header, a bad label, a single class in
-    the training CSV or an empty CSV (file and line named); a missing or unreadable image elsewhere
-    is reported when its row is decoded.
+    Raises DatasetError for a missing first image, a wrong header, a bad label or an empty CSV
+    (file and line named); a missing or unreadable image elsewhere is reported when its row is
+    decoded. A training split of fewer than two classes is refused by ``loader.load_dataset``, the
+    one check every data source passes.
     """
     train_rows = read_rows(train_path)
-    classes = np.unique(train_rows.labels)
-    if classes.size < 2:
-        raise DatasetError(f"{train_path}: every row has label {int(classes[0])}; "
-                           "a classifier needs at least two classes")
     val_rows = read_rows(val_path) if val_path is not None else None
     test_rows = read_rows(test_path)
     mode, size = first_image_format(train_rows)

@@ -618,7 +618,8 @@ def test_own_csv_rgb_and_grey_mixed(tmp_path):
     ("header", "line 1: header 'path,class' is not 'x:image,y:label'"),
     ("non_integer", "line 2: label 'cat' is not an integer"),
     ("negative", "line 3: label -2 is negative"),
-    ("one_class", "every row has label 1; a classifier needs at least two classes"),
+    ("one_class", "the training split has 10 samples, all of label 1; a classifier needs at least two classes; "
+                  "add training rows of another class"),
     ("empty", "the file is empty"),
     ("header_only", "no data rows after the header"),
     ("unreadable", "line 2: cannot read image 'img/0.png'"),
