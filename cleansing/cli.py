@@ -88,7 +88,8 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_defau
     p.add_argument("-j", "--jobs", type=positive_int, default=os.cpu_count() or 1,
                    help="Dask worker processes of the local cluster that runs the tasks (training, each "
                         "estimator, each retraining, each validation repeat; default: number of cores); "
-                        "1: every task in this process, no cluster")
+                        "1: every task in this process, no cluster; more than the cores this process may "
+                        "run on: capped at that number, with a warning")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run the tasks on an existing Dask cluster (e.g. tcp://host:8786) whose workers "
                         "share the output folder, instead of a local one")
