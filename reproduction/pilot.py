@@ -29,14 +29,16 @@ def val_range(log: pd.DataFrame, last: int = PILOT_LAST) -> float:
     return float(tail.max() - tail.min())
 
 
-def size_row(n_train: int, batch_size: int, logs: Dict[int, pd.DataFrame], test_accuracy: Dict[int, float]) -> dict:
-    """One row of the pilot's table from the trials (seed -> train log, seed -> final test accuracy)."""
+def size_row(n_train: int, batch_size: int, logs: Dict[int, pd.DataFrame], test_accuracy: Dict[int, float],
+             trials: int = 3) -> dict:
+    """One row of the pilot's table from the trials (seed -> train log, seed -> final test accuracy);
+    ``settled`` only once all ``trials`` seeds are there."""
     seeds = sorted(set(logs) & set(test_accuracy))
     ranges = [val_range(logs[s]) for s in seeds]
     acc = [test_accuracy[s] for s in seeds]
     sd = float(np.std(acc, ddof=1)) if len(acc) > 1 else math.nan
     med = float(np.median(ranges)) if ranges else math.nan
-    settled = bool(len(seeds) > 1 and med <= PILOT_MAX_RANGE + 1e-12 and sd <= PILOT_MAX_SD + 1e-12)
+    settled = bool(len(seeds) >= max(trials, 2) and med <= PILOT_MAX_RANGE + 1e-12 and sd <= PILOT_MAX_SD + 1e-12)
     return {"n_train": n_train, "steps_per_epoch": math.ceil(n_train / batch_size), "seeds": len(seeds),
             "median_val_range_pp": 100 * med, "mean_val_range_pp": 100 * float(np.mean(ranges)) if ranges else math.nan,
             "test_accuracy_mean_pct": 100 * float(np.mean(acc)) if acc else math.nan,
@@ -44,17 +46,18 @@ def size_row(n_train: int, batch_size: int, logs: Dict[int, pd.DataFrame], test_
 
 
 def choose_size(table: pd.DataFrame, complete: int = 3) -> Optional[int]:
-    """The smallest settled size among the sizes with ``complete`` seeds; when none is settled, the
-    closest to the criterion; None while no size has its seeds."""
-    full = table[table.seeds >= complete]
-    if not len(full):
-        return None
-    settled = full[full.settled]
-    if len(settled):
-        return int(settled.n_train.min())
-    distance = np.maximum(full.median_val_range_pp / (100 * PILOT_MAX_RANGE),
-                          full.test_accuracy_sd_pp / (100 * PILOT_MAX_SD))
-    return int(full.n_train.iloc[int(np.argmin(distance.to_numpy()))])
+    """The smallest settled size; None while a smaller size (or, to call none settled, any size) lacks
+    some of its ``complete`` seeds; when every size is complete and none settled, the closest to the
+    criterion."""
+    table = table.sort_values("n_train")
+    for r in table.itertuples():
+        if r.seeds < complete:
+            return None
+        if r.settled:
+            return int(r.n_train)
+    distance = np.maximum(table.median_val_range_pp / (100 * PILOT_MAX_RANGE),
+                          table.test_accuracy_sd_pp / (100 * PILOT_MAX_SD))
+    return int(table.n_train.iloc[int(np.argmin(distance.to_numpy()))])
 
 
 def load_pilot(scale: Scale, committed: Path) -> pd.DataFrame:
@@ -70,7 +73,7 @@ def load_pilot(scale: Scale, committed: Path) -> pd.DataFrame:
             if log.is_file() and score.is_file():
                 logs[seed] = pd.read_csv(log)
                 acc[seed] = float(pd.read_csv(score).test_accuracy.iloc[0])
-        rows.append(size_row(exp.n_train, exp.batch_size, logs, acc))
+        rows.append(size_row(exp.n_train, exp.batch_size, logs, acc, exp.trials))
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
@@ -97,15 +100,16 @@ def write_pilot(scale: Scale, committed: Path, commit: str = "") -> Path:
         "No_Removal test accuracy (%) | sd (pp) | settled |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
     ]
+    trials = scale.experiments[0].trials
     for r in table.itertuples():
         def f(x, d=2):
             return "-" if not np.isfinite(x) else f"{x:.{d}f}"
         lines.append(f"| {r.n_train:,} | {r.steps_per_epoch} | {r.seeds} | {f(r.median_val_range_pp)} | "
                      f"{f(r.mean_val_range_pp)} | {f(r.test_accuracy_mean_pct)} | {f(r.test_accuracy_sd_pp)} | "
-                     f"{'yes' if r.settled else ('no' if r.seeds > 1 else '-')} |")
+                     f"{'yes' if r.settled else ('no' if r.seeds >= trials else '-')} |")
     lines.append("")
     if chosen is None:
-        lines.append("**Chosen size:** none yet (no size has all its seeds).")
+        lines.append("**Chosen size:** not yet: a size below any settled one still lacks seeds.")
     else:
         settled = bool(table[table.n_train == chosen].settled.iloc[0])
         lines.append(f"**Chosen size:** {chosen:,}" + ("" if settled else " (no size is settled; the closest)") + ".")

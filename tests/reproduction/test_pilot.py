@@ -1,0 +1,74 @@
+"""Issue 32's pilot: the settled-size choice on fake train logs, against hand values."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reproduction.pilot import choose_size, load_pilot, size_row, val_range, write_pilot
+from reproduction.scales import PILOT_MAX_RANGE, PILOT_MAX_SD, SCALES
+
+
+def log(last3, epochs=20):
+    """A train log whose validation accuracy ends with ``last3`` (earlier epochs far lower)."""
+    acc = list(np.linspace(0.5, 0.9, epochs - 3)) + list(last3)
+    return pd.DataFrame({"epoch": range(1, epochs + 1), "val_accuracy": acc})
+
+
+def test_the_criterion_is_the_issues():
+    assert (PILOT_MAX_RANGE, PILOT_MAX_SD) == (0.005, 0.003)
+    pilot = SCALES["pilot"]
+    assert [e.n_train for e in pilot.experiments] == [5000, 10000, 20000]
+    assert all(e.trials == 3 and e.n_val == 10000 and e.n_test is None and e.batch_size == 32 and e.lr == 0.05
+               and e.epochs == 20 for e in pilot.experiments)
+
+
+def test_val_range_is_max_minus_min_of_the_last_three_epochs():
+    assert val_range(log([0.97, 0.975, 0.972])) == pytest.approx(0.005)
+    shuffled = log([0.97, 0.975, 0.972]).sample(frac=1, random_state=0)  # row order does not matter
+    assert val_range(shuffled) == pytest.approx(0.005)
+
+
+def test_size_rows_and_the_choice_by_hand():
+    # 5,000: ranges 0.4, 0.9, 0.2 pp -> median 0.4 pp; test accuracy 97.0, 97.5, 97.2 -> sd 0.252 pp: settled
+    logs = {0: log([0.970, 0.972, 0.974]), 1: log([0.970, 0.979, 0.975]), 2: log([0.971, 0.973, 0.972])}
+    row = size_row(5000, 32, logs, {0: 0.970, 1: 0.975, 2: 0.972})
+    assert row["steps_per_epoch"] == 157 and row["seeds"] == 3
+    assert row["median_val_range_pp"] == pytest.approx(0.4)
+    assert row["mean_val_range_pp"] == pytest.approx(0.5)
+    assert row["test_accuracy_mean_pct"] == pytest.approx(97.2333333)
+    assert row["test_accuracy_sd_pp"] == pytest.approx(0.2516611)
+    assert row["settled"]
+    # the same logs with a spread accuracy (sd 0.5 pp) are not settled
+    spread = size_row(5000, 32, logs, {0: 0.970, 1: 0.980, 2: 0.975})
+    assert spread["test_accuracy_sd_pp"] == pytest.approx(0.5) and not spread["settled"]
+    table = pd.DataFrame([spread, size_row(10000, 32, logs, {0: 0.970, 1: 0.975, 2: 0.972}),
+                          size_row(20000, 32, logs, {0: 0.971, 1: 0.972, 2: 0.973})])
+    assert choose_size(table) == 10000  # the smallest settled size
+    # none settled: the closest, max(median range / 0.5, sd / 0.3): 5,000 -> 1.667, 20,000 -> 1.2
+    wide = {s: log([0.96, 0.966, 0.963]) for s in range(3)}  # range 0.6 pp
+    none = pd.DataFrame([spread, size_row(20000, 32, wide, {0: 0.971, 1: 0.972, 2: 0.973})])
+    assert not none.settled.any() and choose_size(none) == 20000
+    # a size without all its seeds is not chosen yet
+    assert choose_size(table.assign(seeds=[3, 2, 2])) is None
+
+
+def test_the_table_from_fake_committed_runs(tmp_path):
+    pilot = SCALES["pilot"]
+    for exp, accs in zip(pilot.experiments, ([0.970, 0.980, 0.975], [0.970, 0.975, 0.972], [0.98, 0.981])):
+        folder = tmp_path / "runs" / exp.name
+        for seed, acc in enumerate(accs):
+            (folder / "trials").mkdir(parents=True, exist_ok=True)
+            (folder / "trials" / f"seed_{seed}.json").write_text(json.dumps({"seed": seed}))
+            (folder / "train_log").mkdir(exist_ok=True)
+            log([0.970, 0.972, 0.974]).to_csv(folder / "train_log" / f"train_log_seed_{seed}.csv", index=False)
+            (folder / "score" / "No_Removal").mkdir(parents=True, exist_ok=True)
+            pd.DataFrame([{"val_loss": 0.1, "test_loss": 0.1, "val_accuracy": 0.97, "test_accuracy": acc}]).to_csv(
+                folder / "score" / "No_Removal" / f"score_delete_worst_0_seed_{seed}.csv", index=False)
+    table = load_pilot(pilot, tmp_path)
+    assert table.seeds.tolist() == [3, 3, 2] and table.settled.tolist() == [False, True, False]
+    text = write_pilot(pilot, tmp_path, "abc1234").read_text()
+    assert "**Chosen size:** 10,000." in text and "at abc1234" in text
+    assert "| 5,000 | 157 | 3 | 0.40 | 0.40 | 97.50 | 0.50 | no |" in text
+    assert "| 20,000 | 625 | 2 | 0.40 | 0.40 | 98.05 | 0.07 | - |" in text  # two of three seeds: not judged yet
+    assert "Progress: 8 trials done, 1 remaining." in text
