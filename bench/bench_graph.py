@@ -58,8 +58,7 @@ def paper_graph(batch: int):
     """The task graph of the paper-size run at ``batch`` (``cleansing.graph.build_graph``)."""
     sys.path.insert(0, str(ROOT))
     from cleansing.config import make_config
-    from cleansing.graph import build_graph
-    from cleansing.pipeline import Plan
+    from cleansing.pipeline import Plan, build_graph
     from estimators import REGISTRY
     cfg = make_config(REGISTRY, dataset="mnist", out="/nonexistent", methods=PAPER["methods"],
                       epochs=PAPER["epochs"], batch_size=batch, n_trials=PAPER["trials"])

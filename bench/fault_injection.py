@@ -1,12 +1,15 @@
-"""Seeded fault injection: SIGKILL a small run at many moments over every stage, rerun after each
-kill, and compare every influence, score and summary CSV byte for byte with an uninterrupted run.
+"""Seeded fault injection: SIGKILL, then SIGINT (Ctrl-C), a small run at many moments over every
+stage, rerun after each, and compare every influence, score and summary CSV byte for byte with an
+uninterrupted run.
 
 A kill lands inside an atomic write (temporary file complete, not yet renamed: the worst moment),
 at the J-th write of a path containing a stage's marker (``DATA_CLEANSING_KILL_ON`` / ``_NTH``,
 ``common/fileio.py``); J is drawn with the seed from the writes an uninterrupted run makes there.
-Each rerun resumes from what the previous processes left; a last rerun without a kill finishes.
+Each rerun resumes from what the previous processes left; a last rerun without a kill finishes. With
+SIGINT the run must end as a Ctrl-C does (exit 130, "rerun the same command to continue") and keep
+what a kill keeps (issue 38).
 
-    python bench/fault_injection.py [--seed 0] [--work /tmp/fault_injection]
+    python bench/fault_injection.py [--seed 0] [--signals KILL INT] [--work /tmp/fault_injection]
 
 (logistic regression on digits, Hara, Ours, Influence_functions and Random, validation, label
 noise and cleansing: about 2 minutes here.)
@@ -37,6 +40,7 @@ TARGETS: List[Tuple[str, str]] = [
     ("training", "weights/seed_00/trace.npz"),
     ("training", "weights/seed_00/hara/step_"),
     ("training", "weights/seed_00/final.h5"),
+    ("training", "score/No_Removal/"),  # the final model's scores, written by the training task
     ("estimator Influence_functions", "influence/Influence_functions/"),
     ("estimator Hara", "influence/Hara/"),
     ("estimator Ours", "influence/Ours/"),
@@ -45,7 +49,6 @@ TARGETS: List[Tuple[str, str]] = [
     ("reports", "/cleansed/"),
     ("validation", "logs/validation_actual_seed_0_repeat_0"),
     ("validation", "logs/validation_pairs_seed_0"),
-    ("retraining", "score/No_Removal/"),
     ("retraining", "score/Hara/score_delete_worst_10"),
     ("retraining", "score/Ours/score_delete_worst_40"),
     ("reports", "summary/summary.csv"),
@@ -56,7 +59,14 @@ TARGETS: List[Tuple[str, str]] = [
 def run(out: Path, env_extra: Dict[str, str], args: Sequence[str] = ARGS) -> subprocess.CompletedProcess:
     env = {**os.environ, **env_extra}
     return subprocess.run([sys.executable, str(ROOT / DRIVER), "-o", str(out), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, preexec_fn=ctrl_c_default)
+
+
+def ctrl_c_default() -> None:
+    """In the child: SIGINT with its default action, so Python turns it into KeyboardInterrupt even
+    when this process was started in the background (where SIGINT is ignored and stays ignored)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _content(path: Path) -> bytes:
@@ -73,8 +83,9 @@ def results(out: Path) -> Dict[str, str]:
 
 
 def fault_injection(work: Path, seed: int = 0, targets: Sequence[Tuple[str, str]] = TARGETS,
-                    args: Sequence[str] = ARGS) -> dict:
-    """Run the check in ``work``; returns kills made, stages covered and the differing files."""
+                    args: Sequence[str] = ARGS, signal: str = "KILL") -> dict:
+    """Run the check in ``work`` with ``signal`` (KILL or INT); returns the interruptions made, stages
+    covered and the differing files."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     ref, log = work / "reference", work / "writes.log"
@@ -90,8 +101,12 @@ def fault_injection(work: Path, seed: int = 0, targets: Sequence[Tuple[str, str]
         if count == 0:
             raise AssertionError(f"no write of {marker!r} left to kill")
         nth = int(rng.integers(1, count + 1))
-        res = run(out, {"DATA_CLEANSING_KILL_ON": marker, "DATA_CLEANSING_KILL_NTH": str(nth)}, args)
-        if res.returncode != -9:
+        res = run(out, {"DATA_CLEANSING_KILL_ON": marker, "DATA_CLEANSING_KILL_NTH": str(nth),
+                        "DATA_CLEANSING_KILL_SIGNAL": signal}, args)
+        if signal == "INT" and (res.returncode != 130 or "rerun the same command to continue" not in res.stderr):
+            raise AssertionError(f"the run did not stop as a Ctrl-C does at {marker!r} #{nth} "
+                                 f"(exit {res.returncode}): {res.stderr}")
+        if signal == "KILL" and res.returncode != -9:
             raise AssertionError(f"the run was not killed at {marker!r} #{nth} (exit {res.returncode}): {res.stderr}")
         kills.append({"stage": stage, "marker": marker, "nth": nth, "of": count})
     res = run(out, {}, args)
@@ -106,14 +121,18 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="/tmp/fault_injection")
+    p.add_argument("--signals", nargs="+", choices=["KILL", "INT"], default=["KILL", "INT"])
     a = p.parse_args()
-    report = fault_injection(Path(a.work), a.seed)
-    for k in report["kills"]:
-        print(f"killed in {k['stage']:<30} at write {k['nth']} of {k['of']} of {k['marker']}")
-    print(f"{len(report['kills'])} kills over {len(report['stages'])} stages ({', '.join(report['stages'])}); "
-          f"{report['files']} CSVs compared, {len(report['differing'])} differ {report['differing']}; "
-          f"temporary files left: {len(report['partials_left'])}")
-    return 0 if not report["differing"] and not report["partials_left"] else 1
+    bad = 0
+    for sig in a.signals:
+        report = fault_injection(Path(a.work) / sig.lower(), a.seed, signal=sig)
+        for k in report["kills"]:
+            print(f"SIG{sig} in {k['stage']:<30} at write {k['nth']} of {k['of']} of {k['marker']}")
+        print(f"SIG{sig}: {len(report['kills'])} interruptions over {len(report['stages'])} stages "
+              f"({', '.join(report['stages'])}); {report['files']} CSVs compared, {len(report['differing'])} differ "
+              f"{report['differing']}; temporary files left: {len(report['partials_left'])}")
+        bad += bool(report["differing"] or report["partials_left"])
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -108,11 +108,13 @@ def cache_sizes(paths: RunPaths, seeds: Iterable[int], methods: Iterable[str],
     return pd.DataFrame(rows, columns=["method", "seed", "files", "bytes"])
 
 
-def validation_summary(paths: RunPaths) -> Optional[pd.DataFrame]:
+def validation_summary(paths: RunPaths, seeds: Optional[Sequence[int]] = None) -> Optional[pd.DataFrame]:
     """validation.csv / validation_pairs.csv and one scatter plot per method, from the trials'
-    ``logs/validation_pairs_seed_<k>.csv``; None when no trial was validated."""
+    ``logs/validation_pairs_seed_<k>.csv`` (those of ``seeds`` when given); None when no trial was
+    validated."""
     from .validate import agreement
-    files = sorted(paths.logs.glob("validation_pairs_seed_*.csv"))
+    files = sorted(f for f in paths.logs.glob("validation_pairs_seed_*.csv")
+                   if seeds is None or any(f.name == f"validation_pairs_seed_{s}.csv" for s in seeds))
     if not files:
         return None
     pairs = pd.concat([read_csv_exact(f) for f in files], ignore_index=True)
@@ -143,15 +145,35 @@ def validation_summary(paths: RunPaths) -> Optional[pd.DataFrame]:
     return table
 
 
+def run_scores(scores: pd.DataFrame, seeds: Sequence[int], methods: Sequence[str],
+               removals: Optional[Sequence[int]] = None) -> pd.DataFrame:
+    """The rows of ``scores`` that a run asked for: its trials, its methods (and No_Removal) and its
+    ``removals`` (all when None); a folder may hold more from earlier runs with other settings."""
+    keep = scores.seed.isin(list(seeds)) & scores.method.isin([*methods, NO_REMOVAL])
+    if removals is not None:
+        keep &= scores.n_drops.isin(list(removals))
+    return scores[keep].reset_index(drop=True)
+
+
 def analyze(paths: RunPaths, seeds: List[int], methods: List[str], title: str = "",
-            timings: Optional[pd.DataFrame] = None, caches: Optional[Dict[str, str]] = None) -> pd.DataFrame:
-    """Write summary.csv, cache_size.csv, timings.csv and fig/result.png; return the summary.
-    ``caches``: method -> the parameter cache it reads (see ``cache_sizes``)."""
-    summary = summarize(collect_scores(paths))
+            timings: Optional[pd.DataFrame] = None, caches: Optional[Dict[str, str]] = None,
+            removals: Optional[Sequence[int]] = None, log=print) -> pd.DataFrame:
+    """Write summary.csv, cache_size.csv, timings.csv and fig/result.png for this run's trials,
+    methods and ``removals`` only (``run_scores``; a note through ``log`` when the folder holds more);
+    return the summary. ``caches``: method -> the parameter cache it reads (see ``cache_sizes``)."""
+    every = collect_scores(paths)
+    mine = run_scores(every, seeds, methods, removals)
+    if len(mine) < len(every):
+        other = every.merge(mine, how="left", indicator=True).query("_merge == 'left_only'")
+        log(f"note: the summary covers this run's trial(s) {sorted(set(seeds))}, methods {list(methods)} and "
+            f"-r {sorted(set(mine.n_drops))}; {len(other)} other score file(s) in the folder (methods "
+            f"{sorted(set(other.method))}, seeds {sorted(set(other.seed))}, n {sorted(set(other.n_drops))}) are "
+            f"left out: rerun with those settings to summarise them (nothing is recomputed)")
+    summary = summarize(mine)
     write_csv_atomic(paths.run_table("summary"), summary)
     write_csv_atomic(paths.run_table("cache_size"), cache_sizes(paths, seeds, methods, caches))
     if timings is not None:
         write_csv_atomic(paths.run_table("timings"), timings)
     plot_result(summary, paths.run_figure("result"), title)
-    validation_summary(paths)
+    validation_summary(paths, seeds)
     return summary

@@ -19,18 +19,19 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import pandas as pd
 
+from common.errors import UserError
 from datasets.loader import register_arrays
 from models.custom import register_network
 
 from .config import RunConfig, make_config
 from .estimator import Registry
-from .folder import prepare_output
-from .graph import Task, build_graph, run_sequential
+from .graph import Task
 from .influence_csv import read_influence_csv
 from .paths import RunPaths
-from .pipeline import Plan, check_run
+from .pipeline import build_graph, run_lifecycle, run_tasks
 from .retrain import read_score_csv
 from .trial import load_trial_data
 
@@ -60,17 +61,9 @@ class Cleanser:
              **options: Any) -> RunConfig:
         cfg = self.cfg.updated(self.registry, methods=tuple(dict.fromkeys([*self.cfg.methods, *methods])),
                                remove=tuple(sorted({*self.cfg.removal.remove, *remove})), **options)
-        plan = Plan.of(cfg, self.registry)
-        folder = prepare_output(cfg, self.registry, overwrite=False)
-        failed = True
-        try:
-            check_run(plan, log=lambda *_: None)
-            folder.started = True
+        with run_lifecycle(cfg, self.registry, log=lambda *_: None) as (plan, folder):
             tasks = build_graph(plan, [self.seed])
-            run_sequential(plan, _closure(tasks, [t.key for t in tasks if wanted(t)]))
-            failed = False
-        finally:
-            folder.close(failed)
+            run_tasks(plan, folder, _closure(tasks, [t.key for t in tasks if wanted(t)]))
         self.cfg = cfg
         return cfg
 
@@ -89,7 +82,12 @@ class Cleanser:
 
     def retrain_without(self, method: str, n: int) -> pd.DataFrame:
         """Retrain (as the run's ``-r``: the last epoch, same order and seeds) without the ``n`` most
-        harmful training samples by ``method``; returns the validation and test scores."""
+        harmful training samples by ``method`` (``0 <= n <`` the training size); returns the
+        validation and test scores."""
+        n_train = len(load_trial_data(self.cfg, self.seed).train)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n < n_train:
+            raise UserError(f"retrain_without: n must be an integer with 0 <= n < {n_train} (the training "
+                            f"size), got {n!r}")
         self._run((method,), (0, n), lambda t: t.key == f"retrain-{self.seed}-{method}-{n}")
         return read_score_csv(self.paths.score_csv(method, n, self.seed))
 

@@ -10,6 +10,7 @@ class Random(Estimator):
     """Uniform scores from the trial seed: removing the lowest removes a random subset."""
 
     name = "Random"
+    cost_epochs = 0.01
     control = True
     needs_final_model = False
 

@@ -11,7 +11,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import numpy as np
+
+from common.errors import UserError
 from datasets.loader import input_fingerprints, input_paths
+from datasets.noise import check_fraction
 
 from .estimator import Options, Registry
 from .outdir import SCOPES, method_scope
@@ -20,7 +24,7 @@ from .train import TrainConfig
 DEFAULT_REMOVE = (0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000)
 #: Manifest keys added after runs had been made: an old manifest without them had these values.
 MANIFEST_DEFAULTS = {"label_noise": 0.0, "retrain_all": False, "train_data": None, "val_data": None,
-                     "test_data": None}
+                     "test_data": None, "model_fingerprint": None}
 #: Report settings added to the manifest later: an old manifest without them takes today's values.
 ADOPTED_IF_MISSING = ("gallery", "explain_k", "explain_max", "explain_same_label")
 
@@ -117,7 +121,24 @@ class RunConfig:
                 **input_fingerprints(d.dataset, d.val_csv, d.test_csv, (d.n_train, d.n_val, d.n_test))}
         for kind in registry.option_types(self.methods):
             base.update(self.option(kind).manifest(self))
+        fingerprint = self.model_fingerprint()
+        if fingerprint is not None:  # built-in models are their code: their manifests keep no such key
+            base["model_fingerprint"] = fingerprint
         return base
+
+    def model_fingerprint(self) -> Optional[str]:
+        """The identity of a network registered from Python (``models.custom``): its structure and
+        initial parameters for this run's input shape (``network_fingerprint``); None for built-ins."""
+        from models import MODELS
+        from models.custom import NetworkModel, network_fingerprint
+        cls = MODELS.get(self.train.model)
+        if cls is None or not issubclass(cls, NetworkModel):
+            return None
+        from datasets.loader import load_dataset
+        d = self.data
+        bundle = load_dataset(d.dataset, self.first_seed, d.data_dir, d.n_train, d.n_val, d.n_test, d.val_csv,
+                              d.test_csv)
+        return network_fingerprint(cls, bundle.image_shape, bundle.num_classes)
 
     def manifest_defaults(self, registry: Registry) -> dict:
         """Values of keys that older manifests lack (they were recorded later)."""
@@ -193,3 +214,37 @@ def make_config(registry: Optional[Registry] = None, base: Optional[RunConfig] =
             options[kind.__name__] = dataclasses.replace(options.get(kind.__name__) or kind(), **values)
     new_groups = {g: dataclasses.replace(groups[g], **changes[g]) if changes[g] else groups[g] for g in _GROUPS}
     return dataclasses.replace(base, **new_groups, **top, options=options)
+
+
+def _check_int(value: Any, name: str, low: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        bound = "a positive integer" if low == 1 else f"an integer of at least {low}"
+        raise UserError(f"{name} must be {bound}, got {value!r}")
+
+
+def check_settings(cfg: RunConfig) -> None:
+    """One-line UserError for a setting no run can use, the same for the command line and the Python
+    API (the one place settings are validated; argparse's types only give earlier messages)."""
+    t, d, r, rep, rt = cfg.train, cfg.data, cfg.removal, cfg.reports, cfg.runtime
+    _check_int(t.epochs, "epochs (-e)", 1)
+    _check_int(t.batch_size, "batch size (-bs)", 1)
+    if isinstance(t.lr, bool) or not isinstance(t.lr, (int, float)) or not (0 < t.lr < float("inf")):
+        raise UserError(f"learning rate (-lr) must be a positive finite number, got {t.lr!r}")
+    _check_int(cfg.n_trials, "number of trials (-nt)", 1)
+    _check_int(cfg.first_seed, "seed", 0)
+    for name, value in (("n_train (--n-train)", d.n_train), ("n_val (--n-val)", d.n_val),
+                        ("n_test (--n-test)", d.n_test)):
+        _check_int(value, name, 1, optional=True)
+    check_fraction(d.label_noise)
+    for n in r.remove:
+        _check_int(n, "each number of samples to remove (-r)", 0)
+    _check_int(r.validate, "validate (--validate)", 0)
+    _check_int(r.validate_repeats, "validate_repeats (--validate-repeats)", 1)
+    _check_int(rep.gallery, "gallery (--gallery)", 0)
+    for n in rep.cleanse:
+        _check_int(n, "each cleanse size (--cleanse)", 0)
+    _check_int(rep.explain_k, "explain_k (--explain-k)", 1)
+    _check_int(rep.explain_max, "explain_max (--explain-max)", 0)
+    _check_int(rt.jobs, "jobs (-j)", 1)

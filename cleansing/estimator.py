@@ -178,6 +178,8 @@ class Estimator:
     needs_validation_grad: bool = False
     after: Tuple[str, ...] = ()
     control: bool = False
+    #: the estimate task's expected cost in training epochs (weighs the run's progress bar only)
+    cost_epochs: float = 3.0
     #: log stem -> summary table: ``logs/<stem>_seed_<k>.csv`` of every trial gathered into
     #: ``summary/<table>.csv`` by the run's reports (e.g. the solvers' reports)
     summary_logs: Dict[str, str] = {}

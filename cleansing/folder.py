@@ -3,7 +3,6 @@ and left as found when a first run fails before its first task."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from common.errors import UserError
 from common.fileio import remove_stale_partials
@@ -12,10 +11,13 @@ from .config import ADOPTED_IF_MISSING, RunConfig
 from .estimator import Registry
 from .outdir import (
     LOCK,
+    OWNED_DIRS,
+    OWNED_SUFFIXES,
     SCOPE_TEXT,
     SCOPES,
     FolderLock,
     check_deletable,
+    check_links,
     check_output_arg,
     manifest_diff,
     read_manifest,
@@ -52,16 +54,20 @@ class OutputFolder:
 
 
 def prepare_output(cfg: RunConfig, registry: Registry, overwrite: bool) -> OutputFolder:
-    """Check (or start) the output folder: lock it, compare its manifest with ``cfg``'s settings
-    (refuse other settings; with ``overwrite`` remove only the outputs the changed settings
-    invalidate), and delete the temporary files a killed run left behind."""
+    """Check (or start) the output folder: refuse links into elsewhere, lock it, compare its
+    manifest with ``cfg``'s settings (refuse other settings; with ``overwrite`` remove only the
+    outputs the changed settings invalidate), write the manifest, and delete the temporary files a
+    killed run left behind. Called once every check that can refuse the run has passed
+    (``pipeline.run_lifecycle``): nothing is deleted or recorded for a run that is then refused."""
     root = check_output_arg(cfg.out, overwrite)
     paths = RunPaths(root)
+    if root.is_dir():
+        check_links(root)
     wanted = cfg.manifest(registry)
     recorded: dict = {}
     created = made_dir = False
     if paths.manifest.is_file():
-        lock = _lock(root)  # first: the folder may be in use by a running run
+        lock = FolderLock(root).acquire()  # first: the folder may be in use by a running run
         try:
             old = read_manifest(paths.manifest)
             recorded = old
@@ -88,22 +94,15 @@ def prepare_output(cfg: RunConfig, registry: Registry, overwrite: bool) -> Outpu
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot write to output folder {root} ({exc.strerror}); choose another -o") from None
-        lock, created = _lock(root), True
+        lock, created = FolderLock(root).acquire(), True
     wanted = {**recorded, **wanted}  # keys of estimators this run does not use stay as recorded
     try:
         write_manifest(paths.manifest, wanted)
     except OSError as exc:
         lock.release()
         raise UserError(f"cannot write to output folder {root} ({exc.strerror}); choose another -o") from None
-    remove_stale_partials(root)  # temporary files of a killed run
+    remove_stale_partials(root, OWNED_DIRS, OWNED_SUFFIXES)  # temporary files of a killed run
     return OutputFolder(paths, lock, created, made_dir)
-
-
-def _lock(root: Path) -> FolderLock:
-    try:
-        return FolderLock(root).acquire()
-    except PermissionError as exc:
-        raise UserError(f"cannot write to output folder {root} ({exc.strerror}); choose another -o") from None
 
 
 def _redo_text(diff: dict, scopes: dict) -> str:

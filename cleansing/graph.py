@@ -1,32 +1,13 @@
-"""The run as a task graph, executed in this process or on Dask workers.
+"""A task graph and its executors: in this process, or on Dask workers (a local cluster or the
+user's). Generic: a ``Task`` is a function, its arguments, the keys of the tasks it waits for, a
+priority and an expected cost; the pipeline's own graph is built in ``cleansing.pipeline``
+(``build_graph``), and nothing here imports it.
 
-Tasks (each one's output is the file it has always written, so a task whose output is complete
-does nothing and an interrupted run resumes unchanged):
-
-* ``train-epoch``      per trial and epoch before the last, each after the one before (the last of
-                       them writes what every retraining starts from);
-* ``train-eval``       per trial and epoch before the last: its validation and test scores (its
-                       ``train_log.csv`` row), beside the training of the next epoch;
-* ``train``            per trial: the last epoch (and Hara's cache when a method needs it), after
-                       the epochs before it and their evaluations;
-* ``validation-grad``  per trial, when an estimator reads it: ``u``, the validation loss gradient
-                       at the final parameters (computed once, not once per estimator and worker);
-* ``artefact``         per trial and artefact an estimator declares (a turn-over-dropout network);
-* ``estimate``         per trial and estimator: the influence CSV, after the artefacts it reads
-                       and the estimators whose scores it reuses (``Estimator.after``);
-* ``trial-reports``    per trial: galleries, cleansed datasets, error explanations;
-* ``validate``         per trial and repeat of the leave-one-out truth, then ``validate-pairs``;
-* ``baseline``         per trial: the scores without removal ("No_Removal"): the final model's, after
-                       ``train`` (retraining with nothing removed replays the last epoch exactly);
-* ``retrain``          per trial, method and n of ``-r``, after the last ``train-epoch`` and the method's estimate
-                       (so the Random control's retrainings run beside the last training epoch);
-* ``run-reports``      once: summaries, figures and tables of the whole run.
-
-Every task's result depends only on its inputs and seeds (files written by the tasks it depends
-on), never on where or in which order it runs: 1 worker, N workers and workers on other hosts
-sharing the output folder write the same bytes. Workers are processes with one thread each
-(nnabla's CPU kernels use one core and hold global state). Tasks return their timings; the
-process that runs the graph records them, so no two processes write one file.
+A graph whose tasks depend only on their inputs (files written by the tasks they wait for) and
+seeds gives the same bytes with 1 worker, N workers or workers on other hosts sharing the output
+folder. Workers are processes with one thread each (nnabla's CPU kernels use one core and hold
+global state). Tasks return ``(value, timings)``; the process that runs the graph hands the timings
+to its ``record`` callback, so no two processes write one file.
 """
 from __future__ import annotations
 
@@ -35,6 +16,7 @@ import functools
 import heapq
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -58,109 +40,97 @@ class Task:
     deps: List[str] = field(default_factory=list)
     priority: int = 0
     on_error: Optional[Callable[[], None]] = None  # run by the driver when the task fails
+    cost: float = 0.05  # expected work in training epochs of this trial (weighs the progress bar)
 
 
-def build_graph(plan, seeds: Sequence[int], n_train: Optional[int] = None) -> List[Task]:
-    """The tasks of a run, in an order that respects their dependencies (also the sequential order);
-    ``n_train`` (default: read from the first trial's data) bounds the -r list."""
-    from . import pipeline as p
-    from .train import head_epochs
-    cfg = plan.cfg
-    tasks: List[Task] = []
-    removals = p.planned_removals(cfg, n_train)
-    for seed in seeds:
-        train = f"train-{seed}"
-        discard = functools.partial(p.discard_training, plan, seed)
-        epochs = head_epochs(cfg.train)
-        heads = [f"train-epoch-{seed}-{e}" for e in epochs]
-        evals = [f"train-eval-{seed}-{e}" for e in epochs if e]
-        for i, e in enumerate(epochs):
-            tasks.append(Task(heads[i], "train", p.train_epoch_task, (plan, seed, e), heads[i - 1:i] if i else [],
-                              priority=1, on_error=discard))
-            if i:  # epoch e-1's evaluation after epoch e in graph order: the chain of epochs goes first
-                tasks.append(Task(evals[i - 1], "train", p.train_eval_task, (plan, seed, e - 1), [heads[i - 1]],
-                                  priority=1))
-        head = heads[-1]
-        if epochs[-1]:
-            tasks.append(Task(evals[-1], "train", p.train_eval_task, (plan, seed, epochs[-1]), [head], priority=1))
-        tasks.append(Task(train, "train", p.train_task, (plan, seed), [head] + evals, priority=1, on_error=discard))
-        grad = f"validation-grad-{seed}"
-        if any(e.needs_validation_grad for e in plan.estimators):
-            tasks.append(Task(grad, "estimate", p.validation_grad_task, (plan, seed), [train], priority=1))
-        for a in plan.artefacts():
-            tasks.append(Task(f"artefact-{seed}-{a.name}", "train", p.artefact_task, (plan, seed, a.name), [train],
-                              priority=1))
-        estimates = []
-        for est in plan.estimators:
-            key = f"estimate-{seed}-{est.name}"
-            deps = [train] if est.needs_final_model else []
-            deps += [grad] if est.needs_validation_grad else []
-            deps += [f"artefact-{seed}-{a.name}" for a in plan.artefacts(est)]
-            deps += [f"estimate-{seed}-{name}" for name in est.after]
-            tasks.append(Task(key, "estimate", p.estimate_task, (plan, seed, est.name), deps, priority=1))
-            estimates.append(key)
-        tasks.append(Task(f"trial-reports-{seed}", "reports", p.trial_reports_task, (plan, seed), [train] + estimates))
-        if cfg.removal.validate > 0:
-            repeats = [f"validate-{seed}-{r}" for r in range(max(1, cfg.removal.validate_repeats))]
-            for r, key in enumerate(repeats):
-                tasks.append(Task(key, "validate", p.validation_repeat_task, (plan, seed, r), [train] + estimates))
-            tasks.append(Task(f"validate-pairs-{seed}", "validate", p.validation_pairs_task, (plan, seed), repeats))
-        baseline = f"baseline-{seed}"
-        tasks.append(Task(baseline, "retrain", p.baseline_task, (plan, seed), [train]))
-        for n in removals:
-            for est in plan.estimators:
-                deps = [baseline] if n == 0 else [head, f"estimate-{seed}-{est.name}"]
-                tasks.append(Task(f"retrain-{seed}-{est.name}-{n}", "retrain", p.retrain_task,
-                                  (plan, seed, est.name, n), deps))
-    tasks.append(Task("run-reports", "reports", p.run_reports_task, (plan, list(seeds)),
-                      [t.key for t in tasks]))
-    return tasks
+
+class _Progress:
+    """One bar over the run, weighed by each task's expected cost in training epochs (``Task.cost``),
+    so its time estimate is honest; the postfix counts the tasks of each kind and shows the steps of
+    the running tasks (``common.progress``, from Dask workers too)."""
+
+    def __init__(self, tasks: Sequence[Task], show: bool):
+        self.totals = collections.Counter(t.kind for t in tasks)
+        self.done: collections.Counter = collections.Counter()
+        self.running: Dict[str, str] = {}
+        self.finished: set = set()
+        self.bar = tqdm(total=round(sum(t.cost for t in tasks), 2), desc="work (epochs)", disable=not show,
+                        unit="epoch", bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} "
+                                                 "[{elapsed}<{remaining}]{postfix}")
+
+    def _postfix(self) -> None:
+        counts = " ".join(f"{k} {self.done[k]}/{self.totals[k]}" for k in self.totals)
+        steps = "; ".join(f"{k} {v}" for k, v in sorted(self.running.items()))
+        self.bar.set_postfix_str(counts + (f" | {steps}" if steps else ""), refresh=True)
+
+    def steps(self, key: str, text: str) -> None:
+        if key in self.finished:  # a late event of a task already done
+            return
+        self.running[key] = text
+        self._postfix()
+
+    def advance(self, task: Task) -> None:
+        self.done[task.kind] += 1
+        self.finished.add(task.key)
+        self.running.pop(task.key, None)
+        self._postfix()
+        self.bar.update(task.cost)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
-def _record(plan, timings: List[Timing]) -> None:
-    from .paths import RunPaths
-    from .pipeline import Timings
-    for seed, stage, method, seconds in timings:
-        Timings(RunPaths(plan.cfg.out), seed).add(stage, method, seconds)
+Record = Callable[[List[Timing]], None]
 
 
-def _progress(tasks: Sequence[Task], show: bool):
-    totals = collections.Counter(t.kind for t in tasks)
-    bar = tqdm(total=len(tasks), desc="tasks", disable=not show, unit="task")
-    done: collections.Counter = collections.Counter()
-
-    def advance(task: Task) -> None:
-        done[task.kind] += 1
-        bar.set_postfix_str(" ".join(f"{k} {done[k]}/{totals[k]}" for k in totals))
-        bar.update(1)
-    return bar, advance
-
-
-def run_sequential(plan, tasks: Sequence[Task]):
-    """Every task in this process, in graph order (the default with one worker: no server)."""
-    bar, advance = _progress(tasks, plan.cfg.runtime.show_progress)
+def run_sequential(tasks: Sequence[Task], record: Record, show_progress: bool = True,
+                   on_start: Optional[Callable[[], None]] = None):
+    """Every task in this process, in graph order (the default with one worker: no server); each
+    task's timings go to ``record``; ``on_start()`` just before the first task; returns the last
+    task's value. A task's error runs its ``on_error``; an interrupt (Ctrl-C) does not: it keeps what
+    a kill keeps."""
+    from common.progress import set_sink
+    progress = _Progress(tasks, show_progress)
     result = None
+    if on_start is not None:
+        on_start()
     try:
         for t in tasks:
+            set_sink(functools.partial(progress.steps, t.key))
             try:
                 result, timings = t.fn(*t.args)
-            except BaseException:
+            except Exception:
                 _failed(t)
                 raise
-            _record(plan, timings)
-            advance(t)
+            record(timings)
+            progress.advance(t)
     finally:
-        bar.close()
+        set_sink(None)
+        progress.close()
     return result
 
 
-def _remote(fn: Callable, context: Optional[str], device_id: int, args: tuple):
-    """What a Dask worker runs: the nnabla context of the run, then the task."""
+PROGRESS_TOPIC = "cleansing-steps"
+
+
+def _remote(fn: Callable, context: Optional[str], device_id: int, args: tuple, key: str = ""):
+    """What a Dask worker runs: the nnabla context of the run, then the task, whose steps go to the
+    driver as events of ``PROGRESS_TOPIC``."""
     from common.context import set_context
+    from common.progress import set_sink
     _quiet_dask()
     _untrim_malloc()
     set_context(context, device_id)
-    return fn(*args)
+    try:
+        from distributed import get_worker
+        worker = get_worker()
+        set_sink(lambda text: worker.log_event(PROGRESS_TOPIC, {"task": key, "text": text}))
+    except (ImportError, ValueError):  # not in a worker
+        set_sink(None)
+    try:
+        return fn(*args)
+    finally:
+        set_sink(None)
 
 
 #: Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also fixes glibc's mmap
@@ -215,15 +185,125 @@ def start_client(jobs: int, scheduler: Optional[str]):
     _quiet_dask()  # again: importing distributed configures its loggers
     if scheduler:
         try:
-            return Client(scheduler, timeout="20s"), None
+            _handshake(scheduler, 20)
+            client = Client(scheduler, timeout="20s")
         except OSError as exc:
             raise UserError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); start it with "
                             f"'dask scheduler' or leave --scheduler out for a local cluster") from None
+        except Exception as exc:  # a malformed address, or a server that is not Dask's (an HTTP server:
+            # its reply read as a frame length, "MemoryError: Unable to allocate 5.02 EiB")
+            why = _first_line(exc) if isinstance(exc, (ValueError, TypeError)) and _first_line(exc) else \
+                "it does not answer as a Dask scheduler does"
+            raise UserError(f"--scheduler {scheduler} is not the address of a Dask scheduler ({why}); give "
+                            f"tcp://HOST:PORT of a running 'dask scheduler' or leave --scheduler out for a "
+                            f"local cluster") from None
+        try:
+            _check_cluster(client, scheduler)
+        except BaseException:
+            client.close()
+            raise
+        return client, None
     import dask
+    jobs = _cap_jobs(jobs)
     with dask.config.set({_MALLOC_ENV: None, **QUIET}):  # glibc's malloc defaults: see _untrim_malloc
         cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=":0",
                                silence_logs=logging.CRITICAL)
     return Client(cluster), cluster
+
+
+def _handshake(address: str, seconds: float) -> None:
+    """Connect to ``address`` and exchange Dask's handshake, within about ``seconds``; raise what
+    connecting raised, or TimeoutError. Dask's own connect waits for the other side's handshake
+    without a limit: a server that accepts the connection and says nothing would hang the run. In a
+    thread of its own, so a caller with a running event loop (a notebook) can call it."""
+    import asyncio
+    import threading
+
+    from distributed.comm import connect
+    from distributed.security import Security
+    args = Security().get_connection_args("client")
+
+    async def exchange() -> None:
+        comm = await asyncio.wait_for(connect(address, timeout=seconds, **args), seconds + 2)
+        await comm.close()
+    failed: List[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(exchange())
+        except asyncio.TimeoutError:
+            failed.append(TimeoutError(f"no answer within {seconds:g} s"))
+        except BaseException as exc:
+            failed.append(exc)
+    thread = threading.Thread(target=run, name="dask-handshake", daemon=True)
+    thread.start()
+    thread.join(seconds + 10)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    if failed:
+        raise failed[0]
+
+
+def _cap_jobs(jobs: int) -> int:
+    """``jobs`` local workers, at most one per core this process may run on (more only share the
+    cores and take a trial's memory each); a warning on stderr when ``jobs`` is capped."""
+    machine = os.cpu_count() or 1
+    try:
+        cores = len(os.sched_getaffinity(0)) or machine
+    except AttributeError:  # not Linux
+        cores = machine
+    if jobs <= cores:
+        return jobs
+    where = f"this machine has {cores} cores" if cores == machine else \
+        f"this process may run on {cores} of the machine's {machine} cores"
+    print(f"warning: -j {jobs} capped at {cores} workers: {where}", file=sys.stderr, flush=True)
+    return cores
+
+
+#: What a scheduler or worker of the user's cluster evaluates to show it can run the tasks: it imports
+#: the module the tasks' functions live in (as unpickling the task graph does on the scheduler, and
+#: running a task on a worker), then returns the versions of Python and of the packages whose pickles
+#: cross between processes. A builtin (``eval``) with a string: the scheduler unpickles it without
+#: this project, whatever its Python (a function of this module would be pickled by reference).
+_PROBE = ("(__import__('importlib').import_module('cleansing.pipeline'), "
+          "dict(python='%d.%d.%d' % __import__('sys').version_info[:3], "
+          "**{m: __import__('importlib').import_module(m).__version__ "
+          "for m in ('numpy', 'nnabla', 'dask', 'distributed')}))[1]")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _check_cluster(client, scheduler: str) -> None:
+    """A one-line UserError unless the scheduler at ``scheduler`` and every worker connected now can
+    import this project and run the Python and packages of this process (the same versions but
+    Python's patch level). Workers that join later are not checked."""
+    here = eval(_PROBE)  # a constant expression: this process's versions
+    where = f"the Dask scheduler at {scheduler}"
+    try:
+        found = {where: client.run_on_scheduler(eval, _PROBE)}
+    except ImportError as exc:
+        found = {where: exc}
+    except Exception as exc:  # a scheduler that cannot run the check at all
+        raise UserError(f"{where} cannot run this project's check ({type(exc).__name__}: "
+                        f"{_first_line(exc)}); start it with the Python and packages of this process "
+                        f"(make) and PYTHONPATH={_ROOT}") from None
+    workers = client.run(eval, _PROBE, on_error="return")
+    found.update((f"the Dask worker at {addr}", res) for addr, res in sorted(workers.items()))
+    for who, res in found.items():
+        if isinstance(res, BaseException):
+            why = _first_line(res) if isinstance(res, ImportError) else f"{type(res).__name__}: {_first_line(res)}"
+            command = "dask scheduler" if who == where else f"dask worker {scheduler}"
+            raise UserError(f"{who} cannot import this project ({why}); start it with PYTHONPATH={_ROOT} "
+                            f"{command} ... (README, \"Scale-out with Dask\")")
+        for name, version in here.items():
+            theirs = res.get(name)
+            if theirs != version and (name != "python" or str(theirs).split(".")[:2] != version.split(".")[:2]):
+                raise UserError(f"{who} has {name} {theirs}, this process {version}; install the same "
+                                f"versions on every host (make installs the locked ones)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
 
 
 class ReleaseOrder:
@@ -250,7 +330,9 @@ class ReleaseOrder:
                 heapq.heappush(self.ready, self.rank[c.key] + (c,))
 
 
-def run_dask(plan, tasks: Sequence[Task], jobs: int, scheduler: Optional[str] = None):
+def run_dask(tasks: Sequence[Task], record: Record, jobs: int, scheduler: Optional[str] = None,
+             context: Optional[str] = None, device_id: int = 0, show_progress: bool = True,
+             on_start: Optional[Callable[[], None]] = None):
     """Run the graph on Dask, recording timings as tasks finish. A task is submitted once the tasks
     it depends on are done, and no more are in flight than the cluster has threads, so Dask places
     each on a free worker (a dependency passed as a future would tie it to the worker that ran the
@@ -267,13 +349,14 @@ def run_dask(plan, tasks: Sequence[Task], jobs: int, scheduler: Optional[str] = 
         FutureCancelledError = FuturesCancelledError
     lost = (CancelledError, FuturesCancelledError, FutureCancelledError, CommClosedError, OSError, TimeoutError)
     client, cluster = start_client(jobs, scheduler)
-    rt = plan.cfg.runtime
-    if rt.show_progress and client.dashboard_link:
+    if show_progress and client.dashboard_link:
         print(f"Dask dashboard: {client.dashboard_link}")
     order = ReleaseOrder(tasks)
     running: Dict[str, Task] = {}
     futures = as_completed()
-    bar, advance = _progress(tasks, rt.show_progress)
+    progress = _Progress(tasks, show_progress)
+    if show_progress:
+        client.subscribe_topic(PROGRESS_TOPIC, lambda event: progress.steps(event[1]["task"], event[1]["text"]))
 
     def release() -> None:
         try:
@@ -282,7 +365,7 @@ def run_dask(plan, tasks: Sequence[Task], jobs: int, scheduler: Optional[str] = 
             raise _lost(exc) from None
         while order.ready and (slots > 0 or not running):
             t = order.pop()
-            fut = client.submit(_remote, t.fn, rt.context, rt.device_id, t.args,
+            fut = client.submit(_remote, t.fn, context, device_id, t.args, t.key,
                                 key=f"{t.key}-{os.getpid()}-{time.time_ns()}", pure=False)
             running[fut.key] = t
             futures.add(fut)
@@ -290,6 +373,8 @@ def run_dask(plan, tasks: Sequence[Task], jobs: int, scheduler: Optional[str] = 
     result, finished = None, 0
     try:
         try:
+            if on_start is not None:  # connected: the first tasks go out now
+                on_start()
             release()
             for fut in futures:
                 t = running.pop(fut.key)
@@ -301,18 +386,18 @@ def run_dask(plan, tasks: Sequence[Task], jobs: int, scheduler: Optional[str] = 
                         _failed(t)
                         raise  # a task's own OSError (a full disk, say): the driver reports it
                     raise _lost(exc) from None
-                except BaseException:  # the task's own error (a UserError is one line)
+                except Exception:  # the task's own error (a UserError is one line)
                     _failed(t)
                     raise
-                _record(plan, timings)
-                advance(t)
+                record(timings)
+                progress.advance(t)
                 finished += 1
-                if t.key == "run-reports":
-                    result = value
+                if finished == len(tasks):
+                    result = value  # the last task's value, as run_sequential returns
                 order.done(t)
                 release()
         finally:
-            bar.close()
+            progress.close()
         if finished != len(tasks):  # pragma: no cover - a graph with a cycle; build_graph makes none
             raise RuntimeError(f"{len(tasks) - finished} tasks never became ready")
         return result

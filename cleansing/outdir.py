@@ -13,10 +13,14 @@ Contract (README "Reliability"):
   differences; with ``--overwrite`` only the outputs in the scopes of the changed keys are removed
   (a changed test CSV recomputes the retrainings and reports, not the training).
 * One run at a time: the running process holds an advisory lock (``fcntl.flock``) on ``.lock``.
+* No file is written or deleted through a symbolic link the tool did not make: ``check_links``
+  refuses a folder whose manifest, lock or owned folders hold one (the tool makes none), and the
+  lock file is opened with ``O_NOFOLLOW``.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -63,22 +67,41 @@ def _is_owned_file(rel: PurePosixPath) -> bool:
     return rel.suffix in OWNED_SUFFIXES or PARTIAL_TAG + "-" in rel.name
 
 
+def check_links(root: Path) -> None:
+    """Refuse (one-line UserError) an output folder whose ``manifest.json``, ``.lock``, owned folders
+    or anything inside them is a symbolic link: the tool makes none, and writing or deleting through
+    one would reach files outside the folder. The one place the folder is checked for links."""
+    tops = [root / MANIFEST, root / LOCK] + [root / d for d in OWNED_DIRS]
+    for top in tops:
+        found = top if top.is_symlink() else None
+        if found is None and top.is_dir():
+            for dirpath, dirnames, filenames in os.walk(top):
+                found = next((Path(dirpath) / n for n in dirnames + filenames
+                              if os.path.islink(os.path.join(dirpath, n))), None)
+                if found is not None:
+                    break
+        if found is not None:
+            raise UserError(f"{found} is a symbolic link (to {os.readlink(found)}), which this tool never makes; "
+                            f"it writes nothing through links: remove the link or choose another -o")
+
+
 def owned_files(root: Path) -> List[PurePosixPath]:
     """Every file the tool wrote under ``root`` (relative paths); a UserError naming the first file
     of another kind found inside an owned folder (the tool deletes nothing it did not write)."""
+    check_links(root)
     out = []
     for name in (MANIFEST, LOCK):
         if (root / name).is_file():
             out.append(PurePosixPath(name))
     for d in OWNED_DIRS:
         top = root / d
-        if top.is_symlink() or (top.exists() and not top.is_dir()):
+        if top.exists() and not top.is_dir():
             raise UserError(f"{top} is not a folder this tool wrote; move it away or choose another -o")
-        for dirpath, dirnames, filenames in os.walk(top):
-            for n in sorted(filenames) + [x for x in dirnames if os.path.islink(os.path.join(dirpath, x))]:
+        for dirpath, _, filenames in os.walk(top):
+            for n in sorted(filenames):
                 f = Path(dirpath) / n
                 rel = PurePosixPath(f.relative_to(root).as_posix())
-                if f.is_symlink() or not _is_owned_file(rel):
+                if not _is_owned_file(rel):
                     raise UserError(f"{f} was not written by this tool; move it out of {root} or choose "
                                     f"another -o (--overwrite deletes only what the tool wrote)")
                 out.append(rel)
@@ -185,14 +208,24 @@ class FolderLock:
         self.fh = None
 
     def acquire(self) -> FolderLock:
-        fh = open(self.path, "a+")
+        """Take the lock (never through a symbolic link: ``O_NOFOLLOW``); a one-line UserError when
+        another run holds it or the file cannot be opened."""
+        where = self.path.parent
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            what = {errno.ELOOP: "is a symbolic link", errno.EISDIR: "is a folder"}.get(exc.errno)
+            if what:
+                raise UserError(f"{self.path} {what}, not this tool's lock file; remove it or choose "
+                                f"another -o") from None
+            raise UserError(f"cannot write to output folder {where} ({exc.strerror}); choose another -o") from None
+        fh = os.fdopen(fd, "r+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            fh.seek(0)
             pid = fh.read().strip() or "unknown"
             fh.close()
-            raise UserError(f"output folder {self.path.parent} is in use by another run (process {pid}); "
+            raise UserError(f"output folder {where} is in use by another run (process {pid}); "
                             f"wait for it to finish or choose another -o") from None
         fh.seek(0)
         fh.truncate()

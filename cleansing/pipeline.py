@@ -12,11 +12,13 @@ with label noise, the mislabel-detection curves.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import re
 import shutil
 import time
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -24,13 +26,13 @@ import pandas as pd
 from common.errors import UserError
 from common.figures import save_figure
 from common.fileio import read_csv_exact, write_csv_atomic
-from datasets.noise import check_fraction
 
 from . import analyze as analysis, report
-from .config import RunConfig
+from .config import RunConfig, check_settings
 from .estimator import Artefact, Estimate, Estimator, Registry, RunFacts
 from .explain import EXPLAIN_COLUMNS, explanation_table, plot_explanations
 from .folder import OutputFolder, prepare_output
+from .graph import Task, Timing, run_dask, run_sequential
 from .influence_csv import influence_frame, read_influence_csv, scores_by_position, write_influence_csv
 from .paths import RunPaths
 from .retrain import SCORE_COLUMNS, read_score_csv, removal_mask, retrain_scores
@@ -39,6 +41,7 @@ from .train import (
     evaluate_head_epoch,
     evaluate_splits,
     head_complete,
+    head_epochs,
     learner_from_file,
     train_head_epoch,
     train_last_epoch,
@@ -53,8 +56,6 @@ from .trial import (
     untrained_trial,
 )
 from .validate import actual_influence, pick_validation_samples
-
-Timing = Tuple[int, str, str, float]  # (seed, stage, method, seconds)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,14 @@ class Timings:
         rows = [r for r in rows if (r["stage"], r["method"]) != (stage, method)]
         rows.append({"stage": stage, "method": method, "seed": self.seed, "seconds": round(seconds, 3)})
         write_csv_atomic(self.path, pd.DataFrame(rows, columns=["stage", "method", "seed", "seconds"]))
+
+
+def recorder(plan: Plan):
+    """The ``record`` callback of the executors: each timing into its trial's ``Timings``."""
+    def record(timings: List[Timing]) -> None:
+        for seed, stage, method, seconds in timings:
+            Timings(RunPaths(plan.cfg.out), seed).add(stage, method, seconds)
+    return record
 
 
 def remove_list(cfg: RunConfig, n_train: int, log=print) -> List[int]:
@@ -160,7 +169,7 @@ def _write_objects(paths: RunPaths, seed: int, tables: dict, figures: dict, logs
 
 # ---------------------------------------------------------------------------- tasks
 # Each task function returns (value, timings) and does nothing when its output is complete; the
-# graph of them (``graph.build_graph``) is the run. Trials are rebuilt from the output folder in
+# graph of them (``build_graph``) is the run. Trials are rebuilt from the output folder in
 # each process (cached per process: estimators of one trial share its validation gradient).
 def train_epoch_task(plan: Plan, seed: int, epoch: int):
     """Epoch ``epoch`` of the epochs before the last of trial ``seed`` (``train.train_head_epoch``);
@@ -200,6 +209,12 @@ def train_task(plan: Plan, seed: int):
         return len(data.train), []
     t0 = time.time()
     train_last_epoch(cfg.train, data, paths, seed, save_hara=steps, show_progress=cfg.runtime.show_progress)
+    base = paths.score_csv(analysis.NO_REMOVAL, 0, seed)
+    if not cfg.removal.retrain_all and 0 in planned_removals(cfg, len(data.train)) and not base.is_file():
+        # the final model's scores, just computed for the log's last row on the data of this run: the
+        # baseline task's evaluation of the same parameters on the same data would repeat them exactly
+        last = read_csv_exact(paths.train_log(seed)).iloc[-1]
+        write_csv_atomic(base, pd.DataFrame([{k: float(last[k]) for k in SCORE_COLUMNS}], columns=SCORE_COLUMNS))
     return len(data.train), [(seed, "train", "last_epoch", time.time() - t0)]
 
 
@@ -393,7 +408,8 @@ def run_reports_task(plan: Plan, seeds: List[int]):
     paths = RunPaths(cfg.out)
     title = f"{cfg.data.dataset} / {cfg.train.model}, {len(seeds)} trial(s)"
     caches = {e.name: "steps" if e.needs_step_params else "none" if e.control else "final" for e in plan.estimators}
-    summary = analysis.analyze(paths, seeds, list(cfg.methods), title, caches=caches)
+    summary = analysis.analyze(paths, seeds, list(cfg.methods), title, caches=caches,
+                               removals=planned_removals(cfg))
     write_run_reports(plan, paths, len(load_trial_data(cfg, seeds[0]).train), title)
     merge_logs(plan, paths, seeds)
     return summary, []
@@ -411,13 +427,112 @@ def merge_logs(plan: Plan, paths: RunPaths, seeds: Sequence[int]) -> None:
             write_csv_atomic(paths.run_table(table), pd.concat(frames, ignore_index=True))
 
 
+# ---------------------------------------------------------------------------- the graph
+#: An evaluated image costs about a third of a trained sample (cnn6, CPU: 234 against 80 a second).
+EVAL_COST = 1 / 3
+
+
+def build_graph(plan: Plan, seeds: Sequence[int], n_train: Optional[int] = None) -> List[Task]:
+    """The tasks of a run, in an order that respects their dependencies (also the sequential order);
+    ``n_train`` (default: read from the first trial's data) bounds the -r list.
+
+    Tasks (each one's output is the file it has always written, so a task whose output is complete
+    does nothing and an interrupted run resumes unchanged):
+
+    * ``train-epoch``      per trial and epoch before the last, each after the one before (the last of
+                           them writes what every retraining starts from);
+    * ``train-eval``       per trial and epoch before the last: its validation and test scores (its
+                           ``train_log.csv`` row), beside the training of the next epoch;
+    * ``train``            per trial: the last epoch (and Hara's cache when a method needs it), after
+                           the epochs before it and their evaluations;
+    * ``validation-grad``  per trial, when an estimator reads it: ``u``, the validation loss gradient
+                           at the final parameters (computed once, not once per estimator and worker);
+    * ``artefact``         per trial and artefact an estimator declares (a turn-over-dropout network);
+    * ``estimate``         per trial and estimator: the influence CSV, after the artefacts it reads
+                           and the estimators whose scores it reuses (``Estimator.after``);
+    * ``trial-reports``    per trial: galleries, cleansed datasets, error explanations;
+    * ``validate``         per trial and repeat of the leave-one-out truth, then ``validate-pairs``;
+    * ``baseline``         per trial: the scores without removal ("No_Removal"): the final model's, after
+                           ``train`` (retraining with nothing removed replays the last epoch exactly);
+    * ``retrain``          per trial, method and n of ``-r``, after the last ``train-epoch`` and the method's estimate
+                           (so the Random control's retrainings run beside the last training epoch);
+    * ``run-reports``      once: summaries, figures and tables of the whole run.
+    """
+    cfg = plan.cfg
+    tasks: List[Task] = []
+    if n_train is None:
+        data = load_trial_data(cfg, seeds[0])
+        sizes = (len(data.train), len(data.val), len(data.test))
+    else:  # the graph of a run whose data are not here (bench_graph): the configured sizes
+        sizes = (n_train, cfg.data.n_val or 0, cfg.data.n_test or 0)
+    removals = planned_removals(cfg, sizes[0])
+    # costs in training epochs: an epoch of training is 1, evaluating a split its size / the training size / 3
+    n = max(1, sizes[0])
+    val, test = EVAL_COST * sizes[1] / n, EVAL_COST * sizes[2] / n
+    retrain = (cfg.train.epochs if cfg.removal.retrain_all else 1) * (1 + val + test)
+    for seed in seeds:
+        train = f"train-{seed}"
+        discard = functools.partial(discard_training, plan, seed)
+        epochs = head_epochs(cfg.train)
+        heads = [f"train-epoch-{seed}-{e}" for e in epochs]
+        evals = [f"train-eval-{seed}-{e}" for e in epochs if e]
+        for i, e in enumerate(epochs):
+            tasks.append(Task(heads[i], "train", train_epoch_task, (plan, seed, e), heads[i - 1:i] if i else [],
+                              priority=1, on_error=discard, cost=1.0 if e else 0.01))
+            if i:  # epoch e-1's evaluation after epoch e in graph order: the chain of epochs goes first
+                tasks.append(Task(evals[i - 1], "train", train_eval_task, (plan, seed, e - 1), [heads[i - 1]],
+                                  priority=1, cost=val))
+        head = heads[-1]
+        if epochs[-1]:
+            tasks.append(Task(evals[-1], "train", train_eval_task, (plan, seed, epochs[-1]), [head], priority=1,
+                              cost=val))
+        tasks.append(Task(train, "train", train_task, (plan, seed), [head] + evals, priority=1, on_error=discard,
+                          cost=1 + val + test))
+        grad = f"validation-grad-{seed}"
+        if any(e.needs_validation_grad for e in plan.estimators):
+            tasks.append(Task(grad, "estimate", validation_grad_task, (plan, seed), [train], priority=1,
+                              cost=val / EVAL_COST))
+        for a in plan.artefacts():
+            tasks.append(Task(f"artefact-{seed}-{a.name}", "train", artefact_task, (plan, seed, a.name), [train],
+                              priority=1, cost=float(cfg.train.epochs)))
+        estimates = []
+        for est in plan.estimators:
+            key = f"estimate-{seed}-{est.name}"
+            deps = [train] if est.needs_final_model else []
+            deps += [grad] if est.needs_validation_grad else []
+            deps += [f"artefact-{seed}-{a.name}" for a in plan.artefacts(est)]
+            deps += [f"estimate-{seed}-{name}" for name in est.after]
+            tasks.append(Task(key, "estimate", estimate_task, (plan, seed, est.name), deps, priority=1,
+                              cost=est.cost_epochs))
+            estimates.append(key)
+        tasks.append(Task(f"trial-reports-{seed}", "reports", trial_reports_task, (plan, seed), [train] + estimates))
+        if cfg.removal.validate > 0:
+            repeats = [f"validate-{seed}-{r}" for r in range(max(1, cfg.removal.validate_repeats))]
+            for r, key in enumerate(repeats):
+                tasks.append(Task(key, "validate", validation_repeat_task, (plan, seed, r), [train] + estimates,
+                                  cost=cfg.removal.validate * (1 + val)))
+            tasks.append(Task(f"validate-pairs-{seed}", "validate", validation_pairs_task, (plan, seed), repeats))
+        baseline = f"baseline-{seed}"
+        tasks.append(Task(baseline, "retrain", baseline_task, (plan, seed), [train],
+                          cost=retrain if cfg.removal.retrain_all else val + test))
+        for k in removals:
+            for est in plan.estimators:
+                deps = [baseline] if k == 0 else [head, f"estimate-{seed}-{est.name}"]
+                tasks.append(Task(f"retrain-{seed}-{est.name}-{k}", "retrain", retrain_task,
+                                  (plan, seed, est.name, k), deps, cost=retrain if k else 0.01))
+    tasks.append(Task("run-reports", "reports", run_reports_task, (plan, list(seeds)),
+                      [t.key for t in tasks]))
+    return tasks
+
+
+
 def run_trial(plan: Plan, seed: int, log=print) -> int:
     """Every task of trial ``seed`` in this process, in graph order (resumable); returns the number
     of training samples."""
-    from .graph import build_graph, run_sequential
     n_train = check_run(plan, log)
     one = Plan(replace(plan.cfg, first_seed=seed, n_trials=1), plan.estimators)
-    run_sequential(one, [t for t in build_graph(one, [seed]) if t.key != "run-reports"])
+    run_sequential([t for t in build_graph(one, [seed]) if t.key != "run-reports"], recorder(one),
+                   one.cfg.runtime.show_progress)
     return n_train
 
 
@@ -489,34 +604,51 @@ def _noise_text(cfg: RunConfig) -> str:
 
 
 # ---------------------------------------------------------------------------- the run
+@contextlib.contextmanager
+def run_lifecycle(cfg: RunConfig, registry: Registry, overwrite: bool = False,
+                  log=print) -> Iterator[Tuple[Plan, OutputFolder]]:
+    """The one lifecycle of a run (drivers and API): every check that can refuse it (settings,
+    estimator options, data, removal sizes, the nnabla context of local work) runs first, and only
+    then is the output folder prepared (``prepare_output``: links, lock, manifest, ``--overwrite``),
+    so a refused run deletes and records nothing. The body runs the tasks; the folder is closed after
+    it (a new folder whose first task never finished is removed again)."""
+    plan = Plan.of(cfg, registry)
+    check_settings(cfg)
+    check_run(plan, log)
+    if not cfg.runtime.scheduler:  # local work: this machine must have the context
+        from common.context import set_context
+        set_context(cfg.runtime.context, cfg.runtime.device_id)
+    folder = prepare_output(cfg, registry, overwrite)
+    failed = True
+    try:
+        yield plan, folder
+        failed = False
+    finally:
+        folder.close(failed)
+
+
+def run_tasks(plan: Plan, folder: OutputFolder, tasks: Sequence) -> pd.DataFrame:
+    """Run ``tasks`` (from ``build_graph``) in this process or on Dask (``runtime.jobs``,
+    ``runtime.scheduler``); the folder counts as started once the first task is handed out (before
+    that, a failure such as an unreachable scheduler leaves a new folder as it was found)."""
+    def start() -> None:
+        folder.started = True
+    rt = plan.cfg.runtime
+    if rt.scheduler or rt.jobs > 1:
+        return run_dask(tasks, recorder(plan), rt.jobs, rt.scheduler, rt.context, rt.device_id, rt.show_progress,
+                        on_start=start)
+    return run_sequential(tasks, recorder(plan), rt.show_progress, on_start=start)
+
+
 def run(cfg: RunConfig, registry: Registry, overwrite: bool = False) -> pd.DataFrame:
     """Run the task graph of every trial (in this process, or on ``runtime.jobs`` local Dask
     workers, or on the cluster of ``runtime.scheduler``), then the analysis and the run's reports;
     returns the summary table."""
-    plan = Plan.of(cfg, registry)
-    check_fraction(cfg.data.label_noise)
-    if cfg.reports.gallery < 0:
-        raise UserError(f"gallery size must not be negative, got {cfg.reports.gallery}")
-    folder = prepare_output(cfg, registry, overwrite)
-    failed = True
-    try:
-        summary = _run_trials(plan, folder)
+    with run_lifecycle(cfg, registry, overwrite) as (plan, folder):
+        rt = cfg.runtime
+        graph_plan = plan
+        if rt.scheduler or rt.jobs > 1:  # one progress bar over the tasks, none inside them
+            graph_plan = Plan(replace(cfg, runtime=replace(rt, show_progress=False)), plan.estimators)
+        summary = run_tasks(plan, folder, build_graph(graph_plan, cfg.seeds))
         write_timings(folder.paths)
-        failed = False
-    finally:
-        folder.close(failed)
     return summary
-
-
-def _run_trials(plan: Plan, folder: OutputFolder) -> pd.DataFrame:
-    from .graph import build_graph, run_dask, run_sequential
-    cfg = plan.cfg
-    check_run(plan)
-    folder.started = True
-    rt = cfg.runtime
-    if rt.scheduler or rt.jobs > 1:  # one progress bar over the tasks, none inside them
-        quiet = Plan(replace(cfg, runtime=replace(rt, show_progress=False)), plan.estimators)
-        return run_dask(plan, build_graph(quiet, cfg.seeds), rt.jobs, rt.scheduler)
-    from common.context import set_context
-    set_context(rt.context, rt.device_id)
-    return run_sequential(plan, build_graph(plan, cfg.seeds))

@@ -24,6 +24,7 @@ from cleansing.paths import RunPaths
 from common.errors import UserError
 from common.fileio import write_csv_atomic
 from common.params_io import load_params, save_params
+from common.progress import steps as report_steps
 from datasets import DataBundle
 from datasets.batches import split_batches, training_batch
 from models import build_model
@@ -57,6 +58,22 @@ def learner_from_file(cfg: TrainConfig, data: DataBundle, path) -> Learner:
     return learner
 
 
+#: A mini-batch's mean cross-entropy above this many times ln(classes) (the loss of a network that
+#: guesses uniformly, about where training starts) means the training diverged (logit gaps in the
+#: thousands): a diverged model's gradients saturate and its influences come out as exact zeros.
+DIVERGED_FACTOR = 1000.0
+
+
+def check_loss(loss: float, num_classes: int, epoch: int, step: int) -> None:
+    """A one-line UserError when the training loss is non-finite or beyond ``DIVERGED_FACTOR`` x
+    ln(classes), whatever the model; the message says to lower the learning rate."""
+    bound = DIVERGED_FACTOR * float(np.log(max(num_classes, 2)))
+    if not np.isfinite(loss) or loss > bound:
+        raise UserError(f"the training diverged: its loss became {loss:.4g} at epoch {epoch}, step {step} "
+                        f"(the bound is {bound:.4g}, {DIVERGED_FACTOR:g} x ln {num_classes}); "
+                        f"lower the learning rate (-lr)")
+
+
 def run_steps(learner: Learner, data: DataBundle, trace: Trace, steps: Iterable[int], augment: bool,
               removed: Optional[np.ndarray] = None, before_step: Optional[Callable[[int], None]] = None,
               progress: Optional[tqdm] = None) -> float:
@@ -67,7 +84,8 @@ def run_steps(learner: Learner, data: DataBundle, trace: Trace, steps: Iterable[
     kept samples (``|S_t|`` the original batch size); a step with nothing kept is skipped.
     """
     total, count = 0.0, 0
-    for t in steps:
+    steps = list(steps)
+    for i, t in enumerate(steps):
         idx, seeds = trace.batch(t)
         if before_step is not None:
             before_step(t)
@@ -78,13 +96,12 @@ def run_steps(learner: Learner, data: DataBundle, trace: Trace, steps: Iterable[
         if len(idx):
             x, y = training_batch(data, idx, seeds, augment)
             loss = learner.sgd_step(x, y, float(trace.lr[t]), batch_size=batch_size)
-            if not np.isfinite(loss):
-                raise UserError(f"the training loss became {loss} at epoch {int(trace.epoch[t])}, step {t}; "
-                                f"lower the learning rate (-lr)")
+            check_loss(loss, data.num_classes, int(trace.epoch[t]), t)
             total += loss * len(idx)
             count += len(idx)
         if progress is not None:
             progress.update(1)
+        report_steps(i + 1, len(steps))
     return total / max(count, 1)
 
 

@@ -20,7 +20,7 @@ import re
 import shutil
 import signal
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 from .errors import UserError
 
@@ -34,7 +34,6 @@ def partial_path(path: PathLike) -> Path:
     return p.with_name(f"{p.stem}{PARTIAL_TAG}-{os.getpid()}{p.suffix}")
 
 
-_PARTIAL = re.compile(re.escape(PARTIAL_TAG) + r"-(\d+)")
 
 
 def _alive(pid: int) -> bool:
@@ -47,13 +46,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_partials(root: PathLike) -> int:
-    """Delete the ``*.partial-<pid>*`` files under ``root`` whose writing process is gone (left by a
-    killed run); returns how many. Files of running processes are kept."""
+def remove_stale_partials(root: PathLike, folders: Iterable[str], suffixes: Iterable[str]) -> int:
+    """Delete the temporary files a killed run left: names exactly ``<stem>.partial-<pid><suffix>``
+    (``partial_path``) with a ``suffix`` the tool writes, whose writing process is gone, directly in
+    ``root`` or anywhere under its ``folders`` (the places the tool writes); returns how many. Files
+    of running processes, other names and other places are kept."""
+    exact = re.compile(r"^.+" + re.escape(PARTIAL_TAG) + r"-(\d+)(" + "|".join(map(re.escape, suffixes)) + r")$")
+    root = Path(root)
+    candidates = list(root.glob(f"*{PARTIAL_TAG}-*"))
+    for d in folders:
+        if (root / d).is_dir() and not (root / d).is_symlink():
+            candidates += (root / d).rglob(f"*{PARTIAL_TAG}-*")
     removed = 0
-    for f in Path(root).rglob(f"*{PARTIAL_TAG}-*"):
-        m = _PARTIAL.search(f.name)
-        if m and f.is_file() and not _alive(int(m.group(1))):
+    for f in candidates:
+        m = exact.match(f.name)
+        if m and f.is_file() and not f.is_symlink() and not _alive(int(m.group(1))):
             with contextlib.suppress(FileNotFoundError):
                 f.unlink()
                 removed += 1
@@ -70,7 +77,9 @@ def _fault_point(final: Path) -> None:
     if target and target in str(final):
         _MATCHES[0] += 1
         if _MATCHES[0] == int(os.environ.get("DATA_CLEANSING_KILL_NTH", "1")):
-            os.kill(os.getpid(), signal.SIGKILL)
+            # DATA_CLEANSING_KILL_SIGNAL=INT: a Ctrl-C at that moment instead of a kill
+            sig = signal.SIGINT if os.environ.get("DATA_CLEANSING_KILL_SIGNAL") == "INT" else signal.SIGKILL
+            os.kill(os.getpid(), sig)
 
 
 def _log_write(final: Path) -> None:

@@ -196,14 +196,20 @@ def _csv_splits(train_csv: str, seed: int, val_csv: Optional[str], test_csv: Opt
     return train, val, test, src.num_classes, len(train_idx)
 
 
+_WARNED: set = set()
+
+
 def _warn_unlearnable(train: Split, val: Split, test: Split) -> None:
-    """Log the validation and test classes that no training sample has."""
+    """Log the validation and test classes that no training sample has, once per process and
+    message (every task of a run loads its trial's data: the warning is said once, not per task)."""
     missing = sorted(set(np.unique(val.labels)) - set(np.unique(train.labels)))
     missing_test = sorted(set(np.unique(test.labels)) - set(np.unique(train.labels)))
     for what, classes in (("validation", missing), ("test", missing_test)):
-        if classes:
-            log.warning("the %s set has class(es) %s that no training sample has: the model cannot learn them",
-                        what, ", ".join(map(str, classes)))
+        text = (f"the {what} set has class(es) {', '.join(map(str, classes))} that no training sample has: "
+                f"the model cannot learn them")
+        if classes and text not in _WARNED:
+            _WARNED.add(text)
+            log.warning(text)
 
 
 def input_fingerprints(name: str, val_csv: Optional[str] = None, test_csv: Optional[str] = None,

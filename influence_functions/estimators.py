@@ -95,6 +95,7 @@ class InfluenceFunctions(Estimator):
     """Koh & Liang's influence functions with an iterative solve of the damped Hessian system."""
 
     name = NAME
+    cost_epochs = 20.0  # an iterative solve over the full Hessian (MINRES about 38)
     options = InfluenceOptions
     needs_validation_grad = True
     summary_logs = {"solver": "solver"}
@@ -122,6 +123,7 @@ class InfluenceFunctionsEkfac(Estimator):
     """The same score with an EK-FAC approximation of the Gauss-Newton matrix (``ekfac``)."""
 
     name = EKFAC
+    cost_epochs = 5.0  # docs/measurements.md: about 4 to 6
     options = InfluenceOptions
     needs_validation_grad = True
     summary_logs = {"solver_influence_functions_ekfac": "solver"}
@@ -145,6 +147,7 @@ class InfluenceFunctionsOriginalSign(Estimator):
     """``-infl``: the original example's stored value, for comparison only (no second solve)."""
 
     name = ORIGINAL_SIGN
+    cost_epochs = 0.1
     options = InfluenceOptions
     after = (NAME,)
 

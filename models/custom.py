@@ -77,3 +77,24 @@ def register_network(name: str, build: Build, replace: bool = False) -> type:
     cls = type(f"Network_{name}", (NetworkModel,), {"name": name, "build": staticmethod(build)})
     MODELS[name] = cls
     return cls
+
+
+def network_fingerprint(cls: type, input_shape: tuple, num_classes: int) -> str:
+    """A SHA-256 (16 hex digits) of a registered network's identity: the functions of its graph in
+    order with their arguments and input shapes (training mode), and its parameters' names, shapes
+    and initial values for seed 0. The manifest records it, so a network changed under the same name
+    counts as a changed input, like changed data (issue 38, item 5)."""
+    import hashlib
+    model = cls(tuple(input_shape), num_classes)
+    params = model.create_parameters(np.random.RandomState(0))
+    h = hashlib.sha256()
+    for k, v in params.items():
+        h.update(f"{k}{tuple(v.shape)}".encode())
+        h.update(np.ascontiguousarray(v.d, dtype=np.float32).tobytes())
+    x = nn.Variable((1,) + tuple(input_shape))
+    out = model.logits(x, params, True)
+    functions = []
+    out.visit(lambda f: functions.append(f"{f.info.type_name}{sorted(f.info.args.items())}"
+                                         f"{[tuple(i.shape) for i in f.inputs]}"))
+    h.update("|".join(functions).encode())
+    return h.hexdigest()[:16]

@@ -27,6 +27,36 @@ def assert_one_line_error(res, *fragments):
 
 
 
+def exit2(res, *fragments):
+    """Exit code 2 (a user error) with exactly one line on stderr holding ``fragments``."""
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert_one_line_error(res, *fragments)
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A copy of a finished run folder (links, times and modes as they are)."""
+    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+    return dst
+
+
+def digits_arrays(n_train=150, n_val=50, n_test=60):
+    """The digits splits of seed 0 as the (images, labels) pairs the Python API takes."""
+    from datasets import load_dataset
+    d = load_dataset("digits", 0, n_train=n_train, n_val=n_val, n_test=n_test)
+    return [(s.images, s.labels) for s in (d.train, d.val, d.test)]
+
+
+def two_layer_tanh(x, train):
+    """Not a built-in network: 32 tanh units (the built-in mlp uses relu and other sizes)."""
+    import nnabla as nn
+    import nnabla.functions as F
+    import nnabla.parametric_functions as PF
+    with nn.parameter_scope("hidden"):
+        h = F.tanh(PF.affine(x, 32))
+    with nn.parameter_scope("out"):
+        return PF.affine(h, 10)
+
+
 def make(name, shape=(1, 32, 32), classes=10, seed=0, scale=None):
     m = build_model(name, shape, classes)
     p = m.create_parameters(np.random.RandomState(seed))

@@ -114,6 +114,7 @@ class TurnoverDropout(Estimator):
     """Mean influence on the validation set of each training instance (Kobayashi et al., 2020)."""
 
     name = NAME
+    cost_epochs = 1.0  # its networks are artefact tasks of their own
     options = TDOptions
 
     def artefacts(self, cfg, options: TDOptions) -> List[Artefact]:
@@ -140,6 +141,7 @@ class TurnoverDropoutSelf(TurnoverDropout):
     method, the lowest score comes first: samples only memorised, not predicted, lead."""
 
     name = SELF_NAME
+    cost_epochs = 1.0
 
     def estimate(self, trial, options: TDOptions) -> Estimate:
         idx = np.arange(len(trial.data.train))
@@ -159,6 +161,7 @@ class TurnoverDropoutResidual(TurnoverDropoutSelf):
     masks (``residual_validation_influence``); averaged over the networks like the plain score."""
 
     name = RESIDUAL_NAME
+    cost_epochs = 1.0
 
     def estimate(self, trial, options: TDOptions) -> Estimate:
         show = trial.cfg.runtime.show_progress

@@ -2,7 +2,6 @@
 import textwrap
 
 import nnabla as nn
-import nnabla.functions as F
 import nnabla.initializer as I
 import nnabla.parametric_functions as PF
 import numpy as np
@@ -11,22 +10,8 @@ import pytest
 
 import eval_sgd_influence
 from cleansing.api import Cleanser
-from datasets import load_dataset
 from estimators import REGISTRY
-from tests.helpers import ROOT
-
-
-def digits_arrays(n_train=150, n_val=50, n_test=60):
-    d = load_dataset("digits", 0, n_train=n_train, n_val=n_val, n_test=n_test)
-    return [(s.images, s.labels) for s in (d.train, d.val, d.test)]
-
-
-def two_layer_tanh(x, train):
-    """Not a built-in: 32 tanh units (the built-in mlp uses relu and other sizes)."""
-    with nn.parameter_scope("hidden"):
-        h = F.tanh(PF.affine(x, 32))
-    with nn.parameter_scope("out"):
-        return PF.affine(h, 10)
+from tests.helpers import ROOT, digits_arrays, two_layer_tanh
 
 
 def user_logreg(x, train):

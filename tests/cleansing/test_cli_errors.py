@@ -59,7 +59,7 @@ def test_unwritable_output_folder(tmp_path):
 def test_loss_becoming_nan_stops_with_a_hint_and_keeps_nothing(tmp_path):
     out = tmp_path / "o"
     res = run_cli("-o", str(out), "-m", "mlp", "-lr", "1e9", "-e", "1", "--n-train", "200", "-r", "0")
-    assert_one_line_error(res, "the training loss became", "epoch 0", "lower the learning rate (-lr)")
+    assert_one_line_error(res, "the training diverged: its loss became", "epoch 0", "lower the learning rate (-lr)")
     assert not (out / "weights" / "seed_00").exists()
     assert not list(out.rglob("*partial*"))
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import ROOT, assert_one_line_error, run_cli
+from tests.helpers import ROOT, copy_run, exit2, run_cli
 
 FAST = ["-m", "logreg", "-e", "1", "--n-train", "100", "--n-val", "50", "--n-test", "50", "--methods", "Ours",
         "Random", "--gallery", "0"]
@@ -27,22 +27,12 @@ def ok(res):
     return res
 
 
-def exit2(res, *fragments):
-    assert res.returncode == 2, (res.returncode, res.stderr)
-    assert_one_line_error(res, *fragments)
-
-
 @pytest.fixture(scope="module")
 def done_run(tmp_path_factory):
     """A finished small run (Ours, Random; -r 0 10) to copy from."""
     out = tmp_path_factory.mktemp("done") / "o"
     ok(run_cli("-o", str(out), *FAST, "-r", "0", "10"))
     return out
-
-
-def copy_run(src: Path, dst: Path) -> Path:
-    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
-    return dst
 
 
 # ---------------------------------------------------------------- --overwrite deletes only the tool's files
@@ -241,6 +231,7 @@ def test_class_missing_from_training_is_a_warning(tmp_path):
     train.write_text("\n".join([lines[0]] + [ln for ln in lines[1:] if not ln.endswith(",9")]) + "\n")
     res = ok(run_cli("-o", str(tmp_path / "o"), "-ds", str(train), *CSV_ARGS))
     assert "WARNING: the validation set has class(es) 9 that no training sample has" in res.stderr
+    assert res.stderr.count("the validation set has class(es) 9") == 1  # once a run, not once a task (issue 38)
 
 
 # ---------------------------------------------------------------- damaged files and unlucky moments

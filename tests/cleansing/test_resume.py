@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["-ds", "digits", "-m", "cnn6", "-e", "1", "--n-train", "200", "--n-val", "100", "--n-test", "100",
         "-r", "0", "1", "10", "40", "--no-progress", "-j", "1"]
@@ -68,19 +70,22 @@ def test_stale_partial_files_of_dead_processes_are_removed(tmp_path):
     mine.write_text("being written")
     done = tmp_path / "logs" / "timings_seed_0.csv"
     done.write_text("stage\n")
-    assert remove_stale_partials(tmp_path) == 1
+    where = (["logs"], [".csv"])
+    assert remove_stale_partials(tmp_path, *where) == 1
     assert not stale.exists() and mine.exists() and done.read_text() == "stage\n"
-    assert remove_stale_partials(tmp_path) == 0
+    assert remove_stale_partials(tmp_path, *where) == 0
 
 
-def test_seeded_fault_injection_short(tmp_path):
-    """The short version of bench/fault_injection.py: one kill in each stage, same bytes at the end."""
+@pytest.mark.parametrize("sig", ["KILL", "INT"])
+def test_seeded_fault_injection_short(tmp_path, sig):
+    """The short version of bench/fault_injection.py: one kill (or Ctrl-C) in each stage, same bytes
+    at the end."""
     sys.path.insert(0, str(ROOT / "bench"))
     from fault_injection import TARGETS, fault_injection
     stages = {}
     for stage, marker in TARGETS:  # the first target of each stage, in pipeline order
         stages.setdefault(stage.split()[0], (stage, marker))
-    report = fault_injection(tmp_path / "work", seed=3, targets=list(stages.values()))
+    report = fault_injection(tmp_path / "work", seed=3, targets=list(stages.values()), signal=sig)
     assert [k["stage"].split()[0] for k in report["kills"]] == ["training", "estimator", "reports", "validation",
                                                                 "retraining"]
     assert report["files"] >= 20 and report["differing"] == [] and report["partials_left"] == []
