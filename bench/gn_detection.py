@@ -76,11 +76,12 @@ def gn_product(learner, data, space, batch: int = 256):
 
 def check() -> None:
     """The product against exact references on small problems (see the module's docstring)."""
+    from cleansing.train import plain_sgd as train_sgd
     from datasets.batches import split_batches
+    from datasets.loader import small_digits as digits4
     from influence_functions.estimator import ParamSpace, full_hvp
     from models import build_model
     from models.autodiff import Learner
-    from tests.influence_functions.test_influence_functions import digits4, train_sgd
     rng = np.random.default_rng(0)
     for name, size, n in (("logreg", 4, 300), ("cnn6", 8, 40)):
         data = digits4(n_train=n, n_val=20, size=size)

@@ -242,3 +242,16 @@ def load_training(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int
     """(trace, learner at the final parameters) of a finished training stage."""
     trace = load_trace(paths.trace(seed), len(data.train))
     return trace, learner_from_file(cfg, data, paths.params(seed, "final"))
+
+
+def plain_sgd(learner: Learner, data: DataBundle, epochs: int, lr: float, batch: int = 32) -> None:
+    """Plain SGD on ``data.train`` in a seeded order (seed 0), ``epochs`` passes of mini-batches, no
+    augmentation and no trace: the training of small exact problems (tests, ``bench/gn_detection.py``)."""
+    from datasets import to_network_input
+    rng = np.random.default_rng(0)
+    n = len(data.train)
+    for _ in range(epochs):
+        perm = rng.permutation(n)
+        for s in range(0, n, batch):
+            idx = perm[s:s + batch]
+            learner.sgd_step(to_network_input(data.train.images[idx], data.mean, data.std), data.train.labels[idx], lr)

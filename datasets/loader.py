@@ -308,3 +308,19 @@ def _check_training_split(labels: np.ndarray, where: str, remedy: str) -> None:
     else:
         held = f"{labels.size} samples, all of label {int(classes[0])}"
     raise DatasetError(f"{where}: the training split has {held}; a classifier needs at least two classes; {remedy}")
+
+
+def downsample(split: Split, size: int = 4) -> Split:
+    """32x32 images averaged down to ``size`` x ``size`` (small exact problems: explicit Hessians)."""
+    f = 32 // size
+    im = split.images.astype(np.float64).reshape(len(split), 1, size, f, size, f).mean(axis=(3, 5))
+    return Split(np.round(im).astype(np.uint8), split.labels, split.ids)
+
+
+def small_digits(n_train: Optional[int] = None, n_val: Optional[int] = None, seed: int = 0,
+                 size: int = 4) -> DataBundle:
+    """scikit-learn's digits at ``size`` x ``size`` (default 4x4), grey, normalised with 0.5 / 0.5:
+    problems small enough for explicit Hessians (the tests and ``bench/gn_detection.py``)."""
+    d = load_dataset("digits", seed, n_train=n_train, n_val=n_val)
+    parts = [downsample(x, size) for x in (d.train, d.val, d.test)]
+    return DataBundle(f"digits{size}", *parts, 10, (0.5,), (0.5,))

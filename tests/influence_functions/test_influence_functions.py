@@ -18,8 +18,10 @@ from scipy import stats
 
 import eval_influence_functions as driver
 from cleansing.cli import run_main
-from datasets import DataBundle, Split, load_dataset, to_network_input
+from cleansing.train import plain_sgd as train_sgd
+from datasets import DataBundle, Split, to_network_input
 from datasets.batches import split_batches
+from datasets.loader import small_digits as digits4
 from estimators import REGISTRY
 from influence_functions import (
     EKFAC,
@@ -55,31 +57,6 @@ def exact_minibatches(matrices):
         for m in matrices:
             yield lambda v, m=m: m @ v
     return one_pass
-
-
-def downsample(split: Split, size: int = 4) -> Split:
-    """32x32 digits averaged down to size x size."""
-    f = 32 // size
-    im = split.images.astype(np.float64).reshape(len(split), 1, size, f, size, f).mean(axis=(3, 5))
-    return Split(np.round(im).astype(np.uint8), split.labels, split.ids)
-
-
-def digits4(n_train=None, n_val=None, seed=0, size: int = 4) -> DataBundle:
-    """scikit-learn's digits at size x size (default 4x4), grey, normalised with 0.5 / 0.5."""
-    d = load_dataset("digits", seed, n_train=n_train, n_val=n_val)
-    parts = [downsample(x, size) for x in (d.train, d.val, d.test)]
-    return DataBundle(f"digits{size}", *parts, 10, (0.5,), (0.5,))
-
-
-def train_sgd(learner, data: DataBundle, epochs: int, lr: float, batch: int = 32) -> None:
-    """Plain SGD on ``data.train`` in a seeded order (seed 0), ``epochs`` passes of mini-batches."""
-    rng = np.random.default_rng(0)
-    n = len(data.train)
-    for _ in range(epochs):
-        perm = rng.permutation(n)
-        for s in range(0, n, batch):
-            idx = perm[s:s + batch]
-            learner.sgd_step(to_network_input(data.train.images[idx], data.mean, data.std), data.train.labels[idx], lr)
 
 
 def features(data: DataBundle, split: Split) -> np.ndarray:

@@ -237,9 +237,9 @@ def test_run_scale_runs_missing_trials_of_the_given_seeds_only(tmp_path, monkeyp
 
     ran, copied = [], []
     monkeypatch.setattr(runner, "committed_root", lambda name: tmp_path / "committed")
-    monkeypatch.setattr(runner, "run_config", lambda exp, runs, seed, data_dir: seed)
+    monkeypatch.setattr(runner, "run_config", lambda exp, runs, seed, data_dir, out: seed)
     monkeypatch.setattr(runner, "run", lambda cfg, registry: ran.append(cfg))
-    monkeypatch.setattr(runner, "copy_trial", lambda exp, runs, committed, seed, wall: copied.append(seed) or [])
+    monkeypatch.setattr(runner, "copy_trial", lambda exp, runs, committed, seed, wall, src: copied.append(seed) or [])
     marker = tmp_path / "committed" / "runs" / EXP.name / "trials" / "seed_3.json"
     marker.parent.mkdir(parents=True)
     marker.write_text("{}")
@@ -249,3 +249,22 @@ def test_run_scale_runs_missing_trials_of_the_given_seeds_only(tmp_path, monkeyp
     ran.clear()
     assert runner.run_scale(scale, tmp_path / "runs", None, max_trials=4, log=lambda s: None) == 4
     assert ran == [0, 1, 2, 4]
+
+
+def test_two_processes_share_a_scale_through_trial_claims(tmp_path, monkeypatch):
+    """A trial another process holds (its claim locked) is skipped; with ``trial_folders`` each trial
+    runs in ``<runs>/<experiment>/seed_<k>`` (the pilot, issue 32)."""
+    from reproduction import runner
+
+    outs = []
+    monkeypatch.setattr(runner, "committed_root", lambda name: tmp_path / "committed")
+    monkeypatch.setattr(runner, "run_config", lambda exp, runs, seed, data_dir, out: outs.append(out) or seed)
+    monkeypatch.setattr(runner, "run", lambda cfg, registry: None)
+    monkeypatch.setattr(runner, "copy_trial", lambda exp, runs, committed, seed, wall, src: [])
+    scale = Scale("fake", (EXP,), trial_folders=True)
+    runs = tmp_path / "runs"
+    with runner.TrialClaim(runs, EXP, 0) as mine:  # "another process" runs seed 0
+        assert mine
+        assert runner.run_scale(scale, runs, None, max_trials=2, log=lambda s: None) == 2
+    assert outs == [runs / EXP.name / "seed_1", runs / EXP.name / "seed_2"]
+    assert (runs / ".claims" / f"{EXP.name}_seed_0").is_file()

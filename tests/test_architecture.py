@@ -1,0 +1,121 @@
+"""The packages form layers without cycles: each imports only packages of lower layers (imports
+inside functions included), so the estimators never import each other and the generic pipeline
+knows none of them."""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: package (or top-level module) -> layer; a package may import only its own modules and packages
+#: of a strictly lower layer
+LAYERS = {
+    "common": 0,
+    "datasets": 1,
+    "models": 1,
+    "cleansing": 2,
+    "sgd_influence": 3,
+    "influence_functions": 3,
+    "turnover_dropout": 3,
+    "estimators": 4,
+    "reproduction": 5,
+}
+
+
+def imported_packages(path: Path, package: str) -> set:
+    """The project packages ``path`` imports, at any depth of the file (relative imports resolved)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [package] if node.level > 0 else [node.module or ""]
+        else:
+            continue
+        found.update(n.split(".")[0] for n in names if n.split(".")[0] in LAYERS)
+    return found - {package}
+
+
+def modules():
+    for package in LAYERS:
+        folder = ROOT / package
+        files = sorted(folder.rglob("*.py")) if folder.is_dir() else [ROOT / f"{package}.py"]
+        for f in files:
+            yield package, f
+
+
+def test_every_package_imports_only_lower_layers():
+    bad = [f"{f.relative_to(ROOT)} ({package}, layer {LAYERS[package]}) imports {other} (layer {LAYERS[other]})"
+           for package, f in modules() for other in sorted(imported_packages(f, package))
+           if LAYERS[other] >= LAYERS[package]]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_checker_sees_upward_and_relative_imports(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("import numpy\nfrom . import sibling\n\ndef late():\n    from estimators import REGISTRY\n"
+                 "    import sgd_influence.infl\n")
+    assert imported_packages(f, "cleansing") == {"estimators", "sgd_influence"}
+
+
+@pytest.mark.parametrize("package", [p for p in LAYERS if p != "estimators"])
+def test_every_layer_is_a_package_that_exists(package):
+    assert (ROOT / package / "__init__.py").is_file()
+
+
+def module_imports(path: Path, package: str) -> set:
+    """The modules of ``package`` that ``path`` imports, at any depth (``from . import x``,
+    ``from .x import y``, ``from package.x import y``, ``import package.x``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                found.add(node.module.split(".")[0])
+            elif node.level == 1:
+                found.update(a.name for a in node.names)
+            elif node.level == 0 and (node.module or "").startswith(package + "."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith(package + "."))
+    return found - {path.stem}
+
+
+def cycles(graph: dict) -> list:
+    """Every module that can reach itself through ``graph`` (module -> imported modules)."""
+    def reach(start):
+        seen, stack = set(), list(graph.get(start, ()))
+        while stack:
+            m = stack.pop()
+            if m not in seen:
+                seen.add(m)
+                stack.extend(graph.get(m, ()))
+        return seen
+    return sorted(m for m in graph if m in reach(m))
+
+
+@pytest.mark.parametrize("package", [p for p in LAYERS if (ROOT / p).is_dir()])
+def test_no_import_circle_inside_a_package(package):
+    """Inside a package too, imports go one way (imports inside functions included): e.g. the generic
+    executor ``cleansing.graph`` never imports the pipeline that uses it (issue 33)."""
+    files = {f.stem: f for f in (ROOT / package).glob("*.py") if f.stem != "__init__"}
+    graph = {m: module_imports(f, package) & set(files) for m, f in files.items()}
+    assert not cycles(graph), {m: sorted(graph[m]) for m in cycles(graph)}
+
+
+def test_the_circle_checker_sees_a_circle_through_a_late_import(tmp_path):
+    (tmp_path / "a.py").write_text("from .b import x\n")
+    (tmp_path / "b.py").write_text("def f():\n    from . import a\n")
+    (tmp_path / "c.py").write_text("from pkg.a import y\n")
+    graph = {f.stem: module_imports(f, "pkg") for f in tmp_path.glob("*.py")}
+    assert graph == {"a": {"b"}, "b": {"a"}, "c": {"a"}} and cycles(graph) == ["a", "b"]
+
+
+@pytest.mark.parametrize("folder", ["bench", "reproduction"])
+def test_bench_and_the_study_import_nothing_from_the_tests(folder):
+    """Benchmarks and the study build on the packages, never on the test suite (issue 33)."""
+    bad = []
+    for f in sorted((ROOT / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests":
+                bad.append(f"{f.relative_to(ROOT)} imports {node.module}")
+    assert not bad, "\n".join(bad)
