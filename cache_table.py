@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cleansing.cli import positive_int, run_main  # noqa: E402
+from cleansing.cli import run_main  # noqa: E402
+from cleansing.estimator import positive_int  # noqa: E402
 from common.errors import UserError  # noqa: E402
 
 SETTINGS = (("MNIST", "mnist", (1, 32, 32)), ("CIFAR-10", "cifar10", (3, 32, 32)))

@@ -10,6 +10,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from common.errors import UserError
 
+from .estimator import nonneg_int, positive_float, positive_int
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit code 2)."""
@@ -23,34 +25,6 @@ def output_folder(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty; give an output folder")
     return text
-
-
-def _integer(text: str, low: int, what: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if v < low:
-        raise argparse.ArgumentTypeError(f"{v} {what}")
-    return v
-
-
-def positive_int(text: str) -> int:
-    return _integer(text, 1, "must be at least 1")
-
-
-def nonneg_int(text: str) -> int:
-    return _integer(text, 0, "must not be negative")
-
-
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-    return v
 
 
 def fraction(text: str) -> float:

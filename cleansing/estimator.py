@@ -163,6 +163,36 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# ---------------------------------------------------------------------------- flag types
+# The argument types of options (``option(..., type=positive_int)``) and of the drivers' own flags.
+def _integer(text: str, low: int, what: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if v < low:
+        raise argparse.ArgumentTypeError(f"{v} {what}")
+    return v
+
+
+def positive_int(text: str) -> int:
+    return _integer(text, 1, "must be at least 1")
+
+
+def nonneg_int(text: str) -> int:
+    return _integer(text, 0, "must not be negative")
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return v
+
+
 # ---------------------------------------------------------------------------- estimators
 class Estimator:
     """Base class of an influence estimator (see the module docstring)."""

@@ -19,8 +19,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from cleansing.cli import positive_float, positive_int
-from cleansing.estimator import Estimate, Estimator, Options, option
+from cleansing.estimator import Estimate, Estimator, Options, option, positive_float, positive_int
 from cleansing.influence_csv import read_influence_csv, scores_by_position
 from cleansing.outdir import method_scope
 from common.errors import UserError

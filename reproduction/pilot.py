@@ -10,6 +10,7 @@ smallest ``max(median range / 0.5 pp, sd / 0.3 pp)``).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Dict, Optional
@@ -77,6 +78,17 @@ def load_pilot(scale: Scale, committed: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
+def compute_hours(scale: Scale, committed: Path) -> float:
+    """Core-hours of the finished trials (``compute_s`` of their markers: the sum of stage timings,
+    interrupted calls included)."""
+    seconds = 0.0
+    for exp in scale.experiments:
+        for marker in (committed / "runs" / exp.name / "trials").glob("seed_*.json"):
+            info = json.loads(marker.read_text())
+            seconds += float(info.get("compute_s", info.get("wall_s", 0.0)))
+    return seconds / 3600
+
+
 def write_pilot(scale: Scale, committed: Path, commit: str = "") -> Path:
     """``<committed>/pilot.md`` and ``pilot.csv``: the criterion, the table and the chosen size."""
     table = load_pilot(scale, committed)
@@ -114,7 +126,9 @@ def write_pilot(scale: Scale, committed: Path, commit: str = "") -> Path:
         settled = bool(table[table.n_train == chosen].settled.iloc[0])
         lines.append(f"**Chosen size:** {chosen:,}" + ("" if settled else " (no size is settled; the closest)") + ".")
     missing = int(sum(max(0, e.trials - s) for e, s in zip(scale.experiments, table.seeds)))
-    lines.append(f"\nProgress: {int(table.seeds.sum())} trials done, {missing} remaining.")
+    hours = compute_hours(scale, committed)
+    lines.append(f"\nProgress: {int(table.seeds.sum())} trials done, {missing} remaining, {hours:.1f} core-hours spent "
+                 f"(the trials' stage timings).")
     out = committed / "pilot.md"
     out.write_text("\n".join(lines) + "\n")
     return out

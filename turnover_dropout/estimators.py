@@ -19,8 +19,16 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from cleansing.cli import positive_int
-from cleansing.estimator import Artefact, Estimate, Estimator, Explanation, Options, Trained, option
+from cleansing.estimator import (
+    Artefact,
+    Estimate,
+    Estimator,
+    Explanation,
+    Options,
+    Trained,
+    option,
+    positive_int,
+)
 from common.errors import UserError
 from models import MODELS
 

@@ -59,7 +59,7 @@ def test_the_table_from_fake_committed_runs(tmp_path):
         folder = tmp_path / "runs" / exp.name
         for seed, acc in enumerate(accs):
             (folder / "trials").mkdir(parents=True, exist_ok=True)
-            (folder / "trials" / f"seed_{seed}.json").write_text(json.dumps({"seed": seed}))
+            (folder / "trials" / f"seed_{seed}.json").write_text(json.dumps({"seed": seed, "compute_s": 450.0}))
             (folder / "train_log").mkdir(exist_ok=True)
             log([0.970, 0.972, 0.974]).to_csv(folder / "train_log" / f"train_log_seed_{seed}.csv", index=False)
             (folder / "score" / "No_Removal").mkdir(parents=True, exist_ok=True)
@@ -71,4 +71,4 @@ def test_the_table_from_fake_committed_runs(tmp_path):
     assert "**Chosen size:** 10,000." in text and "at abc1234" in text
     assert "| 5,000 | 157 | 3 | 0.40 | 0.40 | 97.50 | 0.50 | no |" in text
     assert "| 20,000 | 625 | 2 | 0.40 | 0.40 | 98.05 | 0.07 | - |" in text  # two of three seeds: not judged yet
-    assert "Progress: 8 trials done, 1 remaining." in text
+    assert "Progress: 8 trials done, 1 remaining, 1.0 core-hours spent" in text  # 8 x 450 s
