@@ -268,3 +268,35 @@ def test_two_processes_share_a_scale_through_trial_claims(tmp_path, monkeypatch)
         assert runner.run_scale(scale, runs, None, max_trials=2, log=lambda s: None) == 2
     assert outs == [runs / EXP.name / "seed_1", runs / EXP.name / "seed_2"]
     assert (runs / ".claims" / f"{EXP.name}_seed_0").is_file()
+
+
+def test_regime_table_and_each_trials_differences_by_hand(tmp_path):
+    """Issue 32: the regime row of the fake study against hand values (module docstring): No_Removal
+    mean 0.906, sd sqrt(370e-6 / 4) = 0.0096177; noise floor = sd of Random - No_Removal = 0.00158114;
+    validation ranges 0, 1, 2, 3, 4 pp over the last 3 epochs -> mean and median 2 pp; and each trial's
+    differences, so that one outlying trial is visible."""
+    import pandas as pd
+
+    from reproduction.report import regime_row, regime_table, trial_differences
+    folder = make_fake_runs(tmp_path)
+    for seed in range(5):
+        log = folder / "train_log" / f"train_log_seed_{seed}.csv"
+        log.parent.mkdir(exist_ok=True)
+        accuracy = [0.5, 0.9, 0.9 + 0.01 * seed, 0.9]
+        pd.DataFrame({"epoch": [1, 2, 3, 4], "val_accuracy": accuracy}).to_csv(log, index=False)
+    data = load_experiment(EXP, folder)
+    r = regime_row(data)
+    assert (r["n_train"], r["steps_per_epoch"], r["trials"]) == (4, 1, 5)
+    assert r["no_removal_mean"] == pytest.approx(0.906, abs=1e-12)
+    assert r["no_removal_sd"] == pytest.approx(0.0096176920, rel=1e-7)
+    assert r["noise_floor_sd"] == pytest.approx(0.0015811388, rel=1e-7)
+    assert r["val_range_mean"] == pytest.approx(0.02) and r["val_range_median"] == pytest.approx(0.02)
+    assert regime_table([data])[2] == "| fake MNIST | 4 | 1 | 5 | 90.60 +- 0.96 | 2.0 / 2.0 | 0.16 |"
+    rows = trial_differences(data, 2)
+    assert rows[0] == "| seed | Ours - No_Removal (pp) | Hara - No_Removal (pp) | Random - No_Removal (pp) |"
+    assert rows[2:] == ["| 0 | +0.10 | +0.20 | -0.20 |", "| 1 | +0.20 | +0.20 | +0.10 |",
+                        "| 2 | +0.30 | +0.20 | +0.00 |", "| 3 | +0.40 | +0.40 | -0.10 |",
+                        "| 4 | +0.50 | +0.40 | +0.20 |"]
+    index = build_report(Scale("fake", (EXP,)), tmp_path).read_text()
+    assert "## Regime of every experiment" in index and "| fake MNIST | 4 | 1 | 5 | 90.60 +- 0.96 |" in index
+    assert "Each trial at n = 2:" in index and "| 4 | +0.50 | +0.40 | +0.20 |" in index
