@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -24,40 +23,7 @@ if str(ROOT) not in sys.path:
 from cleansing.cli import run_main  # noqa: E402
 from cleansing.estimator import positive_int  # noqa: E402
 from common.errors import UserError  # noqa: E402
-
-SETTINGS = (("MNIST", "mnist", (1, 32, 32)), ("CIFAR-10", "cifar10", (3, 32, 32)))
-
-
-def cnn6_file_bytes(input_shape, num_classes: int = 10) -> int:
-    """Size in bytes of a cnn6 parameter file written by ``save_params``."""
-    import numpy as np
-
-    from common.params_io import save_params
-    from models.networks import build_model
-
-    params = build_model("cnn6", input_shape, num_classes).create_parameters(np.random.RandomState(0))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "cnn6.h5"
-        save_params(path, params)
-        return path.stat().st_size
-
-
-def build_table(param_bytes: dict, batch_size: int, epochs: int):
-    """One DataFrame: dataset, n_train, T, method, stored, bytes, GB, paper GB, ours/paper."""
-    import pandas as pd
-
-    from sgd_influence.cache_table import PAPER_TABLE1, cache_table_rows
-
-    frames = []
-    for label, key, _ in SETTINGS:
-        paper = PAPER_TABLE1[key]
-        rows = cache_table_rows(param_bytes[key], paper["n_train"], batch_size, epochs)
-        rows.insert(0, "dataset", label)
-        paper_setting = batch_size == 32 and epochs == 20
-        rows["paper_GB"] = [paper[m] if paper_setting else float("nan") for m in rows["method"]]
-        rows["ratio"] = rows["GB"] / rows["paper_GB"]
-        frames.append(rows)
-    return pd.concat(frames, ignore_index=True)
+from sgd_influence.cache_table import SETTINGS, build_table, cnn6_file_bytes  # noqa: E402
 
 
 def format_table(table) -> str:

@@ -7,6 +7,7 @@ rebuilt from the output folder in each process (``trial_context`` caches it per 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gc
 import json
 from dataclasses import dataclass, field
@@ -75,6 +76,11 @@ class Trial:
         if self._u_stats is None:
             self._u_stats = validation_loss_stats_grad(self.learner, self.data)
         return self._u_stats
+
+    def with_target(self, u: dict, u_stats: dict) -> Trial:
+        """This trial with another target gradient in place of the validation loss's (``u``, and
+        ``u_stats`` for the batch-norm statistics): e.g. one test image's loss, to explain it."""
+        return dataclasses.replace(self, _u=u, _u_stats=u_stats)
 
     def _load_validation_grad(self) -> None:
         stored = load_validation_grad(self.paths.validation_grad(self.seed))

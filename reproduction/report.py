@@ -355,7 +355,7 @@ def plot_claim4(data: ExperimentData, path: Path) -> None:
 def cache_table_lines() -> Tuple[List[str], Optional[list]]:
     """Claim 3 (Table 1) from the size of a cnn6 parameter file saved now (seconds; ``cache_table.py``)."""
     try:
-        import cache_table
+        from sgd_influence import cache_table
 
         sizes = {key: cache_table.cnn6_file_bytes(shape) for _, key, shape in cache_table.SETTINGS}
         table = cache_table.build_table(sizes, 32, 20)

@@ -5,8 +5,11 @@ per-step cache of the last epoch ``theta x T``, Ours only the final parameters `
 """
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 
 from common.errors import UserError
@@ -46,3 +49,33 @@ def cache_table(param_file_bytes: int, dataset: str, n_train: int, batch_size: i
         means = measured.groupby("method")["bytes"].mean()
         table["measured_bytes"] = table["method"].map(means)
     return table
+
+
+#: The paper's two settings of Table 1: (label, dataset key, cnn6 input shape).
+SETTINGS = (("MNIST", "mnist", (1, 32, 32)), ("CIFAR-10", "cifar10", (3, 32, 32)))
+
+
+def cnn6_file_bytes(input_shape, num_classes: int = 10) -> int:
+    """Size in bytes of a cnn6 parameter file written by ``save_params``."""
+    from common.params_io import save_params
+    from models.networks import build_model
+
+    params = build_model("cnn6", input_shape, num_classes).create_parameters(np.random.RandomState(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cnn6.h5"
+        save_params(path, params)
+        return path.stat().st_size
+
+
+def build_table(param_bytes: dict, batch_size: int, epochs: int):
+    """One DataFrame: dataset, n_train, T, method, stored, bytes, GB, paper GB, ours/paper."""
+    frames = []
+    for label, key, _ in SETTINGS:
+        paper = PAPER_TABLE1[key]
+        rows = cache_table_rows(param_bytes[key], paper["n_train"], batch_size, epochs)
+        rows.insert(0, "dataset", label)
+        paper_setting = batch_size == 32 and epochs == 20
+        rows["paper_GB"] = [paper[m] if paper_setting else float("nan") for m in rows["method"]]
+        rows["ratio"] = rows["GB"] / rows["paper_GB"]
+        frames.append(rows)
+    return pd.concat(frames, ignore_index=True)

@@ -9,7 +9,6 @@ pushes towards the error). Cost: one influence stage per explained image.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -39,7 +38,7 @@ def wrong_class_influence(trial, compute: Callable, wrong: np.ndarray, preds: np
         x = to_network_input(data.test.images[t:t + 1], data.mean, data.std)
         batch = [(x, np.asarray(preds[t:t + 1]))]
         u, u_stats = learner.mean_loss_grad(batch, train=False), learner.running_stats_grad(batch)
-        cols.append(compute(replace(trial, _u=u, _u_stats=u_stats)))
+        cols.append(compute(trial.with_target(u, u_stats)))
     return np.stack(cols, axis=1) if cols else np.zeros((len(data.train), 0))
 
 

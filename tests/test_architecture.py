@@ -119,3 +119,16 @@ def test_bench_and_the_study_import_nothing_from_the_tests(folder):
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests":
                 bad.append(f"{f.relative_to(ROOT)} imports {node.module}")
     assert not bad, "\n".join(bad)
+
+
+def test_no_package_imports_a_top_level_script():
+    """The drivers and tools at the top (eval_*.py, cache_table.py, reproduce.py, figure5.py) are thin
+    ends: packages never import them (``estimators.py``, the registry, is a layer of its own)."""
+    scripts = {f.stem for f in ROOT.glob("*.py")} - set(LAYERS)
+    bad = []
+    for _, f in modules():
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            bad += [f"{f.relative_to(ROOT)} imports {n}" for n in names if n.split(".")[0] in scripts]
+    assert scripts >= {"cache_table", "reproduce", "eval_sgd_influence"} and not bad, "\n".join(bad)

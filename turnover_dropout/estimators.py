@@ -118,10 +118,10 @@ def _network(trial, layers, network: int, trained: Trained) -> TDLearner:
     return td
 
 
-class TurnoverDropout(Estimator):
-    """Mean influence on the validation set of each training instance (Kobayashi et al., 2020)."""
+class _TurnoverDropoutFamily(Estimator):
+    """What the turn-over dropout estimators share: their options, the trained networks (artefacts,
+    one per ``--td-networks``, shared by every member) and their cost; each member scores them its way."""
 
-    name = NAME
     cost_epochs = 1.0  # its networks are artefact tasks of their own
     options = TDOptions
 
@@ -133,6 +133,12 @@ class TurnoverDropout(Estimator):
         return [_network(trial, layers, k, trial.artefact(a))
                 for k, a in enumerate(self.artefacts(trial.cfg, options))]
 
+
+class TurnoverDropout(_TurnoverDropoutFamily):
+    """Mean influence on the validation set of each training instance (Kobayashi et al., 2020)."""
+
+    name = NAME
+
     def estimate(self, trial, options: TDOptions) -> Estimate:
         nets = self.networks(trial, options)
         show = trial.cfg.runtime.show_progress
@@ -142,34 +148,25 @@ class TurnoverDropout(Estimator):
         return explain_errors(self.networks(trial, options)[0], trial.data, max_errors)
 
 
-class TurnoverDropoutSelf(TurnoverDropout):
+class TurnoverDropoutSelf(_TurnoverDropoutFamily):
     """Minus the self-influence ``I(z_i, z_i) = L(f^{m~(z_i)}, z_i) - L(f^{m(z_i)}, z_i)`` of every
     training instance: how much ``z_i``'s own loss rises without ``z_i`` (Koh & Liang's ranking for
     fixing mislabeled examples, estimated by turn-over dropout). Negated so that, as for every
     method, the lowest score comes first: samples only memorised, not predicted, lead."""
 
     name = SELF_NAME
-    cost_epochs = 1.0
 
     def estimate(self, trial, options: TDOptions) -> Estimate:
         idx = np.arange(len(trial.data.train))
         nets = self.networks(trial, options)
         return Estimate(np.mean([np.subtract(*instance_losses(net, trial.data, idx)[:2]) for net in nets], axis=0))
 
-    def explain(self, trial, options, max_errors):  # explanations are Turnover_dropout's
-        raise NotImplementedError
 
-    @property
-    def explains_errors(self) -> bool:
-        return False
-
-
-class TurnoverDropoutResidual(TurnoverDropoutSelf):
+class TurnoverDropoutResidual(_TurnoverDropoutFamily):
     """``Turnover_dropout``'s score less the part its instance's mask bits predict, fitted on fresh
     masks (``residual_validation_influence``); averaged over the networks like the plain score."""
 
     name = RESIDUAL_NAME
-    cost_epochs = 1.0
 
     def estimate(self, trial, options: TDOptions) -> Estimate:
         show = trial.cfg.runtime.show_progress

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import cache_table as cache_table_cli
-from sgd_influence.cache_table import cache_table, cache_table_rows
+from sgd_influence.cache_table import SETTINGS, cache_table, cache_table_rows, cnn6_file_bytes
 
 
 def test_cache_table_rows_arithmetic():
@@ -24,7 +24,7 @@ def test_cache_table_rows_arithmetic():
 
 
 def test_cache_table_cli_measures_cnn6(capsys):
-    sizes = {key: cache_table_cli.cnn6_file_bytes(shape) for _, key, shape in cache_table_cli.SETTINGS}
+    sizes = {key: cnn6_file_bytes(shape) for _, key, shape in SETTINGS}
     assert sizes["mnist"] == pytest.approx(1.236e6, rel=0.01)
     assert sizes["cifar10"] > sizes["mnist"]                     # 576 more weights in conv1
     table = cache_table_cli.build_table(sizes, 32, 20)
