@@ -434,6 +434,16 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
         "the other n are shown, not tested for the verdict (no picking of the best n).",
         "",
     ]
+    commits: Dict[str, int] = {}
+    for d in datas.values():
+        for info in d.trials.values():
+            key = str(info.get("commit") or "not recorded")
+            commits[key] = commits.get(key, 0) + 1
+    if commits:
+        lines += ["Code of the trials (the commit in each trial's marker; trials before issue 32 did not record "
+                  "it): " + ", ".join(f"{c} ({n} trial{'s' * (n != 1)})" for c, n in sorted(commits.items())) + ". "
+                  "Refactors between them keep every influence and score CSV byte-identical (each commit that "
+                  "changes results says so).", ""]
     if scale.regime:
         lines += [scale.regime, ""]
     verdict_rows: List[Tuple[str, str, str]] = []

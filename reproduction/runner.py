@@ -166,20 +166,43 @@ def git_commit(paths: Iterable[Path], message: str, repo: Path = REPO, tries: in
 class TrialClaim:
     """A non-blocking ``flock`` held while a process runs
     that trial, so that several ``reproduce.py`` processes share one scale without taking the same
-    trial (``<runs>/.claims/<experiment>_seed_<k>``, beside the run folders, outside the repository)."""
+    trial (``<runs>/.claims/<experiment>_seed_<k>``, beside the run folders, outside the repository).
+    The file also keeps the wall seconds of the trial's earlier calls (interrupted ones included, a
+    SIGKILL's excepted), so a resumed trial's marker counts them all."""
 
     def __init__(self, runs: Path, exp: Experiment, seed: int):
         self.path = runs / ".claims" / f"{exp.name}_seed_{seed}"
         self.fh = None
+        self.mine = False
 
-    def __enter__(self) -> bool:
+    def __enter__(self) -> TrialClaim:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a")
+        self.fh = open(self.path, "a+")
         try:
             fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
+            self.mine = True
         except OSError:
-            return False
+            self.mine = False
+        return self
+
+    @property
+    def wall_s(self) -> float:
+        """Wall seconds of this trial's calls so far (as recorded by ``add_wall``)."""
+        self.fh.seek(0)
+        text = self.fh.read().strip()
+        try:
+            return float(text) if text else 0.0
+        except ValueError:
+            return 0.0
+
+    def add_wall(self, seconds: float) -> float:
+        """Record ``seconds`` more of wall time; returns the total."""
+        total = self.wall_s + seconds
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"{total:.1f}\n")
+        self.fh.flush()
+        return total
 
     def __exit__(self, *exc) -> None:
         self.fh.close()
@@ -214,14 +237,16 @@ def run_scale(
                 continue
             if max_trials is not None and done >= max_trials:
                 return done
-            with TrialClaim(runs, exp, seed) as mine:
-                if not mine or trial_done(committed, exp, seed):
+            with TrialClaim(runs, exp, seed) as claim:
+                if not claim.mine or trial_done(committed, exp, seed):
                     continue
                 log(f"{time.strftime('%H:%M:%S')} {exp.name}: trial seed {seed} starts")
                 t0 = time.time()
                 out = run_folder(scale, exp, runs, seed)
-                run(run_config(exp, runs, seed, data_dir, out), REGISTRY)
-                wall = time.time() - t0
+                try:
+                    run(run_config(exp, runs, seed, data_dir, out), REGISTRY)
+                finally:  # an interrupted call's time counts too when the trial resumes
+                    wall = claim.add_wall(time.time() - t0)
                 files = copy_trial(exp, runs, committed, seed, wall, out)
             log(f"{time.strftime('%H:%M:%S')} {exp.name}: trial seed {seed} done in {wall:.0f} s")
             if commit:

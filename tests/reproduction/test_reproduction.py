@@ -263,11 +263,35 @@ def test_two_processes_share_a_scale_through_trial_claims(tmp_path, monkeypatch)
     monkeypatch.setattr(runner, "copy_trial", lambda exp, runs, committed, seed, wall, src: [])
     scale = Scale("fake", (EXP,), trial_folders=True)
     runs = tmp_path / "runs"
-    with runner.TrialClaim(runs, EXP, 0) as mine:  # "another process" runs seed 0
-        assert mine
+    with runner.TrialClaim(runs, EXP, 0) as claim:  # "another process" runs seed 0
+        assert claim.mine
         assert runner.run_scale(scale, runs, None, max_trials=2, log=lambda s: None) == 2
     assert outs == [runs / EXP.name / "seed_1", runs / EXP.name / "seed_2"]
     assert (runs / ".claims" / f"{EXP.name}_seed_0").is_file()
+
+
+def test_a_resumed_trials_wall_time_counts_its_interrupted_calls(tmp_path, monkeypatch):
+    """Issue 32: the marker's ``wall_s`` is the sum over the trial's calls, an interrupted one included."""
+    from reproduction import runner
+
+    walls, clock = [], iter([0.0, 100.0, 1000.0, 1250.0])  # call 1: 100 s, interrupted; call 2: 250 s
+    monkeypatch.setattr(runner.time, "time", lambda: next(clock))
+    monkeypatch.setattr(runner, "committed_root", lambda name: tmp_path / "committed")
+    monkeypatch.setattr(runner, "run_config", lambda exp, runs, seed, data_dir, out: seed)
+    calls = []
+
+    def run(cfg, registry):
+        calls.append(cfg)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(runner, "run", run)
+    monkeypatch.setattr(runner, "copy_trial",
+                        lambda exp, runs, committed, seed, wall, src: walls.append(wall) or [])
+    scale = Scale("fake", (EXP,))
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_scale(scale, tmp_path / "runs", None, max_trials=1, log=lambda s: None)
+    assert runner.run_scale(scale, tmp_path / "runs", None, max_trials=1, log=lambda s: None) == 1
+    assert walls == [350.0]
 
 
 def test_regime_table_and_each_trials_differences_by_hand(tmp_path):
@@ -300,3 +324,4 @@ def test_regime_table_and_each_trials_differences_by_hand(tmp_path):
     index = build_report(Scale("fake", (EXP,)), tmp_path).read_text()
     assert "## Regime of every experiment" in index and "| fake MNIST | 4 | 1 | 5 | 90.60 +- 0.96 |" in index
     assert "Each trial at n = 2:" in index and "| 4 | +0.50 | +0.40 | +0.20 |" in index
+    assert "Code of the trials (the commit in each trial's marker" in index and "not recorded (5 trials)" in index
