@@ -1,9 +1,13 @@
-"""The "Random" control: a seeded random order, the baseline every estimator is compared with."""
+"""The free rankings beside the influence estimators: Random (the control), Loss and AUM."""
 from __future__ import annotations
 
 import numpy as np
 
+from common.errors import UserError
+from datasets.batches import split_batches
+
 from .estimator import Estimate, Estimator
+from .train import load_margins
 
 
 class Random(Estimator):
@@ -28,6 +32,25 @@ class Loss(Estimator):
     cost_epochs = 0.34  # one forward pass over the training set
 
     def estimate(self, trial, options) -> Estimate:
-        from datasets.batches import split_batches
         losses = [trial.learner.losses_and_predictions(x, y)[0] for x, y in split_batches(trial.data, trial.data.train)]
         return Estimate(-np.concatenate(losses))
+
+
+class AUM(Estimator):
+    """Area under the margin (Pleiss et al. 2020), the free ranking of suspicious labels: each
+    training sample's margin (the logit of its label minus the largest other logit) averaged over
+    the epochs, as the training steps saw it: the augmented image (with augmentation on) at the
+    parameters before that step's update, read from the step's own forward pass, so it costs no extra
+    pass. Lowest first: samples the network keeps arguing with lead. Not an influence (issues 32, 35)."""
+
+    name = "AUM"
+    cost_epochs = 0.01
+
+    def estimate(self, trial, options) -> Estimate:
+        path = trial.paths.margins(trial.seed)
+        if not path.is_file():
+            raise UserError(f"AUM needs the margins the training records ({path}); this trial was trained before "
+                            f"they were recorded: train it again in a new -o")
+        with np.errstate(all="ignore"):
+            aum = np.nanmean(load_margins(path), axis=0)
+        return Estimate(np.where(np.isfinite(aum), aum, 0.0))

@@ -52,6 +52,14 @@ class RunPaths:
     def trace(self, seed: int) -> Path:
         return self.weights(seed) / "trace.npz"
 
+    def epoch_margins(self, seed: int, epoch: int) -> Path:
+        """The margins the training steps of epoch ``epoch`` (1-based, before the last) saw."""
+        return self.epochs_dir(seed) / f"epoch_{epoch:03d}_margins.npz"
+
+    def margins(self, seed: int) -> Path:
+        """Every epoch's margin of every training sample (``train.merge_margins``: the AUM's input)."""
+        return self.weights(seed) / "margins.npz"
+
     def validation_grad(self, seed: int) -> Path:
         """``u`` and ``u_stats`` at the final parameters (``Trial.u``), computed once for every estimator."""
         return self.weights(seed) / VALIDATION_GRAD

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from cleansing.paths import RunPaths
 from common.errors import UserError
-from common.fileio import write_csv_atomic
+from common.fileio import atomic_path, write_csv_atomic
 from common.params_io import load_params, save_params
 from common.progress import steps as report_steps
 from datasets import DataBundle
@@ -76,12 +76,15 @@ def check_loss(loss: float, num_classes: int, epoch: int, step: int) -> None:
 
 def run_steps(learner: Learner, data: DataBundle, trace: Trace, steps: Iterable[int], augment: bool,
               removed: Optional[np.ndarray] = None, before_step: Optional[Callable[[int], None]] = None,
-              progress: Optional[tqdm] = None) -> float:
+              progress: Optional[tqdm] = None, margins: Optional[np.ndarray] = None) -> float:
     """Replay trace ``steps`` on ``learner``; returns the mean training loss over them.
 
     ``removed`` (bool mask over training positions) gives counterfactual SGD: removed samples
     are left out of their mini-batches, and the step stays ``lr/|S_t|`` times the sum over the
     kept samples (``|S_t|`` the original batch size); a step with nothing kept is skipped.
+    ``margins`` (float array over training positions): each trained row's margin as its step saw it
+    (the augmented image, parameters before the update), the logit of its label minus the largest
+    other logit, read from the step's own forward pass (``Learner.step_logits``).
     """
     total, count = 0.0, 0
     steps = list(steps)
@@ -97,12 +100,36 @@ def run_steps(learner: Learner, data: DataBundle, trace: Trace, steps: Iterable[
             x, y = training_batch(data, idx, seeds, augment)
             loss = learner.sgd_step(x, y, float(trace.lr[t]), batch_size=batch_size)
             check_loss(loss, data.num_classes, int(trace.epoch[t]), t)
+            if margins is not None:
+                margins[idx] = label_margins(learner.step_logits(), np.asarray(y).reshape(-1))
             total += loss * len(idx)
             count += len(idx)
         if progress is not None:
             progress.update(1)
         report_steps(i + 1, len(steps))
     return total / max(count, 1)
+
+
+def label_margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per row: the logit of its label minus the largest other logit (Pleiss et al. 2020's margin)."""
+    rows = np.arange(len(labels))
+    own = logits[rows, labels]
+    other = logits.copy()
+    other[rows, labels] = -np.inf
+    return own - other.max(axis=1)
+
+
+def save_margins(path: Path, margins: np.ndarray) -> None:
+    """``margins`` (epochs x training positions, NaN where a sample was not trained) atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, margins=np.asarray(margins, dtype=np.float64))
+
+
+def load_margins(path: Path) -> np.ndarray:
+    """The array ``save_margins`` wrote (no pickle)."""
+    with np.load(path, allow_pickle=False) as z:
+        return np.asarray(z["margins"], dtype=np.float64)
 
 
 def evaluate_splits(learner: Learner, data: DataBundle, test: bool = True) -> dict:
@@ -168,9 +195,11 @@ def train_head_epoch(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: 
         bar = tqdm(total=len(steps), desc=f"train seed {seed}, epoch {epoch}", unit="step",
                    disable=not show_progress, leave=False)
         t0 = time.time()
-        loss = run_steps(learner, data, trace, steps, cfg.augment, progress=bar)
+        margins = np.full(len(data.train), np.nan)
+        loss = run_steps(learner, data, trace, steps, cfg.augment, progress=bar, margins=margins)
         bar.close()
         row = pd.DataFrame([{"epoch": epoch, "train_loss": loss, "seconds": time.time() - t0}])
+        save_margins(paths.epoch_margins(seed, epoch), margins[None])
     save_params(state_after(cfg, paths, seed, epoch), learner.params)
     write_csv_atomic(paths.epoch_log(seed, epoch, "train"), row)
 
@@ -222,13 +251,25 @@ def train_last_epoch(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: 
     bar = tqdm(total=len(steps), desc=f"train seed {seed}, last epoch", unit="step", disable=not show_progress,
                leave=False)
     t0 = time.time()
+    margins = np.full(len(data.train), np.nan)
     loss = run_steps(learner, data, trace, steps, cfg.augment, before_step=save_step if save_hara else None,
-                     progress=bar)
+                     progress=bar, margins=margins)
     bar.close()
     last = pd.DataFrame([_epoch_row(cfg.epochs - 1, loss, learner, data, t0)], columns=TRAIN_LOG_COLUMNS)
     save_params(paths.params(seed, "final"), learner.params)
+    save_margins(paths.margins(seed), merge_margins(cfg, paths, seed, margins))
     write_csv_atomic(paths.train_log(seed), pd.concat([rows, last], ignore_index=True) if len(rows) else last)
     shutil.rmtree(paths.epochs_dir(seed), ignore_errors=True)
+
+
+def merge_margins(cfg: TrainConfig, paths: RunPaths, seed: int, last: np.ndarray) -> np.ndarray:
+    """Every epoch's margins (epochs x training positions): the epochs before the last from their
+    tasks' files (NaN rows for epochs trained before margins were recorded), then ``last``."""
+    rows = []
+    for e in range(1, cfg.epochs):
+        f = paths.epoch_margins(seed, e)
+        rows.append(load_margins(f)[0] if f.is_file() else np.full(len(last), np.nan))
+    return np.stack(rows + [last])
 
 
 def train_with_trace(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int,

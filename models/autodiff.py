@@ -280,7 +280,7 @@ class Learner:
         logits = self.model.logits(x, self.params, train=True, stats=self.params)
         losses = per_sample_loss(logits, y)
         loss = F.sum(losses) * scale
-        return Graph(x=x, y=y, scale=scale, loss=persist(loss), losses=persist(losses))
+        return Graph(x=x, y=y, scale=scale, loss=persist(loss), losses=persist(losses), logits=persist(logits))
 
     def _build_eval(self, batch: int, train: bool) -> Graph:
         x, y = self._inputs(batch)
@@ -439,7 +439,13 @@ class Learner:
         n = len(x)
         g = self._graph("train", n, True, self._build_train)
         g.x.d, g.y.d = x, self._onehot(y)
+        self._last_step = g
         return self._apply_sgd(g, lr, batch_size or n)
+
+    def step_logits(self) -> np.ndarray:
+        """The logits (rows x classes) the last ``sgd_step`` computed, before its update: what the
+        training saw of each row (e.g. for the area under the margin, at no extra forward pass)."""
+        return np.array(self._last_step.logits.d, dtype=np.float64)
 
     def _apply_sgd(self, g, lr: float, batch_size: int) -> float:
         """One update of the training graph ``g`` (inputs already set): loss scaled by 1/batch_size."""
