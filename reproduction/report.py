@@ -268,19 +268,24 @@ def combine(verdicts: Sequence[stats.Verdict]) -> str:
 
 # ---------------------------------------------------------------------------- figures
 def plot_differences(datas: Sequence[Tuple[str, ExperimentData]], path: Path, metric: str = "test_accuracy") -> None:
-    """Per experiment a panel: paired difference to No Removal (mean, 95% CI) against n, per method."""
+    """Per experiment a panel: paired difference to No Removal (mean, 95% CI) against n, per method;
+    the methods' points are offset sideways so that their error bars do not hide each other, and the
+    primary n (the verdict's, fixed in advance) is marked."""
     fig, axes = plt.subplots(1, len(datas), figsize=(4.8 * len(datas), 4.0), squeeze=False)
     for ax, (title, data) in zip(axes[0], datas):
         if not data.scores.empty:
             t = stats.comparison_table(data.scores, metrics=(metric,))
-            for method, g in t.groupby("method"):
+            groups = list(t.groupby("method"))
+            for i, (method, g) in enumerate(groups):
                 g = g.sort_values("n_drops")
                 scale = 100.0 if "accuracy" in metric else 1.0
                 y = scale * g.base_mean.to_numpy()
                 err = scale * (g.base_ci_high - g.base_mean).to_numpy()
-                ax.errorbar(
-                    g.n_drops, y, yerr=np.nan_to_num(err), marker="o", capsize=3, label=method.replace("_", " ")
-                )
+                shift = 1.06 ** (i - (len(groups) - 1) / 2)  # a log axis: a factor, not a step
+                ax.errorbar(g.n_drops * shift, y, yerr=np.nan_to_num(err), marker="o", capsize=3,
+                            label=method.replace("_", " "))
+        if data.exp.primary_n:
+            ax.axvline(data.exp.primary_n, color="grey", lw=1, ls=":", label=f"primary n = {data.exp.primary_n}")
         ax.axhline(0, color="k", lw=1, ls="--")
         ax.set_xscale("log")
         ax.set_xlabel("training samples removed (most harmful first)")
@@ -288,7 +293,7 @@ def plot_differences(datas: Sequence[Tuple[str, ExperimentData]], path: Path, me
             ("test accuracy - No Removal (pp)" if "accuracy" in metric else f"{metric} - No Removal")
             + ", mean and 95% CI"
         )
-        ax.set_title(f"{title}\n({len(data.seeds)} trials)", fontsize=9)
+        ax.set_title(f"{title}\n({len(data.seeds)} trials; verdict at n = {data.exp.primary_n})", fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.tight_layout()
