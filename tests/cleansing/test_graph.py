@@ -212,3 +212,24 @@ def test_local_workers_run_without_the_dashboard_timers():
         assert not profiled
         assert tick == 1.0
         assert config == QUIET
+
+
+def test_task_costs_are_epochs_of_work(tmp_path):
+    """Issue 38 (19): the progress bar weighs each task by its expected cost in training epochs. Digits
+    (seed 3): 1,197 training, 300 validation, 300 test images; an evaluated image costs 1/3 of a trained
+    sample, so an evaluation of the validation set is 300 / 1197 / 3 = 0.0835 epochs."""
+    from cleansing.config import make_config
+    from cleansing.pipeline import EVAL_COST, Plan, build_graph
+    from estimators import REGISTRY
+    cfg = make_config(REGISTRY, dataset="digits", out=str(tmp_path), methods=("Hara", "Random"), remove=(0, 10),
+                      epochs=5)
+    cost = {t.key: t.cost for t in build_graph(Plan.of(cfg, REGISTRY), [3])}
+    val = EVAL_COST * 300 / 1197
+    assert EVAL_COST == pytest.approx(1 / 3) and val == pytest.approx(0.08354, rel=1e-3)
+    assert [cost[f"train-epoch-3-{e}"] for e in range(1, 5)] == [1.0] * 4
+    assert cost["train-eval-3-1"] == pytest.approx(val)
+    assert cost["train-3"] == pytest.approx(1 + 2 * val)  # the last epoch, then validation and test
+    assert cost["retrain-3-Hara-10"] == pytest.approx(1 + 2 * val) and cost["retrain-3-Hara-0"] == 0.01
+    assert cost["estimate-3-Hara"] == 2.8 and cost["estimate-3-Random"] == 0.01
+    assert sum(cost.values()) == pytest.approx(4 + 4 * val + (1 + 2 * val) + 3 * val + 2.8 + 0.01 + 2 * (1 + 2 * val)
+                                               + 2 * val + 2 * 0.01 + 0.05 + 0.05, rel=1e-9)
