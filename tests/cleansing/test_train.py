@@ -115,7 +115,8 @@ def test_epoch_tasks_give_the_bytes_of_one_uninterrupted_training(tmp_path):
     assert head_epochs(cfg) == [1, 2] and head_epochs(TrainConfig(epochs=1)) == [0]
     train_head(cfg, data, paths, 0, show_progress=False)
     assert sorted(p.name for p in paths.epochs_dir(0).iterdir()) == [
-        "epoch_001.csv", "epoch_001.h5", "epoch_001_train.csv", "epoch_002.csv", "epoch_002_train.csv"]
+        "epoch_001.csv", "epoch_001.h5", "epoch_001_margins.npz", "epoch_001_train.csv", "epoch_002.csv",
+        "epoch_002_margins.npz", "epoch_002_train.csv"]
     assert not head_complete(paths, 0) and not paths.params(0, "final").exists()
     train_last_epoch(cfg, data, paths, 0, save_hara=False, show_progress=False)
     assert not paths.epochs_dir(0).exists()  # their rows are in train_log.csv now
