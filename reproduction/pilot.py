@@ -125,6 +125,20 @@ def write_pilot(scale: Scale, committed: Path, commit: str = "") -> Path:
     else:
         settled = bool(table[table.n_train == chosen].settled.iloc[0])
         lines.append(f"**Chosen size:** {chosen:,}" + ("" if settled else " (no size is settled; the closest)") + ".")
+    lines += ["", "Each trial:", "", "| training size | seed | last-3 val range (pp) | final val accuracy (%) | "
+              "No_Removal test accuracy (%) | code |", "| ---: | ---: | ---: | ---: | ---: | --- |"]
+    for exp in scale.experiments:
+        folder = committed / "runs" / exp.name
+        for marker in sorted((folder / "trials").glob("seed_*.json")):
+            seed = int(marker.stem.split("_")[1])
+            log = folder / "train_log" / f"train_log_seed_{seed}.csv"
+            score = folder / "score" / "No_Removal" / f"score_delete_worst_0_seed_{seed}.csv"
+            if log.is_file() and score.is_file():
+                tl = pd.read_csv(log)
+                acc = float(pd.read_csv(score).test_accuracy.iloc[0])
+                lines.append(f"| {exp.n_train:,} | {seed} | {100 * val_range(tl):.2f} | "
+                             f"{100 * float(tl.sort_values('epoch').val_accuracy.iloc[-1]):.2f} | {100 * acc:.2f} | "
+                             f"{json.loads(marker.read_text()).get('commit', '-')} |")
     missing = int(sum(max(0, e.trials - s) for e, s in zip(scale.experiments, table.seeds)))
     hours = compute_hours(scale, committed)
     lines.append(f"\nProgress: {int(table.seeds.sum())} trials done, {missing} remaining, {hours:.1f} core-hours spent "

@@ -72,3 +72,4 @@ def test_the_table_from_fake_committed_runs(tmp_path):
     assert "| 5,000 | 157 | 3 | 0.40 | 0.40 | 97.50 | 0.50 | no |" in text
     assert "| 20,000 | 625 | 2 | 0.40 | 0.40 | 98.05 | 0.07 | - |" in text  # two of three seeds: not judged yet
     assert "Progress: 8 trials done, 1 remaining, 1.0 core-hours spent" in text  # 8 x 450 s
+    assert "| 5,000 | 1 | 0.40 | 97.40 | 98.00 | - |" in text  # each trial: range, final val, test accuracy
