@@ -139,8 +139,10 @@ def copy_trial(exp: Experiment, runs: Path, committed: Path, seed: int, wall_s: 
 
 
 def code_commit(repo: Path = REPO) -> str:
-    """The commit the code runs at (short hash, ``+dirty`` when tracked Python files differ from it)."""
-    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    """The commit of the code that runs: the last commit that changed a Python file (the study's own
+    result commits change none), ``+dirty`` when tracked Python files differ from it."""
+    head = subprocess.run(["git", "-C", str(repo), "log", "-1", "--format=%h", "--", "*.py"], capture_output=True,
+                          text=True)
     dirty = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", "HEAD", "--", "*.py"], capture_output=True)
     return head.stdout.strip() + ("+dirty" if dirty.returncode else "")
 
