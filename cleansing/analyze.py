@@ -87,9 +87,10 @@ def plot_result_panels(summaries: Sequence[Tuple[str, pd.DataFrame]], path: Path
 
 
 def cache_sizes(paths: RunPaths, seeds: Iterable[int], methods: Iterable[str],
-                caches: Optional[Dict[str, str]] = None) -> pd.DataFrame:
+                caches: Optional[Dict[str, str]] = None, epochs: Optional[int] = None) -> pd.DataFrame:
     """Files and bytes on disk of each method's parameter cache, per trial. ``caches``: method ->
-    'steps' (the per-step parameters of the last epoch), 'none', or 'final' (the default: the final
+    'steps' (the per-step parameters of the last epoch), 'epochs' (the parameters after every epoch,
+    the final ones included), 'none', or 'final' (the default: the final
     parameters only)."""
     caches = caches or {}
     rows = []
@@ -98,6 +99,8 @@ def cache_sizes(paths: RunPaths, seeds: Iterable[int], methods: Iterable[str],
             kind = caches.get(method, "final")
             if kind == "steps":
                 files = sorted(paths.steps_dir(seed).glob("step_*.h5"))
+            elif kind == "epochs":
+                files = paths.epoch_param_files(seed, epochs or 0)
             elif kind == "none":
                 files = []
             else:
@@ -157,10 +160,11 @@ def run_scores(scores: pd.DataFrame, seeds: Sequence[int], methods: Sequence[str
 
 def analyze(paths: RunPaths, seeds: List[int], methods: List[str], title: str = "",
             timings: Optional[pd.DataFrame] = None, caches: Optional[Dict[str, str]] = None,
-            removals: Optional[Sequence[int]] = None, log=print) -> pd.DataFrame:
+            removals: Optional[Sequence[int]] = None, log=print, epochs: int = 0) -> pd.DataFrame:
     """Write summary.csv, cache_size.csv, timings.csv and fig/result.png for this run's trials,
     methods and ``removals`` only (``run_scores``; a note through ``log`` when the folder holds more);
-    return the summary. ``caches``: method -> the parameter cache it reads (see ``cache_sizes``)."""
+    return the summary. ``caches``: method -> the parameter cache it reads (see ``cache_sizes``; ``epochs``:
+    the training's, for the 'epochs' cache)."""
     every = collect_scores(paths)
     mine = run_scores(every, seeds, methods, removals)
     if len(mine) < len(every):
@@ -171,7 +175,7 @@ def analyze(paths: RunPaths, seeds: List[int], methods: List[str], title: str = 
             f"left out: rerun with those settings to summarise them (nothing is recomputed)")
     summary = summarize(mine)
     write_csv_atomic(paths.run_table("summary"), summary)
-    write_csv_atomic(paths.run_table("cache_size"), cache_sizes(paths, seeds, methods, caches))
+    write_csv_atomic(paths.run_table("cache_size"), cache_sizes(paths, seeds, methods, caches, epochs))
     if timings is not None:
         write_csv_atomic(paths.run_table("timings"), timings)
     plot_result(summary, paths.run_figure("result"), title)

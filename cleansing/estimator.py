@@ -12,8 +12,9 @@ An estimator declares
 * ``options``: an ``Options`` dataclass (shared by a family of estimators) whose fields become one
   argument group of every driver (``--field-name``) and keys of the run manifest;
 * ``needs_step_params``: the training must keep the per-step parameters of its last epoch
-  (Hara et al.'s cache); ``artefacts(trial, options)``: further trained objects it needs (e.g. a
-  turn-over-dropout network), each a task of its own whose parameters the pipeline stores;
+  (Hara et al.'s cache); ``needs_epoch_params``: it must keep the parameters after every epoch
+  (``Trial.epoch_params``: TracIn's checkpoints); ``artefacts(trial, options)``: further trained
+  objects it needs (e.g. a turn-over-dropout network), each a task of its own whose parameters the pipeline stores;
 * ``needs_validation_grad``: it reads ``trial.u`` (computed once per trial, before it);
 * ``after``: estimators whose scores it reuses (they run first);
 * ``explain(trial, options, max_errors)`` when it can explain test errors, and ``control`` for a
@@ -200,6 +201,9 @@ class Estimator:
     name: str = ""
     options: Optional[type] = None
     needs_step_params: bool = False
+    #: True: the training keeps the parameters after every epoch (``Trial.epoch_params``), which it
+    #: otherwise deletes once the last epoch is trained
+    needs_epoch_params: bool = False
     #: False: ``estimate`` reads only ``trial.data`` and ``trial.seed`` (``trial.trace`` and
     #: ``trial.learner`` are None) and may run beside the training (the Random control)
     needs_final_model: bool = True

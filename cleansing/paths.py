@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import List, Union
 
 #: file name of the stored validation gradient (``RunPaths.validation_grad``): it depends on the
 #: validation data, so the "influence" scope of ``cleansing.outdir`` removes it with the scores
@@ -29,12 +29,26 @@ class RunPaths:
 
     def epochs_dir(self, seed: int) -> Path:
         """The epochs before the last, one training and one evaluation task each (removed once
-        ``train_log.csv`` holds their rows)."""
+        ``train_log.csv`` holds their rows, but for their parameters when an estimator needs them)."""
         return self.weights(seed) / "epochs"
 
     def epoch_params(self, seed: int, epoch: int) -> Path:
         """Parameters after epoch ``epoch`` (1-based) of the epochs before the last but one."""
         return self.epochs_dir(seed) / f"epoch_{epoch:03d}.h5"
+
+    def after_epoch(self, seed: int, epoch: int, epochs: int) -> Path:
+        """The parameters after epoch ``epoch`` of ``epochs`` (0: the initial ones, ``epochs``: the final
+        ones; the epochs before the last but one are kept only for ``Estimator.needs_epoch_params``)."""
+        if epoch == epochs:
+            return self.params(seed, "final")
+        if epoch == 0:
+            return self.params(seed, "initial")
+        return self.params(seed, "start_last_epoch") if epoch == epochs - 1 else self.epoch_params(seed, epoch)
+
+    def epoch_param_files(self, seed: int, epochs: int) -> List[Path]:
+        """The stored parameters after each epoch 1 .. ``epochs`` (those that exist)."""
+        files = [self.after_epoch(seed, e, epochs) for e in range(1, epochs + 1)]
+        return [f for f in files if f.is_file()]
 
     def epoch_log(self, seed: int, epoch: int, part: str = "") -> Path:
         """Epoch ``epoch``'s ``train_log.csv`` row (``part="train"``: its training half, which marks

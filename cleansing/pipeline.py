@@ -208,7 +208,8 @@ def train_task(plan: Plan, seed: int):
     if training_complete(paths, seed, steps, steps_last):
         return len(data.train), []
     t0 = time.time()
-    train_last_epoch(cfg.train, data, paths, seed, save_hara=steps, show_progress=cfg.runtime.show_progress)
+    train_last_epoch(cfg.train, data, paths, seed, save_hara=steps, show_progress=cfg.runtime.show_progress,
+                     keep_epochs=any(e.needs_epoch_params for e in plan.estimators))
     base = paths.score_csv(analysis.NO_REMOVAL, 0, seed)
     if not cfg.removal.retrain_all and 0 in planned_removals(cfg, len(data.train)) and not base.is_file():
         # the final model's scores, just computed for the log's last row on the data of this run: the
@@ -407,9 +408,10 @@ def run_reports_task(plan: Plan, seeds: List[int]):
     cfg = plan.cfg
     paths = RunPaths(cfg.out)
     title = f"{cfg.data.dataset} / {cfg.train.model}, {len(seeds)} trial(s)"
-    caches = {e.name: "steps" if e.needs_step_params else "none" if e.control else "final" for e in plan.estimators}
+    caches = {e.name: "steps" if e.needs_step_params else "epochs" if e.needs_epoch_params else "none" if e.control
+              else "final" for e in plan.estimators}
     summary = analysis.analyze(paths, seeds, list(cfg.methods), title, caches=caches,
-                               removals=planned_removals(cfg))
+                               removals=planned_removals(cfg), epochs=cfg.train.epochs)
     write_run_reports(plan, paths, len(load_trial_data(cfg, seeds[0]).train), title)
     merge_logs(plan, paths, seeds)
     return summary, []

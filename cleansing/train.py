@@ -236,10 +236,11 @@ def head_rows(cfg: TrainConfig, paths: RunPaths, seed: int) -> pd.DataFrame:
 
 
 def train_last_epoch(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int, save_hara: bool,
-                     show_progress: bool = True) -> None:
+                     show_progress: bool = True, keep_epochs: bool = False) -> None:
     """The last epoch from ``start_last_epoch.h5`` (after the epochs before it and their
     evaluations): Hara's per-step cache when asked, ``final.h5``, and ``train_log.csv`` (last: every
-    epoch's row; its presence marks the training complete); then the epochs' own files go."""
+    epoch's row; its presence marks the training complete); then the epochs' own files go, except
+    their parameters (``epoch_XXX.h5``) with ``keep_epochs``."""
     trace = load_trace(paths.trace(seed), len(data.train))
     learner = learner_from_file(cfg, data, paths.params(seed, "start_last_epoch"))
     rows = head_rows(cfg, paths, seed)
@@ -259,7 +260,12 @@ def train_last_epoch(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: 
     save_params(paths.params(seed, "final"), learner.params)
     save_margins(paths.margins(seed), merge_margins(cfg, paths, seed, margins))
     write_csv_atomic(paths.train_log(seed), pd.concat([rows, last], ignore_index=True) if len(rows) else last)
-    shutil.rmtree(paths.epochs_dir(seed), ignore_errors=True)
+    if not keep_epochs:
+        shutil.rmtree(paths.epochs_dir(seed), ignore_errors=True)
+    elif paths.epochs_dir(seed).is_dir():
+        for f in paths.epochs_dir(seed).iterdir():
+            if f.suffix != ".h5":
+                f.unlink()
 
 
 def merge_margins(cfg: TrainConfig, paths: RunPaths, seed: int, last: np.ndarray) -> np.ndarray:

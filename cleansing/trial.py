@@ -96,6 +96,16 @@ class Trial:
         """Parameters before global step ``step`` of the last epoch (estimators with ``needs_step_params``)."""
         return load_params(self.paths.step_params(self.seed, step))
 
+    def epoch_params(self, epoch: int, method: str) -> Dict[str, np.ndarray]:
+        """Parameters (running statistics included) after epoch ``epoch`` (0: the initial ones, E: the
+        final ones), kept by the training for estimators with ``needs_epoch_params``; ``method`` names
+        the estimator in the error when this folder's training did not keep them."""
+        path = self.paths.after_epoch(self.seed, epoch, self.cfg.train.epochs)
+        if not path.is_file():
+            raise UserError(f"{method} needs the parameters after epoch {epoch} ({path}); this folder's training "
+                            f"did not keep them: train again in a new -o with {method} in --methods")
+        return load_params(path)
+
     def artefact(self, artefact: Artefact) -> Trained:
         """The stored ``artefact`` of this trial (its task ran before the estimator that reads it)."""
         name = artefact.name
