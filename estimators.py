@@ -7,6 +7,7 @@ from cleansing.baselines import AUM, Loss, Random
 from cleansing.estimator import Registry
 from influence_functions import ESTIMATORS as INFLUENCE_FUNCTIONS
 from sgd_influence import ESTIMATORS as SGD_INFLUENCE
+from tracin import ESTIMATORS as TRACIN
 from turnover_dropout import ESTIMATORS as TURNOVER_DROPOUT
 
-REGISTRY = Registry([*SGD_INFLUENCE, *INFLUENCE_FUNCTIONS, *TURNOVER_DROPOUT, Loss(), AUM(), Random()])
+REGISTRY = Registry([*SGD_INFLUENCE, *INFLUENCE_FUNCTIONS, *TURNOVER_DROPOUT, *TRACIN, Loss(), AUM(), Random()])

@@ -11,23 +11,29 @@ relative residual on the full-batch Hessian.
 eigenvalue-corrected Kronecker-factored (EK-FAC) approximation of the Gauss-Newton matrix, fitted
 in two passes over the training set: no iterative solve. ``estimators``: the pipeline's estimators.
 """
-from .ekfac import FISHERS, Ekfac, EkfacInfo, EkfacOptions, ekfac_influence
-from .estimator import default_damping, influence_functions, influence_scores, inverse_hvp
+from .ekfac import FISHERS, Ekfac, EkfacInfo, EkfacOptions, ekfac_influence, ekfac_self_influence
+from .estimator import default_damping, exact_self_influence, influence_functions, influence_scores, inverse_hvp
 from .estimators import (
     EKFAC,
+    EKFAC_SELF,
     ESTIMATORS,
+    EXACT_SELF,
     NAME,
     ORIGINAL_SIGN,
     InfluenceFunctions,
     InfluenceFunctionsEkfac,
+    InfluenceFunctionsEkfacSelf,
     InfluenceFunctionsOriginalSign,
+    InfluenceFunctionsSelf,
     InfluenceOptions,
     original_sign,
 )
 from .solvers import SOLVERS, SolverInfo, SolverOptions, conjugate_gradient, lissa, minres, momentum_sgd, solve
 
-__all__ = ["EKFAC", "ESTIMATORS", "FISHERS", "NAME", "ORIGINAL_SIGN", "SOLVERS", "Ekfac", "EkfacInfo", "EkfacOptions",
-           "InfluenceFunctions", "InfluenceFunctionsEkfac", "InfluenceFunctionsOriginalSign", "InfluenceOptions",
-           "SolverInfo", "SolverOptions", "conjugate_gradient", "default_damping", "ekfac_influence",
-           "influence_functions", "influence_scores", "inverse_hvp", "lissa", "minres", "momentum_sgd",
-           "original_sign", "solve"]
+__all__ = ["EKFAC", "EKFAC_SELF", "ESTIMATORS", "EXACT_SELF", "FISHERS", "NAME", "ORIGINAL_SIGN", "SOLVERS", "Ekfac",
+           "EkfacInfo", "EkfacOptions", "InfluenceFunctions", "InfluenceFunctionsEkfac", "InfluenceFunctionsEkfacSelf",
+           "InfluenceFunctionsOriginalSign", "InfluenceFunctionsSelf", "InfluenceOptions", "SolverInfo",
+           "SolverOptions",
+           "conjugate_gradient", "default_damping", "ekfac_influence", "ekfac_self_influence", "exact_self_influence",
+           "influence_functions", "influence_scores", "inverse_hvp", "lissa", "minres", "momentum_sgd", "original_sign",
+           "solve"]

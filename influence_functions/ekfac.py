@@ -44,15 +44,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
-import nnabla as nn
-import nnabla.functions as F
 import numpy as np
 from tqdm import tqdm
 
 from datasets import DataBundle
 from datasets.batches import split_batches
 from models.autodiff import Learner
-from models.networks import Affine, BatchNorm, Conv, Tap
+from models.networks import Tap
+from models.per_sample import LayerGradients, TapGraph
 
 from .estimator import chunk_rows, influence_scores
 
@@ -83,100 +82,18 @@ class EkfacInfo:
         return float(sum(self.seconds.values()))
 
 
-# ---------------------------------------------------------------------------- layer taps
-#: EK-FAC's block kind of each layer with parameters
-_KINDS = {Affine: "affine", Conv: "conv", BatchNorm: "bn"}
-
-
-class _TapGraph:
-    """One inference-mode graph for a batch size: ``forward(x)`` gives class probabilities,
-    ``backward(c)`` the gradients ``d <logits, c> / d out`` of every layer output (rows independent
-    in inference mode, so row n's is sample n's ``g`` for the cotangent ``c_n = p_n - e_y``)."""
-
-    def __init__(self, learner: Learner, batch: int):
-        model = learner.model
-        # the parameters' data, without their gradients: only data gradients are computed
-        params = {k: (v.get_unlinked_variable(need_grad=False) if v.need_grad else v)
-                  for k, v in learner.params.items()}
-        self.x = nn.Variable((batch,) + model.input_shape, need_grad=True)
-        self.layers: List[Tap] = []
-        logits = model.logits(self.x, params, train=False, stats=learner.params, taps=self.layers)
-        self.logits = F.identity(logits)  # so that the last layer's output receives its gradient
-        for t in self.layers:
-            if type(t.layer) not in _KINDS:
-                raise ValueError(f"EK-FAC does not cover layer {t.layer!r} of model {model.name!r}")
-            t.input.persistent = True
-            t.output.persistent = True
-        self.logits.persistent = True
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        self.x.d = x
-        self.logits.forward(clear_no_need_grad=False)
-        z = self.logits.d.astype(np.float64)
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-
-    def inputs(self) -> List[np.ndarray]:
-        return [t.input.d.copy() for t in self.layers]
-
-    def backward(self, cotangent: np.ndarray) -> List[np.ndarray]:
-        self.logits.backward(grad=cotangent.astype(np.float32), clear_buffer=False)
-        return [t.output.g.copy() for t in self.layers]
-
-
-def unfold3x3(h: np.ndarray) -> np.ndarray:
-    """(B, C, H, W) -> (B, H*W, C*9) patches of a 3x3 convolution with padding 1, in the order of
-    ``W.reshape(out, C*9)`` (channel, kernel row, kernel column)."""
-    B, C, H, W = h.shape
-    p = np.pad(h, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    win = np.lib.stride_tricks.sliding_window_view(p, (3, 3), axis=(2, 3))  # (B, C, H, W, 3, 3)
-    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(B, H * W, C * 9)
-
-
-class _Block:
-    """One layer's factors and eigenvalue correction."""
+# ---------------------------------------------------------------------------- blocks
+class _Block(LayerGradients):
+    """One layer's factors and eigenvalue correction (its per-sample gradients: ``LayerGradients``)."""
 
     def __init__(self, tap: Tap, learner: Learner):
-        self.kind, self.prefix = _KINDS[type(tap.layer)], tap.layer.prefix
-        if self.kind == "conv" and tuple(learner.params[f"{self.prefix}/W"].shape[2:]) != (3, 3):
-            raise ValueError(f"EK-FAC unfolds 3x3 convolutions with padding 1; {self.prefix} is not one")
+        super().__init__(tap, learner, "EK-FAC")
         if self.kind == "bn":
-            self.names = [f"{self.prefix}/gamma", f"{self.prefix}/beta"]
-            self.mean = learner.params[f"{self.prefix}/mean"].d.astype(np.float32).reshape(1, -1, 1, 1)
-            var = learner.params[f"{self.prefix}/var"].d.astype(np.float32).reshape(1, -1, 1, 1)
-            self.inv = 1.0 / np.sqrt(var + np.float32(1e-5))
             self.lam = {k: 0.0 for k in self.names}
         else:
-            self.names = [f"{self.prefix}/W", f"{self.prefix}/b"]
             self.A = 0.0
             self.S = 0.0
             self.lam = 0.0
-
-    # ---------------------------------------------------------------- factored per-sample gradients
-    def activations(self, h: np.ndarray) -> np.ndarray:
-        """(B, T, in) layer inputs, the 3x3 patches for a convolution (the bias's homogeneous 1 is
-        implicit, see ``sample_gradients``); bn: ``xhat``, (B, C, HW)."""
-        if self.kind == "affine":
-            return h.reshape(len(h), 1, -1)
-        if self.kind == "conv":
-            return unfold3x3(h)
-        return ((h - self.mean) * self.inv).reshape(h.shape[0], h.shape[1], -1)
-
-    def output_grads(self, g: np.ndarray) -> np.ndarray:
-        """(B, T, out) pre-activation gradients (bn: (B, C, HW))."""
-        if self.kind == "affine":
-            return g.reshape(len(g), 1, -1)
-        if self.kind == "conv":
-            return g.reshape(g.shape[0], g.shape[1], -1).transpose(0, 2, 1)
-        return g.reshape(g.shape[0], g.shape[1], -1)
-
-    def sample_gradients(self, a: np.ndarray, g: np.ndarray) -> np.ndarray:
-        """(B, out, in + 1) per-sample gradients ``G_n = sum_t g_t [a_t, 1]^T`` of ``M = [W | b]``."""
-        return np.concatenate([np.matmul(g.transpose(0, 2, 1), a), g.sum(axis=1)[:, :, None]], axis=2)
-
-    def bn_grads(self, a: np.ndarray, g: np.ndarray) -> Dict[str, np.ndarray]:
-        """Per-sample gradients of gamma and beta, (B, C) each."""
-        return {self.names[0]: np.einsum("nct,nct->nc", g, a), self.names[1]: g.sum(axis=2)}
 
     # ---------------------------------------------------------------- the three steps
     def add_factors(self, a: Optional[np.ndarray], g: Optional[np.ndarray]) -> None:
@@ -236,6 +153,25 @@ class _Block:
         np.square(P, out=P)
         self.lam = self.lam + P.sum(axis=0).astype(np.float64)
 
+    def self_products(self, prepared, g: np.ndarray, damping: float, n: int) -> np.ndarray:
+        """This block's share of ``g_m^T (G + damping I)^-1 g_m`` for every row m: ``sum_ij (Q_S^T G_m
+        Q_A)_ij^2 / (Lambda_ij / n + damping)`` (``prepare``'d activations, ``output_grads``)."""
+        if self.kind == "bn":
+            return sum((np.square(gr.astype(np.float64)) / (self.lam[k] / n + damping)).sum(axis=1)
+                       for k, gr in self.bn_grads(prepared, g).items())
+        how, a = prepared
+        inv = 1.0 / (self.lam / n + damping)  # (out, in + 1)
+        if how == "projected":
+            pg = g @ self.QS
+            if pg.shape[1] == 1:
+                return np.einsum("bo,oi,bi->b", np.square(pg[:, 0].astype(np.float64)), inv,
+                                 np.square(a[:, 0].astype(np.float64)))
+            P = np.matmul(pg.transpose(0, 2, 1), a)
+        else:
+            G = self.sample_gradients(a, g)
+            P = (np.matmul(self.QS.T, G).reshape(-1, G.shape[2]) @ self.QA).reshape(G.shape)
+        return (np.square(P.astype(np.float64)) * inv).sum(axis=(1, 2))
+
     # ---------------------------------------------------------------- layer matrices
     def to_matrix(self, vec: Mapping[str, np.ndarray]) -> np.ndarray:
         W, b = np.asarray(vec[self.names[0]], np.float64), np.asarray(vec[self.names[1]], np.float64)
@@ -293,7 +229,7 @@ class Ekfac:
         self.batch = batch or chunk_rows(learner, data, FACTOR_ROWS_32PX)
         self.info = EkfacInfo(options.fisher)
         self.shapes = {k: tuple(v.shape) for k, v in learner.trainable.items()}
-        self._graphs: Dict[int, _TapGraph] = {}
+        self._graphs: Dict[int, TapGraph] = {}
         self.blocks: Optional[List[_Block]] = None
         rngs = [np.random.default_rng([seed, 29, k]) for k in range(2)]
         t0 = time.time()
@@ -305,9 +241,9 @@ class Ekfac:
         self._pass(1, rngs[1], show_progress, f"{desc} correction")
         self.info.seconds["correction"] = time.time() - t0
 
-    def _graph(self, batch: int) -> _TapGraph:
+    def _graph(self, batch: int) -> TapGraph:
         if batch not in self._graphs:
-            self._graphs[batch] = _TapGraph(self.learner, batch)
+            self._graphs[batch] = TapGraph(self.learner, batch)
         return self._graphs[batch]
 
     def _pass(self, which: int, rng: np.random.Generator, show_progress: bool, desc: str) -> None:
@@ -346,6 +282,25 @@ class Ekfac:
             v.update(b.precondition(u, damping, self.n, self.shapes))
         return {k: v[k] for k in self.learner.trainable}
 
+    def self_influence(self, damping: float, show_progress: bool = False, desc: str = "EK-FAC self") -> np.ndarray:
+        """``g_j^T (G + damping I)^-1 g_j`` for every training position j, ``g_j = grad l(z_j)`` with
+        its own label, in the eigenbasis: each sample's gradient once, no solve (one more pass)."""
+        out = np.empty(self.n)
+        pos = 0
+        bar = tqdm(total=self.n, desc=desc, unit="sample", disable=not show_progress, leave=False)
+        for x, y in split_batches(self.data, self.data.train, self.batch):
+            g = self._graph(len(x))
+            p = g.forward(x)
+            acts = [b.prepare(b.activations(h)) for b, h in zip(self.blocks, g.inputs())]
+            outs = g.backward(p - np.eye(p.shape[1])[np.asarray(y).reshape(-1)])
+            out[pos:pos + len(x)] = sum(b.self_products(a, b.output_grads(o), damping, self.n)
+                                        for b, a, o in zip(self.blocks, acts, outs))
+            pos += len(x)
+            bar.update(len(x))
+        bar.close()
+        self.info.passes += 1
+        return out
+
     def fisher_product(self, w: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """``G w`` (the approximation itself, for checks): ``(G + 0 I)`` applied block by block."""
         out: Dict[str, np.ndarray] = {}
@@ -370,4 +325,16 @@ def ekfac_influence(learner: Learner, data: DataBundle, u: Mapping[str, np.ndarr
     scores = influence_scores(learner, data, v)
     ek.info.seconds["scores"] = time.time() - t0
     ek.info.passes += 1
+    return scores, ek.info
+
+
+def ekfac_self_influence(learner: Learner, data: DataBundle, damping: float, options: EkfacOptions = EkfacOptions(),
+                         seed: int = 0, show_progress: bool = False,
+                         desc: str = "Influence_functions_ekfac_self") -> Tuple[np.ndarray, EkfacInfo]:
+    """Scores ``-g_j^T (G + damping I)^-1 g_j / n_train`` (self-influence, negated so that the most
+    self-influential samples come first in the influence CSV) and what the fit did."""
+    ek = Ekfac(learner, data, options, seed=seed, show_progress=show_progress, desc=desc)
+    t0 = time.time()
+    scores = -ek.self_influence(damping, show_progress, f"{desc} scores") / len(data.train)
+    ek.info.seconds["scores"] = time.time() - t0
     return scores, ek.info

@@ -19,6 +19,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
+from common.errors import UserError
 from datasets import DataBundle, to_network_input
 from datasets.batches import split_batches
 from models.autodiff import Learner
@@ -144,6 +145,29 @@ def influence_functions(learner: Learner, data: DataBundle, u: Mapping[str, np.n
     """
     v, info = inverse_hvp(learner, data, u, damping, options, batch_size, seed, show_progress, desc)
     return sign * influence_scores(learner, data, v), info
+
+
+#: the most parameters for which ``exact_self_influence`` forms the Hessian (a check on small models)
+MAX_EXACT_PARAMS = 5000
+
+
+def exact_self_influence(learner: Learner, data: DataBundle, damping: float,
+                         max_params: int = MAX_EXACT_PARAMS) -> np.ndarray:
+    """Scores ``-g_j^T (H + damping I)^-1 g_j / n_train`` with the Hessian formed explicitly (one
+    full-batch product per parameter) and every per-sample gradient from its own batch of one: the
+    exact self-influence, affordable on small models only (a check of EK-FAC's, not a default)."""
+    space = ParamSpace(learner)
+    if space.dim > max_params:
+        raise UserError(f"exact self-influence forms the {space.dim} x {space.dim} Hessian of model "
+                        f"{learner.model.name!r}, over the limit of {max_params} parameters; use "
+                        f"Influence_functions_ekfac_self")
+    hvp = full_hvp(learner, data, space)
+    H = np.stack([hvp(e) for e in np.eye(space.dim)], axis=1)
+    H = 0.5 * (H + H.T)
+    grads = np.stack([space.flatten(learner.mean_loss_grad([(x, y)], train=False))
+                      for x, y in split_batches(data, data.train, 1)])
+    solved = np.linalg.solve(H + damping * np.eye(space.dim), grads.T)
+    return -(grads.T * solved).sum(axis=0) / len(data.train)
 
 
 SOLVER_COLUMNS: List[str] = ["method", "seed", "solver", "damping", "iterations", "passes", "residual",

@@ -5,6 +5,10 @@
   ``logs/solver_seed_<k>.csv`` and ``summary/solver.csv``.
 * "Influence_functions_ekfac": the same score with ``v = (G + alpha I)^-1 u``, ``G`` the EK-FAC
   approximation of the Gauss-Newton matrix (no iterative solve).
+* "Influence_functions_ekfac_self": self-influence ``-g_j^T (G + alpha I)^-1 g_j / n_train`` in
+  EK-FAC's eigenbasis (no validation set, no solve): the most self-influential samples first, a
+  ranking of suspicious labels (issue 35); "Influence_functions_self": the same with the exact
+  damped Hessian formed explicitly, for small models only (a check).
 * "Influence_functions_original_sign": ``-infl``, what the original example stored (its ascending
   order removes the most *helpful* first); reuses the Influence_functions scores.
 
@@ -24,13 +28,15 @@ from cleansing.influence_csv import read_influence_csv, scores_by_position
 from cleansing.outdir import method_scope
 from common.errors import UserError
 
-from .ekfac import FISHERS, EkfacOptions, ekfac_influence
-from .estimator import SOLVER_COLUMNS, default_damping, influence_functions, solver_row
+from .ekfac import FISHERS, EkfacInfo, EkfacOptions, ekfac_influence, ekfac_self_influence
+from .estimator import SOLVER_COLUMNS, default_damping, exact_self_influence, influence_functions, solver_row
 from .solvers import SOLVERS, SolverInfo, SolverOptions
 
 NAME = "Influence_functions"
 EKFAC = "Influence_functions_ekfac"
 ORIGINAL_SIGN = "Influence_functions_original_sign"
+EKFAC_SELF = "Influence_functions_ekfac_self"
+EXACT_SELF = "Influence_functions_self"
 DIVERGED = 1.0  # a residual above this is worse than v = 0
 _S = SolverOptions()
 
@@ -125,21 +131,59 @@ class InfluenceFunctionsEkfac(Estimator):
     cost_epochs = 5.0  # docs/measurements.md: about 4 to 6
     options = InfluenceOptions
     needs_validation_grad = True
-    summary_logs = {"solver_influence_functions_ekfac": "solver"}
 
     def estimate(self, trial, options: InfluenceOptions) -> Estimate:
         damping = options.resolved_damping(trial.cfg.data.dataset)
         scores, ek = ekfac_influence(trial.learner, trial.data, trial.u, damping,
                                      EkfacOptions(fisher=options.ekfac_fisher), seed=trial.seed,
-                                     show_progress=trial.cfg.runtime.show_progress, desc=f"{EKFAC} seed {trial.seed}")
+                                     show_progress=trial.cfg.runtime.show_progress,
+                                     desc=f"{self.name} seed {trial.seed}")
+        return Estimate(scores, logs={self.log_stem: self.log(trial.seed, damping, ek)})
+
+    @property
+    def log_stem(self) -> str:
+        return "solver_" + self.name.lower()
+
+    @property
+    def summary_logs(self) -> dict:  # type: ignore[override]
+        return {self.log_stem: "solver"}
+
+    def log(self, seed: int, damping: float, ek: EkfacInfo) -> pd.DataFrame:
+        """Its row of ``summary/solver.csv``, printed too."""
         times = ", ".join(f"{k} {v:.1f} s" for k, v in ek.seconds.items())
         info = SolverInfo(f"ekfac-{ek.fisher}", passes=float(ek.passes), seconds=ek.total_seconds,
                           notes=[f"EK-FAC ({ek.fisher} labels): {times}; residual not measured (an approximation, "
                                  f"not a solve of (H + alpha I) v = u)"])
-        print(f"{EKFAC} seed {trial.seed}: EK-FAC with {ek.fisher} labels, damping {damping:g}, {ek.passes} passes "
+        print(f"{self.name} seed {seed}: EK-FAC with {ek.fisher} labels, damping {damping:g}, {ek.passes} passes "
               f"over the training set, {times}")
-        log = pd.DataFrame([solver_row(EKFAC, trial.seed, damping, info)], columns=SOLVER_COLUMNS)
-        return Estimate(scores, logs={"solver_influence_functions_ekfac": log})
+        return pd.DataFrame([solver_row(self.name, seed, damping, info)], columns=SOLVER_COLUMNS)
+
+
+class InfluenceFunctionsEkfacSelf(InfluenceFunctionsEkfac):
+    """Self-influence ``g_j^T (G + alpha I)^-1 g_j`` in EK-FAC's eigenbasis, most influential first."""
+
+    name = EKFAC_SELF
+    cost_epochs = 5.0  # the fit's two passes and one scoring pass, as Influence_functions_ekfac
+    needs_validation_grad = False
+
+    def estimate(self, trial, options: InfluenceOptions) -> Estimate:
+        damping = options.resolved_damping(trial.cfg.data.dataset)
+        scores, ek = ekfac_self_influence(trial.learner, trial.data, damping, EkfacOptions(fisher=options.ekfac_fisher),
+                                          seed=trial.seed, show_progress=trial.cfg.runtime.show_progress,
+                                          desc=f"{self.name} seed {trial.seed}")
+        return Estimate(scores, logs={self.log_stem: self.log(trial.seed, damping, ek)})
+
+
+class InfluenceFunctionsSelf(Estimator):
+    """Exact self-influence ``g_j^T (H + alpha I)^-1 g_j`` (Hessian formed explicitly): small models only."""
+
+    name = EXACT_SELF
+    cost_epochs = 50.0  # one full pass per parameter: affordable on small models only
+    options = InfluenceOptions
+
+    def estimate(self, trial, options: InfluenceOptions) -> Estimate:
+        damping = options.resolved_damping(trial.cfg.data.dataset)
+        return Estimate(exact_self_influence(trial.learner, trial.data, damping))
 
 
 class InfluenceFunctionsOriginalSign(Estimator):
@@ -162,4 +206,5 @@ def original_sign(trial) -> np.ndarray:
     return -scores_by_position(read_influence_csv(csv, len(trial.data.train)))
 
 
-ESTIMATORS = (InfluenceFunctions(), InfluenceFunctionsEkfac(), InfluenceFunctionsOriginalSign())
+ESTIMATORS = (InfluenceFunctions(), InfluenceFunctionsEkfac(), InfluenceFunctionsOriginalSign(),
+              InfluenceFunctionsEkfacSelf(), InfluenceFunctionsSelf())

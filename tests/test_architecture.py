@@ -17,6 +17,7 @@ LAYERS = {
     "sgd_influence": 3,
     "influence_functions": 3,
     "turnover_dropout": 3,
+    "tracin": 3,
     "estimators": 4,
     "reproduction": 5,
 }

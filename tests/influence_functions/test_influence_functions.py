@@ -462,14 +462,15 @@ def test_ekfac_factored_per_sample_gradients_of_cnn6_equal_nnabla_gradients():
     """cnn6 (convolutions, batch norm, affine) on 8x8 digits: each sample's gradient rebuilt from
     the layer taps (unfolded 3x3 patches x output gradients, batch norm's xhat, affine inputs)
     equals nnabla's gradient of that sample's loss, parameter by parameter (inference mode)."""
-    from influence_functions.ekfac import _Block, _TapGraph
+    from influence_functions.ekfac import _Block
+    from models.per_sample import TapGraph
     data = digits4(n_train=40, n_val=20, size=8)
     model = build_model("cnn6", (1, 8, 8), 10)
     learner = Learner(model, model.create_parameters(np.random.RandomState(1)))
     x, y = next(split_batches(data, data.train, 6))
     for xb, yb in list(split_batches(data, data.train, 8)) * 3:  # trained a little: running statistics move
         learner.sgd_step(xb, yb, 0.05)
-    graph = _TapGraph(learner, len(x))
+    graph = TapGraph(learner, len(x))
     p = graph.forward(x)
     blocks = [_Block(t, learner) for t in graph.layers]
     assert [b.kind for b in blocks] == ["conv", "bn", "conv"] * 3 + ["affine"]
@@ -530,7 +531,8 @@ def test_ekfac_correction_is_the_same_in_both_orders_on_cnn6():
     """The correction of a convolution is summed either from projected activations ([a, 1] Q_A,
     then Q_S' g with them) or from per-sample gradients projected afterwards (Q_S' G_n Q_A), each
     layer taking the cheaper: both give the same Lambda, and equal a float64 computation."""
-    from influence_functions.ekfac import Ekfac, EkfacOptions, _TapGraph
+    from influence_functions.ekfac import Ekfac, EkfacOptions
+    from models.per_sample import TapGraph
     data = digits4(n_train=64, n_val=20, size=8)
     model = build_model("cnn6", (1, 8, 8), 10)
     learner = Learner(model, model.create_parameters(np.random.RandomState(2)))
@@ -538,7 +540,7 @@ def test_ekfac_correction_is_the_same_in_both_orders_on_cnn6():
         learner.sgd_step(xb, yb, 0.05)
     ek = Ekfac(learner, data, EkfacOptions("empirical"))
     x, y = next(split_batches(data, data.train, 16))
-    graph = _TapGraph(learner, len(x))
+    graph = TapGraph(learner, len(x))
     p = graph.forward(x)
     outs = graph.backward(p - np.eye(10)[y])
     convs = 0
@@ -555,3 +557,83 @@ def test_ekfac_correction_is_the_same_in_both_orders_on_cnn6():
             assert rel(b.lam, ref) < 1e-4, (b.prefix, order)
         convs += 1
     assert convs == 6
+
+
+# ---------------------------------------------------------------------------- self-influence
+def explicit_operator(apply, space) -> np.ndarray:
+    """The matrix of a linear map on parameter dicts, column by column (float64)."""
+    return np.stack([space.flatten(apply(space.unflatten(e))) for e in np.eye(space.dim)], axis=1)
+
+
+def per_sample_gradient_rows(learner, data) -> np.ndarray:
+    """(n, P) per-sample loss gradients from batches of one (nnabla's own backward)."""
+    space = ParamSpace(learner)
+    return np.stack([space.flatten(learner.mean_loss_grad([(x, y)], train=False))
+                     for x, y in split_batches(data, data.train, 1)])
+
+
+@pytest.mark.parametrize("model_name", ["logreg", "mlp"])
+def test_ekfac_self_influence_equals_the_explicit_quadratic_form(model_name):
+    """``Ekfac.self_influence`` against ``g^T (G + alpha I)^-1 g`` with G the fitted EK-FAC matrix
+    formed explicitly (``fisher_product`` on every basis vector) and g from batches of one."""
+    from influence_functions.ekfac import Ekfac, EkfacOptions
+    data = digits4(n_train=120, n_val=40)
+    model = build_model(model_name, (1, 4, 4), 10)
+    learner = Learner(model, model.create_parameters(np.random.RandomState(1)))
+    train_sgd(learner, data, epochs=5, lr=0.1)
+    space = ParamSpace(learner)
+    ek = Ekfac(learner, data, EkfacOptions("sampled"), seed=3)
+    G = explicit_operator(ek.fisher_product, space)
+    grads = per_sample_gradient_rows(learner, data)
+    ref = np.einsum("np,np->n", grads, np.linalg.solve(G + ALPHA * np.eye(space.dim), grads.T).T)
+    got = ek.self_influence(ALPHA)
+    assert got.shape == (len(data.train),)
+    assert rel(got, ref) < 1e-4
+    assert np.all(got > 0)
+
+
+def test_ekfac_self_influence_of_convolutions_in_both_orders():
+    """cnn6 at 8x8: each convolution's share from projected activations and from projected
+    per-sample gradients equals a float64 computation of sum (Q_S' G_n Q_A)^2 / (Lambda / n + alpha)."""
+    from influence_functions.ekfac import Ekfac, EkfacOptions
+    from models.per_sample import TapGraph
+    data = digits4(n_train=48, n_val=20, size=8)
+    model = build_model("cnn6", (1, 8, 8), 10)
+    learner = Learner(model, model.create_parameters(np.random.RandomState(2)))
+    ek = Ekfac(learner, data, EkfacOptions("empirical"))
+    x, y = next(split_batches(data, data.train, 16))
+    graph = TapGraph(learner, len(x))
+    p = graph.forward(x)
+    outs = graph.backward(p - np.eye(10)[y])
+    for b, h, g in zip(ek.blocks, graph.inputs(), outs):
+        if b.kind != "conv":
+            continue
+        a, go = b.activations(h), b.output_grads(g)
+        G = b.sample_gradients(a, go).astype(np.float64)
+        P = np.matmul(np.matmul(b.QS.T.astype(np.float64), G), b.QA.astype(np.float64))
+        ref = (P ** 2 / (b.lam / ek.n + ALPHA)).sum(axis=(1, 2))
+        for order in ("projected", "raw"):
+            assert rel(b.self_products(b.prepare(a, order), go, ALPHA, ek.n), ref) < 1e-4, (b.prefix, order)
+
+
+def test_exact_self_influence_against_the_float64_logistic_regression_hessian(problem):
+    """``exact_self_influence``: ``-g_j^T (H + alpha I)^-1 g_j / n`` with H and g_j by hand."""
+    from influence_functions import exact_self_influence
+    n = len(problem.data.train)
+    P = softmax(problem.X @ theta_of(problem.learner))
+    onehot = np.eye(10)[problem.data.train.labels]
+    grads = np.einsum("ni,nc->nic", problem.X, P - onehot).reshape(n, -1)  # rows in theta's (17, 10) order
+    ref = -np.einsum("np,np->n", grads, np.linalg.solve(problem.H + ALPHA * np.eye(problem.space.dim), grads.T).T) / n
+    got = exact_self_influence(problem.learner, problem.data, ALPHA)
+    assert rel(got, ref) < 1e-4
+
+
+def test_exact_self_influence_refuses_a_large_model():
+    from common.errors import UserError
+    from influence_functions import exact_self_influence
+    data = digits4(n_train=20, n_val=10)
+    model = build_model("mlp", (1, 4, 4), 10)
+    learner = Learner(model, model.create_parameters(np.random.RandomState(0)))
+    with pytest.raises(UserError, match=r"exact self-influence forms the 3466 x 3466 Hessian .* over the limit of "
+                                        r"1000 parameters; use Influence_functions_ekfac_self"):
+        exact_self_influence(learner, data, ALPHA, max_params=1000)

@@ -97,10 +97,11 @@ def test_turnover_dropout_split_of_a_new_model(layers, linear):
 
 
 def test_ekfac_taps_of_a_new_model():
-    from influence_functions.ekfac import _Block, _TapGraph
+    from influence_functions.ekfac import _Block
+    from models.per_sample import TapGraph
     L = _learner(2)
     x, y = data(4, shape=SHAPE, classes=5)
-    graph = _TapGraph(L, len(x))
+    graph = TapGraph(L, len(x))
     blocks = [_Block(t, L) for t in graph.layers]
     assert [(b.kind, b.prefix) for b in blocks] == [("conv", "c1/conv"), ("bn", "c1/bn"), ("affine", "fc/affine"),
                                                     ("affine", "out/affine")]
