@@ -14,6 +14,7 @@ class Random(Estimator):
     """Uniform scores from the trial seed: removing the lowest removes a random subset."""
 
     name = "Random"
+    ranks = "a seeded random order (the control)"
     cost_epochs = 0.01
     control = True
     needs_final_model = False
@@ -29,6 +30,7 @@ class Loss(Estimator):
     it is not an influence on the validation loss (issues 32, 35)."""
 
     name = "Loss"
+    ranks = "minus the training loss under the final model: worst-fitted samples first (free; wrong labels)"
     cost_epochs = 0.34  # one forward pass over the training set
 
     def estimate(self, trial, options) -> Estimate:
@@ -44,6 +46,7 @@ class AUM(Estimator):
     pass. Lowest first: samples the network keeps arguing with lead. Not an influence (issues 32, 35)."""
 
     name = "AUM"
+    ranks = "area under the margin over training: lowest first (free; wrong labels)"
     cost_epochs = 0.01
 
     def estimate(self, trial, options) -> Estimate:

@@ -170,11 +170,14 @@ class Driver:
 
     def parser(self, registry) -> argparse.ArgumentParser:
         from .config import DEFAULT_REMOVE
-        p = OneLineParser(description=self.description, formatter_class=argparse.RawDescriptionHelpFormatter)
+        listed = "\n".join(f"  {e.name}: {e.ranks}" if e.ranks else f"  {e.name}" for e in registry)
+        p = OneLineParser(description=self.description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="methods (--methods) and what each ranks by (first rows of its influence CSV "
+                                 "first):\n" + listed)
         add_run_arguments(p, self.out, DEFAULT_REMOVE, explain_max=self.explain_max)
         p.add_argument("--methods", nargs="+", default=list(self.methods), metavar="METHOD",
                        help=f"estimators to run, in this order (default: %(default)s); any of: "
-                            f"{', '.join(registry.names)}")
+                            f"{', '.join(registry.names)} (each described at the end of this help)")
         for kind in registry.option_types():
             kind.add_arguments(p)
         return p

@@ -8,7 +8,8 @@ means harmful (removing it lowers the loss), and the lowest scores are removed f
 
 An estimator declares
 
-* ``name``: its folder and CSV name, and its ``--methods`` value;
+* ``name``: its folder and CSV name, and its ``--methods`` value; ``ranks``: what its number ranks
+  by, in one line (the drivers' help lists it);
 * ``options``: an ``Options`` dataclass (shared by a family of estimators) whose fields become one
   argument group of every driver (``--field-name``) and keys of the run manifest;
 * ``needs_step_params``: the training must keep the per-step parameters of its last epoch
@@ -199,6 +200,8 @@ class Estimator:
     """Base class of an influence estimator (see the module docstring)."""
 
     name: str = ""
+    #: what its number ranks by, in one line (the drivers' list of methods)
+    ranks: str = ""
     options: Optional[type] = None
     needs_step_params: bool = False
     #: True: the training keeps the parameters after every epoch (``Trial.epoch_params``), which it

@@ -598,7 +598,28 @@ def write_run_reports(plan: Plan, paths: RunPaths, n_train: int, title: str) -> 
     if cfg.data.label_noise > 0:
         frames = report.collect_detection_frames(paths.root, list(cfg.methods), seeds)
         if frames:
-            report.write_detection(paths.root, frames, title + _noise_text(cfg))
+            report.write_detection(paths.root, frames, title + _noise_text(cfg), method_costs(plan, paths, seeds))
+
+
+def method_costs(plan: Plan, paths: RunPaths, seeds: Sequence[int]) -> Dict[str, Dict[int, float]]:
+    """method -> {seed: its measured cost in training epochs}: its estimate task, the validation gradient
+    if it reads it and the artefacts it trains (``logs/timings_seed_<k>.csv``), over the mean seconds of
+    one training epoch of that trial. Missing timings leave a seed out."""
+    costs: Dict[str, Dict[int, float]] = {}
+    for seed in seeds:
+        if not paths.timings(seed).is_file():
+            continue
+        t = pd.read_csv(paths.timings(seed), keep_default_na=False)
+        epochs = t[(t.stage == "train") & t.method.str.match(r"epoch_\d+$|last_epoch$")].seconds
+        if not len(epochs):
+            continue
+        seconds = dict(zip(zip(t.stage, t.method), t.seconds))
+        for est in plan.estimators:
+            parts = [("infl", est.name)] + ([("infl", "validation_grad")] if est.needs_validation_grad else [])
+            parts += [(f"artefact_{a.name}", "") for a in plan.artefacts(est)]
+            if ("infl", est.name) in seconds:
+                costs.setdefault(est.name, {})[seed] = sum(seconds.get(p, 0.0) for p in parts) / float(epochs.mean())
+    return costs
 
 
 def _noise_text(cfg: RunConfig) -> str:

@@ -381,11 +381,34 @@ def collect_detection_frames(out, methods: Sequence[str], seeds: Sequence[int]) 
     return frames
 
 
-def write_detection(out, frames_by_method: Mapping[str, object], title: str = "") -> pd.DataFrame:
-    """``summary/detection.csv`` and ``fig/detection.png`` from method -> {seed: frame}; returns the curves."""
+#: the checked fractions of ``summary/detection_at.csv``
+DETECTION_AT = (0.05, 0.10, 0.20)
+
+
+def detection_at(curves: pd.DataFrame, costs: Optional[Mapping[str, Mapping[int, float]]] = None) -> pd.DataFrame:
+    """Per method and seed: the fraction of flipped labels found in the first 5, 10 and 20% of the
+    training data (``found_at_5`` ...), and ``cost_epochs`` from ``costs`` (method -> {seed: the
+    method's measured seconds over one training epoch's}; NaN where unknown)."""
+    costs = costs or {}
+    rows = []
+    for (method, seed), df in curves.groupby(["method", "seed"], sort=False):
+        at = df.set_index("checked_fraction")["found_fraction"]
+        row = {"method": method, "seed": seed}
+        row.update({f"found_at_{round(100 * c)}": float(at.loc[c]) for c in DETECTION_AT})
+        row["cost_epochs"] = float(costs.get(method, {}).get(seed, np.nan))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["method", "seed", *[f"found_at_{round(100 * c)}" for c in DETECTION_AT],
+                                       "cost_epochs"])
+
+
+def write_detection(out, frames_by_method: Mapping[str, object], title: str = "",
+                    costs: Optional[Mapping[str, Mapping[int, float]]] = None) -> pd.DataFrame:
+    """``summary/detection.csv``, ``summary/detection_at.csv`` (``detection_at``) and ``fig/detection.png``
+    from method -> {seed: frame}; returns the curves."""
     curves = detection_curves(frames_by_method)
     paths = RunPaths(_root(out))
     write_csv_atomic(paths.run_table("detection"), curves)
+    write_csv_atomic(paths.run_table("detection_at"), detection_at(curves, costs))
     noise = [float(f["noisy"].mean()) for v in frames_by_method.values()
              for f in (v.values() if isinstance(v, Mapping) else [v])]
     plot_detection(curves, paths.run_figure("detection"), title, float(np.mean(noise)) if noise else None)

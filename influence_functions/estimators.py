@@ -100,6 +100,7 @@ class InfluenceFunctions(Estimator):
     """Koh & Liang's influence functions with an iterative solve of the damped Hessian system."""
 
     name = NAME
+    ranks = "influence on the validation loss, <(H + alpha I)^-1 u, g_j> / n by an iterative solve"
     cost_epochs = 20.0  # an iterative solve over the full Hessian (MINRES about 38)
     options = InfluenceOptions
     needs_validation_grad = True
@@ -128,6 +129,7 @@ class InfluenceFunctionsEkfac(Estimator):
     """The same score with an EK-FAC approximation of the Gauss-Newton matrix (``ekfac``)."""
 
     name = EKFAC
+    ranks = "influence on the validation loss with EK-FAC's Gauss-Newton approximation for H"
     cost_epochs = 5.0  # docs/measurements.md: about 4 to 6
     options = InfluenceOptions
     needs_validation_grad = True
@@ -163,6 +165,7 @@ class InfluenceFunctionsEkfacSelf(InfluenceFunctionsEkfac):
     """Self-influence ``g_j^T (G + alpha I)^-1 g_j`` in EK-FAC's eigenbasis, most influential first."""
 
     name = EKFAC_SELF
+    ranks = "self-influence g_j^T (G + alpha I)^-1 g_j in EK-FAC's eigenbasis, largest first (wrong labels)"
     cost_epochs = 5.0  # the fit's two passes and one scoring pass, as Influence_functions_ekfac
     needs_validation_grad = False
 
@@ -178,6 +181,7 @@ class InfluenceFunctionsSelf(Estimator):
     """Exact self-influence ``g_j^T (H + alpha I)^-1 g_j`` (Hessian formed explicitly): small models only."""
 
     name = EXACT_SELF
+    ranks = "exact self-influence g_j^T (H + alpha I)^-1 g_j, largest first (small models only: a check)"
     cost_epochs = 50.0  # one full pass per parameter: affordable on small models only
     options = InfluenceOptions
 
@@ -190,6 +194,7 @@ class InfluenceFunctionsOriginalSign(Estimator):
     """``-infl``: the original example's stored value, for comparison only (no second solve)."""
 
     name = ORIGINAL_SIGN
+    ranks = "minus Influence_functions: the original example's stored order (most helpful first)"
     cost_epochs = 0.1
     options = InfluenceOptions
     after = (NAME,)

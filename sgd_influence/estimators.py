@@ -24,6 +24,7 @@ class Hara(Estimator):
     """SGD-influence with the per-step parameters of the last epoch (Hara et al., 2019)."""
 
     name = "Hara"
+    ranks = "SGD-influence on the validation loss over the last epoch, with every step's stored parameters"
     cost_epochs = 2.8  # docs/measurements.md section 3
     needs_step_params = True
     needs_validation_grad = True
@@ -49,6 +50,7 @@ class Ours(Hara):
     """SGD-influence with only the final parameters cached (Suzuki et al., 2021)."""
 
     name = "Ours"
+    ranks = "SGD-influence on the validation loss over the last epoch, at the final parameters only"
     cost_epochs = 2.8
     needs_step_params = False
 

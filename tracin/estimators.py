@@ -51,6 +51,7 @@ class TracIn(Estimator):
     opposes the validation loss's descent at the checkpoints)."""
 
     name = NAME
+    ranks = "sum over checkpoints of lr_k <grad L_val, g_j>: influence on the validation loss"
     options = TracInOptions
     needs_epoch_params = True
     self_influence = False
@@ -85,6 +86,7 @@ class TracInSelf(TracIn):
     """``-sum_k lr_k ||grad l(z_j; theta_k)||^2``: the most self-influential samples (suspicious labels) first."""
 
     name = SELF
+    ranks = "TracIn self-influence, sum over checkpoints of lr_k ||g_j||^2, largest first (wrong labels)"
     self_influence = True
 
 

@@ -138,6 +138,7 @@ class TurnoverDropout(_TurnoverDropoutFamily):
     """Mean influence on the validation set of each training instance (Kobayashi et al., 2020)."""
 
     name = NAME
+    ranks = "turn-over dropout: validation loss of the sub-network without z_j minus with it"
 
     def estimate(self, trial, options: TDOptions) -> Estimate:
         nets = self.networks(trial, options)
@@ -155,6 +156,7 @@ class TurnoverDropoutSelf(_TurnoverDropoutFamily):
     method, the lowest score comes first: samples only memorised, not predicted, lead."""
 
     name = SELF_NAME
+    ranks = "turn-over dropout self-influence on z_j's own loss (wrong labels)"
 
     def estimate(self, trial, options: TDOptions) -> Estimate:
         idx = np.arange(len(trial.data.train))
@@ -167,6 +169,7 @@ class TurnoverDropoutResidual(_TurnoverDropoutFamily):
     masks (``residual_validation_influence``); averaged over the networks like the plain score."""
 
     name = RESIDUAL_NAME
+    ranks = "Turnover_dropout minus what z_j's random mask alone predicts (not in the paper)"
 
     def estimate(self, trial, options: TDOptions) -> Estimate:
         show = trial.cfg.runtime.show_progress

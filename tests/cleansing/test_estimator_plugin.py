@@ -84,3 +84,13 @@ def test_unknown_methods_and_flags_are_refused_in_one_line(tmp_path, capsys):
     assert err.startswith("error: unknown method(s) Negative_loss; choose from Hara, Ours") and "\n" not in err
     with pytest.raises(SystemExit):
         eval_sgd_influence.main(ARGS + ["-o", str(tmp_path / "o"), "--loss-power", "2"])
+
+
+def test_every_method_says_what_it_ranks_by_in_the_drivers_help():
+    import eval_sgd_influence
+    from estimators import REGISTRY
+    text = eval_sgd_influence.DRIVER.parser(REGISTRY).format_help()
+    listed = text.split("what each ranks by")[1]
+    for e in REGISTRY:
+        assert e.ranks, f"{e.name} has no ranks text"
+        assert f"\n  {e.name}: {e.ranks}" in listed

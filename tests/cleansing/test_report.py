@@ -126,9 +126,16 @@ def test_write_detection_files(tmp_path):
     write_influence_csv(tmp_path / "influence" / "Hara" / "influence_hara_0.csv", random_frame(data))  # no noise
     collected = report.collect_detection_frames(tmp_path, ["Hara", "Ours", "Random"], [0, 1, 2])
     assert sorted(collected) == ["Ours", "Random"] and sorted(collected["Ours"]) == [0, 1]
-    curves = report.write_detection(tmp_path, collected, "test")
+    curves = report.write_detection(tmp_path, collected, "test", costs={"Ours": {0: 2.5}})
     table = pd.read_csv(tmp_path / "summary" / "detection.csv")
     assert len(table) == len(curves) == 2 * 2 * 101
+    at = pd.read_csv(tmp_path / "summary" / "detection_at.csv")
+    assert list(at.columns) == ["method", "seed", "found_at_5", "found_at_10", "found_at_20", "cost_epochs"]
+    assert list(zip(at.method, at.seed)) == [("Ours", 0), ("Ours", 1), ("Random", 0), ("Random", 1)]
+    for _, row in at.iterrows():
+        curve = curves[(curves.method == row.method) & (curves.seed == row.seed)].set_index("checked_fraction")
+        assert [row.found_at_5, row.found_at_10, row.found_at_20] == list(curve.found_fraction.loc[[0.05, 0.1, 0.2]])
+    assert at.cost_epochs.iloc[0] == 2.5 and at.cost_epochs.iloc[1:].isna().all()
     png = tmp_path / "fig" / "detection.png"
     assert png.stat().st_size > 0 and Image.open(png).size[0] > 300
     assert no_partials(tmp_path)
@@ -438,3 +445,14 @@ def test_figure5_draws_one_panel_per_run_and_refuses_unfinished_folders(tmp_path
     assert run_main(figure5.main, [str(tmp_path / "missing"), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no summary/summary.csv" in err[0] and "run the driver with -o" in err[0]
+
+
+def test_detection_at_reads_the_curve_at_5_10_and_20_percent():
+    """100 samples, 10 flipped at ranks 0-4 (found 50% in the first 5), 7-9 and 15-16."""
+    noisy = np.zeros(100, bool)
+    noisy[[0, 1, 2, 3, 4, 7, 8, 9, 15, 16]] = True
+    ids, labels = np.arange(100).astype(str), np.zeros(100, int)
+    frame = influence_frame(ids, labels, np.arange(100.0), noisy)
+    at = report.detection_at(report.detection_curves({"Loss": frame}, seed=3), {"Loss": {3: 0.34}})
+    assert at.to_dict("records") == [{"method": "Loss", "seed": 3, "found_at_5": 0.5, "found_at_10": 0.8,
+                                      "found_at_20": 1.0, "cost_epochs": 0.34}]

@@ -10,7 +10,6 @@ import eval_influence_functions as driver
 from cleansing.cli import run_main
 from cleansing.train import plain_sgd
 from datasets import to_network_input
-from datasets.batches import split_batches
 from datasets.loader import small_digits
 from models import build_model
 from models.autodiff import Learner
@@ -121,7 +120,8 @@ def test_tracin_from_the_driver_keeps_the_epoch_checkpoints(tmp_path, capsys):
     each, the influence CSVs, and the errors of a bad --tracin-checkpoints and of a folder without them."""
     out = tmp_path / "out"
     base = ["-m", "logreg", "-e", "3", "-r", "0", "--n-train", "200", "-j", "1", "--no-progress", "-o"]
-    assert run_main(driver.main, base + [str(out), "--methods", "TracIn", "TracIn_self", "Loss"]) == 0
+    assert run_main(driver.main, base + [str(out), "--methods", "TracIn", "TracIn_self", "Loss", "--label-noise",
+                                         "0.1"]) == 0
     kept = sorted(p.name for p in (out / "weights" / "seed_00" / "epochs").iterdir())
     assert kept == ["epoch_001.h5"]
     log = pd.read_csv(out / "summary" / "tracin_checkpoints.csv")
@@ -132,6 +132,10 @@ def test_tracin_from_the_driver_keeps_the_epoch_checkpoints(tmp_path, capsys):
     for method in ("TracIn", "TracIn_self"):
         frame = pd.read_csv(out / "influence" / method / f"influence_{method.lower()}_0.csv")
         assert len(frame) == 200 and np.all(np.diff(frame.influence) >= 0) and frame.influence.abs().max() > 0
+    at = pd.read_csv(out / "summary" / "detection_at.csv")
+    assert list(at.method) == ["TracIn", "TracIn_self", "Loss"] and list(at.seed) == [0, 0, 0]
+    assert (at.cost_epochs > 0).all() and (at.cost_epochs < 20).all()
+    assert ((at.found_at_20 >= at.found_at_10) & (at.found_at_10 >= at.found_at_5)).all()
     self_scores = pd.read_csv(out / "influence" / "TracIn_self" / "influence_tracin_self_0.csv").influence
     assert np.all(self_scores < 0)  # -sum lr ||g||^2: every sample has a non-zero gradient
 
