@@ -145,8 +145,11 @@ class HaraAllEpochs(Estimator):
         options = options or ReplayOptions()
         state_bytes = sum(v.nbytes for v in trial.learner.state().values())
         S = options.segment(state_bytes)
-        print(f"{self.name} seed {trial.seed}: replay segments of {S} step(s), {state_bytes / 2 ** 20:.2f} MB per "
-              f"parameter set ({S * state_bytes / 2 ** 20:.1f} MB per segment)")
+        n = max(len(trial.trace.epoch_steps(e)) for e in range(trial.trace.n_epochs))
+        held = (min(S, n) + -(-n // S)) * state_bytes  # one segment plus the segment starts of an epoch
+        print(f"{self.name} seed {trial.seed}: replay segments of {S} step(s) ({n} per epoch), "
+              f"{state_bytes / 2 ** 20:.2f} MB per parameter set, at most {held / 2 ** 20:.1f} MB of replayed "
+              f"parameters held")
         infl, log = self.run(trial, options)
         return Estimate(infl, logs={"hara_all_epochs_replay": log.assign(seed=trial.seed)})
 

@@ -129,6 +129,12 @@ def test_segment_size_does_not_change_a_byte(logreg):
     assert np.array_equal(ALL.scores(logreg), whole)  # the default: every epoch in one segment here
 
 
+def test_explains_errors_over_the_traced_epochs(logreg):
+    found = ALL.explain(logreg, ReplayOptions(trace_epochs=2), 2)
+    assert found.influence.shape == (len(logreg.data.train), 2) and np.all(np.isfinite(found.influence))
+    assert "traced epochs" in found.formula and "last epoch" not in found.formula
+
+
 def test_interrupted_run_resumes_to_the_same_bytes(logreg, tmp_path):
     t = logreg
     args = (t.learner, t.data, t.trace, t.u, t.cfg.train.augment, lambda e: t.epoch_params(e, "test"), range(3), 10)
