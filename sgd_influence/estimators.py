@@ -85,7 +85,7 @@ class ReplayOptions(Options):
 
     def traced(self, epochs: int) -> int:
         """K, the number of traced epochs of a run of ``epochs`` epochs."""
-        return int(self.trace_epochs) if self.trace_epochs else int(epochs)
+        return int(epochs) if self.trace_epochs is None else int(self.trace_epochs)
 
     def segment(self, state_bytes: int) -> int:
         """S for parameter sets of ``state_bytes`` bytes."""
@@ -100,6 +100,11 @@ class ReplayOptions(Options):
             raise UserError(f"--trace-epochs {self.trace_epochs} is not within the run's {E} epoch(s); choose 1 to {E}")
         if self.replay_segment is not None and int(self.replay_segment) < 1:
             raise UserError(f"--replay-segment {self.replay_segment} must be at least 1")
+
+
+def _state_bytes(learner) -> int:
+    """Bytes of one parameter set (running statistics included)."""
+    return int(sum(v.d.nbytes for v in learner.params.values()))
 
 
 class HaraAllEpochs(Estimator):
@@ -122,8 +127,7 @@ class HaraAllEpochs(Estimator):
             raise UserError(f"{self.name}: the trace of seed {trial.seed} holds {trial.trace.n_epochs} epoch(s), not "
                             f"the run's {E}; the training cannot be replayed: train again in a new -o")
         K = options.traced(E)
-        state_bytes = sum(v.nbytes for v in trial.learner.state().values())
-        S = options.segment(state_bytes)
+        S = options.segment(_state_bytes(trial.learner))
         path = None
         if checkpoint:
             folder = trial.paths.weights(trial.seed) / self.name
@@ -143,7 +147,7 @@ class HaraAllEpochs(Estimator):
 
     def estimate(self, trial, options: Optional[ReplayOptions]) -> Estimate:
         options = options or ReplayOptions()
-        state_bytes = sum(v.nbytes for v in trial.learner.state().values())
+        state_bytes = _state_bytes(trial.learner)
         S = options.segment(state_bytes)
         n = max(len(trial.trace.epoch_steps(e)) for e in range(trial.trace.n_epochs))
         held = (min(S, n) + -(-n // S)) * state_bytes  # one segment plus the segment starts of an epoch
