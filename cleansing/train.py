@@ -76,7 +76,7 @@ def check_loss(loss: float, num_classes: int, epoch: int, step: int) -> None:
 
 def run_steps(learner: Learner, data: DataBundle, trace: Trace, steps: Iterable[int], augment: bool,
               removed: Optional[np.ndarray] = None, before_step: Optional[Callable[[int], None]] = None,
-              progress: Optional[tqdm] = None, margins: Optional[np.ndarray] = None) -> float:
+              progress: Optional[tqdm] = None, margins: Optional[np.ndarray] = None, report: bool = True) -> float:
     """Replay trace ``steps`` on ``learner``; returns the mean training loss over them.
 
     ``removed`` (bool mask over training positions) gives counterfactual SGD: removed samples
@@ -85,6 +85,8 @@ def run_steps(learner: Learner, data: DataBundle, trace: Trace, steps: Iterable[
     ``margins`` (float array over training positions): each trained row's margin as its step saw it
     (the augmented image, parameters before the update), the logit of its label minus the largest
     other logit, read from the step's own forward pass (``Learner.step_logits``).
+    ``report``: tell the running task's progress how many of ``steps`` are done (False: a caller that
+    replays pieces of the training reports its own progress).
     """
     total, count = 0.0, 0
     steps = list(steps)
@@ -106,7 +108,8 @@ def run_steps(learner: Learner, data: DataBundle, trace: Trace, steps: Iterable[
             count += len(idx)
         if progress is not None:
             progress.update(1)
-        report_steps(i + 1, len(steps))
+        if report:
+            report_steps(i + 1, len(steps))
     return total / max(count, 1)
 
 

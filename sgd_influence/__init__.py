@@ -1,6 +1,7 @@
 """SGD-influence (Hara et al., 2019) and its storage-efficient variant (Suzuki et al., 2021):
-the backward recursion over the last epoch (``infl``), error explanations (``explain``) and the
-pipeline's "Hara" and "Ours" estimators (``estimators``)."""
-from .estimators import ESTIMATORS, Hara, Ours
+the backward recursion over the last epoch (``infl``), over all epochs with replayed parameters
+(``replay``), error explanations (``explain``) and the pipeline's "Hara", "Ours" and
+"Hara_all_epochs" estimators (``estimators``)."""
+from .estimators import ESTIMATORS, Hara, HaraAllEpochs, Ours, ReplayOptions
 
-__all__ = ["ESTIMATORS", "Hara", "Ours"]
+__all__ = ["ESTIMATORS", "Hara", "HaraAllEpochs", "Ours", "ReplayOptions"]
