@@ -114,6 +114,7 @@ class HaraAllEpochs(Estimator):
     per-epoch checkpoints one segment at a time (storage: E checkpoints plus one segment)."""
 
     name = ALL_EPOCHS
+    ranks = "SGD-influence on the validation loss over every epoch, step parameters replayed from checkpoints"
     options = ReplayOptions
     needs_epoch_params = True
     needs_validation_grad = True
