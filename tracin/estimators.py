@@ -54,17 +54,20 @@ class TracIn(Estimator):
     ranks = "sum over checkpoints of lr_k <grad L_val, g_j>: influence on the validation loss"
     options = TracInOptions
     needs_epoch_params = True
+    needs_validation_grad = True  # the final checkpoint's validation gradient is the trial's u
     self_influence = False
     cost_epochs = 2.0  # per checkpoint about 0.5: one validation gradient and one per-sample pass
 
     def estimate(self, trial, options: TracInOptions) -> Estimate:
         trace, epochs = trial.trace, options.epochs(trial.cfg.train.epochs)
         checkpoints: List[Tuple[int, float]] = [(e, float(np.mean(trace.lr[trace.epoch == e - 1]))) for e in epochs]
+        known = {trial.cfg.train.epochs: trial.u} if self.needs_validation_grad else {}
         final = trial.learner.state()
         try:
             total, rows = tracin(trial.learner, trial.data, checkpoints, lambda e: trial.epoch_params(e, self.name),
                                  options.tracin_layers, self.self_influence,
-                                 show_progress=trial.cfg.runtime.show_progress, desc=f"{self.name} seed {trial.seed}")
+                                 show_progress=trial.cfg.runtime.show_progress, desc=f"{self.name} seed {trial.seed}",
+                                 known=known)
         finally:
             trial.learner.set_state(final)
         log = pd.DataFrame([{"method": self.name, "seed": trial.seed, "layers": options.tracin_layers, **r}
@@ -86,6 +89,7 @@ class TracInSelf(TracIn):
     """``-sum_k lr_k ||grad l(z_j; theta_k)||^2``: the most self-influential samples (suspicious labels) first."""
 
     name = SELF
+    needs_validation_grad = False
     ranks = "TracIn self-influence, sum over checkpoints of lr_k ||g_j||^2, largest first (wrong labels)"
     self_influence = True
 

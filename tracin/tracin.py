@@ -16,7 +16,7 @@ from its inputs and the logits' gradients ``p - e_y``, one forward pass per batc
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -45,9 +45,11 @@ def _last_layer_grad(psg: PerSampleGradients, batches: Iterable[Tuple[np.ndarray
     return W / n, b / n
 
 
-def checkpoint_scores(learner: Learner, data: DataBundle, layers: str, self_influence: bool) -> np.ndarray:
+def checkpoint_scores(learner: Learner, data: DataBundle, layers: str, self_influence: bool,
+                      u: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
     """One checkpoint's term before the learning rate, at the learner's current parameters:
-    ``<grad L_val, grad l(z_j)>`` (or ``||grad l(z_j)||^2`` with ``self_influence``) for every training position."""
+    ``<grad L_val, grad l(z_j)>`` (or ``||grad l(z_j)||^2`` with ``self_influence``) for every training
+    position; ``u``: ``grad L_val`` there when already known (else computed, one validation pass)."""
     psg = PerSampleGradients(learner, "TracIn")
     train = list(split_batches(data, data.train, ROWS))
     if layers == "last":
@@ -59,22 +61,25 @@ def checkpoint_scores(learner: Learner, data: DataBundle, layers: str, self_infl
         return np.concatenate([np.einsum("no,no->n", g, a @ W + b) for a, g in parts])
     if self_influence:
         return np.concatenate([psg.squared_norms(x, y) for x, y in train])
-    u = learner.mean_loss_grad(split_batches(data, data.val), train=False)
+    if u is None:
+        u = learner.mean_loss_grad(split_batches(data, data.val), train=False)
     return np.concatenate([learner.per_sample_grad_dot(x, y, u, train=False) for x, y in train])
 
 
 def tracin(learner: Learner, data: DataBundle, checkpoints: Sequence[Tuple[int, float]],
            load: Callable[[int], Mapping[str, np.ndarray]], layers: str = "all", self_influence: bool = False,
-           show_progress: bool = False, desc: str = "TracIn") -> Tuple[np.ndarray, List[Dict[str, float]]]:
+           show_progress: bool = False, desc: str = "TracIn",
+           known: Optional[Mapping[int, Mapping[str, np.ndarray]]] = None) -> Tuple[np.ndarray, List[Dict[str, float]]]:
     """``sum_k lr_k * checkpoint_scores`` over ``checkpoints`` ((epoch, lr_k) pairs; ``load(epoch)``
-    gives that epoch's parameters, loaded into ``learner``) and one log row per checkpoint."""
+    gives that epoch's parameters, loaded into ``learner``) and one log row per checkpoint; ``known``:
+    epoch -> the validation gradient there where already computed (the final one: ``Trial.u``)."""
     if layers not in LAYERS:
         raise ValueError(f"unknown TracIn layers {layers!r}; choose one of {', '.join(LAYERS)}")
     total = np.zeros(len(data.train))
     rows = []
     for epoch, lr in tqdm(checkpoints, desc=desc, unit="checkpoint", disable=not show_progress, leave=False):
         learner.set_state(load(epoch))
-        term = checkpoint_scores(learner, data, layers, self_influence)
+        term = checkpoint_scores(learner, data, layers, self_influence, (known or {}).get(epoch))
         total += lr * term
         rows.append({"epoch": epoch, "lr": lr, "mean_abs_term": float(np.mean(np.abs(term)))})
     return total, rows

@@ -76,6 +76,12 @@ def test_tracin_equals_a_hand_computed_sum_over_two_checkpoints(layers):
     assert np.allclose(got, ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
     assert np.allclose(got_self, ref_self, rtol=1e-4)
     assert [r["epoch"] for r in rows] == [1, 2] and [r["lr"] for r in rows] == [0.05, 0.02]
+    # a validation gradient already known at a checkpoint (the trial's u at the final one) is used as is
+    learner.set_state(states[2])
+    from datasets.batches import split_batches
+    known = {2: learner.mean_loss_grad(split_batches(data, data.val), train=False)}
+    got_known, _ = tracin(learner, data, checkpoints, states.__getitem__, layers, known=known)
+    assert np.array_equal(got_known, got)
 
 
 def test_tracin_sign_against_leave_one_out_retraining_on_a_convex_problem():
