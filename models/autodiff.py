@@ -652,3 +652,12 @@ def axpy(alpha: float, x: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray])
 def vnorm(a: Mapping[str, np.ndarray]) -> float:
     """Euclidean norm of a parameter vector."""
     return float(np.sqrt(vdot(a, a)))
+
+# ---------------------------------------------------------------------- public names
+# What tools beside the estimators (bench/) build on, under public names; the same objects.
+#: The forward-mode pass: the logits and their directional derivative ``J v``.
+Jvp = _Jvp
+#: ``learner.direction_vars()``: one fresh variable per trainable parameter (a direction ``v``).
+Learner.direction_vars = Learner._direction_vars  # type: ignore[attr-defined]
+#: ``learner.stats_for(train)``: the batch-norm statistics a graph in that mode reads.
+Learner.stats_for = Learner._stats  # type: ignore[attr-defined]
