@@ -4,7 +4,7 @@
 Solves ``(G + alpha I) v = u`` by CG (``influence_functions.solvers.conjugate_gradient``) with exact
 Gauss-Newton products over the whole training set, ``G v = (1/n) sum_i J_i' L_i J_i v``
 (``J_i`` the Jacobian of sample i's logits, ``L_i = diag p_i - p_i p_i'``, batch norm in inference
-mode as every solver): ``J_i v`` by the forward-mode pass of ``models.autodiff._Jvp``, then one
+mode as every solver): ``J_i v`` by the forward-mode pass of ``models.autodiff.Jvp``, then one
 backward pass with the cotangent ``L_i J_i v`` held constant. It scores
 ``<v, grad l(z_j)> / n_train`` as ``influence_scores`` and counts the flipped labels among the 10%
 most harmful, beside the run's own Influence_functions (MINRES, Hessian) and EK-FAC rankings.
@@ -35,13 +35,13 @@ def gn_product(learner, data, space, batch: int = 256):
     import nnabla.functions as F
 
     from datasets.batches import split_batches
-    from models.autodiff import _Jvp
+    from models.autodiff import Jvp
     graphs = {}
 
     def build(b: int):
         x = nn.Variable((b,) + learner.model.input_shape)
-        V = learner._direction_vars()
-        logits, dlogits = _Jvp(learner.model, learner.params, V, learner._stats(False), False).forward(x)
+        V = learner.direction_vars()
+        logits, dlogits = Jvp(learner.model, learner.params, V, learner.stats_for(False), False).forward(x)
         p = F.softmax(logits, axis=1)
         r = p * dlogits - p * F.sum(p * dlogits, axis=1, keepdims=True)  # L_i J_i v per row
         r.persistent = True

@@ -66,15 +66,15 @@ def on_dask(folders, quiet: bool) -> list:
     sys.path.insert(0, str(ROOT))
     import dask
 
-    from cleansing.graph import _MALLOC_ENV, _quiet_dask, start_client
-    _quiet_dask()
+    from cleansing.graph import MALLOC_ENV, quiet_dask, start_client
+    quiet_dask()
     if quiet:
         client, cluster = start_client(len(folders), None)
     else:
         import logging
 
         from distributed import Client, LocalCluster
-        with dask.config.set({_MALLOC_ENV: None}):
+        with dask.config.set({MALLOC_ENV: None}):
             cluster = LocalCluster(n_workers=len(folders), threads_per_worker=1, processes=True,
                                    dashboard_address=":0", silence_logs=logging.CRITICAL)
         client = Client(cluster)

@@ -1,6 +1,7 @@
 """The generic data-cleansing pipeline, which knows no estimator.
 
-``config`` (the run's settings, grouped), ``estimator`` (the interface an estimator implements and
+``config`` (the run's settings, grouped; each core setting declared once in ``settings``, the
+rules for manifests of older versions in ``compat``), ``estimator`` (the interface an estimator implements and
 the registry), ``trial`` (a trained trial as estimators see it), ``train``/``trace`` (training
 with a recorded trace), ``retrain`` (counterfactual retraining without the most harmful samples),
 ``validate`` (leave-one-out truth), ``pipeline`` and ``graph`` (the run as tasks, in this process

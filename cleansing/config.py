@@ -1,13 +1,14 @@
 """The settings of a run, grouped by what they change: data, training, removal, reports, runtime,
 plus the options of the estimators in use (``cleansing.estimator.Options``, one per family).
 
-``manifest`` lists every setting that changes a result and ``manifest_scopes`` which outputs a
-change of it invalidates (``cleansing.outdir.SCOPES``); runtime settings change no result.
+The core settings are declared in ``cleansing.settings`` (each with its flag, manifest key and
+scope); ``manifest`` lists every setting that changes a result and ``manifest_scopes`` which
+outputs a change of it invalidates (``cleansing.outdir.SCOPES``); runtime settings change no result.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -17,65 +18,14 @@ from common.errors import UserError
 from datasets.loader import input_fingerprints, input_paths
 from datasets.noise import check_fraction
 
+from . import compat, settings
 from .estimator import Options, Registry
-from .outdir import SCOPES, method_scope
+from .outdir import method_scope
+from .settings import DEFAULT_REMOVE, DataConfig, RemovalConfig, ReportConfig, RuntimeConfig
 from .train import TrainConfig
 
-DEFAULT_REMOVE = (0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000)
-#: Manifest keys added after runs had been made: an old manifest without them had these values.
-MANIFEST_DEFAULTS = {"label_noise": 0.0, "retrain_all": False, "train_data": None, "val_data": None,
-                     "test_data": None, "model_fingerprint": None}
-#: Report settings added to the manifest later: an old manifest without them takes today's values.
-ADOPTED_IF_MISSING = ("gallery", "explain_k", "explain_max", "explain_same_label")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which samples: a built-in dataset name or an NNC train CSV (``val_csv``/``test_csv``
-    beside it by default), the first ``n_*`` of each seeded split, and label noise."""
-
-    dataset: str = "digits"
-    data_dir: Optional[str] = None
-    n_train: Optional[int] = None
-    n_val: Optional[int] = None
-    n_test: Optional[int] = None
-    val_csv: Optional[str] = None
-    test_csv: Optional[str] = None
-    label_noise: float = 0.0
-
-
-@dataclass(frozen=True)
-class RemovalConfig:
-    """Which retrainings: the numbers of most harmful samples removed (``-r``), retraining every
-    epoch (``retrain_all``) or the last, and the leave-one-out validation (``--validate``)."""
-
-    remove: Sequence[int] = DEFAULT_REMOVE
-    retrain_all: bool = False
-    validate: int = 0
-    validate_repeats: int = 1
-
-
-@dataclass(frozen=True)
-class ReportConfig:
-    """Which reports: harmful galleries, cleansed datasets, explained test errors."""
-
-    gallery: int = 32
-    cleanse: Sequence[int] = ()
-    explain_k: int = 5
-    explain_max: int = 0
-    explain_same_label: bool = False
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """Where and how the run executes (no effect on any result)."""
-
-    out: str = "output_sgd_influence"
-    context: Optional[str] = None
-    device_id: int = 0
-    jobs: int = 1
-    scheduler: Optional[str] = None
-    show_progress: bool = True
+__all__ = ["DEFAULT_REMOVE", "DataConfig", "RemovalConfig", "ReportConfig", "RunConfig", "RuntimeConfig",
+           "TrainConfig", "check_settings", "field_defaults", "field_values", "make_config"]
 
 
 @dataclass(frozen=True)
@@ -113,12 +63,10 @@ class RunConfig:
     def manifest(self, registry: Registry) -> dict:
         """Every setting that changes a result, with the content fingerprints of own CSV data and
         the options of the estimators in ``methods``."""
-        d, r, rep = self.data, self.removal, self.reports
-        base = {"dataset": d.dataset, **asdict(self.train), "n_train": d.n_train, "n_val": d.n_val,
-                "n_test": d.n_test, "label_noise": float(d.label_noise), "retrain_all": bool(r.retrain_all),
-                "gallery": int(rep.gallery), "explain_k": int(rep.explain_k), "explain_max": int(rep.explain_max),
-                "explain_same_label": bool(rep.explain_same_label),
-                **input_fingerprints(d.dataset, d.val_csv, d.test_csv, (d.n_train, d.n_val, d.n_test))}
+        d = self.data
+        values = {**field_values(self),
+                  **input_fingerprints(d.dataset, d.val_csv, d.test_csv, (d.n_train, d.n_val, d.n_test))}
+        base = compat.ordered(settings.recorded(values))
         for kind in registry.option_types(self.methods):
             base.update(self.option(kind).manifest(self))
         fingerprint = self.model_fingerprint()
@@ -142,21 +90,14 @@ class RunConfig:
 
     def manifest_defaults(self, registry: Registry) -> dict:
         """Values of keys that older manifests lack (they were recorded later)."""
-        out = dict(MANIFEST_DEFAULTS)
-        for kind in registry.option_types(self.methods):
-            out.update(kind.manifest_defaults)
-        return out
+        return compat.manifest_defaults(registry.option_types(self.methods))
 
     def manifest_scopes(self, registry: Registry) -> Dict[str, Callable]:
-        """Manifest key -> the outputs a change of it invalidates: training settings everything,
-        validation data the influence onwards, test data and ``retrain_all`` the retrainings, report
-        sizes their reports, an estimator family's options its estimators' outputs only."""
-        scopes = {k: SCOPES["train"] for k in ("dataset", *asdict(self.train), "n_train", "label_noise", "train_data")}
-        scopes.update({k: SCOPES["influence"] for k in ("n_val", "val_data")})
-        scopes.update({k: SCOPES["eval"] for k in ("n_test", "test_data", "retrain_all")})
-        scopes["gallery"] = lambda rel: rel.name.startswith("harmful_")
-        for k in ("explain_k", "explain_max", "explain_same_label"):
-            scopes[k] = lambda rel: rel.name.startswith("explain_errors")
+        """Manifest key -> the outputs a change of it invalidates: each core setting's declared scope
+        (``cleansing.settings``: training settings everything, validation data the influence onwards,
+        test data and ``retrain_all`` the retrainings, report sizes their reports), an estimator
+        family's options its estimators' outputs only."""
+        scopes = settings.scopes()
         for kind in registry.option_types(self.methods):
             users = [e.name for e in registry if e.options is kind]
             hits = [method_scope(n, weights_tag=kind.weights_tag) for n in users]
@@ -177,6 +118,21 @@ def _any_of(scopes: List[Callable]) -> Callable:
 
 _GROUPS = {"data": DataConfig, "removal": RemovalConfig, "reports": ReportConfig, "runtime": RuntimeConfig,
            "train": TrainConfig}
+
+
+def field_values(cfg: RunConfig) -> Dict[str, Any]:
+    """Every core setting of ``cfg`` by name (the fields of its groups, ``n_trials``, ``first_seed``)."""
+    out: Dict[str, Any] = {}
+    for g in _GROUPS:
+        group = getattr(cfg, g)
+        out.update({f.name: getattr(group, f.name) for f in dataclasses.fields(group)})
+    out.update(n_trials=cfg.n_trials, first_seed=cfg.first_seed)
+    return out
+
+
+def field_defaults() -> Dict[str, Any]:
+    """The default of every core setting by name."""
+    return field_values(RunConfig())
 
 
 def make_config(registry: Optional[Registry] = None, base: Optional[RunConfig] = None, **settings: Any) -> RunConfig:

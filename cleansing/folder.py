@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from common.errors import UserError
 from common.fileio import remove_stale_partials
 
-from .config import ADOPTED_IF_MISSING, RunConfig
+from . import compat
+from .config import RunConfig
 from .estimator import Registry
 from .outdir import (
     LOCK,
@@ -71,8 +72,7 @@ def prepare_output(cfg: RunConfig, registry: Registry, overwrite: bool) -> Outpu
         try:
             old = read_manifest(paths.manifest)
             recorded = old
-            old = {**_adopted_options(cfg, registry, wanted), **cfg.manifest_defaults(registry),
-                   **{k: wanted[k] for k in ADOPTED_IF_MISSING if k in wanted}, **old}
+            old = compat.complete(old, wanted, cfg.manifest_defaults(registry), _option_keys(cfg, registry))
             diff = manifest_diff(old, wanted, paths.manifest)
             scopes = cfg.manifest_scopes(registry)
             if diff and not overwrite:
@@ -119,11 +119,9 @@ def _short(v) -> str:
     return text[:12] + "..." if len(text) > 15 else text
 
 
-def _adopted_options(cfg: RunConfig, registry: Registry, wanted: dict) -> dict:
-    """Option keys of the run's estimators that an older manifest may lack: the estimators never
-    ran in that folder with other values, so today's are adopted (keys with a recorded default in
-    ``Options.manifest_defaults`` take that default instead, via ``manifest_defaults``)."""
-    keys = set()
+def _option_keys(cfg: RunConfig, registry: Registry) -> set:
+    """The option keys of the run's estimators (an older manifest may lack them: ``compat.complete``)."""
+    keys: set = set()
     for kind in registry.option_types(cfg.methods):
         keys.update(cfg.option(kind).manifest(cfg))
-    return {k: wanted[k] for k in keys if k in wanted}
+    return keys

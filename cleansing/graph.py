@@ -415,3 +415,10 @@ def _lost(exc: BaseException) -> UserError:
 def _failed(task: Task) -> None:
     if task.on_error is not None:
         task.on_error()
+
+
+# ---------------------------------------------------------------------------- public names
+#: The Dask setting of the malloc environment of spawned workers (``start_client`` clears it).
+MALLOC_ENV = _MALLOC_ENV
+#: Keep Dask's own INFO lines and task-failure reports out of stderr (as ``start_client`` does).
+quiet_dask = _quiet_dask

@@ -246,10 +246,6 @@ class Learner:
         for k, v in self.params.items():
             v.d = state[k]
 
-    def trainable_vector(self) -> Vector:
-        """The trainable parameters as float64 arrays."""
-        return {k: v.d.astype(np.float64) for k, v in self.trainable.items()}
-
     # ------------------------------------------------------------------ graph building
     def _graph(self, kind: str, batch: int, train: bool, build: Callable[[int, bool], Graph]) -> Graph:
         key = (kind, batch, train)
@@ -644,11 +640,16 @@ def vdot(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
     return float(sum(np.vdot(a[k], b[k]) for k in a))
 
 
-def axpy(alpha: float, x: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray]) -> Vector:
-    """``alpha * x + y``."""
-    return {k: alpha * x[k] + y[k] for k in y}
-
-
 def vnorm(a: Mapping[str, np.ndarray]) -> float:
     """Euclidean norm of a parameter vector."""
     return float(np.sqrt(vdot(a, a)))
+
+
+# ---------------------------------------------------------------------- public names
+# What tools beside the estimators (bench/) build on, under public names; the same objects.
+#: The forward-mode pass: the logits and their directional derivative ``J v``.
+Jvp = _Jvp
+#: ``learner.direction_vars()``: one fresh variable per trainable parameter (a direction ``v``).
+Learner.direction_vars = Learner._direction_vars  # type: ignore[attr-defined]
+#: ``learner.stats_for(train)``: the batch-norm statistics a graph in that mode reads.
+Learner.stats_for = Learner._stats  # type: ignore[attr-defined]

@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 
 from cleansing.analyze import collect_scores, plot_result, summarize  # noqa: E402
 from cleansing.paths import RunPaths  # noqa: E402
+from common.fileio import write_csv_atomic, write_text_atomic  # noqa: E402
 
 from . import stats  # noqa: E402
 from .scales import Experiment, Scale  # noqa: E402
@@ -407,15 +408,20 @@ def cost_lines(datas: Sequence[ExperimentData]) -> List[str]:
     return out + [""]
 
 
-def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[Path] = None) -> Path:
-    """Write ``<committed>/report/index.md`` (and ``report/fig/*.png``) from ``<committed>/runs``;
-    returns the path of ``index.md``."""
-    out = out or committed / "report"
-    fig = out / "fig"
-    fig.mkdir(parents=True, exist_ok=True)
-    runs = committed / "runs"
-    datas = {e.name: load_experiment(e, runs / e.name) for e in scale.experiments}
-    delta = scale.delta
+#: A verdict row of the report's first table: (claim, verdict, reason).
+VerdictRow = Tuple[str, str, str]
+
+
+@dataclass
+class Section:
+    """A part of the report: its markdown lines and the verdict rows it adds to the first table."""
+
+    lines: List[str] = field(default_factory=list)
+    verdicts: List[VerdictRow] = field(default_factory=list)
+
+
+def header_lines(scale: Scale, datas: Dict[str, ExperimentData], commit: str) -> List[str]:
+    """Title, status (trials done), how the report was built and compared, the trials' code, the regime."""
     done = sum(len(d.seeds) for d in datas.values())
     total = sum(e.trials for e in scale.experiments if not e.needs)
     wall = sum(d.wall_s for d in datas.values())
@@ -434,7 +440,7 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
         "Every comparison is paired by trial (same seed: same split, initialisation and batch order). "
         "Intervals are 95% Student-t intervals of the mean paired difference; p-values: paired t-test and "
         "Wilcoxon signed-rank (two-sided, scipy.stats); MDE: the true difference a paired t-test at 5% finds "
-        f"with 80% power given the observed spread. The resolution the study aims at: {100 * delta:.2f} pp. "
+        f"with 80% power given the observed spread. The resolution the study aims at: {100 * scale.delta:.2f} pp. "
         "The verdict of each claim is taken at a removal size fixed before any result (the primary n); "
         "the other n are shown, not tested for the verdict (no picking of the best n).",
         "",
@@ -451,8 +457,12 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
                   "changes results says so).", ""]
     if scale.regime:
         lines += [scale.regime, ""]
-    verdict_rows: List[Tuple[str, str, str]] = []
-    body: List[str] = [
+    return lines
+
+
+def regime_section(scale: Scale, datas: Dict[str, ExperimentData]) -> Section:
+    """How settled each experiment's training is (the noise floor every claim must beat)."""
+    return Section([
         "## Regime of every experiment",
         "",
         "How settled each experiment's training is, before any verdict: a claim's difference must beat the "
@@ -461,12 +471,15 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
         "",
         *regime_table([datas[e.name] for e in scale.experiments]),
         "",
-    ]
+    ])
 
-    # claim 1
-    c1 = [datas[e.name] for e in scale.by_claim(1)]
-    body += ["## Claim 1: Ours removes harmful samples as well as Hara; random removal does not (Fig. 2, 4)", ""]
-    for d in c1:
+
+def claim1_section(scale: Scale, datas: Dict[str, ExperimentData], fig: Path) -> Section:
+    """Claim 1: Ours removes harmful samples as well as Hara, random removal does not (Fig. 2, 4)."""
+    sec = Section(["## Claim 1: Ours removes harmful samples as well as Hara; random removal does not (Fig. 2, 4)",
+                   ""])
+    body = sec.lines
+    for d in (datas[e.name] for e in scale.by_claim(1)):
         e = d.exp
         body += [f"### {e.label}", ""]
         if e.needs and not d.seeds:
@@ -475,10 +488,10 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
                 f"archive is present (`--data-dir`).",
                 "",
             ]
-            verdict_rows.append((f"1 ({e.label})", "not run", f"data not available offline: {e.needs}"))
+            sec.verdicts.append((f"1 ({e.label})", "not run", f"data not available offline: {e.needs}"))
             continue
-        v = claim_gain(d, e.primary_n, delta)
-        verdict_rows.append((f"1 ({e.label})", v.label, f"n = {e.primary_n}: {v.reason}"))
+        v = claim_gain(d, e.primary_n, scale.delta)
+        sec.verdicts.append((f"1 ({e.label})", v.label, f"n = {e.primary_n}: {v.reason}"))
         body += [
             f"Settings: {e.n_train or 'all'} training samples, {e.n_val} validation, {e.n_test or 'all'} test, "
             f"lr {e.lr}, {e.epochs} epochs, batch {e.batch_size}, clean labels, cnn6, augmentation on; removal "
@@ -506,9 +519,15 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
                 "(test accuracy, mean +- std over trials, No Removal dashed).",
                 "",
             ]
+    return sec
 
-    # claim 2
-    body += ["## Claim 2: the same at batch sizes 32, 64, 128, 256 (Fig. 5)", ""]
+
+def claim2_section(scale: Scale, datas: Dict[str, ExperimentData], fig: Path) -> Section:
+    """Claim 2: claim 1 at batch sizes 32 to 256 (Fig. 5); one verdict, reproduced only if every size is."""
+    delta = scale.delta
+    sec = Section(["## Claim 2: the same at batch sizes 32, 64, 128, 256 (Fig. 5)", ""])
+    body = sec.lines
+    c1 = [datas[e.name] for e in scale.by_claim(1)]
     c2 = [d for d in c1 if "mnist" in d.exp.name] + [datas[e.name] for e in scale.by_claim(2)]
     panels, c2v = [], []
     body += [
@@ -541,7 +560,7 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
         c2why = f"{len(c2v) - len(ran)} of {len(c2v)} batch sizes without a complete trial yet; " + c2why
         if c2label == stats.REPRODUCED:
             c2label = stats.INCONCLUSIVE
-    verdict_rows.append(("2 (batch 32-256, MNIST)", c2label, c2why))
+    sec.verdicts.append(("2 (batch 32-256, MNIST)", c2label, c2why))
     body.append("")
     for d in c2:
         if d.exp.claim == 2 and d.seeds:
@@ -554,23 +573,49 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
         "`--scale paper` runs it where the archive is present.",
         "",
     ]
+    return sec
 
-    # claim 3
-    body += ["## Claim 3: Ours' cache is 1/T of Hara's (Table 1)", ""]
+
+def claim3_section() -> Section:
+    """Claim 3: Ours' cache is 1/T of Hara's (Table 1), from a cnn6 parameter file saved now."""
+    sec = Section(["## Claim 3: Ours' cache is 1/T of Hara's (Table 1)", ""])
     lines3, ratios = cache_table_lines()
-    body += lines3 + [""]
+    sec.lines += lines3 + [""]
     if ratios:
         ok = all(abs(r - t) < 1e-9 * t for _, r, t in ratios)
         txt = "; ".join(f"{ds}: Hara / Ours = {r:.0f}, T = {t}" for ds, r, t in ratios)
-        verdict_rows.append(("3 (Table 1)", stats.REPRODUCED if ok else stats.NOT_REPRODUCED, txt))
-        body += [f"{txt}. Sizes from a cnn6 parameter file saved by this project (`python cache_table.py`).", ""]
+        sec.verdicts.append(("3 (Table 1)", stats.REPRODUCED if ok else stats.NOT_REPRODUCED, txt))
+        sec.lines += [f"{txt}. Sizes from a cnn6 parameter file saved by this project (`python cache_table.py`).", ""]
+    return sec
 
-    # claim 4
-    body += ["## Claim 4: turn-over dropout cleansing under a domain shift (Kobayashi et al., Table 2)", ""]
+
+def turnover_check_lines(tc: pd.DataFrame) -> List[str]:
+    """The loss check of the final turn-over-dropout network, averaged over runs, as a table."""
+    lines = [
+        "Loss check of the final TD network (its Fig. 2: the flipped-mask training loss should sit at "
+        "held-out level), mean over runs:",
+        "",
+        "| " + " | ".join(c for c in tc.columns if c != "seed") + " |",
+        "| " + " | ".join("---" for c in tc.columns if c != "seed") + " |",
+    ]
+    num_cols = [c for c in tc.columns if c != "seed" and pd.api.types.is_numeric_dtype(tc[c])]
+    key = [c for c in tc.columns if c != "seed" and c not in num_cols]
+    agg = tc.groupby(key, sort=False)[num_cols].mean().reset_index() if key else tc[num_cols].mean().to_frame().T
+    for r in agg.itertuples(index=False):
+        cells = (f"{v:g}" if isinstance(v, float) and float(v).is_integer() else num(v) if isinstance(v, float)
+                 else str(v) for v in r)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def claim4_section(scale: Scale, datas: Dict[str, ExperimentData], fig: Path) -> Section:
+    """Claim 4: turn-over dropout cleansing under a domain shift (Kobayashi et al., Table 2)."""
+    sec = Section(["## Claim 4: turn-over dropout cleansing under a domain shift (Kobayashi et al., Table 2)", ""])
+    body = sec.lines
     for e in scale.by_claim(4):
         d = datas[e.name]
-        v = claim4_verdict(d, delta)
-        verdict_rows.append((f"4 ({e.label})", v.label, v.reason))
+        v = claim4_verdict(d, scale.delta)
+        sec.verdicts.append((f"4 ({e.label})", v.label, v.reason))
         body += [
             f"### {e.label}",
             "",
@@ -588,101 +633,80 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
             plot_claim4(d, fig / f"claim4_{e.name}.png")
             body += [f"![claim 4](fig/claim4_{e.name}.png)", ""]
         if d.turnover_check is not None and len(d.turnover_check):
-            tc = d.turnover_check
-            body += [
-                "Loss check of the final TD network (its Fig. 2: the flipped-mask training loss should sit at "
-                "held-out level), mean over runs:",
-                "",
-                "| " + " | ".join(c for c in tc.columns if c != "seed") + " |",
-                "| " + " | ".join("---" for c in tc.columns if c != "seed") + " |",
-            ]
-            num_cols = [c for c in tc.columns if c != "seed" and pd.api.types.is_numeric_dtype(tc[c])]
-            key = [c for c in tc.columns if c != "seed" and c not in num_cols]
-            agg = (
-                tc.groupby(key, sort=False)[num_cols].mean().reset_index() if key else tc[num_cols].mean().to_frame().T
-            )
-            for r in agg.itertuples(index=False):
-                body.append(
-                    "| "
-                    + " | ".join(
-                        f"{v:g}"
-                        if isinstance(v, float) and float(v).is_integer()
-                        else num(v)
-                        if isinstance(v, float)
-                        else str(v)
-                        for v in r
-                    )
-                    + " |"
-                )
-            body.append("")
+            body += turnover_check_lines(d.turnover_check)
+    return sec
 
-    # claim 5
-    body += [
-        "## Claim 5: does the sum of the estimates predict a group removal?",
-        "",
-        "For every trial, method and n > 0: predicted = the sum of the n removed samples' influence "
-        "(Hara's removals by Hara, Ours' by Ours, Random's random sets by Ours), actual = validation loss after "
-        "retraining without them minus the trial's No Removal validation loss.",
-        "",
-    ]
+
+def prediction_pairs(scale: Scale, datas: Dict[str, ExperimentData]) -> pd.DataFrame:
+    """Claim 5's (trial, method, n) pairs of every SGD experiment: predicted and actual loss change."""
     pairs = []
     for e in scale.experiments:
         d = datas[e.name]
         if e.kind == "sgd" and not d.scores.empty:
             p = stats.predicted_vs_actual(d.scores, d.influence, ESTIMATOR_FOR)
             pairs.append(p.assign(experiment=e.name))
-    pairs = pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame()
-    if len(pairs):
-        plot_prediction(
-            pairs[pairs.experiment == scale.by_claim(1)[0].name]
-            if (pairs.experiment == scale.by_claim(1)[0].name).any()
-            else pairs,
-            fig / "claim5_prediction.png",
-        )
-        body += [
-            "| experiment | method | n | pairs | Pearson r | Spearman rho | slope actual/predicted | mean predicted "
-            "| mean actual |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for (ex, m), g in pairs.groupby(["experiment", "method"]):
-            c = stats.correlation(g.predicted, g.actual)
-            body.append(
-                f"| {ex} | {m} | all | {c['n']} | {num(c['pearson'], 3)} | {num(c['spearman'], 3)} "
-                f"| {num(c['slope'], 3)} | {g.predicted.mean():+.4f} | {g.actual.mean():+.4f} |"
-            )
-            for n, h in g.groupby("n_drops"):
-                c = stats.correlation(h.predicted, h.actual)
-                body.append(
-                    f"| | | {n} | {c['n']} | {num(c['pearson'], 3)} | {num(c['spearman'], 3)} "
-                    f"| {num(c['slope'], 3)} | {h.predicted.mean():+.4f} | {h.actual.mean():+.4f} |"
-                )
-        allc = stats.correlation(pairs.predicted, pairs.actual)
-        body += [
-            "",
-            f"Over all {allc['n']} pairs: Pearson {num(allc['pearson'], 3)} (p {pval(allc['pearson_p'])}), "
-            f"Spearman {num(allc['spearman'], 3)} (p {pval(allc['spearman_p'])}), slope {num(allc['slope'], 3)}. "
-            "A slope near 1 with high correlation means the first-order sum predicts the group removal; "
-            "the per-n rows show where it holds (the estimators are first order in one removal).",
-            "",
-            "![claim 5](fig/claim5_prediction.png)",
-            "",
-        ]
-        pairs.to_csv(out / "claim5_pairs.csv", index=False)
-        verdict_rows.append(
-            (
-                "5 (sum of estimates vs group removal)",
-                "measured",
-                f"Pearson {num(allc['pearson'], 3)}, Spearman {num(allc['spearman'], 3)}, "
-                f"slope {num(allc['slope'], 3)} over {allc['n']} (trial, method, n) pairs",
-            )
-        )
-    else:
+    return pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame()
+
+
+def claim5_section(scale: Scale, datas: Dict[str, ExperimentData], out: Path, fig: Path) -> Section:
+    """Claim 5: does the sum of the estimates predict a group removal? (writes ``claim5_pairs.csv``)"""
+    sec = Section([
+        "## Claim 5: does the sum of the estimates predict a group removal?",
+        "",
+        "For every trial, method and n > 0: predicted = the sum of the n removed samples' influence "
+        "(Hara's removals by Hara, Ours' by Ours, Random's random sets by Ours), actual = validation loss after "
+        "retraining without them minus the trial's No Removal validation loss.",
+        "",
+    ])
+    body = sec.lines
+    pairs = prediction_pairs(scale, datas)
+    if not len(pairs):
         body += ["(no complete trial yet)", ""]
-
-    body += cost_lines(list(datas.values()))
-
-    # missing
+        return sec
+    first = scale.by_claim(1)[0].name
+    plot_prediction(pairs[pairs.experiment == first] if (pairs.experiment == first).any() else pairs,
+                    fig / "claim5_prediction.png")
     body += [
+        "| experiment | method | n | pairs | Pearson r | Spearman rho | slope actual/predicted | mean predicted "
+        "| mean actual |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (ex, m), g in pairs.groupby(["experiment", "method"]):
+        c = stats.correlation(g.predicted, g.actual)
+        body.append(
+            f"| {ex} | {m} | all | {c['n']} | {num(c['pearson'], 3)} | {num(c['spearman'], 3)} "
+            f"| {num(c['slope'], 3)} | {g.predicted.mean():+.4f} | {g.actual.mean():+.4f} |"
+        )
+        for n, h in g.groupby("n_drops"):
+            c = stats.correlation(h.predicted, h.actual)
+            body.append(
+                f"| | | {n} | {c['n']} | {num(c['pearson'], 3)} | {num(c['spearman'], 3)} "
+                f"| {num(c['slope'], 3)} | {h.predicted.mean():+.4f} | {h.actual.mean():+.4f} |"
+            )
+    allc = stats.correlation(pairs.predicted, pairs.actual)
+    body += [
+        "",
+        f"Over all {allc['n']} pairs: Pearson {num(allc['pearson'], 3)} (p {pval(allc['pearson_p'])}), "
+        f"Spearman {num(allc['spearman'], 3)} (p {pval(allc['spearman_p'])}), slope {num(allc['slope'], 3)}. "
+        "A slope near 1 with high correlation means the first-order sum predicts the group removal; "
+        "the per-n rows show where it holds (the estimators are first order in one removal).",
+        "",
+        "![claim 5](fig/claim5_prediction.png)",
+        "",
+    ]
+    write_csv_atomic(out / "claim5_pairs.csv", pairs)
+    sec.verdicts.append((
+        "5 (sum of estimates vs group removal)",
+        "measured",
+        f"Pearson {num(allc['pearson'], 3)}, Spearman {num(allc['spearman'], 3)}, "
+        f"slope {num(allc['slope'], 3)} over {allc['n']} (trial, method, n) pairs",
+    ))
+    return sec
+
+
+def not_covered_lines(scale: Scale) -> List[str]:
+    """What this scale does not cover (data not downloadable here, the paper's sizes, the scale's notes)."""
+    lines = [
         "## Not covered here",
         "",
         "* CIFAR-10 (Fig. 2b, 4b, 5e-h) and STL-10: their archives cannot be downloaded on this machine; "
@@ -691,17 +715,43 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
         "* The paper's sizes (50,000 MNIST training samples): `--scale paper` (not run here; "
         "`bench/bench_graph.py` prints the projected hours from measured task costs).",
     ]
-    for note in scale.notes:
-        body.append(f"* {note}")
-    body.append("")
+    lines += [f"* {note}" for note in scale.notes]
+    return lines + [""]
 
-    lines += ["## Verdicts", "", "| claim | verdict | reason (from the numbers below) |", "| --- | --- | --- |"]
-    for c, lab, reason in verdict_rows:
-        lines.append(f"| {c} | **{lab}** | {reason} |")
-    lines += [""] + body
-    index = out / "index.md"
-    index.write_text("\n".join(lines) + "\n")
+
+def verdict_lines(rows: Sequence[VerdictRow]) -> List[str]:
+    """The first table: one verdict per claim, each with its reason."""
+    lines = ["## Verdicts", "", "| claim | verdict | reason (from the numbers below) |", "| --- | --- | --- |"]
+    lines += [f"| {c} | **{lab}** | {reason} |" for c, lab, reason in rows]
+    return lines + [""]
+
+
+def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[Path] = None) -> Path:
+    """Write ``<committed>/report/index.md`` (and ``index.html``, ``claim5_pairs.csv``,
+    ``report/fig/*.png``) from ``<committed>/runs``, each file atomically; returns the path of ``index.md``."""
     from .html import markdown_to_html
 
-    (out / "index.html").write_text(markdown_to_html(index.read_text(), f"reproduction report, scale {scale.name}"))
+    out = out or committed / "report"
+    fig = out / "fig"
+    fig.mkdir(parents=True, exist_ok=True)
+    runs = committed / "runs"
+    datas = {e.name: load_experiment(e, runs / e.name) for e in scale.experiments}
+    sections = [
+        regime_section(scale, datas),
+        claim1_section(scale, datas, fig),
+        claim2_section(scale, datas, fig),
+        claim3_section(),
+        claim4_section(scale, datas, fig),
+        claim5_section(scale, datas, out, fig),
+        Section(cost_lines(list(datas.values()))),
+        Section(not_covered_lines(scale)),
+    ]
+    verdicts = [row for sec in sections for row in sec.verdicts]
+    lines = header_lines(scale, datas, commit) + verdict_lines(verdicts)
+    for sec in sections:
+        lines += sec.lines
+    text = "\n".join(lines) + "\n"
+    index = out / "index.md"
+    write_text_atomic(index, text)
+    write_text_atomic(out / "index.html", markdown_to_html(text, f"reproduction report, scale {scale.name}"))
     return index

@@ -1,4 +1,5 @@
 """Helpers shared by the tests: running a driver as a user does, and small models with data."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,10 @@ from models import build_model
 from models.autodiff import Learner, vnorm
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The real MNIST files (the four ``*-ubyte.gz``): ``$DATA_CLEANSING_MNIST``, else the shared folder
+#: beside the repository; the tests that need them are skipped where they are missing.
+MNIST_ENV = "DATA_CLEANSING_MNIST"
+MNIST_DIR = Path(os.environ.get(MNIST_ENV) or ROOT.parent / "shared" / "datasets" / "mnist")
 
 
 def run_cli(*args, cwd=ROOT, script="eval_sgd_influence.py"):

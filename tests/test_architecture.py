@@ -133,3 +133,58 @@ def test_no_package_imports_a_top_level_script():
                      [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
             bad += [f"{f.relative_to(ROOT)} imports {n}" for n in names if n.split(".")[0] in scripts]
     assert scripts >= {"cache_table", "reproduce", "eval_sgd_influence"} and not bad, "\n".join(bad)
+
+
+def private_uses(source: str, name: str = "<source>") -> list:
+    """Where ``source`` reaches into another module's or object's private names: ``from m import _x``
+    and ``something._x`` (an attribute of anything but ``self``/``cls``; dunder names are public)."""
+    def private(n: str) -> bool:
+        return n.startswith("_") and not (n.startswith("__") and n.endswith("__"))
+
+    bad = []
+    for node in ast.walk(ast.parse(source, name)):
+        if isinstance(node, ast.ImportFrom):
+            bad += [f"{name}:{node.lineno} imports {node.module}.{a.name}" for a in node.names if private(a.name)]
+        elif isinstance(node, ast.Attribute) and private(node.attr):
+            owner = node.value.id if isinstance(node.value, ast.Name) else None
+            if owner not in ("self", "cls"):
+                bad.append(f"{name}:{node.lineno} reads {owner or '(expression)'}.{node.attr}")
+    return bad
+
+
+#: Known exceptions, each with its reason: (file, private name).
+PRIVATE_USE_EXCEPTIONS = {
+    # EkfacPreconditioner's per-batch tap graph: influence_functions/ was being edited by others during
+    # issue 33; give it a public name there (e.g. ``graph(batch)``) and drop this entry.
+    ("bench/ekfac_detection.py", "_graph"),
+}
+
+
+def script_files() -> list:
+    """The scripts: the top-level drivers and tools, bench/ and scripts/."""
+    files = [f for f in ROOT.glob("*.py") if f.stem not in LAYERS or f.stem == "estimators"]
+    return sorted(files + list((ROOT / "bench").glob("*.py")) + list((ROOT / "scripts").glob("*.py")))
+
+
+def test_scripts_and_bench_use_public_names_only():
+    """The drivers, tools and benchmarks build on the packages' public names (issue 33): a private
+    name may change with its module, so a script that reaches in breaks silently."""
+    bad = []
+    for f in script_files():
+        rel = str(f.relative_to(ROOT))
+        bad += [b for b in private_uses(f.read_text(), rel)
+                if not any(b.startswith(rel + ":") and b.endswith("." + n) for r, n in PRIVATE_USE_EXCEPTIONS
+                           if r == rel)]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("source,found", [
+    ("from models.autodiff import _Jvp\n", ["x.py:1 imports models.autodiff._Jvp"]),
+    ("import cleansing.graph as g\ng._quiet_dask()\n", ["x.py:2 reads g._quiet_dask"]),
+    ("def f(learner):\n    return learner._stats(False)\n", ["x.py:2 reads learner._stats"]),
+    ("def f(ek):\n    return make(ek)._graph(3)\n", ["x.py:2 reads (expression)._graph"]),
+    ("class A:\n    def f(self):\n        return self._x, cls._y, self.__dict__, A.__name__\n", []),
+    ("from models.autodiff import Jvp, __version__\n", []),
+])
+def test_the_public_name_checker_sees_a_reach_in(source, found):
+    assert private_uses(source, "x.py") == found

@@ -76,6 +76,7 @@ def test_stale_partial_files_of_dead_processes_are_removed(tmp_path):
     assert remove_stale_partials(tmp_path, *where) == 0
 
 
+@pytest.mark.e2e  # bench/fault_injection.py runs the driver in subprocesses
 @pytest.mark.parametrize("sig", ["KILL", "INT"])
 def test_seeded_fault_injection_short(tmp_path, sig):
     """The short version of bench/fault_injection.py: one kill (or Ctrl-C) in each stage, same bytes

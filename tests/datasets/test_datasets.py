@@ -35,8 +35,8 @@ from datasets import (
     to_network_input,
 )
 from datasets.imageops import apply_augmentation, augment_params, resize_images, resize_matrix, working_size
+from tests.helpers import MNIST_DIR
 
-MNIST_DIR = Path("/work/shared/datasets/mnist")
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
