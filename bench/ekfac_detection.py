@@ -50,7 +50,7 @@ def factored_scores(ek, learner, data, vs: dict) -> dict:
     out = np.zeros((len(keys), len(ek.blocks), n))
     pos = 0
     for x, y in split_batches(data, data.train, ek.batch):
-        g = ek._graph(len(x))
+        g = ek.graph(len(x))
         p = g.forward(x)
         acts = [b.activations(h) for b, h in zip(ek.blocks, g.inputs())]
         grads = g.backward(p - np.eye(p.shape[1])[np.asarray(y).reshape(-1)])

@@ -241,7 +241,8 @@ class Ekfac:
         self._pass(1, rngs[1], show_progress, f"{desc} correction")
         self.info.seconds["correction"] = time.time() - t0
 
-    def _graph(self, batch: int) -> TapGraph:
+    def graph(self, batch: int) -> TapGraph:
+        """The inference-mode tap graph for ``batch`` rows (built once per size)."""
         if batch not in self._graphs:
             self._graphs[batch] = TapGraph(self.learner, batch)
         return self._graphs[batch]
@@ -249,7 +250,7 @@ class Ekfac:
     def _pass(self, which: int, rng: np.random.Generator, show_progress: bool, desc: str) -> None:
         bar = tqdm(total=self.n, desc=desc, unit="sample", disable=not show_progress, leave=False)
         for x, y in split_batches(self.data, self.data.train, self.batch):
-            g = self._graph(len(x))
+            g = self.graph(len(x))
             if self.blocks is None:
                 self.blocks = [_Block(t, self.learner) for t in g.layers]
                 covered = {k for b in self.blocks for k in b.names}
@@ -289,7 +290,7 @@ class Ekfac:
         pos = 0
         bar = tqdm(total=self.n, desc=desc, unit="sample", disable=not show_progress, leave=False)
         for x, y in split_batches(self.data, self.data.train, self.batch):
-            g = self._graph(len(x))
+            g = self.graph(len(x))
             p = g.forward(x)
             acts = [b.prepare(b.activations(h)) for b, h in zip(self.blocks, g.inputs())]
             outs = g.backward(p - np.eye(p.shape[1])[np.asarray(y).reshape(-1)])

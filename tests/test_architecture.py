@@ -152,12 +152,8 @@ def private_uses(source: str, name: str = "<source>") -> list:
     return bad
 
 
-#: Known exceptions, each with its reason: (file, private name).
-PRIVATE_USE_EXCEPTIONS = {
-    # EkfacPreconditioner's per-batch tap graph: influence_functions/ was being edited by others during
-    # issue 33; give it a public name there (e.g. ``graph(batch)``) and drop this entry.
-    ("bench/ekfac_detection.py", "_graph"),
-}
+#: Known exceptions, each with its reason: (file, private name). None at present.
+PRIVATE_USE_EXCEPTIONS: set = set()
 
 
 def script_files() -> list:
