@@ -198,6 +198,16 @@ def check_settings(cfg: RunConfig) -> None:
         _check_int(n, "each number of samples to remove (-r)", 0)
     _check_int(r.validate, "validate (--validate)", 0)
     _check_int(r.validate_repeats, "validate_repeats (--validate-repeats)", 1)
+    _check_int(r.lds, "lds (--lds)", 0)
+    if r.lds == 1:
+        raise UserError("--lds 1: LDS needs at least 2 subsets to correlate over")
+    if isinstance(r.lds_fraction, bool) or not isinstance(r.lds_fraction, (int, float)) \
+            or not 0.0 < r.lds_fraction < 1.0:
+        raise UserError(f"--lds-fraction {r.lds_fraction!r} must be between 0 and 1 (the fraction of the training "
+                        f"set each subset keeps)")
+    if r.lds_retrain not in (None, "last-epoch", "full") or r.lds_seeds not in ("same", "fresh"):
+        raise UserError(f"--lds-retrain must be last-epoch or full and --lds-seeds same or fresh, got "
+                        f"{r.lds_retrain!r} and {r.lds_seeds!r}")
     _check_int(rep.gallery, "gallery (--gallery)", 0)
     for n in rep.cleanse:
         _check_int(n, "each cleanse size (--cleanse)", 0)

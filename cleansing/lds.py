@@ -21,16 +21,25 @@ Two counterfactuals (``seeds``):
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, List, Sequence, Tuple
 
-import numpy as np
-from scipy import stats
+import matplotlib
 
-from datasets import DataBundle
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
 
-from .paths import RunPaths
-from .trace import Trace, make_schedule
-from .train import TrainConfig, evaluate_splits, learner_from_file, new_learner, run_steps
+from common.figures import save_figure  # noqa: E402
+from common.fileio import read_csv_exact, write_csv_atomic  # noqa: E402
+from datasets import DataBundle  # noqa: E402
+
+from .influence_csv import read_influence_csv, scores_by_position  # noqa: E402
+from .paths import RunPaths  # noqa: E402
+from .settings import RemovalConfig  # noqa: E402
+from .trace import Trace, make_schedule  # noqa: E402
+from .train import TrainConfig, evaluate_splits, learner_from_file, new_learner, run_steps  # noqa: E402
 
 SEEDS = ("same", "fresh")
 RETRAIN = ("last-epoch", "full")
@@ -97,11 +106,73 @@ def correlations(predicted: np.ndarray, actual: np.ndarray, boot: int = 1000, se
     return out
 
 
-def check_lds(count: int, fraction: float) -> Tuple[int, float]:
-    """``(count, fraction)``, or a ValueError naming what is wrong (the drivers make it one line)."""
-    if count < 2:
-        raise ValueError(f"--lds {count}: LDS needs at least 2 subsets to correlate over")
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"--lds-fraction {fraction:g} must be between 0 and 1 (the fraction of the training "
-                         f"set each subset keeps)")
-    return count, fraction
+def lds_tag(removal: RemovalConfig) -> str:
+    """The name of a setting's retrainings under ``logs/lds_seed_<k>/``: counterfactual, retraining, fraction."""
+    return f"{removal.lds_seeds}-{removal.lds_retrain_mode}-keep{removal.lds_fraction:g}"
+
+
+def run_subset(cfg: TrainConfig, removal: RemovalConfig, data: DataBundle, paths: RunPaths, seed: int,
+               trace: Trace, subset: int) -> pd.DataFrame:
+    """The one-row table of LDS subset ``subset`` of trial ``seed`` retrained (``logs/lds_seed_<k>/...``)."""
+    kept = lds_subsets(len(data.train), subset + 1, removal.lds_fraction, seed)[subset]
+    row = subset_scores(cfg, data, paths, seed, trace, kept, removal.lds_retrain_mode, removal.lds_seeds, subset)
+    return pd.DataFrame([{"subset": subset, "kept": int(kept.sum()), "val_loss": row["val_loss"],
+                          "val_accuracy": row["val_accuracy"]}])
+
+
+def lds_tables(paths: RunPaths, removal: RemovalConfig, methods: Sequence[str], seeds: Sequence[int],
+               n_train: int) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """``(lds, subsets)``: one row per method and trial (``LDS_COLUMNS``), and per trial and subset the
+    actual change of the mean validation loss (against the final model's) with every method's
+    prediction (column ``predicted_<Method>``)."""
+    tag, count = lds_tag(removal), removal.lds
+    rows: List[dict] = []
+    parts: List[pd.DataFrame] = []
+    for seed in seeds:
+        kept = lds_subsets(n_train, count, removal.lds_fraction, seed)
+        base = float(read_csv_exact(paths.train_log(seed)).val_loss.iloc[-1])
+        actual = np.array([float(read_csv_exact(paths.lds_subset(seed, tag, m)).val_loss.iloc[0])
+                           for m in range(count)]) - base
+        part = pd.DataFrame({"seed": seed, "subset": np.arange(count), "removed": (~kept).sum(axis=1),
+                             "actual": actual})
+        for method in methods:
+            csv = paths.influence_csv(method, seed)
+            if not csv.is_file():
+                continue
+            predicted = predicted_changes(scores_by_position(read_influence_csv(csv, n_train)), kept)
+            part[f"predicted_{method}"] = predicted
+            rows.append({"method": method, "seed": seed, "counterfactual": removal.lds_seeds,
+                         "retrain": removal.lds_retrain_mode, "subsets": count, "fraction": removal.lds_fraction,
+                         **correlations(predicted, actual, seed=seed)})
+        parts.append(part)
+    return pd.DataFrame(rows, columns=LDS_COLUMNS), pd.concat(parts, ignore_index=True)
+
+
+def plot_lds(subsets: pd.DataFrame, table: pd.DataFrame, method: str, path) -> None:
+    """Predicted against actual change over the subsets, one colour per trial, LDS in the legend."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    for seed, part in subsets.groupby("seed"):
+        row = table[(table.method == method) & (table.seed == seed)].iloc[0]
+        ax.scatter(part[f"predicted_{method}"], part["actual"], s=14, alpha=0.7,
+                   label=f"seed {seed}: Spearman {row.spearman:.2f} [{row.spearman_low:.2f}, {row.spearman_high:.2f}]")
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_xlabel(f"predicted change: sum of {method}'s influences over the left-out samples")
+    ax.set_ylabel("actual change of the mean validation loss")
+    first = table[table.method == method].iloc[0]
+    ax.set_title(f"LDS of {method} ({first.counterfactual}-seed, {first.retrain} retraining, keep "
+                 f"{first.fraction:g})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+
+
+def write_lds(paths: RunPaths, removal: RemovalConfig, methods: Sequence[str], seeds: Sequence[int],
+              n_train: int) -> pd.DataFrame:
+    """``summary/lds.csv``, ``summary/lds_subsets.csv`` and ``fig/lds_<Method>.png``; returns the LDS table."""
+    table, subsets = lds_tables(paths, removal, methods, seeds, n_train)
+    write_csv_atomic(paths.run_table("lds"), table)
+    write_csv_atomic(paths.run_table("lds_subsets"), subsets)
+    for method in table.method.unique():
+        plot_lds(subsets, table, method, paths.run_figure(f"lds_{method}"))
+    return table

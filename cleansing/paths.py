@@ -142,6 +142,10 @@ class RunPaths:
     def explain_png(self, method: str, seed: int) -> Path:
         return self.figure(f"explain_errors_{method}", seed)
 
+    def lds_subset(self, seed: int, tag: str, subset: int) -> Path:
+        """The scores of LDS subset ``subset`` retrained (``tag``: its counterfactual, retraining and fraction)."""
+        return self.logs / f"lds_seed_{seed}" / tag / f"subset_{subset:04d}.csv"
+
     def validation_repeat(self, seed: int, repeat: int) -> Path:
         return self.root / "logs" / f"validation_actual_seed_{seed}_repeat_{repeat}.csv"
 

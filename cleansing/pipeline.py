@@ -27,7 +27,7 @@ from common.errors import UserError
 from common.figures import save_figure
 from common.fileio import read_csv_exact, write_csv_atomic
 
-from . import analyze as analysis, report
+from . import analyze as analysis, lds, report
 from .config import RunConfig, check_settings
 from .estimator import Artefact, Estimate, Estimator, Registry, RunFacts
 from .explain import EXPLAIN_COLUMNS, explanation_table, plot_explanations
@@ -361,6 +361,21 @@ def validation_pairs_task(plan: Plan, seed: int):
     return None, []
 
 
+def lds_task(plan: Plan, seed: int, subset: int):
+    """LDS subset ``subset`` of trial ``seed`` retrained on the samples it keeps (``cleansing.lds``),
+    shared by every method; its one-row table is its output."""
+    cfg = plan.cfg
+    paths = RunPaths(cfg.out)
+    out = paths.lds_subset(seed, lds.lds_tag(cfg.removal), subset)
+    if out.is_file():
+        return None, []
+    t0 = time.time()
+    data = load_trial_data(cfg, seed)
+    trace = load_trace(paths.trace(seed), len(data.train))
+    write_csv_atomic(out, lds.run_subset(cfg.train, cfg.removal, data, paths, seed, trace, subset))
+    return None, [(seed, "lds", f"subset_{subset}", time.time() - t0)]
+
+
 def baseline_task(plan: Plan, seed: int):
     """The scores without removal (``No_Removal``, n = 0), shared by every method. Retraining the
     last epoch with nothing removed replays the training's exactly (same start, batches, seeds and
@@ -458,7 +473,9 @@ def build_graph(plan: Plan, seeds: Sequence[int], n_train: Optional[int] = None)
                            ``train`` (retraining with nothing removed replays the last epoch exactly);
     * ``retrain``          per trial, method and n of ``-r``, after the last ``train-epoch`` and the method's estimate
                            (so the Random control's retrainings run beside the last training epoch);
-    * ``run-reports``      once: summaries, figures and tables of the whole run.
+    * ``lds``              per trial and ``--lds`` subset: the retraining on the samples it keeps (shared by
+                           every method), after ``train``;
+    * ``run-reports``      once: summaries, figures and tables of the whole run (``summary/lds.csv``).
     """
     cfg = plan.cfg
     tasks: List[Task] = []
@@ -514,6 +531,9 @@ def build_graph(plan: Plan, seeds: Sequence[int], n_train: Optional[int] = None)
                 tasks.append(Task(key, "validate", validation_repeat_task, (plan, seed, r), [train] + estimates,
                                   cost=cfg.removal.validate * (1 + val)))
             tasks.append(Task(f"validate-pairs-{seed}", "validate", validation_pairs_task, (plan, seed), repeats))
+        lds_cost = (cfg.train.epochs if cfg.removal.lds_retrain_mode == "full" else 1) * (1 + val)
+        for m in range(cfg.removal.lds):
+            tasks.append(Task(f"lds-{seed}-{m}", "retrain", lds_task, (plan, seed, m), [train], cost=lds_cost))
         baseline = f"baseline-{seed}"
         tasks.append(Task(baseline, "retrain", baseline_task, (plan, seed), [train],
                           cost=retrain if cfg.removal.retrain_all else val + test))
@@ -595,6 +615,8 @@ def write_run_reports(plan: Plan, paths: RunPaths, n_train: int, title: str) -> 
             tables.setdefault(name, frame)
     for name, frame in tables.items():
         write_csv_atomic(paths.run_table(name), frame)
+    if cfg.removal.lds:
+        lds.write_lds(paths, cfg.removal, list(cfg.methods), seeds, n_train)
     if cfg.data.label_noise > 0:
         frames = report.collect_detection_frames(paths.root, list(cfg.methods), seeds)
         if frames:

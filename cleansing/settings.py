@@ -45,12 +45,22 @@ class DataConfig:
 @dataclass(frozen=True)
 class RemovalConfig:
     """Which retrainings: the numbers of most harmful samples removed (``-r``), retraining every
-    epoch (``retrain_all``) or the last, and the leave-one-out validation (``--validate``)."""
+    epoch (``retrain_all``) or the last, the leave-one-out validation (``--validate``) and the
+    linear datamodeling score (``--lds``: ``cleansing.lds``)."""
 
     remove: Sequence[int] = DEFAULT_REMOVE
     retrain_all: bool = False
     validate: int = 0
     validate_repeats: int = 1
+    lds: int = 0
+    lds_fraction: float = 0.5
+    lds_retrain: Optional[str] = None
+    lds_seeds: str = "same"
+
+    @property
+    def lds_retrain_mode(self) -> str:
+        """``--lds-retrain`` resolved: as ``-ra`` unless given."""
+        return self.lds_retrain or ("full" if self.retrain_all else "last-epoch")
 
 
 @dataclass(frozen=True)
@@ -167,6 +177,8 @@ class Setting:
 
 
 EXPLAIN = "explaining test errors (paper of turn-over dropout, Fig. 5)"
+LDS = ("linear datamodeling score (LDS; Park et al. 2023): summary/lds.csv, fig/lds_<Method>.png; each "
+       "setting's retrainings are kept under its own name in logs/, so no setting here invalidates anything")
 
 #: Every core setting, in the order of ``--help`` (the drivers then add ``--methods`` and the
 #: estimators' options).
@@ -221,6 +233,19 @@ SETTINGS: Tuple[Setting, ...] = (
             "from parameters nudged at float32 rounding level, which averages out the rounding "
             "noise training amplifies (R times the retraining cost; -j runs repeats in parallel; "
             "default 1)", type=positive_int, metavar="R"),
+    Setting("lds", ("--lds",),
+            "for every method, M random subsets of the training set (the same for every method), each "
+            "retrained once without the samples it leaves out: the Spearman and Pearson correlation "
+            "between the actual change of the mean validation loss and the sum of the left-out samples' "
+            "influences (0: none, the default; at least 2)", type=nonneg_int, metavar="M", section=LDS),
+    Setting("lds_fraction", ("--lds-fraction",), "fraction of the training set each LDS subset keeps "
+            "(default 0.5)", type=positive_float, metavar="ALPHA", section=LDS),
+    Setting("lds_retrain", ("--lds-retrain",), "LDS retraining: last-epoch or full (default: as -ra)",
+            choices=lambda: ["last-epoch", "full"], section=LDS),
+    Setting("lds_seeds", ("--lds-seeds",), "LDS counterfactual: same (default): replay the run's seed and "
+            "batch order without the left-out samples, what Hara's and this paper's SGD-influence estimate; "
+            "fresh: each subset its own initialisation (with full) and batch order, TRAK's and dattri's protocol",
+            choices=lambda: ["same", "fresh"], section=LDS),
     Setting("label_noise", ("--label-noise",),
             "flip this fraction of each trial's training labels (seeded, each to another class; "
             "validation and test untouched); influence CSVs get a 'noisy' column and the run "

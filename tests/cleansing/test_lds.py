@@ -1,8 +1,9 @@
 """The linear datamodeling score's parts: subsets, predictions, correlations with intervals."""
 import numpy as np
+import pandas as pd
 import pytest
 
-from cleansing.lds import check_lds, correlations, lds_subsets, predicted_changes
+from cleansing.lds import correlations, lds_subsets, predicted_changes
 
 
 def test_subsets_are_seeded_sized_and_shared():
@@ -34,10 +35,56 @@ def test_correlations_and_their_intervals():
     assert correlations(a, b) == noise  # the bootstrap is seeded: the same bytes on a rerun
 
 
-def test_bad_lds_settings_say_what_is_wrong():
-    with pytest.raises(ValueError, match=r"--lds 1: LDS needs at least 2 subsets"):
-        check_lds(1, 0.5)
-    for f in (0.0, 1.0, 1.5):
-        with pytest.raises(ValueError, match=r"--lds-fraction .* must be between 0 and 1"):
-            check_lds(10, f)
-    assert check_lds(2, 0.5) == (2, 0.5)
+LDS_RUN = ["-ds", "digits", "-m", "logreg", "--n-train", "300", "-e", "4", "--no-augment", "-r", "0", "-ra",
+           "--lds", "30", "--lds-fraction", "0.9", "--methods", "Hara_all_epochs", "Random", "-j", "1",
+           "--no-progress", "-o"]
+
+
+def test_lds_of_sgd_influence_over_every_epoch_on_a_convex_problem(tmp_path):
+    """Logistic regression, same-seed full retraining, 30 subsets keeping 90%: Hara_all_epochs, the
+    first-order effect of leaving samples out of every step, predicts the subsets' actual changes
+    (measured Spearman 0.868 [0.68, 0.95]); Random's LDS is 0 within its interval (-0.12). The
+    prediction misses a positive second-order term (the actual changes' mean is larger), so the
+    issue's bar of 0.9 is not met here: measured 0.64 to 0.92 over the settings tried (keep 0.5 to
+    0.98, 2 to 8 epochs, lr 0.01 and 0.05; docs/measurements.md)."""
+    import eval_sgd_influence as driver
+    from cleansing.cli import run_main
+    out = tmp_path / "run"
+    assert run_main(driver.main, LDS_RUN + [str(out)]) == 0
+    table = pd.read_csv(out / "summary" / "lds.csv").set_index("method")
+    assert list(table.columns[:5]) == ["seed", "counterfactual", "retrain", "subsets", "fraction"]
+    assert table.loc["Hara_all_epochs", "retrain"] == "full" and table.loc["Random", "counterfactual"] == "same"
+    assert table.loc["Hara_all_epochs", "spearman"] > 0.8
+    assert table.loc["Hara_all_epochs", "spearman_low"] > 0.5
+    assert table.loc["Random", "spearman_low"] < 0 < table.loc["Random", "spearman_high"]
+    subsets = pd.read_csv(out / "summary" / "lds_subsets.csv")
+    assert len(subsets) == 30 and set(subsets.removed) == {30}
+    assert (out / "fig" / "lds_Hara_all_epochs.png").stat().st_size > 0
+
+    # resume: retrainings lost or the summary gone are recomputed to the same bytes; the rest is kept
+    folder = out / "logs" / "lds_seed_0" / "same-full-keep0.9"
+    files = sorted(folder.glob("subset_*.csv"))
+    before = {f.name: f.read_bytes() for f in files}
+    kept_stamp = files[0].stat().st_mtime_ns
+    lds_bytes = (out / "summary" / "lds.csv").read_bytes()
+    for f in files[10:20]:
+        f.unlink()
+    (out / "summary" / "lds.csv").unlink()
+    assert run_main(driver.main, LDS_RUN + [str(out)]) == 0
+    assert {f.name: f.read_bytes() for f in sorted(folder.glob("subset_*.csv"))} == before
+    assert files[0].stat().st_mtime_ns == kept_stamp
+    assert (out / "summary" / "lds.csv").read_bytes() == lds_bytes
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--lds", "1"], "--lds 1: LDS needs at least 2 subsets to correlate over"),
+    (["--lds", "5", "--lds-fraction", "1.5"], "--lds-fraction 1.5 must be between 0 and 1"),
+])
+def test_bad_lds_settings_are_one_line_and_write_nothing(tmp_path, capsys, flags, fragment):
+    import eval_sgd_influence as driver
+    from cleansing.cli import run_main
+    out = tmp_path / "run"
+    assert run_main(driver.main, ["-ds", "digits", "-m", "logreg", "-e", "1", "-j", "1", "-o", str(out)] + flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+    assert not out.exists()
