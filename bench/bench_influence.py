@@ -185,13 +185,13 @@ def task(name: str, args) -> dict:
         np.save(WORK / "infl_ekfac.npy", scores)
         return out
     if name == "minres":
-        from influence_functions.estimator import ParamSpace, full_hvp, influence_scores
+        from influence_functions.inverse import ParamSpace, full_hvp, influence_scores
         u = validation_loss_grad(learner, data)
         space = ParamSpace(learner)
         hvp = full_hvp(learner, data, space)
         v = space.flatten(u)
         from datasets.batches import split_batches
-        from influence_functions.estimator import FULL_PASS_ROWS_32PX, chunk_rows
+        from influence_functions.inverse import FULL_PASS_ROWS_32PX, chunk_rows
         sizes = {len(x) for x, _ in split_batches(data, data.train, chunk_rows(learner, data, FULL_PASS_ROWS_32PX))}
         for size in sizes:  # build the graphs on one batch of each size
             x, y = training_batch(data, np.arange(size), None, False)

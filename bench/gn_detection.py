@@ -79,7 +79,7 @@ def check() -> None:
     from cleansing.train import plain_sgd as train_sgd
     from datasets.batches import split_batches
     from datasets.loader import small_digits as digits4
-    from influence_functions.estimator import ParamSpace, full_hvp
+    from influence_functions.inverse import ParamSpace, full_hvp
     from models import build_model
     from models.autodiff import Learner
     rng = np.random.default_rng(0)
@@ -123,7 +123,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     from ekfac_detection import load_run, ranking
 
-    from influence_functions.estimator import ParamSpace, influence_scores
+    from influence_functions.inverse import ParamSpace, influence_scores
     from influence_functions.solvers import conjugate_gradient
     man, data, noisy, learner, u, stored = load_run(Path(args.run), args.data_dir)
     damping = man["damping"] if args.damping is None else args.damping

@@ -28,6 +28,7 @@ def main() -> None:
     a = ap.parse_args()
     import cleansing.cli  # noqa: F401  (quiet nnabla)
     from cleansing.config import make_config
+    from cleansing.estimator import RunSettings
     from cleansing.paths import RunPaths
     from cleansing.train import TrainConfig, load_trace
     from cleansing.trial import load_artefact, load_noisy_trial_data
@@ -43,7 +44,7 @@ def main() -> None:
     cfg = make_config(REGISTRY, dataset=m["dataset"], train=train, data_dir=a.data_dir, n_train=m["n_train"],
                       n_val=m["n_val"], n_test=m["n_test"], label_noise=m["label_noise"],
                       td_layers=tuple(m["td_layers"]))
-    layers = cfg.option(TDOptions).layers(cfg)
+    layers = cfg.option(TDOptions).layers(RunSettings.of(cfg))
     data, noisy, _ = load_noisy_trial_data(cfg, a.seed)
     if not noisy.any():
         raise SystemExit("this run has no flipped labels: use a run made with --label-noise")

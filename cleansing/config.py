@@ -19,7 +19,7 @@ from datasets.loader import input_fingerprints, input_paths
 from datasets.noise import check_fraction
 
 from . import compat, settings
-from .estimator import Options, Registry
+from .estimator import Options, Registry, RunSettings
 from .outdir import method_scope
 from .settings import DEFAULT_REMOVE, DataConfig, RemovalConfig, ReportConfig, RuntimeConfig
 from .train import TrainConfig
@@ -68,7 +68,7 @@ class RunConfig:
                   **input_fingerprints(d.dataset, d.val_csv, d.test_csv, (d.n_train, d.n_val, d.n_test))}
         base = compat.ordered(settings.recorded(values))
         for kind in registry.option_types(self.methods):
-            base.update(self.option(kind).manifest(self))
+            base.update(self.option(kind).manifest(RunSettings.of(self)))
         fingerprint = self.model_fingerprint()
         if fingerprint is not None:  # built-in models are their code: their manifests keep no such key
             base["model_fingerprint"] = fingerprint
@@ -102,7 +102,7 @@ class RunConfig:
             users = [e.name for e in registry if e.options is kind]
             hits = [method_scope(n, weights_tag=kind.weights_tag) for n in users]
             own = _any_of(hits)
-            for k in self.option(kind).manifest(self):
+            for k in self.option(kind).manifest(RunSettings.of(self)):
                 scopes[k] = kind.scopes.get(k, own)
         return scopes
 

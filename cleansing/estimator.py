@@ -18,7 +18,8 @@ An estimator declares
   objects it needs (e.g. a turn-over-dropout network), each a task of its own whose parameters the pipeline stores;
 * ``needs_validation_grad``: it reads ``trial.u`` (computed once per trial, before it);
 * ``after``: estimators whose scores it reuses (they run first);
-* ``explain(trial, options, max_errors)`` when it can explain test errors, and ``control`` for a
+* ``explain(trial, options, max_errors)`` with ``explains_errors = True`` when it can explain test
+  errors, and ``control`` for a
   baseline that is not an estimate (Random: compared against, never validated);
 * ``summary_logs``: its per-trial logs that the run's reports gather into one summary table, and
   ``run_tables(facts)``: tables of the whole run (e.g. SGD-influence's Table 1 of cache sizes).
@@ -73,6 +74,31 @@ class Trained:
     params: Dict[str, np.ndarray]
     config: dict
     log: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The settings an estimator may read (``Trial.settings``, and the ``run`` argument of
+    ``Options.check``/``Options.manifest`` and ``Estimator.artefacts``), never the whole run
+    configuration. ``train``: the training's settings (network, epochs, batch, lr, augmentation),
+    for estimators that train a network of their own."""
+
+    dataset: str
+    model: str
+    epochs: int
+    batch_size: int
+    lr: float
+    augment: bool
+    label_noise: float
+    show_progress: bool
+    train: Any
+
+    @classmethod
+    def of(cls, cfg: Any) -> RunSettings:
+        """The settings of a run configuration (``cleansing.config.RunConfig``)."""
+        t = cfg.train
+        return cls(cfg.data.dataset, t.model, t.epochs, t.batch_size, t.lr, t.augment, cfg.data.label_noise,
+                   cfg.runtime.show_progress, t)
 
 
 @dataclass(frozen=True)
@@ -131,11 +157,11 @@ class Options:
     #: manifest key -> the outputs it invalidates, where narrower than all of the family's outputs
     scopes: ClassVar[Dict[str, Callable]] = {}
 
-    def manifest(self, run: Any) -> Dict[str, Any]:
+    def manifest(self, run: RunSettings) -> Dict[str, Any]:
         """The manifest keys of these options for ``run`` (override to record resolved values)."""
         return dataclasses.asdict(self)
 
-    def check(self, run: Any) -> None:
+    def check(self, run: RunSettings) -> None:
         """Raise a UserError when the options do not fit ``run`` (called before any task)."""
 
     @classmethod
@@ -221,7 +247,10 @@ class Estimator:
     #: ``summary/<table>.csv`` by the run's reports (e.g. the solvers' reports)
     summary_logs: Dict[str, str] = {}
 
-    def artefacts(self, cfg: Any, options: Optional[Options]) -> List[Artefact]:
+    #: True: ``explain`` explains test errors (``--explain-max``); a capability declared, not inferred
+    explains_errors: bool = False
+
+    def artefacts(self, cfg: RunSettings, options: Optional[Options]) -> List[Artefact]:
         """Trained objects beside each trial's training that ``estimate`` reads (``trial.artefact``)."""
         return []
 
@@ -232,10 +261,6 @@ class Estimator:
         """Tables of the whole run (name -> frame, written to ``summary/<name>.csv``; estimators
         that return the same name return the same table)."""
         return {}
-
-    @property
-    def explains_errors(self) -> bool:
-        return type(self).explain is not Estimator.explain
 
     def explain(self, trial: Any, options: Optional[Options], max_errors: int) -> Explanation:
         """The influence of every training sample towards the first ``max_errors`` test errors."""
@@ -293,3 +318,18 @@ class Registry:
             if missing:
                 raise UserError(f"{m} reuses the {' and '.join(missing)} scores: list {' '.join(missing)} "
                                 f"before it in --methods")
+
+
+# ---------------------------------------------------------------------------- what estimators may use
+# The pipeline's pieces an estimator package may use, so that it imports ``cleansing.estimator`` and
+# nothing else from ``cleansing`` (tests/test_architecture.py): the recorded training trace and the
+# training step (to replay training), the training settings and a fresh learner (to train a network
+# of its own), the misclassified test images (to explain errors), the scope of its own options.
+from .explain import misclassified  # noqa: E402
+from .outdir import method_scope  # noqa: E402
+from .trace import Trace  # noqa: E402
+from .train import TrainConfig, new_learner, run_steps  # noqa: E402
+
+__all__ = ["Artefact", "Estimate", "Estimator", "Explanation", "Options", "Registry", "RunFacts", "RunSettings",
+           "Trace", "TrainConfig", "Trained", "method_scope", "misclassified", "new_learner", "nonneg_int", "option",
+           "positive_float", "positive_int", "run_steps"]

@@ -9,7 +9,7 @@ from common.fileio import remove_stale_partials
 
 from . import compat
 from .config import RunConfig
-from .estimator import Registry
+from .estimator import Registry, RunSettings
 from .outdir import (
     LOCK,
     OWNED_DIRS,
@@ -123,5 +123,5 @@ def _option_keys(cfg: RunConfig, registry: Registry) -> set:
     """The option keys of the run's estimators (an older manifest may lack them: ``compat.complete``)."""
     keys: set = set()
     for kind in registry.option_types(cfg.methods):
-        keys.update(cfg.option(kind).manifest(cfg))
+        keys.update(cfg.option(kind).manifest(RunSettings.of(cfg)))
     return keys

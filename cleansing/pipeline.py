@@ -29,7 +29,7 @@ from common.fileio import read_csv_exact, write_csv_atomic
 
 from . import analyze as analysis, lds, report
 from .config import RunConfig, check_settings
-from .estimator import Artefact, Estimate, Estimator, Registry, RunFacts
+from .estimator import Artefact, Estimate, Estimator, Registry, RunFacts, RunSettings
 from .explain import EXPLAIN_COLUMNS, explanation_table, plot_explanations
 from .folder import OutputFolder, prepare_output
 from .graph import Task, Timing, run_dask, run_sequential
@@ -80,7 +80,7 @@ class Plan:
         """The distinct artefacts of ``est`` (all estimators when None), in first-use order."""
         found: Dict[str, Artefact] = {}
         for e in self.estimators if est is None else (est,):
-            for a in e.artefacts(self.cfg, self.options(e)):
+            for a in e.artefacts(RunSettings.of(self.cfg), self.options(e)):
                 found.setdefault(a.name, a)
         return list(found.values())
 
@@ -148,7 +148,7 @@ def check_run(plan: Plan, log=print) -> int:
     cfg = plan.cfg
     for est in plan.estimators:
         if est.options is not None:
-            plan.options(est).check(cfg)
+            plan.options(est).check(RunSettings.of(cfg))
     n_train = len(load_trial_data(cfg, cfg.seeds[0]).train)
     check_cleanse(cfg, n_train)
     ns = remove_list(cfg, n_train, log)

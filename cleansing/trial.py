@@ -25,7 +25,8 @@ from datasets.noise import apply_label_noise
 from models.autodiff import Learner, Vector
 
 from .config import RunConfig
-from .estimator import Artefact, Trained
+from .estimator import Artefact, RunSettings, Trained
+from .influence_csv import read_influence_csv, scores_by_position
 from .paths import RunPaths
 from .trace import Trace
 from .train import load_training
@@ -57,6 +58,20 @@ class Trial:
     _u: Optional[dict] = None
     _u_stats: Optional[dict] = None
     _artefacts: Dict[str, Trained] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> RunSettings:
+        """The settings an estimator may read (not the whole run configuration ``cfg``)."""
+        return RunSettings.of(self.cfg)
+
+    def scores_of(self, method: str) -> np.ndarray:
+        """Another method's scores of this trial in training order, read from its influence CSV (for an
+        estimator with ``after = (method,)``, which runs after it)."""
+        csv = self.paths.influence_csv(method, self.seed)
+        if not csv.is_file():
+            raise UserError(f"the {method} scores of seed {self.seed} are missing: list {method} before the "
+                            f"methods that reuse them in --methods")
+        return scores_by_position(read_influence_csv(csv, len(self.data.train)))
 
     @property
     def u(self) -> dict:

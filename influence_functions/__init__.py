@@ -9,10 +9,10 @@ relative residual on the full-batch Hessian.
 
 "Influence_functions_ekfac" (``ekfac``): the same score with ``v = (G + alpha I)^-1 u``, ``G`` an
 eigenvalue-corrected Kronecker-factored (EK-FAC) approximation of the Gauss-Newton matrix, fitted
-in two passes over the training set: no iterative solve. ``estimators``: the pipeline's estimators.
+in two passes over the training set: no iterative solve.
+``inverse``: the inverse-Hessian math; ``estimators``: the pipeline's estimators.
 """
 from .ekfac import FISHERS, Ekfac, EkfacInfo, EkfacOptions, ekfac_influence, ekfac_self_influence
-from .estimator import default_damping, exact_self_influence, influence_functions, influence_scores, inverse_hvp
 from .estimators import (
     EKFAC,
     EKFAC_SELF,
@@ -28,6 +28,7 @@ from .estimators import (
     InfluenceOptions,
     original_sign,
 )
+from .inverse import default_damping, exact_self_influence, influence_functions, influence_scores, inverse_hvp
 from .solvers import SOLVERS, SolverInfo, SolverOptions, conjugate_gradient, lissa, minres, momentum_sgd, solve
 
 __all__ = ["EKFAC", "EKFAC_SELF", "ESTIMATORS", "EXACT_SELF", "FISHERS", "NAME", "ORIGINAL_SIGN", "SOLVERS", "Ekfac",

@@ -53,7 +53,7 @@ from models.autodiff import Learner
 from models.networks import Tap
 from models.per_sample import LayerGradients, TapGraph
 
-from .estimator import chunk_rows, influence_scores
+from .inverse import chunk_rows, influence_scores
 
 FISHERS = ("sampled", "exact", "empirical")
 #: Rows per batch of the factor passes for a convolutional model (cnn6) at 32x32 (the unfolded

@@ -23,13 +23,11 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from cleansing.estimator import Estimate, Estimator, Options, option, positive_float, positive_int
-from cleansing.influence_csv import read_influence_csv, scores_by_position
-from cleansing.outdir import method_scope
+from cleansing.estimator import Estimate, Estimator, Options, method_scope, option, positive_float, positive_int
 from common.errors import UserError
 
 from .ekfac import FISHERS, EkfacInfo, EkfacOptions, ekfac_influence, ekfac_self_influence
-from .estimator import SOLVER_COLUMNS, default_damping, exact_self_influence, influence_functions, solver_row
+from .inverse import SOLVER_COLUMNS, default_damping, exact_self_influence, influence_functions, solver_row
 from .solvers import SOLVERS, SolverInfo, SolverOptions
 
 NAME = "Influence_functions"
@@ -92,7 +90,7 @@ class InfluenceOptions(Options):
         return SolverOptions(**{k: getattr(self, k) for k in asdict(SolverOptions())})
 
     def manifest(self, run) -> dict:
-        return {"damping": self.resolved_damping(run.data.dataset), **asdict(self.solver_options),
+        return {"damping": self.resolved_damping(run.dataset), **asdict(self.solver_options),
                 "ekfac_fisher": self.ekfac_fisher}
 
 
@@ -107,10 +105,10 @@ class InfluenceFunctions(Estimator):
     summary_logs = {"solver": "solver"}
 
     def estimate(self, trial, options: InfluenceOptions) -> Estimate:
-        damping, solver = options.resolved_damping(trial.cfg.data.dataset), options.solver_options
+        damping, solver = options.resolved_damping(trial.settings.dataset), options.solver_options
         scores, info = influence_functions(trial.learner, trial.data, trial.u, damping, solver,
-                                           batch_size=trial.cfg.train.batch_size, seed=trial.seed,
-                                           show_progress=trial.cfg.runtime.show_progress,
+                                           batch_size=trial.settings.batch_size, seed=trial.seed,
+                                           show_progress=trial.settings.show_progress,
                                            desc=f"{NAME} seed {trial.seed}")
         log = pd.DataFrame([solver_row(NAME, trial.seed, damping, info)], columns=SOLVER_COLUMNS)
         print(f"{NAME} seed {trial.seed}: {info.solver} solver, damping {damping:g}, {info.iterations} iterations, "
@@ -135,10 +133,10 @@ class InfluenceFunctionsEkfac(Estimator):
     needs_validation_grad = True
 
     def estimate(self, trial, options: InfluenceOptions) -> Estimate:
-        damping = options.resolved_damping(trial.cfg.data.dataset)
+        damping = options.resolved_damping(trial.settings.dataset)
         scores, ek = ekfac_influence(trial.learner, trial.data, trial.u, damping,
                                      EkfacOptions(fisher=options.ekfac_fisher), seed=trial.seed,
-                                     show_progress=trial.cfg.runtime.show_progress,
+                                     show_progress=trial.settings.show_progress,
                                      desc=f"{self.name} seed {trial.seed}")
         return Estimate(scores, logs={self.log_stem: self.log(trial.seed, damping, ek)})
 
@@ -170,9 +168,9 @@ class InfluenceFunctionsEkfacSelf(InfluenceFunctionsEkfac):
     needs_validation_grad = False
 
     def estimate(self, trial, options: InfluenceOptions) -> Estimate:
-        damping = options.resolved_damping(trial.cfg.data.dataset)
+        damping = options.resolved_damping(trial.settings.dataset)
         scores, ek = ekfac_self_influence(trial.learner, trial.data, damping, EkfacOptions(fisher=options.ekfac_fisher),
-                                          seed=trial.seed, show_progress=trial.cfg.runtime.show_progress,
+                                          seed=trial.seed, show_progress=trial.settings.show_progress,
                                           desc=f"{self.name} seed {trial.seed}")
         return Estimate(scores, logs={self.log_stem: self.log(trial.seed, damping, ek)})
 
@@ -186,7 +184,7 @@ class InfluenceFunctionsSelf(Estimator):
     options = InfluenceOptions
 
     def estimate(self, trial, options: InfluenceOptions) -> Estimate:
-        damping = options.resolved_damping(trial.cfg.data.dataset)
+        damping = options.resolved_damping(trial.settings.dataset)
         return Estimate(exact_self_influence(trial.learner, trial.data, damping))
 
 
@@ -204,11 +202,8 @@ class InfluenceFunctionsOriginalSign(Estimator):
 
 
 def original_sign(trial) -> np.ndarray:
-    """Minus this trial's Influence_functions scores, read from their CSV."""
-    csv = trial.paths.influence_csv(NAME, trial.seed)
-    if not csv.is_file():
-        raise UserError(f"{ORIGINAL_SIGN} reuses the {NAME} scores: list {NAME} before it in --methods")
-    return -scores_by_position(read_influence_csv(csv, len(trial.data.train)))
+    """Minus this trial's Influence_functions scores (``Trial.scores_of``)."""
+    return -trial.scores_of(NAME)
 
 
 ESTIMATORS = (InfluenceFunctions(), InfluenceFunctionsEkfac(), InfluenceFunctionsOriginalSign(),

@@ -7,7 +7,7 @@
   order, each ``hvp_b(v) -> H_b v`` the product with the Hessian of one mini-batch's mean loss
   (an unbiased estimate of ``H v``).
 
-The tests pass explicit matrices; ``influence_functions.estimator`` passes nnabla double
+The tests pass explicit matrices; ``influence_functions.inverse`` passes nnabla double
 backward products. Every solver returns ``(v, SolverInfo)``; ``solve`` adds the relative residual
 ``||(H + alpha I) v - u|| / ||u||`` measured with the full-batch ``hvp`` (one extra pass), so a
 solve that did not converge (or diverged, as the original example's did on MNIST) is visible.

@@ -30,15 +30,16 @@ class Hara(Estimator):
     """SGD-influence with the per-step parameters of the last epoch (Hara et al., 2019)."""
 
     name = "Hara"
+    explains_errors = True
     ranks = "SGD-influence on the validation loss over the last epoch, with every step's stored parameters"
     cost_epochs = 2.8  # docs/measurements.md section 3
     needs_step_params = True
     needs_validation_grad = True
 
     def scores(self, trial) -> np.ndarray:
-        return sgd_influence(trial.learner, trial.data, trial.trace, trial.u, trial.cfg.train.augment,
+        return sgd_influence(trial.learner, trial.data, trial.trace, trial.u, trial.settings.augment,
                              state_at=trial.step_params, u_stats=trial.u_stats,
-                             show_progress=trial.cfg.runtime.show_progress, desc=f"{self.name} seed {trial.seed}")
+                             show_progress=trial.settings.show_progress, desc=f"{self.name} seed {trial.seed}")
 
     def estimate(self, trial, options) -> Estimate:
         return Estimate(self.scores(trial))
@@ -61,8 +62,8 @@ class Ours(Hara):
     needs_step_params = False
 
     def scores(self, trial) -> np.ndarray:
-        return sgd_influence(trial.learner, trial.data, trial.trace, trial.u, trial.cfg.train.augment,
-                             u_stats=trial.u_stats, show_progress=trial.cfg.runtime.show_progress,
+        return sgd_influence(trial.learner, trial.data, trial.trace, trial.u, trial.settings.augment,
+                             u_stats=trial.u_stats, show_progress=trial.settings.show_progress,
                              desc=f"{self.name} seed {trial.seed}")
 
 
@@ -94,10 +95,10 @@ class ReplayOptions(Options):
         return int(self.replay_segment) if self.replay_segment else max(1, REPLAY_BUDGET_BYTES // max(state_bytes, 1))
 
     def manifest(self, run) -> dict:
-        return {"trace_epochs": self.traced(run.train.epochs)}
+        return {"trace_epochs": self.traced(run.epochs)}
 
     def check(self, run) -> None:
-        E = int(run.train.epochs)
+        E = int(run.epochs)
         if self.trace_epochs is not None and not 1 <= int(self.trace_epochs) <= E:
             raise UserError(f"--trace-epochs {self.trace_epochs} is not within the run's {E} epoch(s); choose 1 to {E}")
         if self.replay_segment is not None and int(self.replay_segment) < 1:
@@ -114,6 +115,7 @@ class HaraAllEpochs(Estimator):
     per-epoch checkpoints one segment at a time (storage: E checkpoints plus one segment)."""
 
     name = ALL_EPOCHS
+    explains_errors = True
     ranks = "SGD-influence on the validation loss over every epoch, step parameters replayed from checkpoints"
     options = ReplayOptions
     needs_epoch_params = True
@@ -125,7 +127,7 @@ class HaraAllEpochs(Estimator):
     def run(self, trial, options: Optional[ReplayOptions], checkpoint: bool = True):
         """(scores, replay log) of ``trial`` (its ``u`` as the target)."""
         options = options or ReplayOptions()
-        E = int(trial.cfg.train.epochs)
+        E = int(trial.settings.epochs)
         if trial.trace.n_epochs != E:
             raise UserError(f"{self.name}: the trace of seed {trial.seed} holds {trial.trace.n_epochs} epoch(s), not "
                             f"the run's {E}; the training cannot be replayed: train again in a new -o")
@@ -137,9 +139,9 @@ class HaraAllEpochs(Estimator):
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / "resume.npz"
         found = replayed_sgd_influence(
-            trial.learner, trial.data, trial.trace, trial.u, trial.cfg.train.augment,
+            trial.learner, trial.data, trial.trace, trial.u, trial.settings.augment,
             lambda e: trial.epoch_params(e, self.name), range(E - K, E), S, u_stats=trial.u_stats,
-            checkpoint=path, show_progress=trial.cfg.runtime.show_progress, desc=f"{self.name} seed {trial.seed}",
+            checkpoint=path, show_progress=trial.settings.show_progress, desc=f"{self.name} seed {trial.seed}",
             what=self.name)
         if path is not None and not any(path.parent.iterdir()):
             path.parent.rmdir()

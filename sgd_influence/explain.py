@@ -13,8 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from cleansing.estimator import Explanation
-from cleansing.explain import misclassified
+from cleansing.estimator import Explanation, misclassified
 from datasets import to_network_input
 from datasets.batches import split_batches
 

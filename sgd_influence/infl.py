@@ -37,7 +37,7 @@ from typing import Callable, Iterator, Mapping, Optional
 import numpy as np
 from tqdm import tqdm
 
-from cleansing.trace import Trace
+from cleansing.estimator import Trace
 from datasets import DataBundle
 from datasets.batches import training_batch
 from models.autodiff import Learner

@@ -36,8 +36,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cleansing.trace import Trace
-from cleansing.train import run_steps
+from cleansing.estimator import Trace, run_steps
 from common.errors import UserError
 from common.fileio import atomic_path
 from common.progress import steps as report_steps

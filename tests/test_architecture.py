@@ -184,3 +184,52 @@ def test_scripts_and_bench_use_public_names_only():
 ])
 def test_the_public_name_checker_sees_a_reach_in(source, found):
     assert private_uses(source, "x.py") == found
+
+
+#: the estimator packages: they plug into the pipeline through ``cleansing.estimator`` alone
+ESTIMATOR_PACKAGES = [p for p, layer in LAYERS.items() if layer == 3]
+
+
+def interface_violations(source: str, name: str = "<source>") -> list:
+    """What an estimator package's module takes from ``cleansing`` besides the interface
+    ``cleansing.estimator``, and where it reads a run configuration (``.cfg``) instead of the
+    settings it is given (``Trial.settings``, ``RunSettings``)."""
+    bad = []
+    for node in ast.walk(ast.parse(source, name)):
+        modules = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                   [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+        bad += [f"{name}:{node.lineno} imports {m}" for m in modules
+                if m.split(".")[0] == "cleansing" and m != "cleansing.estimator"]
+        if isinstance(node, ast.Attribute) and node.attr == "cfg":
+            bad.append(f"{name}:{node.lineno} reads .cfg")
+    return bad
+
+
+def test_estimator_packages_use_the_interface_only():
+    """Estimator packages import from the pipeline only ``cleansing.estimator`` (the interface: its
+    types, flag types, ``RunSettings`` and the pieces it re-exports) and never read the whole run
+    configuration (issue 33)."""
+    bad = [v for p in ESTIMATOR_PACKAGES for f in sorted((ROOT / p).glob("*.py"))
+           for v in interface_violations(f.read_text(), str(f.relative_to(ROOT)))]
+    assert ESTIMATOR_PACKAGES == ["sgd_influence", "influence_functions", "turnover_dropout", "tracin"]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("source,found", [
+    ("from cleansing.train import run_steps\n", ["x.py:1 imports cleansing.train"]),
+    ("import cleansing.outdir\n", ["x.py:1 imports cleansing.outdir"]),
+    ("def f(trial):\n    return trial.cfg.train.augment\n", ["x.py:2 reads .cfg"]),
+    ("from cleansing.estimator import Estimator, run_steps\n", []),
+])
+def test_the_interface_checker_sees_each_violation(source, found):
+    assert interface_violations(source, "x.py") == found
+
+
+def test_explaining_is_declared_not_inferred():
+    """An estimator explains test errors exactly when it says so (``explains_errors``) and implements
+    ``explain``; the registry's list of explaining methods is the documented one."""
+    from cleansing.estimator import Estimator
+    from estimators import REGISTRY
+    for e in REGISTRY:
+        assert e.explains_errors == (type(e).explain is not Estimator.explain), e.name
+    assert [e.name for e in REGISTRY if e.explains_errors] == ["Hara", "Ours", "Hara_all_epochs", "Turnover_dropout"]

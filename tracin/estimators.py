@@ -37,13 +37,13 @@ class TracInOptions(Options):
         return tuple(sorted(set(self.tracin_checkpoints))) or default_checkpoints(total)
 
     def check(self, run) -> None:
-        late = [e for e in self.tracin_checkpoints if e > run.train.epochs]
+        late = [e for e in self.tracin_checkpoints if e > run.epochs]
         if late:
             raise UserError(f"--tracin-checkpoints {' '.join(map(str, late))}: the training has only "
-                            f"{run.train.epochs} epoch(s); choose epochs from 1 to {run.train.epochs}")
+                            f"{run.epochs} epoch(s); choose epochs from 1 to {run.epochs}")
 
     def manifest(self, run) -> dict:
-        return {"tracin_checkpoints": list(self.epochs(run.train.epochs)), "tracin_layers": self.tracin_layers}
+        return {"tracin_checkpoints": list(self.epochs(run.epochs)), "tracin_layers": self.tracin_layers}
 
 
 class TracIn(Estimator):
@@ -59,14 +59,14 @@ class TracIn(Estimator):
     cost_epochs = 2.0  # per checkpoint about 0.5: one validation gradient and one per-sample pass
 
     def estimate(self, trial, options: TracInOptions) -> Estimate:
-        trace, epochs = trial.trace, options.epochs(trial.cfg.train.epochs)
+        trace, epochs = trial.trace, options.epochs(trial.settings.epochs)
         checkpoints: List[Tuple[int, float]] = [(e, float(np.mean(trace.lr[trace.epoch == e - 1]))) for e in epochs]
-        known = {trial.cfg.train.epochs: trial.u} if self.needs_validation_grad else {}
+        known = {trial.settings.epochs: trial.u} if self.needs_validation_grad else {}
         final = trial.learner.state()
         try:
             total, rows = tracin(trial.learner, trial.data, checkpoints, lambda e: trial.epoch_params(e, self.name),
                                  options.tracin_layers, self.self_influence,
-                                 show_progress=trial.cfg.runtime.show_progress, desc=f"{self.name} seed {trial.seed}",
+                                 show_progress=trial.settings.show_progress, desc=f"{self.name} seed {trial.seed}",
                                  known=known)
         finally:
             trial.learner.set_state(final)

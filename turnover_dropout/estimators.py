@@ -70,11 +70,11 @@ class TDOptions(Options):
 
     def layers(self, run) -> tuple:
         """The resolved mask points (UserError when the model or names do not allow it)."""
-        model_cls = MODELS.get(run.train.model)
+        model_cls = MODELS.get(run.model)
         points = model_cls.mask_points if model_cls is not None else ()
         names = tuple(t for s in self.td_layers for t in s.split(",") if t) if self.td_layers else None
         try:
-            return resolve_layers(run.train.model, points, names)
+            return resolve_layers(run.model, points, names)
         except ValueError as exc:
             raise UserError(str(exc)) from None
 
@@ -86,7 +86,7 @@ class TDOptions(Options):
 
 
 def _title(trial, layers) -> str:
-    return (f"{trial.cfg.data.dataset} / {trial.cfg.train.model}, turn-over dropout on {'+'.join(layers)}, "
+    return (f"{trial.settings.dataset} / {trial.settings.model}, turn-over dropout on {'+'.join(layers)}, "
             f"seed {trial.seed}")
 
 
@@ -97,12 +97,12 @@ def _artefact(options: TDOptions, run, network: int) -> Artefact:
         return network_config(trial.data, trial.trace, trial.seed, layers, P_KEEP, network)
 
     def train(trial) -> Trained:
-        return train_network(trial.cfg.train, trial.data, trial.trace, trial.seed, layers, P_KEEP,
-                             show_progress=trial.cfg.runtime.show_progress, network=network)
+        return train_network(trial.settings.train, trial.data, trial.trace, trial.seed, layers, P_KEEP,
+                             show_progress=trial.settings.show_progress, network=network)
 
     def report(trial, trained: Trained):
         td = _network(trial, layers, network, trained)
-        check = loss_check(td, trial.data, trial.noisy if trial.cfg.data.label_noise > 0 else None)
+        check = loss_check(td, trial.data, trial.noisy if trial.settings.label_noise > 0 else None)
         return ({"turnover_loss_curve": trained.log, "turnover_check": check},
                 {"turnover_loss_curve": loss_curve_figure(trained.log, _title(trial, layers))})
 
@@ -113,7 +113,7 @@ def _artefact(options: TDOptions, run, network: int) -> Artefact:
 
 
 def _network(trial, layers, network: int, trained: Trained) -> TDLearner:
-    td = new_td_learner(trial.cfg.train, trial.data, trial.seed, layers, P_KEEP, network)
+    td = new_td_learner(trial.settings.train, trial.data, trial.seed, layers, P_KEEP, network)
     td.set_state({k: np.asarray(getattr(v, "d", v)) for k, v in trained.params.items()})
     return td
 
@@ -129,20 +129,21 @@ class _TurnoverDropoutFamily(Estimator):
         return [_artefact(options, cfg, k) for k in range(max(1, options.td_networks))]
 
     def networks(self, trial, options: TDOptions) -> List[TDLearner]:
-        layers = options.layers(trial.cfg)
+        layers = options.layers(trial.settings)
         return [_network(trial, layers, k, trial.artefact(a))
-                for k, a in enumerate(self.artefacts(trial.cfg, options))]
+                for k, a in enumerate(self.artefacts(trial.settings, options))]
 
 
 class TurnoverDropout(_TurnoverDropoutFamily):
     """Mean influence on the validation set of each training instance (Kobayashi et al., 2020)."""
 
     name = NAME
+    explains_errors = True
     ranks = "turn-over dropout: validation loss of the sub-network without z_j minus with it"
 
     def estimate(self, trial, options: TDOptions) -> Estimate:
         nets = self.networks(trial, options)
-        show = trial.cfg.runtime.show_progress
+        show = trial.settings.show_progress
         return Estimate(np.mean([validation_influence(net, trial.data, show_progress=show) for net in nets], axis=0))
 
     def explain(self, trial, options: TDOptions, max_errors: int) -> Explanation:
@@ -172,7 +173,7 @@ class TurnoverDropoutResidual(_TurnoverDropoutFamily):
     ranks = "Turnover_dropout minus what z_j's random mask alone predicts (not in the paper)"
 
     def estimate(self, trial, options: TDOptions) -> Estimate:
-        show = trial.cfg.runtime.show_progress
+        show = trial.settings.show_progress
         return Estimate(np.mean([residual_validation_influence(net, trial.data, show_progress=show)
                                  for net in self.networks(trial, options)], axis=0))
 

@@ -10,8 +10,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from cleansing.estimator import Explanation  # noqa: E402
-from cleansing.explain import misclassified  # noqa: E402
+from cleansing.estimator import Explanation, misclassified  # noqa: E402
 from datasets import DataBundle  # noqa: E402
 from datasets.batches import split_batches  # noqa: E402
 

@@ -17,9 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cleansing.estimator import Trained
-from cleansing.trace import Trace
-from cleansing.train import TrainConfig, new_learner
+from cleansing.estimator import Trace, TrainConfig, Trained, new_learner
 from common.errors import UserError
 from datasets import DataBundle
 from datasets.batches import split_batches, training_batch

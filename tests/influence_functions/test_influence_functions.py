@@ -36,7 +36,7 @@ from influence_functions import (
     momentum_sgd,
     solve,
 )
-from influence_functions.estimator import ParamSpace, full_hvp, influence_scores, inverse_hvp, minibatch_hvps
+from influence_functions.inverse import ParamSpace, full_hvp, influence_scores, inverse_hvp, minibatch_hvps
 from influence_functions.solvers import estimate_top_eigenvalue, relative_residual
 from models import build_model
 from models.autodiff import Learner
@@ -339,12 +339,13 @@ def test_driver_writes_the_output_tree(tmp_path, capsys):
 def test_original_sign_method_negates_the_stored_influence(tmp_path):
     from cleansing.influence_csv import influence_frame, write_influence_csv
     from cleansing.paths import RunPaths
+    from cleansing.trial import Trial
     from common.errors import UserError
     from influence_functions import ORIGINAL_SIGN, original_sign
 
     paths = RunPaths(tmp_path)
-    trial = SimpleNamespace(paths=paths, seed=3, data=SimpleNamespace(train=np.zeros(4)))
-    with pytest.raises(UserError, match=f"list {NAME} before it in --methods"):
+    trial = Trial(cfg=None, seed=3, data=SimpleNamespace(train=np.zeros(4)), paths=paths, trace=None, learner=None)
+    with pytest.raises(UserError, match=f"scores of seed 3 are missing: list {NAME} before the methods that reuse"):
         original_sign(trial)
     scores = np.array([0.3, -0.2, 0.1, -0.5])
     csv = paths.influence_csv(NAME, 3)

@@ -1,4 +1,5 @@
-"""Koh & Liang's influence functions on a ``Learner``: ``v ~= (H + alpha I)^-1 u``, then
+"""Koh & Liang's influence functions on a ``Learner``, the inverse-Hessian math (``estimators`` holds the
+pipeline's adapters): ``v ~= (H + alpha I)^-1 u``, then
 ``infl_j = <v, grad l(z_j)> / n_train`` for every training sample.
 
 * ``H``: the Hessian of the mean training loss at the final parameters, over the un-augmented
