@@ -528,30 +528,34 @@ def test_driver_runs_ekfac_beside_minres(tmp_path):
     assert (out / "logs" / "solver_influence_functions_ekfac_seed_0.csv").is_file()
 
 
+def projected_conv_gradients(ek, learner, data):
+    """For each convolution of a fitted ``Ekfac``, a batch of 16's activations, output gradients and
+    per-sample gradients in the eigenbasis, ``Q_S' G_n Q_A`` (float64)."""
+    from models.per_sample import TapGraph
+    x, y = next(split_batches(data, data.train, 16))
+    graph = TapGraph(learner, len(x))
+    p = graph.forward(x)
+    for b, h, g in zip(ek.blocks, graph.inputs(), graph.backward(p - np.eye(10)[y])):
+        if b.kind == "conv":
+            a, go = b.activations(h), b.output_grads(g)
+            G = b.sample_gradients(a, go).astype(np.float64)
+            yield b, a, go, np.matmul(np.matmul(b.QS.T.astype(np.float64), G), b.QA.astype(np.float64))
+
+
 def test_ekfac_correction_is_the_same_in_both_orders_on_cnn6():
     """The correction of a convolution is summed either from projected activations ([a, 1] Q_A,
     then Q_S' g with them) or from per-sample gradients projected afterwards (Q_S' G_n Q_A), each
     layer taking the cheaper: both give the same Lambda, and equal a float64 computation."""
     from influence_functions.ekfac import Ekfac, EkfacOptions
-    from models.per_sample import TapGraph
     data = digits4(n_train=64, n_val=20, size=8)
     model = build_model("cnn6", (1, 8, 8), 10)
     learner = Learner(model, model.create_parameters(np.random.RandomState(2)))
     for xb, yb in list(split_batches(data, data.train, 16)) * 2:
         learner.sgd_step(xb, yb, 0.05)
     ek = Ekfac(learner, data, EkfacOptions("empirical"))
-    x, y = next(split_batches(data, data.train, 16))
-    graph = TapGraph(learner, len(x))
-    p = graph.forward(x)
-    outs = graph.backward(p - np.eye(10)[y])
     convs = 0
-    for b, h, g in zip(ek.blocks, graph.inputs(), outs):
-        if b.kind != "conv":
-            continue
-        a, go = b.activations(h), b.output_grads(g)
-        G = b.sample_gradients(a, go).astype(np.float64)
-        ref = np.matmul(np.matmul(b.QS.T.astype(np.float64), G), b.QA.astype(np.float64))
-        ref = (ref ** 2).sum(axis=0)
+    for b, a, go, P in projected_conv_gradients(ek, learner, data):
+        ref = (P ** 2).sum(axis=0)
         for order in ("projected", "raw"):
             b.lam = 0.0
             b.add_correction(b.prepare(a, order), go)
@@ -597,21 +601,11 @@ def test_ekfac_self_influence_of_convolutions_in_both_orders():
     """cnn6 at 8x8: each convolution's share from projected activations and from projected
     per-sample gradients equals a float64 computation of sum (Q_S' G_n Q_A)^2 / (Lambda / n + alpha)."""
     from influence_functions.ekfac import Ekfac, EkfacOptions
-    from models.per_sample import TapGraph
     data = digits4(n_train=48, n_val=20, size=8)
     model = build_model("cnn6", (1, 8, 8), 10)
     learner = Learner(model, model.create_parameters(np.random.RandomState(2)))
     ek = Ekfac(learner, data, EkfacOptions("empirical"))
-    x, y = next(split_batches(data, data.train, 16))
-    graph = TapGraph(learner, len(x))
-    p = graph.forward(x)
-    outs = graph.backward(p - np.eye(10)[y])
-    for b, h, g in zip(ek.blocks, graph.inputs(), outs):
-        if b.kind != "conv":
-            continue
-        a, go = b.activations(h), b.output_grads(g)
-        G = b.sample_gradients(a, go).astype(np.float64)
-        P = np.matmul(np.matmul(b.QS.T.astype(np.float64), G), b.QA.astype(np.float64))
+    for b, a, go, P in projected_conv_gradients(ek, learner, data):
         ref = (P ** 2 / (b.lam / ek.n + ALPHA)).sum(axis=(1, 2))
         for order in ("projected", "raw"):
             assert rel(b.self_products(b.prepare(a, order), go, ALPHA, ek.n), ref) < 1e-4, (b.prefix, order)
