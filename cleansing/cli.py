@@ -36,6 +36,23 @@ def fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def model_name(text: str) -> str:
+    """A -m value: a model name, or the path of an existing .nnp file (made absolute, so that the
+    manifest and every worker name the same file)."""
+    from models import MODELS
+    if text in MODELS:
+        return text
+    from models.nnp import check_nnp_file, is_nnp_path
+    if not is_nnp_path(text) and not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose one of: {', '.join(MODELS)}, or give "
+                                         f"the path of an .nnp file")
+    try:
+        check_nnp_file(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return os.path.abspath(text)
+
+
 def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_default: Sequence[int],
                       explain_max: int = 0) -> None:
     """The original example's flags plus the project's (docs/SPEC.md section 3, without the
@@ -45,9 +62,9 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_defau
                    help="output folder (default: %(default)s)")
     p.add_argument("-ds", "--dataset", default="digits",
                    help="digits (embedded), mnist, cifar10, stl10, or a path to an NNC train CSV")
-    from models import MODELS
-    p.add_argument("-m", "--model", default="cnn6", choices=list(MODELS),
-                   help="cnn6 (the paper's network, default), logreg or mlp (fast checks)")
+    p.add_argument("-m", "--model", default="cnn6", type=model_name,
+                   help="cnn6 (the paper's network, default), logreg or mlp (fast checks), or the path of a "
+                        "Neural Network Console model file (.nnp; see the README)")
     p.add_argument("-e", "--epochs", type=positive_int, default=20, help="training epochs (default 20)")
     p.add_argument("-bs", "--batch-size", type=positive_int, default=32, help="mini-batch size (default 32)")
     p.add_argument("-lr", "--learning-rate", type=positive_float, default=0.05, help="SGD learning rate (default 0.05)")

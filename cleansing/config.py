@@ -127,17 +127,23 @@ class RunConfig:
         return base
 
     def model_fingerprint(self) -> Optional[str]:
-        """The identity of a network registered from Python (``models.custom``): its structure and
-        initial parameters for this run's input shape (``network_fingerprint``); None for built-ins."""
+        """The identity of a network registered from Python (``models.custom``) or read from an
+        ``.nnp`` file (``models.nnp``): its structure and initial parameters for this run's input
+        shape (``network_fingerprint``); None for built-ins."""
         from models import MODELS
         from models.custom import NetworkModel, network_fingerprint
+        from models.nnp import is_nnp_path
         cls = MODELS.get(self.train.model)
-        if cls is None or not issubclass(cls, NetworkModel):
+        nnp = cls is None and is_nnp_path(self.train.model)
+        if not nnp and (cls is None or not issubclass(cls, NetworkModel)):
             return None
         from datasets.loader import load_dataset
         d = self.data
         bundle = load_dataset(d.dataset, self.first_seed, d.data_dir, d.n_train, d.n_val, d.n_test, d.val_csv,
                               d.test_csv)
+        if nnp:
+            from models.nnp import nnp_fingerprint
+            return nnp_fingerprint(self.train.model, bundle.image_shape, bundle.num_classes)
         return network_fingerprint(cls, bundle.image_shape, bundle.num_classes)
 
     def manifest_defaults(self, registry: Registry) -> dict:

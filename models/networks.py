@@ -444,7 +444,11 @@ MODELS: Dict[str, type] = {m.name: m for m in (CNN6, LogReg, MLP)}
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int) -> Model:
-    """The model called ``name`` (``cnn6``, ``logreg``, ``mlp``) for the given input and classes."""
+    """The model called ``name`` (``cnn6``, ``logreg``, ``mlp``, a registered network, or the path of an
+    ``.nnp`` file: ``models.nnp.NnpModel``) for the given input and classes."""
+    if name not in MODELS and str(name).lower().endswith(".nnp"):
+        from .nnp import NnpModel
+        return NnpModel(name, input_shape, num_classes)
     try:
         cls = MODELS[name]
     except KeyError:

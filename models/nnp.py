@@ -1,0 +1,501 @@
+"""A Neural Network Console model (``.nnp``) as a layer list of this project (issue 34).
+
+``read_nnp(path)`` reads the file with nnabla's own file loaders (``nnabla.utils.get_file_handle``:
+``network.nntxt`` or ``.protobuf`` and the parameters ``.h5``/``.protobuf``) and describes the
+network of the file's first optimizer (else of its first executor) as a chain of layers, from the
+image input up to the class scores: the variable that enters the first loss or softmax function
+(``TERMINAL``), or the network's last output. The project adds its own cross-entropy.
+
+Supported functions (``CONVERTERS``): Convolution (any kernel, stride, pad, dilation, group),
+Affine, BatchNormalization (axes [1], decay 0.9, eps 1e-5 as NNC's defaults), ReLU, LeakyReLU,
+ELU, Tanh, Sigmoid, Swish, MaxPooling, AveragePooling, GlobalAveragePooling, Dropout (the
+identity, in training too: the estimators replay training steps exactly, and a random mask per step
+would have to be recorded), Reshape, MulScalar, AddScalar, Identity. Networks must be chains: a
+function that takes a second data input (Add2, Concatenate ...) or a variable used twice is refused.
+Anything else is a one-line ``UserError`` naming the function and the file.
+
+Input: the file says what its network expects, read as nnabla's own ``forward`` command reads it:
+images divided by 255 (0..1) unless an executor or dataset of the file sets
+``no_image_normalization`` (then 0..255 pixel values; a network may scale them itself,
+``MulScalar`` 1/255, NNC's "Image Normalization" unchecked). The project's data path gives every model the images
+normalised by ``datasets.base.norm_stats`` (``to_network_input``); ``NnpModel`` undoes that
+normalisation as its first, parameter-free step (``pixels = (x * std + mean) * 255``, times 1/255
+where the file wants normalised images), then centre-crops or zero-pads the image to the file's
+height and width (MNIST and digits are 32x32 here; MNIST's 28x28 come back exactly, as the project
+pads them by 2 pixels on each side). Channels must match the file's.
+
+Parameters: re-created per trial seed from the file's shapes with the initialisers nnabla's
+parametric functions use by default (Glorot-uniform weights, zero biases, batch norm beta 0, gamma
+1, mean 0, var 1), in the file's order; ``load_file_parameters`` copies the file's own values.
+The model is rebuilt from the path alone (``build_model(path, ...)``) in any process.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import nnabla as nn
+import nnabla.functions as F
+import nnabla.initializer as I
+import numpy as np
+
+from common.errors import UserError
+
+from .networks import Layer, Model, Pass, Tangent, _batch_norm, run_layers
+
+#: functions that end the class scores: losses and (log-)softmax; the project adds its own loss
+TERMINAL = frozenset({"Softmax", "LogSoftmax", "SoftmaxCrossEntropy", "CategoricalCrossEntropy",
+                      "SigmoidCrossEntropy", "BinaryCrossEntropy", "SquaredError", "AbsoluteError",
+                      "HuberLoss", "EpsilonInsensitiveLoss", "KLMultinomial", "Mean", "Sum", "TopNError",
+                      "BinaryError", "Sink"})
+
+
+def is_nnp_path(name: object) -> bool:
+    """Whether a model name is the path of an ``.nnp`` file (by its suffix)."""
+    return isinstance(name, (str, os.PathLike)) and str(name).lower().endswith(".nnp")
+
+
+# ---------------------------------------------------------------------- layers
+def _linear(op: Callable, h: nn.Variable, p: Pass, w: str, b: Optional[str]) -> nn.Variable:
+    """``op(h, W, b)``, plus ``eps_i * op(h, U_W, U_b)`` with a tangent (see ``models.networks``)."""
+    out = op(h, p.params[w], p.params[b] if b else None)
+    if p.tangent is not None:
+        U = p.tangent.direction
+        t = op(h, U[w], U[b] if b else None)
+        out = out + F.reshape(p.tangent.eps, (-1,) + (1,) * (len(out.shape) - 1)) * t
+    return out
+
+
+def _param(name: str, shape: Sequence[int], init, need_grad: bool = True) -> nn.Variable:
+    return nn.parameter.get_parameter_or_create(name, tuple(int(s) for s in shape), init, need_grad)
+
+
+@dataclass(frozen=True)
+class NnpConv(Layer):
+    """Convolution with the file's weight ``w`` (maps, channels/group, *kernel), bias ``b`` (or None)."""
+
+    w: str
+    b: Optional[str]
+    w_shape: Tuple[int, ...]
+    pad: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+    group: int = 1
+    kind: ClassVar[str] = "nnp_conv"
+
+    def op(self, h, W, b):
+        return F.convolution(h, W, b, base_axis=1, pad=self.pad, stride=self.stride, dilation=self.dilation,
+                             group=self.group)
+
+    def create(self, h, rng, num_classes):
+        maps, kernel = self.w_shape[0], self.w_shape[2:]
+        W = _param(self.w, self.w_shape,
+                   I.UniformInitializer(I.calc_uniform_lim_glorot(h.shape[1], maps, tuple(kernel)), rng=rng))
+        b = _param(self.b, (maps,), I.ConstantInitializer()) if self.b else None
+        return self.op(h, W, b)
+
+    def forward(self, h, p):
+        return _linear(self.op, h, p, self.w, self.b)
+
+    def channels(self, c, num_classes):
+        return self.w_shape[0]
+
+
+@dataclass(frozen=True)
+class NnpAffine(Layer):
+    """Fully connected layer on the flattened input: weight ``w`` (inputs, units), bias ``b`` (or None)."""
+
+    w: str
+    b: Optional[str]
+    w_shape: Tuple[int, ...]
+    kind: ClassVar[str] = "nnp_affine"
+
+    @staticmethod
+    def op(h, W, b):
+        return F.affine(h, W, b, base_axis=1)
+
+    def create(self, h, rng, num_classes):
+        outs = int(np.prod(self.w_shape[1:]))
+        W = _param(self.w, self.w_shape,
+                   I.UniformInitializer(I.calc_uniform_lim_glorot(int(np.prod(h.shape[1:])), outs), rng=rng))
+        b = _param(self.b, self.w_shape[1:], I.ConstantInitializer()) if self.b else None
+        return self.op(h, W, b)
+
+    def forward(self, h, p):
+        return _linear(self.op, h, p, self.w, self.b)
+
+    def channels(self, c, num_classes):
+        return int(np.prod(self.w_shape[1:]))
+
+
+@dataclass(frozen=True)
+class NnpBatchNorm(Layer):
+    """Batch normalisation over channels with the file's ``beta``, ``gamma`` (trainable), ``mean``,
+    ``var`` (running statistics), computed as the built-in models' (``models.networks._batch_norm``)."""
+
+    beta: str
+    gamma: str
+    mean: str
+    var: str
+    shape: Tuple[int, ...]
+    kind: ClassVar[str] = "nnp_bn"
+
+    def create(self, h, rng, num_classes):
+        _param(self.beta, self.shape, I.ConstantInitializer(0.0))
+        _param(self.gamma, self.shape, I.ConstantInitializer(1.0))
+        _param(self.mean, self.shape, I.ConstantInitializer(0.0), need_grad=False)
+        _param(self.var, self.shape, I.ConstantInitializer(1.0), need_grad=False)
+        return h
+
+    def forward(self, h, p):
+        flat = len(h.shape) == 2  # after an affine layer: (B, C) as (B, C, 1, 1)
+        c4 = (1, int(np.prod(self.shape)), 1, 1)
+
+        def four(v):
+            return F.reshape(v, c4) if flat else v
+        params = {"bn/beta": four(p.params[self.beta]), "bn/gamma": four(p.params[self.gamma])}
+        stats = {"bn/mean": four(p.stats[self.mean]), "bn/var": four(p.stats[self.var])}
+        tangent = None
+        if p.tangent is not None:
+            U = p.tangent.direction
+            tangent = Tangent(p.tangent.eps, {"bn/beta": four(U[self.beta]), "bn/gamma": four(U[self.gamma])})
+        out = _batch_norm(F.reshape(h, h.shape + (1, 1)) if flat else h, params, "bn", p.train, tangent, stats,
+                          p.row_weights)
+        return F.reshape(out, h.shape) if flat else out
+
+
+_ACTIVATIONS: Dict[str, Callable] = {
+    "ReLU": lambda h, a: F.relu(h),
+    "LeakyReLU": lambda h, a: F.leaky_relu(h, a),
+    "ELU": lambda h, a: F.elu(h, a),
+    "Tanh": lambda h, a: F.tanh(h),
+    "Sigmoid": lambda h, a: F.sigmoid(h),
+    "Swish": lambda h, a: F.swish(h),
+    "MulScalar": lambda h, a: F.mul_scalar(h, a),
+    "AddScalar": lambda h, a: F.add_scalar(h, a),
+    "Identity": lambda h, a: h,
+    "Dropout": lambda h, a: h,
+}
+
+
+@dataclass(frozen=True)
+class NnpElementwise(Layer):
+    """A parameter-free element-wise function ``fn`` of the file (an activation, MulScalar,
+    AddScalar; Dropout and Identity: the identity) with its scalar argument ``alpha``."""
+
+    fn: str
+    alpha: float = 0.0
+    kind: ClassVar[str] = "nnp_elementwise"
+
+    def create(self, h, rng, num_classes):
+        return self.forward(h, None)
+
+    def forward(self, h, p):
+        return _ACTIVATIONS[self.fn](h, self.alpha)
+
+
+@dataclass(frozen=True)
+class NnpPool(Layer):
+    """Max or average pooling (``mode`` 'max', 'average') or global average pooling ('global')."""
+
+    mode: str
+    kernel: Tuple[int, ...] = ()
+    stride: Tuple[int, ...] = ()
+    ignore_border: bool = True
+    pad: Tuple[int, ...] = ()
+    including_pad: bool = True
+    kind: ClassVar[str] = "nnp_pool"
+
+    def create(self, h, rng, num_classes):
+        return self.forward(h, None)
+
+    def forward(self, h, p):
+        if self.mode == "global":  # the mean: differentiable twice, unlike the fused function
+            return F.mean(h, axis=tuple(range(2, len(h.shape))), keepdims=True)
+        stride = self.stride or None
+        pad = self.pad or None
+        if self.mode == "max":
+            return F.max_pooling(h, self.kernel, stride, self.ignore_border, pad)
+        return F.average_pooling(h, self.kernel, stride, self.ignore_border, pad, including_pad=self.including_pad)
+
+
+@dataclass(frozen=True)
+class NnpReshape(Layer):
+    """Reshape to the file's shape (its first dimension is the batch)."""
+
+    shape: Tuple[int, ...]
+    kind: ClassVar[str] = "nnp_reshape"
+
+    def create(self, h, rng, num_classes):
+        return self.forward(h, None)
+
+    def forward(self, h, p):
+        return F.reshape(h, (h.shape[0],) + tuple(self.shape[1:]))
+
+
+# ---------------------------------------------------------------------- reading the file
+@dataclass(frozen=True)
+class NnpSpec:
+    """What ``read_nnp`` found: the network's name, its image input (C, H, W) and variable name, its
+    number of classes, its layers, the pixel scale it expects (1: 0..255 values; 1/255: 0..1) and
+    the file's parameter values."""
+
+    path: str
+    network: str
+    input_name: str
+    input_shape: Tuple[int, ...]
+    scores_name: str
+    num_classes: int
+    layers: Tuple[Layer, ...]
+    pixel_scale: float
+    parameters: Mapping[str, np.ndarray] = field(repr=False, compare=False, hash=False)
+
+
+def _dims(msg) -> Tuple[int, ...]:
+    return tuple(int(d) for d in msg.dim)
+
+
+def _conv(f, inputs, shapes, where):
+    p = f.convolution_param
+    if p.channel_last:
+        raise UserError(f"{where}: function Convolution ({f.name}) with channel_last is not supported")
+    if p.base_axis not in (0, 1):
+        raise UserError(f"{where}: function Convolution ({f.name}) with base_axis {p.base_axis} is not supported")
+    w_shape = shapes[inputs[1]]
+    n = len(w_shape) - 2
+    return NnpConv(inputs[1], inputs[2] if len(inputs) > 2 else None, w_shape,
+                   _dims(p.pad) or (0,) * n, _dims(p.stride) or (1,) * n, _dims(p.dilation) or (1,) * n,
+                   int(p.group) or 1)
+
+
+def _affine(f, inputs, shapes, where):
+    if f.affine_param.base_axis not in (0, 1):
+        raise UserError(f"{where}: function Affine ({f.name}) with base_axis {f.affine_param.base_axis} is not "
+                        f"supported")
+    return NnpAffine(inputs[1], inputs[2] if len(inputs) > 2 else None, shapes[inputs[1]])
+
+
+def _bn(f, inputs, shapes, where):
+    p = f.batch_normalization_param
+    if len(inputs) != 5 or p.no_scale or p.no_bias:
+        raise UserError(f"{where}: function BatchNormalization ({f.name}) without beta or gamma is not supported")
+    if list(p.axes) not in ([], [1]) or not np.isclose(p.decay_rate, 0.9) or not np.isclose(p.eps, 1e-5):
+        raise UserError(f"{where}: function BatchNormalization ({f.name}) needs axes [1], decay_rate 0.9 and eps "
+                        f"1e-5 (NNC's defaults), got {list(p.axes)}, {p.decay_rate:g}, {p.eps:g}")
+    return NnpBatchNorm(inputs[1], inputs[2], inputs[3], inputs[4], shapes[inputs[1]])
+
+
+def _pool(mode: str):
+    def convert(f, inputs, shapes, where):
+        p = f.max_pooling_param if mode == "max" else f.average_pooling_param
+        if p.channel_last:
+            raise UserError(f"{where}: function {f.type} ({f.name}) with channel_last is not supported")
+        return NnpPool(mode, _dims(p.kernel), _dims(p.stride), bool(p.ignore_border), _dims(p.pad),
+                       bool(getattr(p, "including_pad", True)))
+    return convert
+
+
+def _elementwise(f, inputs, shapes, where):
+    alpha = {"LeakyReLU": lambda: f.leaky_relu_param.alpha, "ELU": lambda: f.elu_param.alpha,
+             "MulScalar": lambda: f.mul_scalar_param.val, "AddScalar": lambda: f.add_scalar_param.val}
+    return NnpElementwise(f.type, float(alpha[f.type]()) if f.type in alpha else 0.0)
+
+
+#: nnabla function type -> converter to a layer
+CONVERTERS: Dict[str, Callable] = {
+    "Convolution": _conv, "Affine": _affine, "BatchNormalization": _bn,
+    "MaxPooling": _pool("max"), "AveragePooling": _pool("average"),
+    "GlobalAveragePooling": lambda f, i, s, w: NnpPool("global"),
+    "Reshape": lambda f, i, s, w: NnpReshape(_dims(f.reshape_param.shape)),
+    **{name: _elementwise for name in _ACTIVATIONS},
+}
+
+
+def _load_proto(path: str):
+    """The file's protobuf and parameters, read by nnabla's own file loaders into a local scope."""
+    from nnabla.utils import nnabla_pb2
+    from nnabla.utils.get_file_handle import get_initial_file_loader, load_files
+    ctx = SimpleNamespace(proto=nnabla_pb2.NNablaProtoBuf(), parameter_scope=OrderedDict(), parameter_only=False,
+                          exclude_parameter=False, needs_proto=False)
+    load_files(ctx, get_initial_file_loader(), [path], ".nnp")
+    with nn.parameter_scope("", ctx.parameter_scope):
+        stored = nn.get_parameters(grad_only=False)
+    params = OrderedDict((k, np.array(v.d, dtype=np.float32)) for k, v in stored.items())
+    return ctx.proto, params
+
+
+def check_nnp_file(path: str) -> None:
+    """One-line ``UserError`` unless ``path`` is an existing ``.nnp`` archive with a network."""
+    if not os.path.isfile(path):
+        raise UserError(f"model file {path} does not exist")
+    if not is_nnp_path(path) or not zipfile.is_zipfile(path):
+        raise UserError(f"model file {path} is not an .nnp file (a zip archive from Neural Network Console or "
+                        f"nnabla.utils.save)")
+    with zipfile.ZipFile(path) as z:
+        if not any(n.endswith((".nntxt", ".prototxt", ".protobuf")) for n in z.namelist()):
+            raise UserError(f"model file {path} is not an .nnp file: it holds no network (.nntxt or .protobuf)")
+
+
+def read_nnp(path: str) -> NnpSpec:
+    """Describe the network of the ``.nnp`` file ``path`` (see the module doc); ``UserError`` for a
+    file or a function the project cannot take."""
+    check_nnp_file(path)
+    where = str(path)
+    try:
+        proto, params = _load_proto(path)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{where}: nnabla cannot read this .nnp file ({type(exc).__name__}: "
+                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+    if proto.optimizer:
+        net_name, data = proto.optimizer[0].network_name, [d.variable_name for d in proto.optimizer[0].data_variable]
+    elif proto.executor:
+        net_name, data = proto.executor[0].network_name, [d.variable_name for d in proto.executor[0].data_variable]
+    else:
+        raise UserError(f"{where}: the file has neither an optimizer nor an executor naming its network")
+    nets = {n.name: n for n in proto.network}
+    if net_name not in nets:
+        raise UserError(f"{where}: network {net_name!r} is not in the file")
+    net = nets[net_name]
+    shapes = {v.name: _dims(v.shape) for v in net.variable}
+    kinds = {v.name: v.type for v in net.variable}
+    consumers: Dict[str, List] = {}
+    for f in net.function:
+        for name in f.input:
+            consumers.setdefault(name, []).append(f)
+    images = [d for d in data if any(f.type not in TERMINAL for f in consumers.get(d, []))]
+    if len(images) != 1:
+        raise UserError(f"{where}: network {net_name!r} needs one image input, found {images or data}")
+    cur = images[0]
+    input_shape = tuple(shapes[cur][1:])
+    layers: List[Layer] = []
+    while True:
+        following = [f for f in consumers.get(cur, []) if f.type not in TERMINAL]
+        if not following:
+            break
+        if len(following) > 1:
+            raise UserError(f"{where}: variable {cur} feeds {len(following)} functions "
+                            f"({', '.join(f.type for f in following)}); only chain networks are supported")
+        f = following[0]
+        inputs = list(f.input)
+        others = [n for n in inputs[1:] if kinds.get(n) != "Parameter"]
+        if f.type not in CONVERTERS or inputs[0] != cur or others:
+            raise UserError(f"{where}: function {f.type} ({f.name}) is not supported; supported: "
+                            f"{', '.join(sorted(CONVERTERS))} in a chain (no Add2/Concatenate yet)")
+        layers.append(CONVERTERS[f.type](f, inputs, shapes, where))
+        cur = f.output[0]
+    scores = shapes[cur]
+    if len(scores) != 2:
+        raise UserError(f"{where}: the class scores {cur} have shape {scores}; they must be (batch, classes)")
+    raw = any(e.no_image_normalization for e in proto.executor) or any(d.no_image_normalization
+                                                                        for d in proto.dataset)
+    return NnpSpec(os.path.abspath(path), net_name, images[0], input_shape, cur, int(scores[1]), tuple(layers),
+                   1.0 if raw else 1.0 / 255.0, params)
+
+
+_SPECS: Dict[Tuple[str, int, int], NnpSpec] = {}
+
+
+def nnp_spec(path: str) -> NnpSpec:
+    """``read_nnp(path)``, cached per process by the file's path, size and modification time."""
+    check_nnp_file(path)
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _SPECS:
+        _SPECS[key] = read_nnp(path)
+    return _SPECS[key]
+
+
+# ---------------------------------------------------------------------- the model
+class NnpModel(Model):
+    """The network of an ``.nnp`` file on this project's data (``input_shape``: the data's (C, H, W)).
+
+    Per-sample products take the tangent copy of its linear layers ('eps', exact by construction);
+    Hessian-vector products the double backward (``models.autodiff.Learner``); no forward-mode
+    rules, no EK-FAC taps, no turn-over dropout mask points.
+    """
+
+    has_tangent = True
+
+    def __init__(self, path: str, input_shape: Sequence[int], num_classes: int):
+        super().__init__(input_shape, num_classes)
+        self.spec = nnp_spec(str(path))
+        self.name = os.path.basename(self.spec.path)
+        self.layers = self.spec.layers
+        where = self.spec.path
+        if self.spec.num_classes != self.num_classes:
+            raise UserError(f"{where}: the network has {self.spec.num_classes} class scores, the data "
+                            f"{self.num_classes} classes")
+        if self.spec.input_shape[0] != self.input_shape[0] or len(self.spec.input_shape) != 3:
+            raise UserError(f"{where}: the network takes images of shape {self.spec.input_shape}, the data has "
+                            f"{self.input_shape}")
+
+    @property
+    def convolutional(self) -> bool:
+        return any(isinstance(layer, NnpConv) for layer in self.layers)
+
+    def pixels(self, x: nn.Variable) -> nn.Variable:
+        """The file's input from the project's normalised images: pixel values (0..255, or 0..1 where
+        the file wants normalised images), centre-cropped or zero-padded to the file's size."""
+        from datasets.base import norm_stats
+        c = x.shape[1]
+        mean, std = norm_stats(c)
+        k = 255.0 * self.spec.pixel_scale
+        if c == 1:
+            h = F.add_scalar(F.mul_scalar(x, float(std[0]) * k), float(mean[0]) * k)
+        else:
+            s = nn.Variable.from_numpy_array(np.asarray(std, np.float32).reshape(1, c, 1, 1) * np.float32(k))
+            m = nn.Variable.from_numpy_array(np.asarray(mean, np.float32).reshape(1, c, 1, 1) * np.float32(k))
+            h = x * s + m
+        (H, W), (fh, fw) = x.shape[2:], self.spec.input_shape[1:]
+        if H > fh or W > fw:
+            top, left = max(H - fh, 0) // 2, max(W - fw, 0) // 2
+            h = F.slice(h, (0, 0, top, left), (x.shape[0], c, top + min(H, fh), left + min(W, fw)))
+        if H < fh or W < fw:
+            dh, dw = max(fh - H, 0), max(fw - W, 0)
+            h = F.pad(h, (dh // 2, dh - dh // 2, dw // 2, dw - dw // 2))
+        return h
+
+    def _create(self, x, rng) -> None:
+        h = self.pixels(x)
+        for layer in self.layers:
+            h = layer.create(h, rng, self.num_classes)
+        if tuple(h.shape[1:]) != (self.num_classes,):
+            raise UserError(f"{self.spec.path}: the network gives scores of shape {tuple(h.shape)}")
+
+    def logits(self, x, params, train, tangent=None, stats=None, masks=None, row_weights=None, taps=None):
+        if masks:
+            raise UserError(f"{self.spec.path}: an .nnp network has no turn-over dropout mask points")
+        if taps is not None:
+            raise UserError(f"{self.spec.path}: EK-FAC and TracIn's layer taps do not cover .nnp networks yet; use "
+                            f"Influence_functions (MINRES), Hara, Ours or Random")
+        return run_layers(self.layers, self.pixels(x), params, train, tangent, stats, None, row_weights)
+
+    def file_parameters(self) -> Dict[str, np.ndarray]:
+        """The parameter values stored in the file (those the network uses), by name."""
+        return dict(self.spec.parameters)
+
+
+def load_file_parameters(model: NnpModel, params: Mapping[str, nn.Variable]) -> None:
+    """Overwrite ``params`` (``model.create_parameters``'s) with the values stored in the file."""
+    stored = model.spec.parameters
+    for k, v in params.items():
+        if k not in stored:
+            raise UserError(f"{model.spec.path}: the file holds no values for parameter {k}")
+        if tuple(stored[k].shape) != tuple(v.shape):
+            raise UserError(f"{model.spec.path}: parameter {k} has shape {stored[k].shape} in the file, "
+                            f"{tuple(v.shape)} in the network")
+        v.d = stored[k]
+
+
+def nnp_fingerprint(path: str, input_shape: Sequence[int], num_classes: int) -> str:
+    """The identity the manifest records for the ``.nnp`` network at ``path`` on data of this shape:
+    ``models.custom.model_fingerprint`` (the graph's functions with their arguments, including the
+    input step, and the parameters' names, shapes and seed-0 initial values)."""
+    from .custom import model_fingerprint
+    return model_fingerprint(NnpModel(path, input_shape, num_classes))
