@@ -44,8 +44,8 @@ def model_name(text: str) -> str:
         return text
     from models.nnp import check_nnp_file, is_nnp_path
     if not is_nnp_path(text) and not os.path.isfile(text):
-        raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose one of: {', '.join(MODELS)}, or give "
-                                         f"the path of an .nnp file")
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(MODELS)}, or give "
+                                         f"the path of an .nnp file)")
     try:
         check_nnp_file(text)
     except UserError as exc:

@@ -373,11 +373,15 @@ class Learner:
         """``(d S / d w_i, d S / d theta)`` for ``S = _running_stats_dot`` (training mode, reference)."""
         x, _ = self._inputs(batch)
         w = nn.Variable.from_numpy_array(np.ones(batch, np.float32), need_grad=True)
-        jvp = _Jvp(self.model, self.params, self._direction_vars(), self._stats(True), True, tangent=False,
-                   weights=w)
-        jvp.forward(x)
+        if _Jvp.supported(self.model):
+            jvp = _Jvp(self.model, self.params, self._direction_vars(), self._stats(True), True, tangent=False,
+                       weights=w)
+            jvp.forward(x)
+            batch_stats = jvp.batch_stats
+        else:  # a model without forward-mode rules records its batch statistics itself (models.nnp)
+            batch_stats = self.model.batch_statistics(x, self.params, self._stats(True), w)
         U_stats = self._stat_direction_vars()
-        grads = nn.grad([_running_stats_dot(jvp.batch_stats, U_stats)], list(self.trainable.values()) + [w])
+        grads = nn.grad([_running_stats_dot(batch_stats, U_stats)], list(self.trainable.values()) + [w])
         return Graph(x=x, U_stats=U_stats, dots=persist(grads[-1]),
                       grads=[persist(g) if g is not None else None for g in grads[:-1]])
 

@@ -45,7 +45,7 @@ import numpy as np
 
 from common.errors import UserError
 
-from .networks import Layer, Model, Pass, Tangent, _batch_norm, run_layers
+from .networks import Layer, Model, Pass, Tangent, _batch_norm, batch_standardize, run_layers
 
 #: functions that end the class scores: losses and (log-)softmax; the project adds its own loss
 TERMINAL = frozenset({"Softmax", "LogSoftmax", "SoftmaxCrossEntropy", "CategoricalCrossEntropy",
@@ -286,6 +286,10 @@ def _bn(f, inputs, shapes, where):
     if list(p.axes) not in ([], [1]) or not np.isclose(p.decay_rate, 0.9) or not np.isclose(p.eps, 1e-5):
         raise UserError(f"{where}: function BatchNormalization ({f.name}) needs axes [1], decay_rate 0.9 and eps "
                         f"1e-5 (NNC's defaults), got {list(p.axes)}, {p.decay_rate:g}, {p.eps:g}")
+    prefix = inputs[1][:-len("/beta")]
+    if [n[len(prefix):] for n in inputs[1:]] != ["/beta", "/gamma", "/mean", "/var"]:
+        raise UserError(f"{where}: function BatchNormalization ({f.name}) needs parameters named P/beta, P/gamma, "
+                        f"P/mean, P/var, got {', '.join(inputs[1:])}")
     return NnpBatchNorm(inputs[1], inputs[2], inputs[3], inputs[4], shapes[inputs[1]])
 
 
@@ -475,6 +479,22 @@ class NnpModel(Model):
             raise UserError(f"{self.spec.path}: EK-FAC and TracIn's layer taps do not cover .nnp networks yet; use "
                             f"Influence_functions (MINRES), Hara, Ours or Random")
         return run_layers(self.layers, self.pixels(x), params, train, tangent, stats, None, row_weights)
+
+    def batch_statistics(self, x: nn.Variable, params: Mapping[str, nn.Variable], stats: Mapping[str, nn.Variable],
+                         weights: nn.Variable) -> List[Tuple[str, nn.Variable, nn.Variable]]:
+        """``(prefix, mean, unbiased variance)`` of each batch norm's row-weighted batch statistics in
+        a training-mode pass (what the training step moves the running statistics ``prefix/mean``,
+        ``prefix/var`` toward; ``Learner.running_stats_products``)."""
+        p = Pass(params, True, None, stats, None, weights)
+        h, out = self.pixels(x), []
+        for layer in self.layers:
+            if isinstance(layer, NnpBatchNorm):
+                h4 = F.reshape(h, h.shape + (1, 1)) if len(h.shape) == 2 else h
+                st = batch_standardize(h4, weights)
+                out.append((layer.mean[:-len("/mean")], F.reshape(st.mean, layer.shape),
+                            F.reshape(st.running_var, layer.shape)))
+            h = layer.forward(h, p)
+        return out
 
     def file_parameters(self) -> Dict[str, np.ndarray]:
         """The parameter values stored in the file (those the network uses), by name."""

@@ -1,0 +1,297 @@
+"""Neural Network Console models (``.nnp``, issue 34): files written in the tests by nnabla's own
+``nnabla.utils.save.save``, read by ``models.nnp``, compared with nnabla's own forward of the file
+(``NnpLoader``), differentiated (per-sample products against the batch-1 loop, Hessian-vector
+products against finite differences of the gradient) and run through a driver."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import nnabla as nn
+import nnabla.functions as F
+import nnabla.parametric_functions as PF
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.errors import UserError
+from datasets import to_network_input
+from datasets.loader import load_dataset
+from models import build_model
+from models.autodiff import Learner
+from models.networks import Affine, BatchNorm, Conv, MaxPool, Model, ReLU
+from models.nnp import NnpModel, load_file_parameters, nnp_fingerprint
+
+
+def save_nnp(path, build, input_shape=(1, 28, 28), raw_pixels=True, seed=0):
+    """Write ``build(x) -> (scores, extra outputs)`` as an .nnp with one executor (softmax output)."""
+    from nnabla.utils.save import save
+    scope: OrderedDict = OrderedDict()
+    rng = np.random.RandomState(seed)
+    with nn.parameter_scope("", scope):
+        x = nn.Variable((2,) + tuple(input_shape))
+        scores = build(x)
+        y = F.softmax(scores)
+        for v in nn.get_parameters(grad_only=False).values():  # non-trivial stored values
+            if v.need_grad:
+                v.d = rng.normal(0, 0.3, v.shape)
+        contents = {"networks": [{"name": "runtime", "batch_size": 2, "outputs": {"y": y}, "names": {"x": x}}],
+                    "executors": [{"name": "runtime", "network": "runtime", "data": ["x"], "output": ["y"],
+                                   "no_image_normalization": raw_pixels}]}
+        save(str(path), contents)
+    return path
+
+
+def lenet(x):
+    """28x28 input scaled by 1/255, two 5x5 unpadded convolutions with max pooling, two affine layers."""
+    h = F.mul_scalar(x, 1.0 / 255.0)
+    h = F.max_pooling(F.relu(PF.convolution(h, 4, (5, 5), name="conv1")), (2, 2))
+    h = F.max_pooling(F.relu(PF.convolution(h, 8, (5, 5), name="conv2")), (2, 2))
+    h = F.relu(PF.affine(h, 16, name="fc3"))
+    return PF.affine(h, 10, name="fc4")
+
+
+def zoo(x, dropout=False):
+    """Every other supported kind: strided/dilated/grouped convolution, batch norm, the activations,
+    average and global pooling, reshape, add-scalar (dropout: nnabla's forward would drop)."""
+    h = F.mul_scalar(x, 1.0 / 255.0)
+    h = F.add_scalar(h, -0.5)
+    h = PF.convolution(h, 4, (3, 3), pad=(1, 1), stride=(2, 2), name="c1")
+    h = PF.batch_normalization(h, batch_stat=False, name="bn1")
+    h = F.leaky_relu(h, 0.1)
+    h = PF.convolution(h, 4, (3, 3), pad=(2, 2), dilation=(2, 2), group=2, name="c2")
+    h = F.elu(h, 1.0)
+    h = F.average_pooling(h, (2, 2))
+    h = F.swish(h)
+    if dropout:
+        h = F.dropout(h, 0.2)
+    h = F.reshape(h, (h.shape[0], 4 * 7 * 7))
+    h = F.tanh(PF.affine(h, 12, name="f1"))
+    h = F.reshape(h, (h.shape[0], 3, 2, 2))
+    h = F.sigmoid(F.global_average_pooling(h))
+    return PF.affine(h, 10, name="f2")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", 0, n_train=40, n_val=8, n_test=8)
+
+
+def nnabla_scores(path, images: np.ndarray, scores_name: str) -> np.ndarray:
+    """nnabla's own forward of the file's network on 0..255 pixel values."""
+    from nnabla.utils.nnp_graph import NnpLoader
+    net = NnpLoader(str(path)).get_network("runtime", batch_size=len(images))
+    net.inputs["x"].d = images
+    out = net.variables[scores_name]
+    out.forward()
+    return out.d.copy()
+
+
+@pytest.mark.parametrize("build", [lenet, zoo])
+def test_logits_equal_nnablas_forward_of_the_file(tmp_path, digits, build):
+    path = save_nnp(tmp_path / "net.nnp", build)
+    model = build_model(str(path), digits.image_shape, digits.num_classes)
+    assert isinstance(model, NnpModel) and model.spec.input_shape == (1, 28, 28)
+    params = model.create_parameters(np.random.RandomState(0))
+    load_file_parameters(model, params)
+    images = digits.test.images[:5]
+    x = nn.Variable.from_numpy_array(to_network_input(images, digits.mean, digits.std))
+    ours = model.logits(x, params, train=False)
+    ours.forward()
+    raw = images[:, :, 2:30, 2:30].astype(np.float32)  # the centre crop to the file's 28x28
+    theirs = nnabla_scores(path, raw, model.spec.scores_name)
+    np.testing.assert_allclose(ours.d, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_is_the_identity(tmp_path, digits):
+    a = build_model(str(save_nnp(tmp_path / "a.nnp", zoo)), digits.image_shape, 10)
+    b = build_model(str(save_nnp(tmp_path / "b.nnp", lambda x: zoo(x, dropout=True))), digits.image_shape, 10)
+    assert len(b.layers) == len(a.layers) + 1
+    x = nn.Variable.from_numpy_array(to_network_input(digits.test.images[:4], digits.mean, digits.std))
+    for model in (a, b):
+        params = model.create_parameters(np.random.RandomState(0))
+        load_file_parameters(model, params)
+        out = model.logits(x, params, train=True)
+        out.forward()
+        model.out = out.d.copy()
+    np.testing.assert_array_equal(a.out, b.out)
+
+
+def test_initialisation_is_seeded_and_from_the_files_shapes(tmp_path, digits):
+    path = save_nnp(tmp_path / "net.nnp", lenet)
+    model = build_model(str(path), digits.image_shape, digits.num_classes)
+    a = model.create_parameters(np.random.RandomState(1))
+    b = model.create_parameters(np.random.RandomState(1))
+    c = model.create_parameters(np.random.RandomState(2))
+    stored = model.file_parameters()
+    assert list(a) == ["conv1/conv/W", "conv1/conv/b", "conv2/conv/W", "conv2/conv/b", "fc3/affine/W",
+                       "fc3/affine/b", "fc4/affine/W", "fc4/affine/b"]
+    for k in a:
+        assert a[k].shape == stored[k].shape
+        np.testing.assert_array_equal(a[k].d, b[k].d)
+    assert not np.array_equal(a["conv1/conv/W"].d, c["conv1/conv/W"].d)
+    assert not np.any(a["fc4/affine/b"].d)
+    lim = np.sqrt(6.0 / (1 * 25 + 4 * 25))  # nnabla's Glorot-uniform limit for conv1
+    assert np.abs(a["conv1/conv/W"].d).max() <= lim
+
+
+class Twin(Model):
+    """``twin``'s network in the built-in layer vocabulary (forward-mode products, layer taps)."""
+
+    name = "nnp_twin"
+    layers = (Conv("c1", 4), BatchNorm("c1"), ReLU(), MaxPool(), Conv("c2", 4), ReLU(), MaxPool(), Affine("fc"))
+
+
+def twin(x):
+    """``Twin`` as a file: 0..1 images (NNC's image normalisation), ``2x - 1`` = the project's grey
+    normalisation, then the same layers under the same parameter names."""
+    h = F.add_scalar(F.mul_scalar(x, 2.0), -1.0)
+    h = F.relu(PF.batch_normalization(PF.convolution(h, 4, (3, 3), pad=(1, 1), name="c1"), name="c1"))
+    h = F.max_pooling(h, (2, 2))
+    h = F.max_pooling(F.relu(PF.convolution(h, 4, (3, 3), pad=(1, 1), name="c2")), (2, 2))
+    return PF.affine(h, 10, name="fc")
+
+
+def close(a, b, rtol=2e-3, scale=None):
+    """Agreement up to float32 rounding, relative to the largest entry (or to ``scale``)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = np.abs(b).max() if scale is None else scale
+    assert np.abs(a - b).max() <= rtol * scale, (np.abs(a - b).max(), scale)
+
+
+def test_products_equal_the_built_in_vocabularys(tmp_path, digits):
+    """The same network as an .nnp (generic paths: 'eps' per-sample products, double-backward
+    Hessian-vector products) and in the built-in vocabulary (forward-mode rules, layer taps): the
+    per-sample products (also against the batch-1 loop), Hessian-vector products and removal
+    products agree in both network modes, batch norm included."""
+    path = save_nnp(tmp_path / "twin.nnp", twin, input_shape=(1, 32, 32), raw_pixels=False)
+    model = build_model(str(path), digits.image_shape, 10)
+    ours = Learner(model, model.create_parameters(np.random.RandomState(0)))
+    ref_model = Twin(digits.image_shape, 10)
+    ref = Learner(ref_model, ref_model.create_parameters(np.random.RandomState(0)))
+    assert list(ours.params) == list(ref.params)
+    rng = np.random.RandomState(3)
+    state = {k: (v.d + 0.1 * rng.standard_normal(v.shape) if v.need_grad else v.d) for k, v in ours.params.items()}
+    state["c1/bn/var"] = 0.5 + rng.random_sample(state["c1/bn/var"].shape)
+    ours.set_state(state)
+    ref.set_state(state)
+    x = to_network_input(digits.train.images[:6], digits.mean, digits.std)
+    y = digits.train.labels[:6]
+    u = {k: rng.standard_normal(v.shape) for k, v in ours.trainable.items()}
+    assert ours.hvp_method() == "double_backward" and ref.hvp_method() == "forward"
+    for train in (False, True):
+        close(ours.per_sample_grad_dot(x, y, u, train=train), ref.per_sample_grad_dot(x, y, u, train=train))
+        close(ours.removal_grad_dot(x, y, u, train=train), ref.removal_grad_dot(x, y, u, train=train))
+        a, b = ours.hessian_vector_product(x, y, u, train=train), ref.hessian_vector_product(x, y, u, train=train)
+        scale = max(np.abs(v).max() for v in b.values())  # blocks that vanish (c1's bias before batch norm)
+        for k in u:
+            close(a[k], b[k], scale=scale)
+    u_stats = {k: rng.standard_normal(ours.params[k].shape) for k in ours.stat_names}
+    a, b = ours.running_stats_products(x, u_stats), ref.running_stats_products(x, u_stats)
+    close(a[0], b[0])
+    for k in u:
+        close(a[1][k], b[1][k], scale=max(np.abs(v).max() for v in b[1].values()))
+    loop = [ours.per_sample_grad_dot(x[i:i + 1], y[i:i + 1], u, train=False) for i in range(6)]
+    close(np.concatenate(loop), ours.per_sample_grad_dot(x, y, u, train=False))
+
+
+def test_fingerprint_tells_networks_apart(tmp_path, digits):
+    a = save_nnp(tmp_path / "a.nnp", lenet)
+    b = save_nnp(tmp_path / "b.nnp", zoo)
+    fa = nnp_fingerprint(str(a), digits.image_shape, 10)
+    assert fa == nnp_fingerprint(str(a), digits.image_shape, 10)
+    assert fa != nnp_fingerprint(str(b), digits.image_shape, 10)
+
+
+def test_unsupported_function_is_one_line(tmp_path, digits):
+    def cube(x):
+        h = F.mul_scalar(x, 1.0 / 255.0)
+        h = F.pow_scalar(PF.affine(h, 8, name="f1"), 3.0)
+        return PF.affine(h, 10, name="f2")
+    path = save_nnp(tmp_path / "cube.nnp", cube)
+    with pytest.raises(UserError) as err:
+        build_model(str(path), digits.image_shape, 10)
+    msg = str(err.value)
+    assert "PowScalar" in msg and str(path) in msg and "\n" not in msg
+
+    def residual(x):
+        h = PF.affine(F.mul_scalar(x, 1.0 / 255.0), 8, name="f1")
+        return PF.affine(h + F.relu(h), 10, name="f2")
+    path = save_nnp(tmp_path / "res.nnp", residual)
+    with pytest.raises(UserError, match="chain"):
+        build_model(str(path), digits.image_shape, 10)
+
+
+def test_driver_runs_on_an_nnp_file(tmp_path, capsys):
+    import eval_sgd_influence as driver
+    from cleansing.cli import run_main
+    path = save_nnp(tmp_path / "lenet.nnp", lenet)
+    out = tmp_path / "out"
+    argv = ["-m", str(path), "-ds", "digits", "-e", "1", "-bs", "16", "-lr", "0.05", "-r", "0", "4",
+            "--n-train", "48", "--n-val", "16", "--n-test", "16", "-j", "1", "--no-progress", "--gallery", "0",
+            "-o", str(out), "--methods", "Hara", "Ours", "Random"]
+    assert run_main(driver.main, argv) == 0
+    for method in ("Hara", "Ours", "Random"):
+        files = list((out / "influence" / method).glob("influence_*_0.csv"))
+        assert len(files) == 1, method
+        frame = pd.read_csv(files[0])
+        assert len(frame) == 48 and np.isfinite(frame.influence).all()
+    manifest = (out / "manifest.json").read_text()
+    assert str(path) in manifest and "model_fingerprint" in manifest
+    # the same path holding another network: refused like any changed setting
+    save_nnp(path, zoo)
+    capsys.readouterr()
+    assert run_main(driver.main, argv) == 2
+    assert "model_fingerprint" in capsys.readouterr().err
+
+
+def test_influence_functions_and_batch_norm_networks_run(tmp_path):
+    """MINRES influence functions on the LeNet; Hara and Ours (batch norm's running-statistics terms
+    by the generic path) on a network with batch normalisation."""
+    import eval_influence_functions as if_driver
+    import eval_sgd_influence as driver
+    from cleansing.cli import run_main
+    from influence_functions import NAME
+    common = ["-ds", "digits", "-e", "1", "-bs", "16", "-r", "0", "--n-train", "32", "--n-val", "16", "--n-test",
+              "16", "-j", "1", "--no-progress", "--gallery", "0"]
+    lenet_path = save_nnp(tmp_path / "lenet.nnp", lenet)
+    out = tmp_path / "if"
+    assert run_main(if_driver.main, ["-m", str(lenet_path), *common, "-o", str(out), "--methods", NAME]) == 0
+    frame = pd.read_csv(next((out / "influence" / NAME).glob("influence_*_0.csv")))
+    assert len(frame) == 32 and np.isfinite(frame.influence).all()
+    twin_path = save_nnp(tmp_path / "twin.nnp", twin, input_shape=(1, 32, 32), raw_pixels=False)
+    out = tmp_path / "bn"
+    assert run_main(driver.main, ["-m", str(twin_path), *common, "-o", str(out), "--methods", "Hara", "Ours"]) == 0
+    for method in ("Hara", "Ours"):
+        frame = pd.read_csv(next((out / "influence" / method).glob("influence_*_0.csv")))
+        assert len(frame) == 32 and np.isfinite(frame.influence).all()
+
+
+def test_driver_refuses_a_missing_or_foreign_file(tmp_path, capsys):
+    import eval_sgd_influence as driver
+    from cleansing.cli import run_main
+    other = tmp_path / "notes.nnp"
+    other.write_text("not a zip")
+    for bad in (str(tmp_path / "missing.nnp"), str(other), "nosuchmodel"):
+        out = tmp_path / "out"
+        with pytest.raises(SystemExit) as exit_:
+            run_main(driver.main, ["-m", bad, "-o", str(out), "--methods", "Random"])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "-m/--model" in err
+        assert not out.exists()
+
+
+def test_estimators_without_a_generic_path_refuse_in_one_line(tmp_path, capsys):
+    """EK-FAC needs layer taps and turn-over dropout mask points: one line, exit 2."""
+    import eval_influence_functions as if_driver
+    import eval_turnover_dropout as td_driver
+    from cleansing.cli import run_main
+    from influence_functions import EKFAC
+    path = save_nnp(tmp_path / "lenet.nnp", lenet)
+    common = ["-m", str(path), "-e", "1", "-bs", "16", "-r", "0", "--n-train", "32", "--n-val", "16", "--n-test",
+              "16", "-j", "1", "--no-progress", "--gallery", "0"]
+    capsys.readouterr()
+    assert run_main(if_driver.main, common + ["-o", str(tmp_path / "a"), "--methods", EKFAC]) == 2
+    assert "EK-FAC" in capsys.readouterr().err
+    assert run_main(td_driver.main, common + ["-o", str(tmp_path / "b")]) == 2
+    assert "turn-over dropout" in capsys.readouterr().err
