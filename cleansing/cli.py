@@ -65,6 +65,9 @@ def add_run_arguments(p: argparse.ArgumentParser, default_out: str, remove_defau
     p.add_argument("-m", "--model", default="cnn6", type=model_name,
                    help="cnn6 (the paper's network, default), logreg or mlp (fast checks), or the path of a "
                         "Neural Network Console model file (.nnp; see the README)")
+    p.add_argument("--nnp-weights", action="store_true",
+                   help="with -m FILE.nnp: start every trial from the file's parameter values (default: fresh "
+                        "parameters per trial seed, nnabla's default initialisers on the file's shapes)")
     p.add_argument("-e", "--epochs", type=positive_int, default=20, help="training epochs (default 20)")
     p.add_argument("-bs", "--batch-size", type=positive_int, default=32, help="mini-batch size (default 32)")
     p.add_argument("-lr", "--learning-rate", type=positive_float, default=0.05, help="SGD learning rate (default 0.05)")
@@ -163,7 +166,7 @@ def config_from_args(a: argparse.Namespace, registry):
     """The ``RunConfig`` of parsed driver flags (``Driver.parser``)."""
     from .config import make_config
     train = dict(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.learning_rate,
-                 augment=not a.no_augment)
+                 augment=not a.no_augment, nnp_weights=a.nnp_weights)
     options = {kind.__name__: kind.from_args(a) for kind in registry.option_types()}
     return make_config(
         **train, dataset=a.dataset, out=os.path.abspath(a.output), n_trials=a.n_trials, methods=a.methods,

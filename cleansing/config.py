@@ -24,7 +24,7 @@ from .train import TrainConfig
 DEFAULT_REMOVE = (0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000)
 #: Manifest keys added after runs had been made: an old manifest without them had these values.
 MANIFEST_DEFAULTS = {"label_noise": 0.0, "retrain_all": False, "train_data": None, "val_data": None,
-                     "test_data": None, "model_fingerprint": None}
+                     "test_data": None, "model_fingerprint": None, "nnp_weights": False}
 #: Report settings added to the manifest later: an old manifest without them takes today's values.
 ADOPTED_IF_MISSING = ("gallery", "explain_k", "explain_max", "explain_same_label")
 
@@ -121,6 +121,8 @@ class RunConfig:
                 **input_fingerprints(d.dataset, d.val_csv, d.test_csv, (d.n_train, d.n_val, d.n_test))}
         for kind in registry.option_types(self.methods):
             base.update(self.option(kind).manifest(self))
+        if not self.train.nnp_weights:  # recorded only when set (manifests of built-in models unchanged)
+            base.pop("nnp_weights")
         fingerprint = self.model_fingerprint()
         if fingerprint is not None:  # built-in models are their code: their manifests keep no such key
             base["model_fingerprint"] = fingerprint
@@ -143,7 +145,7 @@ class RunConfig:
                               d.test_csv)
         if nnp:
             from models.nnp import nnp_fingerprint
-            return nnp_fingerprint(self.train.model, bundle.image_shape, bundle.num_classes)
+            return nnp_fingerprint(self.train.model, bundle.image_shape, bundle.num_classes, self.train.nnp_weights)
         return network_fingerprint(cls, bundle.image_shape, bundle.num_classes)
 
     def manifest_defaults(self, registry: Registry) -> dict:
@@ -254,3 +256,6 @@ def check_settings(cfg: RunConfig) -> None:
     _check_int(rep.explain_k, "explain_k (--explain-k)", 1)
     _check_int(rep.explain_max, "explain_max (--explain-max)", 0)
     _check_int(rt.jobs, "jobs (-j)", 1)
+    from models.nnp import is_nnp_path
+    if t.nnp_weights and not is_nnp_path(t.model):
+        raise UserError(f"--nnp-weights starts from the parameters of an .nnp file; model {t.model!r} is not one")

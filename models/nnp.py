@@ -372,6 +372,9 @@ def read_nnp(path: str) -> NnpSpec:
     for f in net.function:
         for name in f.input:
             consumers.setdefault(name, []).append(f)
+    if not data:  # no data variables named: the network's inputs (buffers no function produces)
+        produced = {o for f in net.function for o in f.output}
+        data = [v.name for v in net.variable if v.type == "Buffer" and v.name not in produced]
     images = [d for d in data if any(f.type not in TERMINAL for f in consumers.get(d, []))]
     if len(images) != 1:
         raise UserError(f"{where}: network {net_name!r} needs one image input, found {images or data}")
@@ -513,9 +516,20 @@ def load_file_parameters(model: NnpModel, params: Mapping[str, nn.Variable]) -> 
         v.d = stored[k]
 
 
-def nnp_fingerprint(path: str, input_shape: Sequence[int], num_classes: int) -> str:
+def nnp_fingerprint(path: str, input_shape: Sequence[int], num_classes: int, weights: bool = False) -> str:
     """The identity the manifest records for the ``.nnp`` network at ``path`` on data of this shape:
     ``models.custom.model_fingerprint`` (the graph's functions with their arguments, including the
-    input step, and the parameters' names, shapes and seed-0 initial values)."""
+    input step, and the parameters' names, shapes and seed-0 initial values); with ``weights``
+    (``--nnp-weights``) also the file's parameter values."""
+    import hashlib
+
     from .custom import model_fingerprint
-    return model_fingerprint(NnpModel(path, input_shape, num_classes))
+    model = NnpModel(path, input_shape, num_classes)
+    fingerprint = model_fingerprint(model)
+    if not weights:
+        return fingerprint
+    h = hashlib.sha256(fingerprint.encode())
+    for k, v in model.spec.parameters.items():
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(v, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]

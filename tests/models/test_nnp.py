@@ -22,8 +22,10 @@ from models.networks import Affine, BatchNorm, Conv, MaxPool, Model, ReLU
 from models.nnp import NnpModel, load_file_parameters, nnp_fingerprint
 
 
-def save_nnp(path, build, input_shape=(1, 28, 28), raw_pixels=True, seed=0):
-    """Write ``build(x) -> (scores, extra outputs)`` as an .nnp with one executor (softmax output)."""
+def save_nnp(path, build, input_shape=(1, 28, 28), raw_pixels=True, seed=0, optimizer=False):
+    """Write ``build(x) -> class scores`` as an .nnp with one executor (softmax output) and, with
+    ``optimizer``, a training network (softmax cross-entropy) that an optimizer names, as NNC does."""
+    import nnabla.solvers as S
     from nnabla.utils.save import save
     scope: OrderedDict = OrderedDict()
     rng = np.random.RandomState(seed)
@@ -37,6 +39,18 @@ def save_nnp(path, build, input_shape=(1, 28, 28), raw_pixels=True, seed=0):
         contents = {"networks": [{"name": "runtime", "batch_size": 2, "outputs": {"y": y}, "names": {"x": x}}],
                     "executors": [{"name": "runtime", "network": "runtime", "data": ["x"], "output": ["y"],
                                    "no_image_normalization": raw_pixels}]}
+        if optimizer:
+            xt, t = nn.Variable((2,) + tuple(input_shape)), nn.Variable((2, 1))
+            loss = F.mean(F.softmax_cross_entropy(build(xt), t))
+            solver = S.Sgd(0.01)
+            solver.set_parameters(nn.get_parameters())
+            contents["networks"].insert(0, {"name": "training", "batch_size": 2, "outputs": {"loss": loss},
+                                            "names": {"x": xt, "y": t}})
+            contents["datasets"] = [{"name": "train", "uri": "train.csv", "variables": {"x": xt, "y": t},
+                                     "shuffle": True, "batch_size": 2, "no_image_normalization": raw_pixels}]
+            contents["optimizers"] = [{"name": "optimizer", "solver": solver, "network": "training",
+                                       "dataset": "train", "weight_decay": 0, "lr_decay": 1,
+                                       "lr_decay_interval": 1, "update_interval": 1}]
         save(str(path), contents)
     return path
 
@@ -100,6 +114,16 @@ def test_logits_equal_nnablas_forward_of_the_file(tmp_path, digits, build):
     raw = images[:, :, 2:30, 2:30].astype(np.float32)  # the centre crop to the file's 28x28
     theirs = nnabla_scores(path, raw, model.spec.scores_name)
     np.testing.assert_allclose(ours.d, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_the_optimizers_network_is_taken(tmp_path, digits):
+    path = save_nnp(tmp_path / "net.nnp", lenet, optimizer=True)
+    model = build_model(str(path), digits.image_shape, digits.num_classes)
+    assert model.spec.network == "training" and model.spec.pixel_scale == 1.0
+    assert model.spec.scores_name.startswith("@training/Affine")
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "NnpElementwise", "NnpConv", "NnpElementwise", "NnpPool", "NnpConv", "NnpElementwise", "NnpPool",
+        "NnpAffine", "NnpElementwise", "NnpAffine"]
 
 
 def test_dropout_is_the_identity(tmp_path, digits):
@@ -295,3 +319,27 @@ def test_estimators_without_a_generic_path_refuse_in_one_line(tmp_path, capsys):
     assert "EK-FAC" in capsys.readouterr().err
     assert run_main(td_driver.main, common + ["-o", str(tmp_path / "b")]) == 2
     assert "turn-over dropout" in capsys.readouterr().err
+
+
+def test_nnp_weights_start_from_the_files_parameters(tmp_path, digits, capsys):
+    import json
+
+    import eval_sgd_influence as driver
+    from cleansing.cli import run_main
+    from cleansing.train import TrainConfig, new_learner
+    path = save_nnp(tmp_path / "lenet.nnp", lenet)
+    for seed in (0, 1):
+        learner = new_learner(TrainConfig(model=str(path), nnp_weights=True), digits, seed)
+        stored = learner.model.file_parameters()
+        for k, v in learner.params.items():
+            np.testing.assert_array_equal(v.d, stored[k])
+    common = ["-e", "1", "-bs", "16", "-r", "0", "--n-train", "32", "--n-val", "16", "--n-test", "16", "-j", "1",
+              "--no-progress", "--gallery", "0", "--methods", "Random"]
+    out = tmp_path / "out"
+    assert run_main(driver.main, ["-m", str(path), "--nnp-weights", "-o", str(out), *common]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["nnp_weights"] is True
+    assert manifest["model_fingerprint"] != nnp_fingerprint(str(path), digits.image_shape, 10)
+    capsys.readouterr()
+    assert run_main(driver.main, ["-m", "logreg", "--nnp-weights", "-o", str(tmp_path / "o2"), *common]) == 2
+    assert "--nnp-weights" in capsys.readouterr().err and not (tmp_path / "o2").exists()
