@@ -2,17 +2,17 @@
 
 ``read_nnp(path)`` reads the file with nnabla's own file loaders (``nnabla.utils.get_file_handle``:
 ``network.nntxt`` or ``.protobuf`` and the parameters ``.h5``/``.protobuf``) and describes the
-network of the file's first optimizer (else of its first executor) as a chain of layers, from the
-image input up to the class scores: the variable that enters the first loss or softmax function
+network of the file's first optimizer (else of its first executor) as layers and their wiring, from
+the image input up to the class scores: the variable that enters the first loss or softmax function
 (``TERMINAL``), or the network's last output. The project adds its own cross-entropy.
 
 Supported functions (``CONVERTERS``): Convolution (any kernel, stride, pad, dilation, group),
 Affine, BatchNormalization (axes [1], decay 0.9, eps 1e-5 as NNC's defaults), ReLU, LeakyReLU,
 ELU, Tanh, Sigmoid, Swish, MaxPooling, AveragePooling, GlobalAveragePooling, Dropout (the
 identity, in training too: the estimators replay training steps exactly, and a random mask per step
-would have to be recorded), Reshape, MulScalar, AddScalar, Identity. Networks must be chains: a
-function that takes a second data input (Add2, Concatenate ...) or a variable used twice is refused.
-Anything else is a one-line ``UserError`` naming the function and the file.
+would have to be recorded), Reshape, MulScalar, AddScalar, Identity, and for graphs (residual
+connections, branches) Add2 and Concatenate. Anything else, or a second data input, is a one-line
+``UserError`` naming the function and the file.
 
 Input: the file says what its network expects, read as nnabla's own ``forward`` command reads it:
 images divided by 255 (0..1) unless an executor or dataset of the file sets
@@ -45,7 +45,7 @@ import numpy as np
 
 from common.errors import UserError
 
-from .networks import Layer, Model, Pass, Tangent, _batch_norm, batch_standardize, run_layers
+from .networks import Layer, Model, Pass, Tangent, _batch_norm, batch_standardize
 
 #: functions that end the class scores: losses and (log-)softmax; the project adds its own loss
 TERMINAL = frozenset({"Softmax", "LogSoftmax", "SoftmaxCrossEntropy", "CategoricalCrossEntropy",
@@ -237,11 +237,25 @@ class NnpReshape(Layer):
         return F.reshape(h, (h.shape[0],) + tuple(self.shape[1:]))
 
 
+@dataclass(frozen=True)
+class NnpMerge(Layer):
+    """A function of several activations: ``Add2`` (their sum) or ``Concatenate`` (along ``axis``)."""
+
+    fn: str
+    axis: int = 1
+    kind: ClassVar[str] = "nnp_merge"
+
+    def merge(self, hs: Sequence[nn.Variable]) -> nn.Variable:
+        """The function of the activations ``hs`` (in the file's input order)."""
+        return hs[0] + hs[1] if self.fn == "Add2" else F.concatenate(*hs, axis=self.axis)
+
+
 # ---------------------------------------------------------------------- reading the file
 @dataclass(frozen=True)
 class NnpSpec:
     """What ``read_nnp`` found: the network's name, its image input (C, H, W) and variable name, its
-    number of classes, its layers, the pixel scale it expects (1: 0..255 values; 1/255: 0..1) and
+    number of classes, its layers (in an order where each one's inputs come first) and their wiring,
+    the pixel scale it expects (1: 0..255 values; 1/255: 0..1) and
     the file's parameter values."""
 
     path: str
@@ -251,6 +265,8 @@ class NnpSpec:
     scores_name: str
     num_classes: int
     layers: Tuple[Layer, ...]
+    #: per layer: the variables it takes (one; several for Add2, Concatenate) and the one it gives
+    wiring: Tuple[Tuple[Tuple[str, ...], str], ...]
     pixel_scale: float
     parameters: Mapping[str, np.ndarray] = field(repr=False, compare=False, hash=False)
 
@@ -315,6 +331,8 @@ CONVERTERS: Dict[str, Callable] = {
     "MaxPooling": _pool("max"), "AveragePooling": _pool("average"),
     "GlobalAveragePooling": lambda f, i, s, w: NnpPool("global"),
     "Reshape": lambda f, i, s, w: NnpReshape(_dims(f.reshape_param.shape)),
+    "Add2": lambda f, i, s, w: NnpMerge("Add2"),
+    "Concatenate": lambda f, i, s, w: NnpMerge("Concatenate", int(f.concatenate_param.axis)),
     **{name: _elementwise for name in _ACTIVATIONS},
 }
 
@@ -378,31 +396,51 @@ def read_nnp(path: str) -> NnpSpec:
     images = [d for d in data if any(f.type not in TERMINAL for f in consumers.get(d, []))]
     if len(images) != 1:
         raise UserError(f"{where}: network {net_name!r} needs one image input, found {images or data}")
-    cur = images[0]
-    input_shape = tuple(shapes[cur][1:])
+    image = images[0]
+    input_shape = tuple(shapes[image][1:])
+    reached, order = {image}, []
+    for f in net.function:  # nnabla writes functions in topological order
+        if f.type not in TERMINAL and any(n in reached for n in f.input):
+            reached.update(f.output)
+            order.append(f)
+    # the class scores: what the first loss or softmax function takes, else the one output left unused
+    fed = [f.input[0] for f in net.function if f.type in TERMINAL and f.input and f.input[0] in reached]
+    ends = [o for f in order for o in f.output if not consumers.get(o)]
+    if not fed and len(ends) != 1:
+        raise UserError(f"{where}: network {net_name!r} has no loss or softmax function and {len(ends)} outputs; "
+                        f"cannot tell its class scores")
+    scores_name = fed[0] if fed else ends[0]
+    producer = {o: f for f in order for o in f.output}
+    needed, todo = set(), [scores_name]
+    while todo:
+        f = producer.get(todo.pop())
+        if f is not None and f.name not in needed:
+            needed.add(f.name)
+            todo.extend(f.input)
     layers: List[Layer] = []
-    while True:
-        following = [f for f in consumers.get(cur, []) if f.type not in TERMINAL]
-        if not following:
-            break
-        if len(following) > 1:
-            raise UserError(f"{where}: variable {cur} feeds {len(following)} functions "
-                            f"({', '.join(f.type for f in following)}); only chain networks are supported")
-        f = following[0]
+    wiring: List[Tuple[Tuple[str, ...], str]] = []
+    for f in (f for f in order if f.name in needed):
         inputs = list(f.input)
-        others = [n for n in inputs[1:] if kinds.get(n) != "Parameter"]
-        if f.type not in CONVERTERS or inputs[0] != cur or others:
+        data_in = tuple(n for n in inputs if kinds.get(n) != "Parameter")
+        if f.type not in CONVERTERS:
             raise UserError(f"{where}: function {f.type} ({f.name}) is not supported; supported: "
-                            f"{', '.join(sorted(CONVERTERS))} in a chain (no Add2/Concatenate yet)")
-        layers.append(CONVERTERS[f.type](f, inputs, shapes, where))
-        cur = f.output[0]
-    scores = shapes[cur]
+                            f"{', '.join(sorted(CONVERTERS))}")
+        foreign = [n for n in data_in if n != image and n not in producer]
+        if foreign:
+            raise UserError(f"{where}: function {f.type} ({f.name}) takes {foreign[0]}, which is neither the image "
+                            f"input nor computed from it; networks with a second input are not supported")
+        layer = CONVERTERS[f.type](f, inputs, shapes, where)
+        if not isinstance(layer, NnpMerge) and data_in != (inputs[0],):
+            raise UserError(f"{where}: function {f.type} ({f.name}) with a second data input is not supported")
+        layers.append(layer)
+        wiring.append((data_in, f.output[0]))
+    scores = shapes[scores_name]
     if len(scores) != 2:
-        raise UserError(f"{where}: the class scores {cur} have shape {scores}; they must be (batch, classes)")
+        raise UserError(f"{where}: the class scores {scores_name} have shape {scores}; they must be (batch, classes)")
     raw = any(e.no_image_normalization for e in proto.executor) or any(d.no_image_normalization
                                                                         for d in proto.dataset)
-    return NnpSpec(os.path.abspath(path), net_name, images[0], input_shape, cur, int(scores[1]), tuple(layers),
-                   1.0 if raw else 1.0 / 255.0, params)
+    return NnpSpec(os.path.abspath(path), net_name, image, input_shape, scores_name, int(scores[1]), tuple(layers),
+                   tuple(wiring), 1.0 if raw else 1.0 / 255.0, params)
 
 
 _SPECS: Dict[Tuple[str, int, int], NnpSpec] = {}
@@ -468,10 +506,17 @@ class NnpModel(Model):
             h = F.pad(h, (dh // 2, dh - dh // 2, dw // 2, dw - dw // 2))
         return h
 
+    def walk(self, x: nn.Variable, step: Callable[[Layer, nn.Variable], nn.Variable]) -> nn.Variable:
+        """The class scores of the file's graph on ``x``: ``step(layer, h)`` for each one-input layer in
+        order, merge layers on their inputs."""
+        env = {self.spec.input_name: self.pixels(x)}
+        for layer, (ins, out) in zip(self.layers, self.spec.wiring):
+            hs = [env[n] for n in ins]
+            env[out] = layer.merge(hs) if isinstance(layer, NnpMerge) else step(layer, hs[0])
+        return env[self.spec.scores_name]
+
     def _create(self, x, rng) -> None:
-        h = self.pixels(x)
-        for layer in self.layers:
-            h = layer.create(h, rng, self.num_classes)
+        h = self.walk(x, lambda layer, h: layer.create(h, rng, self.num_classes))
         if tuple(h.shape[1:]) != (self.num_classes,):
             raise UserError(f"{self.spec.path}: the network gives scores of shape {tuple(h.shape)}")
 
@@ -481,7 +526,8 @@ class NnpModel(Model):
         if taps is not None:
             raise UserError(f"{self.spec.path}: EK-FAC and TracIn's layer taps do not cover .nnp networks yet; use "
                             f"Influence_functions (MINRES), Hara, Ours or Random")
-        return run_layers(self.layers, self.pixels(x), params, train, tangent, stats, None, row_weights)
+        p = Pass(params, train, tangent, params if stats is None else stats, None, row_weights)
+        return self.walk(x, lambda layer, h: layer.forward(h, p))
 
     def batch_statistics(self, x: nn.Variable, params: Mapping[str, nn.Variable], stats: Mapping[str, nn.Variable],
                          weights: nn.Variable) -> List[Tuple[str, nn.Variable, nn.Variable]]:
@@ -489,14 +535,15 @@ class NnpModel(Model):
         a training-mode pass (what the training step moves the running statistics ``prefix/mean``,
         ``prefix/var`` toward; ``Learner.running_stats_products``)."""
         p = Pass(params, True, None, stats, None, weights)
-        h, out = self.pixels(x), []
-        for layer in self.layers:
+        out = []
+
+        def step(layer, h):
             if isinstance(layer, NnpBatchNorm):
-                h4 = F.reshape(h, h.shape + (1, 1)) if len(h.shape) == 2 else h
-                st = batch_standardize(h4, weights)
+                st = batch_standardize(F.reshape(h, h.shape + (1, 1)) if len(h.shape) == 2 else h, weights)
                 out.append((layer.mean[:-len("/mean")], F.reshape(st.mean, layer.shape),
                             F.reshape(st.running_var, layer.shape)))
-            h = layer.forward(h, p)
+            return layer.forward(h, p)
+        self.walk(x, step)
         return out
 
     def file_parameters(self) -> Dict[str, np.ndarray]:

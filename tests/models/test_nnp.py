@@ -85,6 +85,15 @@ def zoo(x, dropout=False):
     return PF.affine(h, 10, name="f2")
 
 
+def graph(x):
+    """A residual connection (Add2) and a concatenation of two branches."""
+    h = F.mul_scalar(x, 1.0 / 255.0)
+    a = F.relu(PF.convolution(h, 4, (3, 3), pad=(1, 1), name="g1"))
+    b = PF.convolution(a, 4, (3, 3), pad=(1, 1), name="g2")
+    h = F.concatenate(F.relu(a + b), a, axis=1)
+    return PF.affine(F.max_pooling(h, (4, 4)), 10, name="g3")
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits", 0, n_train=40, n_val=8, n_test=8)
@@ -100,7 +109,7 @@ def nnabla_scores(path, images: np.ndarray, scores_name: str) -> np.ndarray:
     return out.d.copy()
 
 
-@pytest.mark.parametrize("build", [lenet, zoo])
+@pytest.mark.parametrize("build", [lenet, zoo, graph])
 def test_logits_equal_nnablas_forward_of_the_file(tmp_path, digits, build):
     path = save_nnp(tmp_path / "net.nnp", build)
     model = build_model(str(path), digits.image_shape, digits.num_classes)
@@ -237,12 +246,30 @@ def test_unsupported_function_is_one_line(tmp_path, digits):
     msg = str(err.value)
     assert "PowScalar" in msg and str(path) in msg and "\n" not in msg
 
-    def residual(x):
+    def gated(x):
         h = PF.affine(F.mul_scalar(x, 1.0 / 255.0), 8, name="f1")
-        return PF.affine(h + F.relu(h), 10, name="f2")
-    path = save_nnp(tmp_path / "res.nnp", residual)
-    with pytest.raises(UserError, match="chain"):
+        return PF.affine(h * F.sigmoid(h), 10, name="f2")
+    path = save_nnp(tmp_path / "gated.nnp", gated)
+    with pytest.raises(UserError, match="Mul2"):
         build_model(str(path), digits.image_shape, 10)
+
+
+def test_graph_products_are_exact(tmp_path, digits):
+    """On a graph (Add2, Concatenate): per-sample products equal each row's own gradient, and the
+    Hessian-vector products are symmetric."""
+    path = save_nnp(tmp_path / "graph.nnp", graph)
+    model = build_model(str(path), digits.image_shape, 10)
+    learner = Learner(model, model.create_parameters(np.random.RandomState(0)))
+    x = to_network_input(digits.train.images[:5], digits.mean, digits.std)
+    y = digits.train.labels[:5]
+    rng = np.random.RandomState(1)
+    u, v = ({k: rng.standard_normal(p.shape) for k, p in learner.trainable.items()} for _ in range(2))
+    dots = learner.per_sample_grad_dot(x, y, u, train=True)
+    rows = [learner.mean_loss_grad([(x[i:i + 1], y[i:i + 1])]) for i in range(5)]
+    close(dots, [sum(np.vdot(u[k], g[k]) for k in u) for g in rows])
+    hu, hv = (learner.hessian_vector_product(x, y, w, train=True) for w in (u, v))
+    a, b = sum(np.vdot(v[k], hu[k]) for k in u), sum(np.vdot(u[k], hv[k]) for k in u)
+    assert abs(a - b) <= 1e-4 * max(abs(a), abs(b))
 
 
 def test_driver_runs_on_an_nnp_file(tmp_path, capsys):
