@@ -4,6 +4,7 @@
 products against finite differences of the gradient) and run through a driver."""
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 import nnabla as nn
@@ -22,7 +23,7 @@ from models.networks import Affine, BatchNorm, Conv, MaxPool, Model, ReLU
 from models.nnp import NnpModel, load_file_parameters, nnp_fingerprint
 
 
-def save_nnp(path, build, input_shape=(1, 28, 28), raw_pixels=True, seed=0, optimizer=False):
+def save_nnp(path, build, input_shape=(1, 28, 28), raw_pixels=True, seed=0, optimizer=False, parameter_format=".h5"):
     """Write ``build(x) -> class scores`` as an .nnp with one executor (softmax output) and, with
     ``optimizer``, a training network (softmax cross-entropy) that an optimizer names, as NNC does."""
     import nnabla.solvers as S
@@ -51,7 +52,7 @@ def save_nnp(path, build, input_shape=(1, 28, 28), raw_pixels=True, seed=0, opti
             contents["optimizers"] = [{"name": "optimizer", "solver": solver, "network": "training",
                                        "dataset": "train", "weight_decay": 0, "lr_decay": 1,
                                        "lr_decay_interval": 1, "update_interval": 1}]
-        save(str(path), contents)
+        save(str(path), contents, parameter_format=parameter_format)
     return path
 
 
@@ -370,3 +371,20 @@ def test_nnp_weights_start_from_the_files_parameters(tmp_path, digits, capsys):
     capsys.readouterr()
     assert run_main(driver.main, ["-m", "logreg", "--nnp-weights", "-o", str(tmp_path / "o2"), *common]) == 2
     assert "--nnp-weights" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
+def test_protobuf_parameters_and_a_fresh_process(tmp_path, digits):
+    """Parameters stored as .protobuf load alike; another process (a Dask worker) rebuilds the model
+    from the path alone, with the same fingerprint."""
+    import subprocess
+    import sys
+    h5 = save_nnp(tmp_path / "h5.nnp", lenet)
+    pb = save_nnp(tmp_path / "pb.nnp", lenet, parameter_format=".protobuf")
+    a, b = (build_model(str(p), digits.image_shape, 10).file_parameters() for p in (h5, pb))
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    here = nnp_fingerprint(str(pb), digits.image_shape, 10)
+    code = (f"from models.nnp import nnp_fingerprint; print(nnp_fingerprint({str(pb)!r}, "
+            f"{tuple(digits.image_shape)!r}, 10))")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert res.stdout.split()[-1] == here
