@@ -298,7 +298,7 @@ def test_driver_runs_on_an_nnp_file(tmp_path, capsys):
 
 def test_influence_functions_and_batch_norm_networks_run(tmp_path):
     """MINRES influence functions on the LeNet; Hara and Ours (batch norm's running-statistics terms
-    by the generic path) on a network with batch normalisation."""
+    by the generic path) and TracIn on a network with batch normalisation."""
     import eval_influence_functions as if_driver
     import eval_sgd_influence as driver
     from cleansing.cli import run_main
@@ -312,8 +312,9 @@ def test_influence_functions_and_batch_norm_networks_run(tmp_path):
     assert len(frame) == 32 and np.isfinite(frame.influence).all()
     twin_path = save_nnp(tmp_path / "twin.nnp", twin, input_shape=(1, 32, 32), raw_pixels=False)
     out = tmp_path / "bn"
-    assert run_main(driver.main, ["-m", str(twin_path), *common, "-o", str(out), "--methods", "Hara", "Ours"]) == 0
-    for method in ("Hara", "Ours"):
+    methods = ["Hara", "Ours", "TracIn"]
+    assert run_main(driver.main, ["-m", str(twin_path), *common, "-o", str(out), "--methods", *methods]) == 0
+    for method in ("Hara", "Ours", "TracIn"):
         frame = pd.read_csv(next((out / "influence" / method).glob("influence_*_0.csv")))
         assert len(frame) == 32 and np.isfinite(frame.influence).all()
 
