@@ -18,7 +18,7 @@ Input: the file says what its network expects, read as nnabla's own ``forward`` 
 images divided by 255 (0..1) unless an executor or dataset of the file sets
 ``no_image_normalization`` (then 0..255 pixel values; a network may scale them itself,
 ``MulScalar`` 1/255, NNC's "Image Normalization" unchecked). The project's data path gives every model the images
-normalised by ``datasets.base.norm_stats`` (``to_network_input``); ``NnpModel`` undoes that
+normalised by ``common.imagenorm.norm_stats`` (``to_network_input``); ``NnpModel`` undoes that
 normalisation as its first, parameter-free step (``pixels = (x * std + mean) * 255``, times 1/255
 where the file wants normalised images), then centre-crops or zero-pads the image to the file's
 height and width (MNIST and digits are 32x32 here; MNIST's 28x28 come back exactly, as the project
@@ -45,7 +45,7 @@ import numpy as np
 
 from common.errors import UserError
 
-from .networks import Layer, Model, Pass, Tangent, _batch_norm, batch_standardize
+from .networks import MODEL_FILES, Layer, Model, Pass, Tangent, _batch_norm, batch_standardize
 
 #: functions that end the class scores: losses and (log-)softmax; the project adds its own loss
 TERMINAL = frozenset({"Softmax", "LogSoftmax", "SoftmaxCrossEntropy", "CategoricalCrossEntropy",
@@ -487,7 +487,7 @@ class NnpModel(Model):
     def pixels(self, x: nn.Variable) -> nn.Variable:
         """The file's input from the project's normalised images: pixel values (0..255, or 0..1 where
         the file wants normalised images), centre-cropped or zero-padded to the file's size."""
-        from datasets.base import norm_stats
+        from common.imagenorm import norm_stats
         c = x.shape[1]
         mean, std = norm_stats(c)
         k = 255.0 * self.spec.pixel_scale
@@ -549,6 +549,9 @@ class NnpModel(Model):
     def file_parameters(self) -> Dict[str, np.ndarray]:
         """The parameter values stored in the file (those the network uses), by name."""
         return dict(self.spec.parameters)
+
+
+MODEL_FILES[".nnp"] = NnpModel
 
 
 def load_file_parameters(model: NnpModel, params: Mapping[str, nn.Variable]) -> None:
