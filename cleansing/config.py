@@ -134,7 +134,7 @@ class RunConfig:
         shape (``network_fingerprint``); None for built-ins."""
         from models import MODELS
         from models.custom import NetworkModel, network_fingerprint
-        from models.nnp import is_nnp_path
+        from models.nnp import is_nnp_path, nnp_image_size
         cls = MODELS.get(self.train.model)
         nnp = cls is None and is_nnp_path(self.train.model)
         if not nnp and (cls is None or not issubclass(cls, NetworkModel)):
@@ -142,7 +142,7 @@ class RunConfig:
         from datasets.loader import load_dataset
         d = self.data
         bundle = load_dataset(d.dataset, self.first_seed, d.data_dir, d.n_train, d.n_val, d.n_test, d.val_csv,
-                              d.test_csv)
+                              d.test_csv, image_size=nnp_image_size(self.train.model) if nnp else None)
         if nnp:
             from models.nnp import nnp_fingerprint
             return nnp_fingerprint(self.train.model, bundle.image_shape, bundle.num_classes, self.train.nnp_weights)

@@ -17,12 +17,14 @@ connections, branches) Add2 and Concatenate. Anything else, or a second data inp
 Input: the file says what its network expects, read as nnabla's own ``forward`` command reads it:
 images divided by 255 (0..1) unless an executor or dataset of the file sets
 ``no_image_normalization`` (then 0..255 pixel values; a network may scale them itself,
-``MulScalar`` 1/255, NNC's "Image Normalization" unchecked). The project's data path gives every model the images
-normalised by ``common.imagenorm.norm_stats`` (``to_network_input``); ``NnpModel`` undoes that
-normalisation as its first, parameter-free step (``pixels = (x * std + mean) * 255``, times 1/255
-where the file wants normalised images), then centre-crops or zero-pads the image to the file's
-height and width (MNIST and digits are 32x32 here; MNIST's 28x28 come back exactly, as the project
-pads them by 2 pixels on each side). Channels must match the file's.
+``MulScalar`` 1/255, NNC's "Image Normalization" unchecked). The data are loaded at the file's
+height and width (``nnp_image_size``; ``datasets.loader.load_dataset(image_size=)`` resizes from the
+images' own size, so MNIST keeps its 28x28 instead of the built-in models' 32x32). The project's data
+path gives every model the images normalised by ``common.imagenorm.norm_stats``
+(``to_network_input``); ``NnpModel`` undoes that normalisation as its first, parameter-free step
+(``pixels = (x * std + mean) * 255``, times 1/255 where the file wants normalised images); images of
+another size (a model built by hand on other data) are centre-cropped or zero-padded to the file's.
+Channels must match the file's.
 
 Parameters: re-created per trial seed from the file's shapes with the initialisers nnabla's
 parametric functions use by default (Glorot-uniform weights, zero biases, batch norm beta 0, gamma
@@ -441,6 +443,15 @@ def read_nnp(path: str) -> NnpSpec:
                                                                         for d in proto.dataset)
     return NnpSpec(os.path.abspath(path), net_name, image, input_shape, scores_name, int(scores[1]), tuple(layers),
                    tuple(wiring), 1.0 if raw else 1.0 / 255.0, params)
+
+
+def nnp_image_size(model: str) -> Optional[Tuple[int, int]]:
+    """(h, w) the data must have for ``model``: an .nnp file's input size; None for other models."""
+    from .networks import MODELS
+    if model in MODELS or not is_nnp_path(model):
+        return None
+    h, w = nnp_spec(str(model)).input_shape[1:]
+    return int(h), int(w)
 
 
 _SPECS: Dict[Tuple[str, int, int], NnpSpec] = {}
