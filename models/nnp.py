@@ -47,7 +47,7 @@ import numpy as np
 
 from common.errors import UserError
 
-from .networks import MODEL_FILES, Layer, Model, Pass, Tangent, _batch_norm, batch_standardize
+from .networks import BN_DECAY, MODEL_FILES, Layer, Model, Pass, Tangent, _batch_norm, batch_standardize
 
 #: functions that end the class scores: losses and (log-)softmax; the project adds its own loss
 TERMINAL = frozenset({"Softmax", "LogSoftmax", "SoftmaxCrossEntropy", "CategoricalCrossEntropy",
@@ -155,6 +155,11 @@ class NnpBatchNorm(Layer):
 
     def forward(self, h, p):
         flat = len(h.shape) == 2  # after an affine layer: (B, C) as (B, C, 1, 1)
+        if flat and p.train and p.tangent is None and p.row_weights is None:
+            # plain training: nnabla's fused kernel on the parameters themselves (it updates the
+            # running statistics, which a reshaped view would not let it do)
+            return F.batch_normalization(h, p.params[self.beta], p.params[self.gamma], p.stats[self.mean],
+                                         p.stats[self.var], axes=[1], decay_rate=BN_DECAY, eps=1e-5, batch_stat=True)
         c4 = (1, int(np.prod(self.shape)), 1, 1)
 
         def four(v):

@@ -80,7 +80,7 @@ def zoo(x, dropout=False):
     if dropout:
         h = F.dropout(h, 0.2)
     h = F.reshape(h, (h.shape[0], 4 * 7 * 7))
-    h = F.tanh(PF.affine(h, 12, name="f1"))
+    h = F.tanh(PF.batch_normalization(PF.affine(h, 12, name="f1"), batch_stat=False, name="bn2"))
     h = F.reshape(h, (h.shape[0], 3, 2, 2))
     h = F.sigmoid(F.global_average_pooling(h))
     return PF.affine(h, 10, name="f2")
@@ -255,22 +255,29 @@ def test_unsupported_function_is_one_line(tmp_path, digits):
         build_model(str(path), digits.image_shape, 10)
 
 
-def test_graph_products_are_exact(tmp_path, digits):
-    """On a graph (Add2, Concatenate): per-sample products equal each row's own gradient, and the
-    Hessian-vector products are symmetric."""
-    path = save_nnp(tmp_path / "graph.nnp", graph)
+@pytest.mark.parametrize("build", [graph, zoo])
+def test_graph_products_are_exact(tmp_path, digits, build):
+    """On a graph (Add2, Concatenate) and on the other kinds (batch norm after an affine layer too):
+    per-sample products equal each row's own gradient (inference mode where batch norm couples the
+    rows), and the Hessian-vector products are symmetric; training updates batch norm's running
+    statistics."""
+    path = save_nnp(tmp_path / "net.nnp", build)
     model = build_model(str(path), digits.image_shape, 10)
     learner = Learner(model, model.create_parameters(np.random.RandomState(0)))
+    train = not learner.stat_names
     x = to_network_input(digits.train.images[:5], digits.mean, digits.std)
     y = digits.train.labels[:5]
     rng = np.random.RandomState(1)
     u, v = ({k: rng.standard_normal(p.shape) for k, p in learner.trainable.items()} for _ in range(2))
-    dots = learner.per_sample_grad_dot(x, y, u, train=True)
+    dots = learner.per_sample_grad_dot(x, y, u, train=train)
     rows = [learner.mean_loss_grad([(x[i:i + 1], y[i:i + 1])]) for i in range(5)]
     close(dots, [sum(np.vdot(u[k], g[k]) for k in u) for g in rows])
     hu, hv = (learner.hessian_vector_product(x, y, w, train=True) for w in (u, v))
     a, b = sum(np.vdot(v[k], hu[k]) for k in u), sum(np.vdot(u[k], hv[k]) for k in u)
     assert abs(a - b) <= 1e-4 * max(abs(a), abs(b))
+    before = {k: learner.params[k].d.copy() for k in learner.stat_names}
+    learner.sgd_step(x, y, 0.1)
+    assert all(np.abs(learner.params[k].d - v).max() > 0 for k, v in before.items())
 
 
 def test_driver_runs_on_an_nnp_file(tmp_path, capsys):
