@@ -104,9 +104,12 @@ class _Jvp:
 
     @classmethod
     def supported(cls, model: Model) -> bool:
-        """Whether every layer of ``model`` has a forward-mode rule."""
+        """Whether every layer of ``model`` has a forward-mode rule: a method of this class named by
+        its kind, or the layer's own ``jvp(jvp, h, dh)`` (``models.nnp``, where the model may also
+        decline by ``forward_mode``)."""
         layers = getattr(model, "layers", ())
-        return bool(layers) and all(callable(getattr(cls, layer.kind, None)) for layer in layers)
+        return bool(layers) and getattr(model, "forward_mode", True) and all(
+            callable(getattr(cls, layer.kind, None)) or callable(getattr(layer, "jvp", None)) for layer in layers)
 
     def _linear(self, layer: Union[Conv, Affine], h, dh):
         op, prefix = layer.op, layer.prefix
@@ -174,6 +177,9 @@ class _Jvp:
     def forward(self, x):
         if not self.supported(self.model):
             raise ValueError(f"no forward-mode tangent for model {self.model.name!r}")
+        walk = getattr(self.model, "walk_tangent", None)
+        if walk is not None:  # a graph of layers with their own rules (models.nnp)
+            return walk(x, self)
         h, dh = x, None
         for layer in self.model.layers:
             h, dh = getattr(self, layer.kind)(h, dh, layer)

@@ -72,6 +72,17 @@ def _linear(op: Callable, h: nn.Variable, p: Pass, w: str, b: Optional[str]) -> 
     return out
 
 
+def _linear_jvp(layer, j, h, dh):
+    """Forward-mode rule of a linear layer (``models.autodiff._Jvp._linear`` with the file's names)."""
+    W, b = j.P[layer.w], j.P[layer.b] if layer.b else None
+    out = layer.op(h, W, b)
+    t = layer.op(h, j.V[layer.w], j.V[layer.b] if layer.b else None)
+    j.taps.append((out, t))
+    if not j.tangent:
+        return out, None
+    return out, (t if dh is None else layer.op(dh, W, None) + t)
+
+
 def _param(name: str, shape: Sequence[int], init, need_grad: bool = True) -> nn.Variable:
     return nn.parameter.get_parameter_or_create(name, tuple(int(s) for s in shape), init, need_grad)
 
@@ -103,6 +114,9 @@ class NnpConv(Layer):
     def forward(self, h, p):
         return _linear(self.op, h, p, self.w, self.b)
 
+    def jvp(self, j, h, dh):
+        return _linear_jvp(self, j, h, dh)
+
     def channels(self, c, num_classes):
         return self.w_shape[0]
 
@@ -129,6 +143,9 @@ class NnpAffine(Layer):
 
     def forward(self, h, p):
         return _linear(self.op, h, p, self.w, self.b)
+
+    def jvp(self, j, h, dh):
+        return _linear_jvp(self, j, h, dh)
 
     def channels(self, c, num_classes):
         return int(np.prod(self.w_shape[1:]))
@@ -174,6 +191,11 @@ class NnpBatchNorm(Layer):
                           p.row_weights)
         return F.reshape(out, h.shape) if flat else out
 
+    def jvp(self, j, h, dh):
+        """The built-in rule (``_Jvp.bn``) under the common prefix of the names (feature maps only:
+        ``NnpModel.forward_mode`` declines batch norm after an affine layer)."""
+        return j.bn(h, dh, SimpleNamespace(prefix=self.mean[:-len("/mean")]))
+
 
 _ACTIVATIONS: Dict[str, Callable] = {
     "ReLU": lambda h, a: F.relu(h),
@@ -204,6 +226,32 @@ class NnpElementwise(Layer):
     def forward(self, h, p):
         return _ACTIVATIONS[self.fn](h, self.alpha)
 
+    def jvp(self, j, h, dh):
+        """``f(h)`` and ``f'(h) dh`` (the derivative kept in the graph where it depends on ``h``, so
+        that its own derivative enters the Hessian-vector products)."""
+        out = self.forward(h, None)
+        if not j.tangent or dh is None:
+            return out, None
+        if self.fn in ("Identity", "Dropout", "AddScalar"):
+            return out, dh
+        if self.fn == "MulScalar":
+            return out, F.mul_scalar(dh, self.alpha)
+        if self.fn in ("ReLU", "LeakyReLU", "ELU"):
+            pos = F.greater_scalar(h, 0.0)
+            pos.need_grad = False
+            if self.fn == "ReLU":
+                return out, dh * pos
+            if self.fn == "LeakyReLU":
+                return out, dh * F.add_scalar(F.mul_scalar(pos, 1.0 - self.alpha), self.alpha)
+            neg = F.mul_scalar(F.exp(F.minimum_scalar(h, 0.0)), self.alpha)  # alpha e^h below 0
+            return out, dh * (pos + F.r_sub_scalar(pos, 1.0) * neg)
+        if self.fn == "Tanh":
+            return out, dh * F.r_sub_scalar(out * out, 1.0)
+        s = F.sigmoid(h)
+        if self.fn == "Sigmoid":
+            return out, dh * (s * F.r_sub_scalar(s, 1.0))
+        return out, dh * (s + h * s * F.r_sub_scalar(s, 1.0))  # Swish: s + h s (1 - s)
+
 
 @dataclass(frozen=True)
 class NnpPool(Layer):
@@ -229,6 +277,24 @@ class NnpPool(Layer):
             return F.max_pooling(h, self.kernel, stride, self.ignore_border, pad)
         return F.average_pooling(h, self.kernel, stride, self.ignore_border, pad, including_pad=self.including_pad)
 
+    @property
+    def disjoint(self) -> bool:
+        """Whether the pooling windows do not overlap (max pooling's rule needs it)."""
+        return self.mode != "max" or all(s >= k for s, k in zip(self.stride or self.kernel, self.kernel))
+
+    def jvp(self, j, h, dh):
+        """Average pooling is linear; max pooling passes ``dh`` at the element it picks (nnabla's
+        choice, from ``max_pooling_backward``; windows must not overlap)."""
+        out = self.forward(h, None)
+        if not j.tangent or dh is None:
+            return out, None
+        if self.mode != "max":
+            return out, self.forward(dh, None)
+        stride, pad = self.stride or None, self.pad or None
+        pick = F.max_pooling_backward(F.constant(1.0, out.shape), h, self.kernel, stride, self.ignore_border, pad)
+        pick.need_grad = False
+        return out, F.sum_pooling(dh * pick, self.kernel, stride, self.ignore_border, pad)
+
 
 @dataclass(frozen=True)
 class NnpReshape(Layer):
@@ -243,6 +309,9 @@ class NnpReshape(Layer):
     def forward(self, h, p):
         return F.reshape(h, (h.shape[0],) + tuple(self.shape[1:]))
 
+    def jvp(self, j, h, dh):
+        return self.forward(h, None), None if dh is None or not j.tangent else self.forward(dh, None)
+
 
 @dataclass(frozen=True)
 class NnpMerge(Layer):
@@ -255,6 +324,15 @@ class NnpMerge(Layer):
     def merge(self, hs: Sequence[nn.Variable]) -> nn.Variable:
         """The function of the activations ``hs`` (in the file's input order)."""
         return hs[0] + hs[1] if self.fn == "Add2" else F.concatenate(*hs, axis=self.axis)
+
+    def jvp(self, j, hs, dhs):
+        """``merge`` of the activations and of their tangents (a missing tangent: zeros); both linear."""
+        if not j.tangent or all(d is None for d in dhs):
+            return self.merge(hs), None
+        if self.fn == "Add2":
+            present = [d for d in dhs if d is not None]
+            return self.merge(hs), present[0] if len(present) == 1 else present[0] + present[1]
+        return self.merge(hs), self.merge([F.constant(0.0, h.shape) if d is None else d for h, d in zip(hs, dhs)])
 
 
 # ---------------------------------------------------------------------- reading the file
@@ -276,6 +354,8 @@ class NnpSpec:
     wiring: Tuple[Tuple[Tuple[str, ...], str], ...]
     pixel_scale: float
     parameters: Mapping[str, np.ndarray] = field(repr=False, compare=False, hash=False)
+    #: number of dimensions of every variable of the network (batch included)
+    ranks: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False, hash=False)
 
 
 def _dims(msg) -> Tuple[int, ...]:
@@ -447,7 +527,7 @@ def read_nnp(path: str) -> NnpSpec:
     raw = any(e.no_image_normalization for e in proto.executor) or any(d.no_image_normalization
                                                                         for d in proto.dataset)
     return NnpSpec(os.path.abspath(path), net_name, image, input_shape, scores_name, int(scores[1]), tuple(layers),
-                   tuple(wiring), 1.0 if raw else 1.0 / 255.0, params)
+                   tuple(wiring), 1.0 if raw else 1.0 / 255.0, params, {k: len(v) for k, v in shapes.items()})
 
 
 def nnp_image_size(model: str) -> Optional[Tuple[int, int]]:
@@ -476,9 +556,11 @@ def nnp_spec(path: str) -> NnpSpec:
 class NnpModel(Model):
     """The network of an ``.nnp`` file on this project's data (``input_shape``: the data's (C, H, W)).
 
-    Per-sample products take the tangent copy of its linear layers ('eps', exact by construction);
-    Hessian-vector products the double backward (``models.autodiff.Learner``); no forward-mode
-    rules, no EK-FAC taps, no turn-over dropout mask points.
+    Its layers carry forward-mode rules (``jvp``, walked by ``walk_tangent``), so ``Learner`` takes
+    the fast paths (forward-mode Hessian-vector products, per-sample products from layer taps, the
+    fused pulled-back step) where ``forward_mode`` holds; otherwise (batch norm after an affine
+    layer, overlapping max pooling) the generic ones: double backward and the tangent copy of the
+    linear layers ('eps'). No EK-FAC taps, no turn-over dropout mask points.
     """
 
     has_tangent = True
@@ -499,6 +581,26 @@ class NnpModel(Model):
     @property
     def convolutional(self) -> bool:
         return any(isinstance(layer, NnpConv) for layer in self.layers)
+
+    @property
+    def forward_mode(self) -> bool:
+        """Whether the layers' forward-mode rules cover the network (``models.autodiff._Jvp``): not
+        with batch norm after an affine layer, nor max pooling with overlapping windows."""
+        return all(not (isinstance(layer, NnpBatchNorm) and self.spec.ranks[ins[0]] != 4)
+                   and not (isinstance(layer, NnpPool) and not layer.disjoint)
+                   for layer, (ins, _) in zip(self.layers, self.spec.wiring))
+
+    def walk_tangent(self, x: nn.Variable, j) -> Tuple[nn.Variable, Optional[nn.Variable]]:
+        """``_Jvp.forward`` (``j``) on the file's graph: each layer's ``jvp(j, h, dh) -> (out, d out)``
+        (a merge layer's on the lists of its inputs); the image has no tangent."""
+        env = {self.spec.input_name: (self.pixels(x), None)}
+        for layer, (ins, out) in zip(self.layers, self.spec.wiring):
+            pairs = [env[n] for n in ins]
+            if isinstance(layer, NnpMerge):
+                env[out] = layer.jvp(j, [h for h, _ in pairs], [d for _, d in pairs])
+            else:
+                env[out] = layer.jvp(j, *pairs[0])
+        return env[self.spec.scores_name]
 
     def pixels(self, x: nn.Variable) -> nn.Variable:
         """The file's input from the project's normalised images: pixel values (0..255, or 0..1 where

@@ -65,7 +65,7 @@ def lenet(x):
     return PF.affine(h, 10, name="fc4")
 
 
-def zoo(x, dropout=False):
+def zoo(x, dropout=False, flat_bn=True):
     """Every other supported kind: strided/dilated/grouped convolution, batch norm, the activations,
     average and global pooling, reshape, add-scalar (dropout: nnabla's forward would drop)."""
     h = F.mul_scalar(x, 1.0 / 255.0)
@@ -80,7 +80,8 @@ def zoo(x, dropout=False):
     if dropout:
         h = F.dropout(h, 0.2)
     h = F.reshape(h, (h.shape[0], 4 * 7 * 7))
-    h = F.tanh(PF.batch_normalization(PF.affine(h, 12, name="f1"), batch_stat=False, name="bn2"))
+    h = PF.affine(h, 12, name="f1")
+    h = F.tanh(PF.batch_normalization(h, batch_stat=False, name="bn2") if flat_bn else h)
     h = F.reshape(h, (h.shape[0], 3, 2, 2))
     h = F.sigmoid(F.global_average_pooling(h))
     return PF.affine(h, 10, name="f2")
@@ -193,10 +194,11 @@ def close(a, b, rtol=2e-3, scale=None):
 
 
 def test_products_equal_the_built_in_vocabularys(tmp_path, digits):
-    """The same network as an .nnp (generic paths: 'eps' per-sample products, double-backward
-    Hessian-vector products) and in the built-in vocabulary (forward-mode rules, layer taps): the
-    per-sample products (also against the batch-1 loop), Hessian-vector products and removal
-    products agree in both network modes, batch norm included."""
+    """The same network as an .nnp (its layers' forward-mode rules and layer taps, and the generic
+    paths: 'eps' per-sample products, double-backward Hessian-vector products) and in the built-in
+    vocabulary: the per-sample products (also against the batch-1 loop), Hessian-vector products,
+    removal products and whole pulled-back training steps agree in both network modes, batch norm
+    and its running statistics included."""
     path = save_nnp(tmp_path / "twin.nnp", twin, input_shape=(1, 32, 32), raw_pixels=False)
     model = build_model(str(path), digits.image_shape, 10)
     ours = Learner(model, model.create_parameters(np.random.RandomState(0)))
@@ -211,15 +213,24 @@ def test_products_equal_the_built_in_vocabularys(tmp_path, digits):
     x = to_network_input(digits.train.images[:6], digits.mean, digits.std)
     y = digits.train.labels[:6]
     u = {k: rng.standard_normal(v.shape) for k, v in ours.trainable.items()}
-    assert ours.hvp_method() == "double_backward" and ref.hvp_method() == "forward"
+    assert ours.hvp_method() == "forward" and ref.hvp_method() == "forward"
     for train in (False, True):
-        close(ours.per_sample_grad_dot(x, y, u, train=train), ref.per_sample_grad_dot(x, y, u, train=train))
+        for method in ("taps", "eps"):
+            close(ours.per_sample_grad_dot(x, y, u, train=train, method=method),
+                  ref.per_sample_grad_dot(x, y, u, train=train))
         close(ours.removal_grad_dot(x, y, u, train=train), ref.removal_grad_dot(x, y, u, train=train))
-        a, b = ours.hessian_vector_product(x, y, u, train=train), ref.hessian_vector_product(x, y, u, train=train)
+        b = ref.hessian_vector_product(x, y, u, train=train)
         scale = max(np.abs(v).max() for v in b.values())  # blocks that vanish (c1's bias before batch norm)
-        for k in u:
-            close(a[k], b[k], scale=scale)
+        for method in ("forward", "double_backward"):
+            a = ours.hessian_vector_product(x, y, u, train=train, method=method)
+            for k in u:
+                close(a[k], b[k], scale=scale)
     u_stats = {k: rng.standard_normal(ours.params[k].shape) for k in ours.stat_names}
+    for fused in (True, False):
+        a, b = ours.step_backward(x, y, 0.1, u, u_stats, fused=fused), ref.step_backward(x, y, 0.1, u, u_stats)
+        close(a[0], b[0])
+        for k in u:
+            close(a[1][k], b[1][k])
     a, b = ours.running_stats_products(x, u_stats), ref.running_stats_products(x, u_stats)
     close(a[0], b[0])
     for k in u:
@@ -264,6 +275,7 @@ def test_graph_products_are_exact(tmp_path, digits, build):
     path = save_nnp(tmp_path / "net.nnp", build)
     model = build_model(str(path), digits.image_shape, 10)
     learner = Learner(model, model.create_parameters(np.random.RandomState(0)))
+    assert model.forward_mode == (build is graph)  # zoo: batch norm after an affine layer, generic paths
     train = not learner.stat_names
     x = to_network_input(digits.train.images[:5], digits.mean, digits.std)
     y = digits.train.labels[:5]
@@ -421,3 +433,50 @@ def test_data_come_at_the_files_input_size(tmp_path, mnist_dir):
             "-o", str(out), "--methods", "Ours"]
     assert run_main(driver.main, argv) == 0
     assert len(pd.read_csv(next((out / "influence" / "Ours").glob("influence_*_0.csv")))) == 64
+
+
+@pytest.mark.parametrize("build", [lenet, graph, lambda x: zoo(x, flat_bn=False)], ids=["lenet", "graph", "zoo"])
+def test_tangent_rules_against_finite_differences(tmp_path, digits, build):
+    """The layers' forward-mode rules (``_Jvp`` through ``NnpModel.walk_tangent``) give the
+    directional derivative of the class scores: central differences along the direction, in both
+    network modes; then the forward-mode products equal the generic ones."""
+    from models.autodiff import _Jvp
+    path = save_nnp(tmp_path / "net.nnp", build)
+    model = build_model(str(path), digits.image_shape, 10)
+    assert model.forward_mode and _Jvp.supported(model)
+    params = model.create_parameters(np.random.RandomState(0))
+    load_file_parameters(model, params)
+    rng = np.random.RandomState(5)
+    trainable = {k: v for k, v in params.items() if v.need_grad}
+    V = {k: nn.Variable.from_numpy_array(rng.standard_normal(v.shape).astype(np.float32)) for k, v in trainable.items()}
+    x = nn.Variable.from_numpy_array(to_network_input(digits.train.images[:4], digits.mean, digits.std))
+    base = {k: v.d.copy() for k, v in params.items()}
+    for train in (False, True):
+        stats = {k: nn.Variable.from_numpy_array(v.d.copy()) for k, v in params.items() if not v.need_grad}
+        logits, dlogits = _Jvp(model, params, V, {**params, **stats}, train).forward(x)
+        F.sink(logits, dlogits).forward()
+        d = dlogits.d.copy()
+        h, fd = 1e-3, []
+        for sign in (1, -1):
+            for k, v in trainable.items():
+                v.d = base[k] + sign * h * V[k].d
+            scratch = {k: nn.Variable.from_numpy_array(v.d.copy()) for k, v in stats.items()}
+            out = model.logits(x, params, train, stats={**params, **scratch}, row_weights=(
+                nn.Variable.from_numpy_array(np.ones(4, np.float32)) if train else None))
+            out.forward()
+            fd.append(out.d.astype(np.float64))
+        for k, v in trainable.items():
+            v.d = base[k]
+        fd = (fd[0] - fd[1]) / (2 * h)
+        assert np.abs(d - fd).max() <= 2e-2 * np.abs(fd).max(), (train, np.abs(d - fd).max(), np.abs(fd).max())
+    learner = Learner(model, params)
+    xs, ys = x.d, digits.train.labels[:4]
+    u = {k: rng.standard_normal(v.shape) for k, v in trainable.items()}
+    for train in (False, True):
+        close(learner.per_sample_grad_dot(xs, ys, u, train=train, method="taps"),
+              learner.per_sample_grad_dot(xs, ys, u, train=train, method="eps"))
+        a = learner.hessian_vector_product(xs, ys, u, train=train, method="forward")
+        b = learner.hessian_vector_product(xs, ys, u, train=train, method="double_backward")
+        scale = max(np.abs(v).max() for v in b.values())
+        for k in u:
+            close(a[k], b[k], scale=scale)
