@@ -308,6 +308,12 @@ def test_driver_runs_on_an_nnp_file(tmp_path, capsys):
         assert len(frame) == 48 and np.isfinite(frame.influence).all()
     manifest = (out / "manifest.json").read_text()
     assert str(path) in manifest and "model_fingerprint" in manifest
+    # Dask worker processes rebuild the network from the path alone: the same influences
+    out2 = tmp_path / "out2"
+    assert run_main(driver.main, argv + ["-o", str(out2), "-j", "2"]) == 0  # the last -o, -j count
+    for method in ("Hara", "Ours"):
+        (a,), (b,) = ((o / "influence" / method).glob("influence_*_0.csv") for o in (out, out2))
+        assert a.read_bytes() == b.read_bytes()
     # the same path holding another network: refused like any changed setting
     save_nnp(path, zoo)
     capsys.readouterr()
