@@ -47,7 +47,7 @@ import numpy as np
 
 from common.errors import UserError
 
-from .networks import BN_DECAY, MODEL_FILES, Layer, Model, Pass, Tangent, _batch_norm, batch_standardize
+from .networks import BN_DECAY, MODEL_FILES, Layer, Model, Pass, Tangent, Tap, _batch_norm, batch_standardize
 
 #: functions that end the class scores: losses and (log-)softmax; the project adds its own loss
 TERMINAL = frozenset({"Softmax", "LogSoftmax", "SoftmaxCrossEntropy", "CategoricalCrossEntropy",
@@ -81,6 +81,18 @@ def _linear_jvp(layer, j, h, dh):
     if not j.tangent:
         return out, None
     return out, (t if dh is None else layer.op(dh, W, None) + t)
+
+
+def unfold(h: np.ndarray, kernel: Sequence[int], pad: Sequence[int], stride: Sequence[int],
+           dilation: Sequence[int]) -> np.ndarray:
+    """(B, C, H, W) -> (B, positions, C * kh * kw): the patches a 2-D convolution of one group sees, in
+    the order of ``W.reshape(out, C * kh * kw)`` and of its output positions (EK-FAC's factors)."""
+    (kh, kw), (ph, pw), (sh, sw), (dh, dw) = kernel, pad, stride, dilation
+    B, C = h.shape[:2]
+    p = np.pad(h, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    win = np.lib.stride_tricks.sliding_window_view(p, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (B, C, Ho, Wo, kh, kw)
+    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(B, -1, C * kh * kw)
 
 
 def _param(name: str, shape: Sequence[int], init, need_grad: bool = True) -> nn.Variable:
@@ -560,7 +572,9 @@ class NnpModel(Model):
     the fast paths (forward-mode Hessian-vector products, per-sample products from layer taps, the
     fused pulled-back step) where ``forward_mode`` holds; otherwise (batch norm after an affine
     layer, overlapping max pooling) the generic ones: double backward and the tangent copy of the
-    linear layers ('eps'). No EK-FAC taps, no turn-over dropout mask points.
+    linear layers ('eps'). Its linear layers and batch norms are EK-FAC's and TracIn's layer taps
+    (``models.per_sample``: 2-D convolutions of one group, layers with a bias). No turn-over dropout
+    mask points.
     """
 
     has_tangent = True
@@ -641,11 +655,14 @@ class NnpModel(Model):
     def logits(self, x, params, train, tangent=None, stats=None, masks=None, row_weights=None, taps=None):
         if masks:
             raise UserError(f"{self.spec.path}: an .nnp network has no turn-over dropout mask points")
-        if taps is not None:
-            raise UserError(f"{self.spec.path}: EK-FAC and TracIn's layer taps do not cover .nnp networks yet; use "
-                            f"Influence_functions (MINRES), Hara, Ours or Random")
         p = Pass(params, train, tangent, params if stats is None else stats, None, row_weights)
-        return self.walk(x, lambda layer, h: layer.forward(h, p))
+
+        def step(layer, h):
+            out = layer.forward(h, p)
+            if taps is not None and isinstance(layer, (NnpConv, NnpAffine, NnpBatchNorm)):
+                taps.append(Tap(layer, h, out))
+            return out
+        return self.walk(x, step)
 
     def batch_statistics(self, x: nn.Variable, params: Mapping[str, nn.Variable], stats: Mapping[str, nn.Variable],
                          weights: nn.Variable) -> List[Tuple[str, nn.Variable, nn.Variable]]:

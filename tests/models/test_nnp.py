@@ -359,8 +359,34 @@ def test_driver_refuses_a_missing_or_foreign_file(tmp_path, capsys):
         assert not out.exists()
 
 
-def test_estimators_without_a_generic_path_refuse_in_one_line(tmp_path, capsys):
-    """EK-FAC needs layer taps and turn-over dropout mask points: one line, exit 2."""
+def strided(x):
+    """Convolutions with stride, padding and dilation, batch norm on maps and after an affine layer."""
+    h = F.mul_scalar(x, 1.0 / 255.0)
+    h = F.relu(PF.convolution(h, 3, (3, 3), pad=(1, 1), stride=(2, 2), name="s1"))
+    h = PF.batch_normalization(PF.convolution(h, 4, (3, 2), pad=(2, 1), dilation=(2, 1), name="s2"), name="s2")
+    h = F.relu(PF.batch_normalization(PF.affine(F.relu(h), 8, name="s3"), name="s3"))
+    return PF.affine(h, 10, name="s4")
+
+
+@pytest.mark.parametrize("build", [lenet, strided, graph])
+def test_layer_taps_give_each_rows_gradient(tmp_path, digits, build):
+    """The factored per-sample gradients (``models.per_sample``, EK-FAC's and TracIn's) of any
+    2-D convolution: each row's squared gradient norm equals that of its own gradient."""
+    from models.per_sample import PerSampleGradients
+    path = save_nnp(tmp_path / "net.nnp", build)
+    model = build_model(str(path), digits.image_shape, 10)
+    learner = Learner(model, model.create_parameters(np.random.RandomState(0)))
+    for k in learner.stat_names:  # batch norm's running statistics, not the defaults
+        learner.params[k].d = 0.5 + np.random.RandomState(1).random_sample(learner.params[k].shape)
+    x = to_network_input(digits.train.images[:5], digits.mean, digits.std)
+    y = digits.train.labels[:5]
+    norms = PerSampleGradients(learner).squared_norms(x, y)
+    rows = [learner.mean_loss_grad([(x[i:i + 1], y[i:i + 1])]) for i in range(5)]
+    close(norms, [sum(np.square(g[k]).sum() for k in g) for g in rows])
+
+
+def test_ekfac_runs_and_turnover_dropout_refuses_in_one_line(tmp_path, capsys):
+    """EK-FAC on the LeNet's 5x5 convolutions; turn-over dropout needs mask points: one line, exit 2."""
     import eval_influence_functions as if_driver
     import eval_turnover_dropout as td_driver
     from cleansing.cli import run_main
@@ -368,9 +394,11 @@ def test_estimators_without_a_generic_path_refuse_in_one_line(tmp_path, capsys):
     path = save_nnp(tmp_path / "lenet.nnp", lenet)
     common = ["-m", str(path), "-e", "1", "-bs", "16", "-r", "0", "--n-train", "32", "--n-val", "16", "--n-test",
               "16", "-j", "1", "--no-progress", "--gallery", "0"]
+    out = tmp_path / "a"
+    assert run_main(if_driver.main, common + ["-o", str(out), "--methods", EKFAC]) == 0
+    frame = pd.read_csv(next((out / "influence" / EKFAC).glob("influence_*_0.csv")))
+    assert len(frame) == 32 and np.isfinite(frame.influence).all()
     capsys.readouterr()
-    assert run_main(if_driver.main, common + ["-o", str(tmp_path / "a"), "--methods", EKFAC]) == 2
-    assert "EK-FAC" in capsys.readouterr().err
     assert run_main(td_driver.main, common + ["-o", str(tmp_path / "b")]) == 2
     assert "turn-over dropout" in capsys.readouterr().err
 
