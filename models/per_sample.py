@@ -16,6 +16,8 @@ import nnabla as nn
 import nnabla.functions as F
 import numpy as np
 
+from common.errors import UserError
+
 from .autodiff import Learner
 from .networks import Affine, BatchNorm, Conv, Tap
 from .nnp import NnpAffine, NnpBatchNorm, NnpConv, unfold
@@ -78,8 +80,8 @@ class LayerGradients:
         if isinstance(layer, (NnpConv, NnpAffine)):  # an .nnp file's layer (models.nnp): its own names
             self.prefix = layer.w.rsplit("/", 1)[0]
             if layer.b is None or (self.kind == "conv" and (layer.group != 1 or len(layer.w_shape) != 4)):
-                raise ValueError(f"{user} covers 2-D convolutions of one group and linear layers with a bias; "
-                                 f"{layer.w} is not one")
+                raise UserError(f"{user} covers 2-D convolutions of one group and linear layers with a bias; "
+                                f"{layer.w} is not one")
             if self.kind == "conv":
                 self.unfold = lambda h: unfold(h, layer.w_shape[2:], layer.pad, layer.stride, layer.dilation)
             self.names = [layer.w, layer.b]
