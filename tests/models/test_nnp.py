@@ -257,6 +257,11 @@ def test_unsupported_function_is_one_line(tmp_path, digits):
         build_model(str(path), digits.image_shape, 10)
     msg = str(err.value)
     assert "PowScalar" in msg and str(path) in msg and "\n" not in msg
+    import eval_sgd_influence as driver
+    from cleansing.cli import run_main
+    out = tmp_path / "out"
+    assert run_main(driver.main, ["-m", str(path), "-o", str(out), "--methods", "Random", "--no-progress"]) == 2
+    assert not out.exists()
 
     def gated(x):
         h = PF.affine(F.mul_scalar(x, 1.0 / 255.0), 8, name="f1")
