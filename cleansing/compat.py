@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, Mapping
 
 #: Manifest keys added after runs had been made: an old manifest without them had these values.
 MANIFEST_DEFAULTS: Dict[str, Any] = {"label_noise": 0.0, "retrain_all": False, "train_data": None, "val_data": None,
-                                     "test_data": None, "model_fingerprint": None}
+                                     "test_data": None, "model_fingerprint": None, "nnp_weights": False}
 #: Report settings added to the manifest later: an old manifest without them takes today's values.
 ADOPTED_IF_MISSING = ("gallery", "explain_k", "explain_max", "explain_same_label")
 #: The order of the core keys in the manifests of before.

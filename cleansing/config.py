@@ -69,23 +69,31 @@ class RunConfig:
         base = compat.ordered(settings.recorded(values))
         for kind in registry.option_types(self.methods):
             base.update(self.option(kind).manifest(RunSettings.of(self)))
+        if not self.train.nnp_weights:  # recorded only when set (manifests of built-in models unchanged)
+            base.pop("nnp_weights", None)
         fingerprint = self.model_fingerprint()
         if fingerprint is not None:  # built-in models are their code: their manifests keep no such key
             base["model_fingerprint"] = fingerprint
         return base
 
     def model_fingerprint(self) -> Optional[str]:
-        """The identity of a network registered from Python (``models.custom``): its structure and
-        initial parameters for this run's input shape (``network_fingerprint``); None for built-ins."""
+        """The identity of a network registered from Python (``models.custom``) or read from an
+        ``.nnp`` file (``models.nnp``): its structure and initial parameters for this run's input
+        shape (``network_fingerprint``); None for built-ins."""
         from models import MODELS
         from models.custom import NetworkModel, network_fingerprint
+        from models.nnp import is_nnp_path, nnp_image_size
         cls = MODELS.get(self.train.model)
-        if cls is None or not issubclass(cls, NetworkModel):
+        nnp = cls is None and is_nnp_path(self.train.model)
+        if not nnp and (cls is None or not issubclass(cls, NetworkModel)):
             return None
         from datasets.loader import load_dataset
         d = self.data
         bundle = load_dataset(d.dataset, self.first_seed, d.data_dir, d.n_train, d.n_val, d.n_test, d.val_csv,
-                              d.test_csv)
+                              d.test_csv, image_size=nnp_image_size(self.train.model) if nnp else None)
+        if nnp:
+            from models.nnp import nnp_fingerprint
+            return nnp_fingerprint(self.train.model, bundle.image_shape, bundle.num_classes, self.train.nnp_weights)
         return network_fingerprint(cls, bundle.image_shape, bundle.num_classes)
 
     def manifest_defaults(self, registry: Registry) -> dict:
@@ -214,3 +222,6 @@ def check_settings(cfg: RunConfig) -> None:
     _check_int(rep.explain_k, "explain_k (--explain-k)", 1)
     _check_int(rep.explain_max, "explain_max (--explain-max)", 0)
     _check_int(rt.jobs, "jobs (-j)", 1)
+    from models.nnp import is_nnp_path
+    if t.nnp_weights and not is_nnp_path(t.model):
+        raise UserError(f"--nnp-weights starts from the parameters of an .nnp file; model {t.model!r} is not one")

@@ -103,10 +103,21 @@ def fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def model_names() -> list:
-    """The registered networks (``models.MODELS``): the choices of ``-m``."""
+def model_name(text: str) -> str:
+    """A -m value: a registered network (``models.MODELS``), or the path of an existing .nnp file (made
+    absolute, so that the manifest and every worker name the same file)."""
     from models import MODELS
-    return list(MODELS)
+    if text in MODELS:
+        return text
+    from models.nnp import check_nnp_file, is_nnp_path
+    if not is_nnp_path(text) and not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(MODELS)}, or give "
+                                         f"the path of an .nnp file)")
+    try:
+        check_nnp_file(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return os.path.abspath(text)
 
 
 def cores() -> int:
@@ -187,8 +198,12 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("dataset", ("-ds", "--dataset"),
             "digits (embedded), mnist, cifar10, stl10, or a path to an NNC train CSV",
             manifest=AS_IS, scope="train"),
-    Setting("model", ("-m", "--model"), "cnn6 (the paper's network, default), logreg or mlp (fast checks)",
-            choices=model_names, manifest=AS_IS, scope="train"),
+    Setting("model", ("-m", "--model"), "cnn6 (the paper's network, default), logreg or mlp (fast checks), or "
+            "the path of a Neural Network Console model file (.nnp; see the README)", type=model_name,
+            manifest=AS_IS, scope="train"),
+    Setting("nnp_weights", ("--nnp-weights",), "with -m FILE.nnp: start every trial from the file's parameter "
+            "values (default: fresh parameters per trial seed, nnabla's default initialisers on the file's shapes)",
+            switch=True, manifest=bool, scope="train"),
     Setting("epochs", ("-e", "--epochs"), "training epochs (default 20)", type=positive_int, manifest=AS_IS,
             scope="train"),
     Setting("batch_size", ("-bs", "--batch-size"), "mini-batch size (default 32)", type=positive_int,

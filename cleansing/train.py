@@ -40,6 +40,8 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 0.05
     augment: bool = True
+    #: an .nnp model (``models.nnp``) starts from the file's parameter values instead of fresh ones
+    nnp_weights: bool = False
 
 
 TRAIN_LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "test_loss", "val_accuracy", "test_accuracy", "seconds"]
@@ -48,7 +50,11 @@ TRAIN_LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "test_loss", "val_accura
 def new_learner(cfg: TrainConfig, data: DataBundle, seed: int) -> Learner:
     """A learner with freshly initialised parameters drawn from ``seed``."""
     model = build_model(cfg.model, data.image_shape, data.num_classes)
-    return Learner(model, model.create_parameters(np.random.RandomState(seed)))
+    params = model.create_parameters(np.random.RandomState(seed))
+    if cfg.nnp_weights:
+        from models.nnp import load_file_parameters
+        load_file_parameters(model, params)
+    return Learner(model, params)
 
 
 def learner_from_file(cfg: TrainConfig, data: DataBundle, path) -> Learner:

@@ -23,6 +23,7 @@ from datasets import DataBundle, load_dataset
 from datasets.batches import split_batches
 from datasets.noise import apply_label_noise
 from models.autodiff import Learner, Vector
+from models.nnp import nnp_image_size
 
 from .config import RunConfig
 from .estimator import Artefact, RunSettings, Trained
@@ -160,7 +161,8 @@ def load_noisy_trial_data(cfg: RunConfig, seed: int) -> Tuple[DataBundle, np.nda
     training labels before flipping); validation and test are never flipped."""
     d = cfg.data
     data = load_dataset(d.dataset, seed, data_dir=d.data_dir, n_train=d.n_train, n_val=d.n_val,
-                        n_test=d.n_test, val_csv=d.val_csv, test_csv=d.test_csv)
+                        n_test=d.n_test, val_csv=d.val_csv, test_csv=d.test_csv,
+                        image_size=nnp_image_size(cfg.train.model))
     if cfg.train.batch_size > len(data.train):
         raise UserError(f"batch size {cfg.train.batch_size} is larger than the {len(data.train)} training "
                         f"samples; lower -bs")

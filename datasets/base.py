@@ -6,11 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.errors import UserError
-
-GREY_MEAN: tuple = (0.5,)
-GREY_STD: tuple = (0.5,)
-COLOUR_MEAN: tuple = (0.4914, 0.4822, 0.4465)
-COLOUR_STD: tuple = (0.2023, 0.1994, 0.2010)
+from common.imagenorm import COLOUR_MEAN, COLOUR_STD, GREY_MEAN, GREY_STD, norm_stats  # noqa: F401 (re-exported)
 
 
 class DatasetError(UserError):
@@ -79,9 +75,3 @@ def index_ids(prefix: str, n: int) -> np.ndarray:
     """Stable ids ``<prefix>/<i>`` for i in 0..n-1."""
     return np.array([f"{prefix}/{i}" for i in range(n)], dtype=str)
 
-
-def norm_stats(channels: int) -> tuple:
-    """(mean, std) for grey (1 channel) or colour (3 channels) images."""
-    if channels == 1:
-        return GREY_MEAN, GREY_STD
-    return COLOUR_MEAN, COLOUR_STD

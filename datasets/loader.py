@@ -19,6 +19,7 @@ import numpy as np
 from datasets import cifar10, digits, mnist, nnc_csv, stl10
 from datasets.base import DataBundle, DatasetError, SourceData, Split, index_ids, make_split, norm_stats
 from datasets.files import locate
+from datasets.imageops import resize_images
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,22 @@ def seeded_split(pool: Split, n_val: int, seed: int) -> tuple:
     return pool.subset(perm[n_val:]), pool.subset(perm[:n_val])
 
 
-def _builtin_source(name: str, data_dir: Optional[str]) -> SourceData:
+#: built-in sources that resize their images at decoding (the others are at their working size)
+RESIZED_SOURCES = ("digits", "mnist")
+
+
+def _builtin_source(name: str, data_dir: Optional[str], native: bool = False) -> SourceData:
+    """The decoded source; ``native``: at the images' own size (for a model that fixes its input size)."""
+    native = native and name in RESIZED_SOURCES
     if name == "digits":
+        if native:
+            return _memoised(("digits", "native"), lambda: digits.load(native=True))
         return _memoised(("digits",), digits.load)
     location = locate(name, data_dir)
-    return _memoised((name,) + tuple(str(f) for f in location.folders), lambda: FILE_SOURCES[name](location))
+    key = (name,) + tuple(str(f) for f in location.folders)
+    if native:
+        return _memoised(key + ("native",), lambda: FILE_SOURCES[name](location, native=True))
+    return _memoised(key, lambda: FILE_SOURCES[name](location))
 
 
 def _file_key(path: Optional[Path]) -> tuple:
@@ -175,10 +187,17 @@ def _first_rows(idx: np.ndarray, count: Optional[int], what: str) -> np.ndarray:
     return idx if count is None else idx[:count]
 
 
+def _resized(split: Split, size: tuple) -> Split:
+    """``split`` with its images resized to ``size`` (itself when they have that size)."""
+    if tuple(split.images.shape[2:]) == size:
+        return split
+    return Split(resize_images(split.images, size), split.labels, split.ids)
+
+
 def _csv_splits(train_csv: str, seed: int, val_csv: Optional[str], test_csv: Optional[str],
-                counts: tuple) -> tuple:
+                counts: tuple, size: Optional[tuple] = None) -> tuple:
     """(train, validation, test, num_classes, training rows before ``n_train``) of own CSV data;
-    only the rows kept are decoded."""
+    only the rows kept are decoded (at ``size`` when given, else the working size)."""
     src = _csv_source(train_csv, val_csv, test_csv)
     n_train, n_val, n_test = counts
     rows = np.arange(len(src.train.values))
@@ -190,9 +209,9 @@ def _csv_splits(train_csv: str, seed: int, val_csv: Optional[str], test_csv: Opt
         train_idx, val_idx, val_from = perm[n_val_split:], perm[:n_val_split], "train"
     else:
         train_idx, val_idx, val_from = rows, np.arange(len(src.val.values)), "val"
-    train = src.split("train", _first_rows(train_idx, n_train, "n_train"))
-    val = src.split(val_from, _first_rows(val_idx, n_val, "n_val"))
-    test = src.split("test", _first_rows(np.arange(len(src.test.values)), n_test, "n_test"))
+    train = src.split("train", _first_rows(train_idx, n_train, "n_train"), size)
+    val = src.split(val_from, _first_rows(val_idx, n_val, "n_val"), size)
+    test = src.split("test", _first_rows(np.arange(len(src.test.values)), n_test, "n_test"), size)
     return train, val, test, src.num_classes, len(train_idx)
 
 
@@ -257,11 +276,14 @@ def input_paths(name: str, data_dir: Optional[str] = None, val_csv: Optional[str
 
 def load_dataset(name: str, seed: int, data_dir: Optional[str] = None, n_train: Optional[int] = None,
                  n_val: Optional[int] = None, n_test: Optional[int] = None,
-                 val_csv: Optional[str] = None, test_csv: Optional[str] = None) -> DataBundle:
+                 val_csv: Optional[str] = None, test_csv: Optional[str] = None,
+                 image_size: Optional[tuple] = None) -> DataBundle:
     """Load dataset ``name`` ('digits', 'mnist', 'cifar10', 'stl10' or an NNC .csv path) for trial ``seed``.
 
     Decoding is done once per process per (name, folder); see the module doc for the split rule.
     ``data_dir`` applies to the built-ins that read files; ``val_csv``/``test_csv`` to own CSV data.
+    ``image_size`` (h, w): images resized from their own size to it instead of the working size (a
+    model that fixes its input size, ``models.nnp``; MNIST's 28x28 stay as they are).
     Every bad input raises DatasetError with a one-line message.
     """
     _check_seed(seed)
@@ -274,7 +296,7 @@ def load_dataset(name: str, seed: int, data_dir: Optional[str] = None, n_train: 
     elif name in BUILTINS:
         if val_csv or test_csv:
             raise DatasetError(f"--val-csv/--test-csv apply only to own CSV data, not to the built-in dataset {name!r}")
-        source = _builtin_source(name, data_dir)
+        source = _builtin_source(name, data_dir, native=image_size is not None)
         train, val = seeded_split(source.pool, source.n_val, seed)
         test = source.test.subset(np.arange(len(source.test)))
         available, where, remedy = len(train), f"dataset {name}, trial seed {seed}", "use more training samples"
@@ -282,11 +304,13 @@ def load_dataset(name: str, seed: int, data_dir: Optional[str] = None, n_train: 
         num_classes = BUILTIN_CLASSES
     elif str(name).lower().endswith(".csv"):
         train, val, test, num_classes, available = _csv_splits(name, seed, val_csv, test_csv,
-                                                               (n_train, n_val, n_test))
+                                                               (n_train, n_val, n_test), image_size)
         where, remedy = str(name), "add training rows of another class"
     else:
         raise DatasetError(f"unknown dataset {name!r}; "
                            "use digits, mnist, cifar10, stl10 or the path of an NNC .csv file")
+    if image_size is not None:
+        train, val, test = (_resized(s, tuple(image_size)) for s in (train, val, test))
     _check_training_split(train.labels, where, remedy if n_train is None or n_train >= available
                           else f"raise --n-train (now {n_train}) until the training split holds two classes")
     if name not in _ARRAYS and name not in BUILTINS:    # own CSV data

@@ -253,9 +253,13 @@ class CsvSource:
         splits = [r for r in (self.train, self.val, self.test) if r is not None]
         return int(max(r.labels.max() for r in splits)) + 1
 
-    def split(self, which: str, keep: Optional[np.ndarray] = None) -> Split:
-        """Decode the rows ``keep`` (all when None) of 'train', 'val' or 'test'."""
-        return to_split(getattr(self, which), self.mode, self.size, keep, self.caches.setdefault(which, {}))
+    def split(self, which: str, keep: Optional[np.ndarray] = None, size: Optional[tuple] = None) -> Split:
+        """Decode the rows ``keep`` (all when None) of 'train', 'val' or 'test' (at ``size`` when given,
+        else the working size)."""
+        if size is None or tuple(size) == tuple(self.size):
+            return to_split(getattr(self, which), self.mode, self.size, keep, self.caches.setdefault(which, {}))
+        size = tuple(size)
+        return to_split(getattr(self, which), self.mode, size, keep, self.caches.setdefault((which, size), {}))
 
 
 def read_source(train_path: Path, val_path: Optional[Path], test_path: Path) -> CsvSource:

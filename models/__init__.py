@@ -17,6 +17,7 @@ from .networks import (
     count_trainable,
     run_layers,
 )
+from .nnp import NnpModel  # adds .nnp files to build_model
 
 __all__ = ["MODELS", "Affine", "BatchNorm", "Conv", "Layer", "Mask", "MaxPool", "Model", "ParametricLayer", "ReLU",
-           "Tangent", "Tap", "build_model", "count_trainable", "run_layers"]
+           "NnpModel", "Tangent", "Tap", "build_model", "count_trainable", "run_layers"]

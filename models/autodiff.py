@@ -104,9 +104,12 @@ class _Jvp:
 
     @classmethod
     def supported(cls, model: Model) -> bool:
-        """Whether every layer of ``model`` has a forward-mode rule."""
+        """Whether every layer of ``model`` has a forward-mode rule: a method of this class named by
+        its kind, or the layer's own ``jvp(jvp, h, dh)`` (``models.nnp``, where the model may also
+        decline by ``forward_mode``)."""
         layers = getattr(model, "layers", ())
-        return bool(layers) and all(callable(getattr(cls, layer.kind, None)) for layer in layers)
+        return bool(layers) and getattr(model, "forward_mode", True) and all(
+            callable(getattr(cls, layer.kind, None)) or callable(getattr(layer, "jvp", None)) for layer in layers)
 
     def _linear(self, layer: Union[Conv, Affine], h, dh):
         op, prefix = layer.op, layer.prefix
@@ -174,6 +177,9 @@ class _Jvp:
     def forward(self, x):
         if not self.supported(self.model):
             raise ValueError(f"no forward-mode tangent for model {self.model.name!r}")
+        walk = getattr(self.model, "walk_tangent", None)
+        if walk is not None:  # a graph of layers with their own rules (models.nnp)
+            return walk(x, self)
         h, dh = x, None
         for layer in self.model.layers:
             h, dh = getattr(self, layer.kind)(h, dh, layer)
@@ -369,11 +375,15 @@ class Learner:
         """``(d S / d w_i, d S / d theta)`` for ``S = _running_stats_dot`` (training mode, reference)."""
         x, _ = self._inputs(batch)
         w = nn.Variable.from_numpy_array(np.ones(batch, np.float32), need_grad=True)
-        jvp = _Jvp(self.model, self.params, self._direction_vars(), self._stats(True), True, tangent=False,
-                   weights=w)
-        jvp.forward(x)
+        if _Jvp.supported(self.model):
+            jvp = _Jvp(self.model, self.params, self._direction_vars(), self._stats(True), True, tangent=False,
+                       weights=w)
+            jvp.forward(x)
+            batch_stats = jvp.batch_stats
+        else:  # a model without forward-mode rules records its batch statistics itself (models.nnp)
+            batch_stats = self.model.batch_statistics(x, self.params, self._stats(True), w)
         U_stats = self._stat_direction_vars()
-        grads = nn.grad([_running_stats_dot(jvp.batch_stats, U_stats)], list(self.trainable.values()) + [w])
+        grads = nn.grad([_running_stats_dot(batch_stats, U_stats)], list(self.trainable.values()) + [w])
         return Graph(x=x, U_stats=U_stats, dots=persist(grads[-1]),
                       grads=[persist(g) if g is not None else None for g in grads[:-1]])
 

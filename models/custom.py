@@ -84,8 +84,13 @@ def network_fingerprint(cls: type, input_shape: tuple, num_classes: int) -> str:
     order with their arguments and input shapes (training mode), and its parameters' names, shapes
     and initial values for seed 0. The manifest records it, so a network changed under the same name
     counts as a changed input, like changed data (issue 38, item 5)."""
+    return model_fingerprint(cls(tuple(input_shape), num_classes))
+
+
+def model_fingerprint(model: Model) -> str:
+    """``network_fingerprint`` of a model instance (any ``Model``)."""
     import hashlib
-    model = cls(tuple(input_shape), num_classes)
+    input_shape = model.input_shape
     params = model.create_parameters(np.random.RandomState(0))
     h = hashlib.sha256()
     for k, v in params.items():

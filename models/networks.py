@@ -441,10 +441,18 @@ class CNN6(Model):
 
 
 MODELS: Dict[str, type] = {m.name: m for m in (CNN6, LogReg, MLP)}
+#: file suffix -> ``factory(path, input_shape, num_classes)`` of a model read from a file (``.nnp``:
+#: ``models.nnp``, which adds itself when the package ``models`` is imported)
+MODEL_FILES: Dict[str, Callable] = {}
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int) -> Model:
-    """The model called ``name`` (``cnn6``, ``logreg``, ``mlp``) for the given input and classes."""
+    """The model called ``name`` (``cnn6``, ``logreg``, ``mlp``, a registered network, or the path of an
+    ``.nnp`` file: ``models.nnp.NnpModel``) for the given input and classes."""
+    if name not in MODELS:
+        for suffix, factory in MODEL_FILES.items():
+            if str(name).lower().endswith(suffix):
+                return factory(name, input_shape, num_classes)
     try:
         cls = MODELS[name]
     except KeyError:

@@ -16,11 +16,14 @@ import nnabla as nn
 import nnabla.functions as F
 import numpy as np
 
+from common.errors import UserError
+
 from .autodiff import Learner
 from .networks import Affine, BatchNorm, Conv, Tap
+from .nnp import NnpAffine, NnpBatchNorm, NnpConv, unfold
 
 #: the kind of each layer with parameters
-KINDS = {Affine: "affine", Conv: "conv", BatchNorm: "bn"}
+KINDS = {Affine: "affine", Conv: "conv", BatchNorm: "bn", NnpAffine: "affine", NnpConv: "conv", NnpBatchNorm: "bn"}
 
 
 class TapGraph:
@@ -72,7 +75,18 @@ class LayerGradients:
     """One layer's per-sample gradients in factored form (``Tap`` of a ``TapGraph``)."""
 
     def __init__(self, tap: Tap, learner: Learner, user: str = "EK-FAC"):
-        self.kind, self.prefix = KINDS[type(tap.layer)], tap.layer.prefix
+        layer = tap.layer
+        self.kind, self.unfold = KINDS[type(layer)], unfold3x3
+        if isinstance(layer, (NnpConv, NnpAffine)):  # an .nnp file's layer (models.nnp): its own names
+            self.prefix = layer.w.rsplit("/", 1)[0]
+            if layer.b is None or (self.kind == "conv" and (layer.group != 1 or len(layer.w_shape) != 4)):
+                raise UserError(f"{user} covers 2-D convolutions of one group and linear layers with a bias; "
+                                f"{layer.w} is not one")
+            if self.kind == "conv":
+                self.unfold = lambda h: unfold(h, layer.w_shape[2:], layer.pad, layer.stride, layer.dilation)
+            self.names = [layer.w, layer.b]
+            return
+        self.prefix = layer.mean[:-len("/mean")] if isinstance(layer, NnpBatchNorm) else layer.prefix
         if self.kind == "conv" and tuple(learner.params[f"{self.prefix}/W"].shape[2:]) != (3, 3):
             raise ValueError(f"{user} unfolds 3x3 convolutions with padding 1; {self.prefix} is not one")
         if self.kind == "bn":
@@ -89,7 +103,9 @@ class LayerGradients:
         if self.kind == "affine":
             return h.reshape(len(h), 1, -1)
         if self.kind == "conv":
-            return unfold3x3(h)
+            return self.unfold(h)
+        if h.ndim == 2:  # batch norm after an affine layer (models.nnp)
+            h = h.reshape(h.shape + (1, 1))
         return ((h - self.mean) * self.inv).reshape(h.shape[0], h.shape[1], -1)
 
     def output_grads(self, g: np.ndarray) -> np.ndarray:

@@ -1,0 +1,720 @@
+"""A Neural Network Console model (``.nnp``) as a layer list of this project (issue 34).
+
+``read_nnp(path)`` reads the file with nnabla's own file loaders (``nnabla.utils.get_file_handle``:
+``network.nntxt`` or ``.protobuf`` and the parameters ``.h5``/``.protobuf``) and describes the
+network of the file's first optimizer (else of its first executor) as layers and their wiring, from
+the image input up to the class scores: the variable that enters the first loss or softmax function
+(``TERMINAL``), or the network's last output. The project adds its own cross-entropy.
+
+Supported functions (``CONVERTERS``): Convolution (any kernel, stride, pad, dilation, group),
+Affine, BatchNormalization (axes [1], decay 0.9, eps 1e-5 as NNC's defaults), ReLU, LeakyReLU,
+ELU, Tanh, Sigmoid, Swish, MaxPooling, AveragePooling, GlobalAveragePooling, Dropout (the
+identity, in training too: the estimators replay training steps exactly, and a random mask per step
+would have to be recorded), Reshape, MulScalar, AddScalar, Identity, and for graphs (residual
+connections, branches) Add2 and Concatenate. Anything else, or a second data input, is a one-line
+``UserError`` naming the function and the file.
+
+Input: the file says what its network expects, read as nnabla's own ``forward`` command reads it:
+images divided by 255 (0..1) unless an executor or dataset of the file sets
+``no_image_normalization`` (then 0..255 pixel values; a network may scale them itself,
+``MulScalar`` 1/255, NNC's "Image Normalization" unchecked). The data are loaded at the file's
+height and width (``nnp_image_size``; ``datasets.loader.load_dataset(image_size=)`` resizes from the
+images' own size, so MNIST keeps its 28x28 instead of the built-in models' 32x32). The project's data
+path gives every model the images normalised by ``common.imagenorm.norm_stats``
+(``to_network_input``); ``NnpModel`` undoes that normalisation as its first, parameter-free step
+(``pixels = (x * std + mean) * 255``, times 1/255 where the file wants normalised images); images of
+another size (a model built by hand on other data) are centre-cropped or zero-padded to the file's.
+Channels must match the file's.
+
+Parameters: re-created per trial seed from the file's shapes with the initialisers nnabla's
+parametric functions use by default (Glorot-uniform weights, zero biases, batch norm beta 0, gamma
+1, mean 0, var 1), in the file's order; ``load_file_parameters`` copies the file's own values.
+The model is rebuilt from the path alone (``build_model(path, ...)``) in any process.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import nnabla as nn
+import nnabla.functions as F
+import nnabla.initializer as I
+import numpy as np
+
+from common.errors import UserError
+
+from .networks import BN_DECAY, MODEL_FILES, Layer, Model, Pass, Tangent, Tap, _batch_norm, batch_standardize
+
+#: functions that end the class scores: losses and (log-)softmax; the project adds its own loss
+TERMINAL = frozenset({"Softmax", "LogSoftmax", "SoftmaxCrossEntropy", "CategoricalCrossEntropy",
+                      "SigmoidCrossEntropy", "BinaryCrossEntropy", "SquaredError", "AbsoluteError",
+                      "HuberLoss", "EpsilonInsensitiveLoss", "KLMultinomial", "Mean", "Sum", "TopNError",
+                      "BinaryError", "Sink"})
+
+
+def is_nnp_path(name: object) -> bool:
+    """Whether a model name is the path of an ``.nnp`` file (by its suffix)."""
+    return isinstance(name, (str, os.PathLike)) and str(name).lower().endswith(".nnp")
+
+
+# ---------------------------------------------------------------------- layers
+def _linear(op: Callable, h: nn.Variable, p: Pass, w: str, b: Optional[str]) -> nn.Variable:
+    """``op(h, W, b)``, plus ``eps_i * op(h, U_W, U_b)`` with a tangent (see ``models.networks``)."""
+    out = op(h, p.params[w], p.params[b] if b else None)
+    if p.tangent is not None:
+        U = p.tangent.direction
+        t = op(h, U[w], U[b] if b else None)
+        out = out + F.reshape(p.tangent.eps, (-1,) + (1,) * (len(out.shape) - 1)) * t
+    return out
+
+
+def _linear_jvp(layer, j, h, dh):
+    """Forward-mode rule of a linear layer (``models.autodiff._Jvp._linear`` with the file's names)."""
+    W, b = j.P[layer.w], j.P[layer.b] if layer.b else None
+    out = layer.op(h, W, b)
+    t = layer.op(h, j.V[layer.w], j.V[layer.b] if layer.b else None)
+    j.taps.append((out, t))
+    if not j.tangent:
+        return out, None
+    return out, (t if dh is None else layer.op(dh, W, None) + t)
+
+
+def unfold(h: np.ndarray, kernel: Sequence[int], pad: Sequence[int], stride: Sequence[int],
+           dilation: Sequence[int]) -> np.ndarray:
+    """(B, C, H, W) -> (B, positions, C * kh * kw): the patches a 2-D convolution of one group sees, in
+    the order of ``W.reshape(out, C * kh * kw)`` and of its output positions (EK-FAC's factors)."""
+    (kh, kw), (ph, pw), (sh, sw), (dh, dw) = kernel, pad, stride, dilation
+    B, C = h.shape[:2]
+    p = np.pad(h, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    win = np.lib.stride_tricks.sliding_window_view(p, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (B, C, Ho, Wo, kh, kw)
+    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(B, -1, C * kh * kw)
+
+
+def _param(name: str, shape: Sequence[int], init, need_grad: bool = True) -> nn.Variable:
+    return nn.parameter.get_parameter_or_create(name, tuple(int(s) for s in shape), init, need_grad)
+
+
+@dataclass(frozen=True)
+class NnpConv(Layer):
+    """Convolution with the file's weight ``w`` (maps, channels/group, *kernel), bias ``b`` (or None)."""
+
+    w: str
+    b: Optional[str]
+    w_shape: Tuple[int, ...]
+    pad: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+    group: int = 1
+    kind: ClassVar[str] = "nnp_conv"
+
+    def op(self, h, W, b):
+        return F.convolution(h, W, b, base_axis=1, pad=self.pad, stride=self.stride, dilation=self.dilation,
+                             group=self.group)
+
+    def create(self, h, rng, num_classes):
+        maps, kernel = self.w_shape[0], self.w_shape[2:]
+        W = _param(self.w, self.w_shape,
+                   I.UniformInitializer(I.calc_uniform_lim_glorot(h.shape[1], maps, tuple(kernel)), rng=rng))
+        b = _param(self.b, (maps,), I.ConstantInitializer()) if self.b else None
+        return self.op(h, W, b)
+
+    def forward(self, h, p):
+        return _linear(self.op, h, p, self.w, self.b)
+
+    def jvp(self, j, h, dh):
+        return _linear_jvp(self, j, h, dh)
+
+    def channels(self, c, num_classes):
+        return self.w_shape[0]
+
+
+@dataclass(frozen=True)
+class NnpAffine(Layer):
+    """Fully connected layer on the flattened input: weight ``w`` (inputs, units), bias ``b`` (or None)."""
+
+    w: str
+    b: Optional[str]
+    w_shape: Tuple[int, ...]
+    kind: ClassVar[str] = "nnp_affine"
+
+    @staticmethod
+    def op(h, W, b):
+        return F.affine(h, W, b, base_axis=1)
+
+    def create(self, h, rng, num_classes):
+        outs = int(np.prod(self.w_shape[1:]))
+        W = _param(self.w, self.w_shape,
+                   I.UniformInitializer(I.calc_uniform_lim_glorot(int(np.prod(h.shape[1:])), outs), rng=rng))
+        b = _param(self.b, self.w_shape[1:], I.ConstantInitializer()) if self.b else None
+        return self.op(h, W, b)
+
+    def forward(self, h, p):
+        return _linear(self.op, h, p, self.w, self.b)
+
+    def jvp(self, j, h, dh):
+        return _linear_jvp(self, j, h, dh)
+
+    def channels(self, c, num_classes):
+        return int(np.prod(self.w_shape[1:]))
+
+
+@dataclass(frozen=True)
+class NnpBatchNorm(Layer):
+    """Batch normalisation over channels with the file's ``beta``, ``gamma`` (trainable), ``mean``,
+    ``var`` (running statistics), computed as the built-in models' (``models.networks._batch_norm``)."""
+
+    beta: str
+    gamma: str
+    mean: str
+    var: str
+    shape: Tuple[int, ...]
+    kind: ClassVar[str] = "nnp_bn"
+
+    def create(self, h, rng, num_classes):
+        _param(self.beta, self.shape, I.ConstantInitializer(0.0))
+        _param(self.gamma, self.shape, I.ConstantInitializer(1.0))
+        _param(self.mean, self.shape, I.ConstantInitializer(0.0), need_grad=False)
+        _param(self.var, self.shape, I.ConstantInitializer(1.0), need_grad=False)
+        return h
+
+    def forward(self, h, p):
+        flat = len(h.shape) == 2  # after an affine layer: (B, C) as (B, C, 1, 1)
+        if flat and p.train and p.tangent is None and p.row_weights is None:
+            # plain training: nnabla's fused kernel on the parameters themselves (it updates the
+            # running statistics, which a reshaped view would not let it do)
+            return F.batch_normalization(h, p.params[self.beta], p.params[self.gamma], p.stats[self.mean],
+                                         p.stats[self.var], axes=[1], decay_rate=BN_DECAY, eps=1e-5, batch_stat=True)
+        c4 = (1, int(np.prod(self.shape)), 1, 1)
+
+        def four(v):
+            return F.reshape(v, c4) if flat else v
+        params = {"bn/beta": four(p.params[self.beta]), "bn/gamma": four(p.params[self.gamma])}
+        stats = {"bn/mean": four(p.stats[self.mean]), "bn/var": four(p.stats[self.var])}
+        tangent = None
+        if p.tangent is not None:
+            U = p.tangent.direction
+            tangent = Tangent(p.tangent.eps, {"bn/beta": four(U[self.beta]), "bn/gamma": four(U[self.gamma])})
+        out = _batch_norm(F.reshape(h, h.shape + (1, 1)) if flat else h, params, "bn", p.train, tangent, stats,
+                          p.row_weights)
+        return F.reshape(out, h.shape) if flat else out
+
+    def jvp(self, j, h, dh):
+        """The built-in rule (``_Jvp.bn``) under the common prefix of the names (feature maps only:
+        ``NnpModel.forward_mode`` declines batch norm after an affine layer)."""
+        return j.bn(h, dh, SimpleNamespace(prefix=self.mean[:-len("/mean")]))
+
+
+_ACTIVATIONS: Dict[str, Callable] = {
+    "ReLU": lambda h, a: F.relu(h),
+    "LeakyReLU": lambda h, a: F.leaky_relu(h, a),
+    "ELU": lambda h, a: F.elu(h, a),
+    "Tanh": lambda h, a: F.tanh(h),
+    "Sigmoid": lambda h, a: F.sigmoid(h),
+    "Swish": lambda h, a: F.swish(h),
+    "MulScalar": lambda h, a: F.mul_scalar(h, a),
+    "AddScalar": lambda h, a: F.add_scalar(h, a),
+    "Identity": lambda h, a: h,
+    "Dropout": lambda h, a: h,
+}
+
+
+@dataclass(frozen=True)
+class NnpElementwise(Layer):
+    """A parameter-free element-wise function ``fn`` of the file (an activation, MulScalar,
+    AddScalar; Dropout and Identity: the identity) with its scalar argument ``alpha``."""
+
+    fn: str
+    alpha: float = 0.0
+    kind: ClassVar[str] = "nnp_elementwise"
+
+    def create(self, h, rng, num_classes):
+        return self.forward(h, None)
+
+    def forward(self, h, p):
+        return _ACTIVATIONS[self.fn](h, self.alpha)
+
+    def jvp(self, j, h, dh):
+        """``f(h)`` and ``f'(h) dh`` (the derivative kept in the graph where it depends on ``h``, so
+        that its own derivative enters the Hessian-vector products)."""
+        out = self.forward(h, None)
+        if not j.tangent or dh is None:
+            return out, None
+        if self.fn in ("Identity", "Dropout", "AddScalar"):
+            return out, dh
+        if self.fn == "MulScalar":
+            return out, F.mul_scalar(dh, self.alpha)
+        if self.fn in ("ReLU", "LeakyReLU", "ELU"):
+            pos = F.greater_scalar(h, 0.0)
+            pos.need_grad = False
+            if self.fn == "ReLU":
+                return out, dh * pos
+            if self.fn == "LeakyReLU":
+                return out, dh * F.add_scalar(F.mul_scalar(pos, 1.0 - self.alpha), self.alpha)
+            neg = F.mul_scalar(F.exp(F.minimum_scalar(h, 0.0)), self.alpha)  # alpha e^h below 0
+            return out, dh * (pos + F.r_sub_scalar(pos, 1.0) * neg)
+        if self.fn == "Tanh":
+            return out, dh * F.r_sub_scalar(out * out, 1.0)
+        s = F.sigmoid(h)
+        if self.fn == "Sigmoid":
+            return out, dh * (s * F.r_sub_scalar(s, 1.0))
+        return out, dh * (s + h * s * F.r_sub_scalar(s, 1.0))  # Swish: s + h s (1 - s)
+
+
+@dataclass(frozen=True)
+class NnpPool(Layer):
+    """Max or average pooling (``mode`` 'max', 'average') or global average pooling ('global')."""
+
+    mode: str
+    kernel: Tuple[int, ...] = ()
+    stride: Tuple[int, ...] = ()
+    ignore_border: bool = True
+    pad: Tuple[int, ...] = ()
+    including_pad: bool = True
+    kind: ClassVar[str] = "nnp_pool"
+
+    def create(self, h, rng, num_classes):
+        return self.forward(h, None)
+
+    def forward(self, h, p):
+        if self.mode == "global":  # the mean: differentiable twice, unlike the fused function
+            return F.mean(h, axis=tuple(range(2, len(h.shape))), keepdims=True)
+        stride = self.stride or None
+        pad = self.pad or None
+        if self.mode == "max":
+            return F.max_pooling(h, self.kernel, stride, self.ignore_border, pad)
+        return F.average_pooling(h, self.kernel, stride, self.ignore_border, pad, including_pad=self.including_pad)
+
+    @property
+    def disjoint(self) -> bool:
+        """Whether the pooling windows do not overlap (max pooling's rule needs it)."""
+        return self.mode != "max" or all(s >= k for s, k in zip(self.stride or self.kernel, self.kernel))
+
+    def jvp(self, j, h, dh):
+        """Average pooling is linear; max pooling passes ``dh`` at the element it picks (nnabla's
+        choice, from ``max_pooling_backward``; windows must not overlap)."""
+        out = self.forward(h, None)
+        if not j.tangent or dh is None:
+            return out, None
+        if self.mode != "max":
+            return out, self.forward(dh, None)
+        stride, pad = self.stride or None, self.pad or None
+        pick = F.max_pooling_backward(F.constant(1.0, out.shape), h, self.kernel, stride, self.ignore_border, pad)
+        pick.need_grad = False
+        return out, F.sum_pooling(dh * pick, self.kernel, stride, self.ignore_border, pad)
+
+
+@dataclass(frozen=True)
+class NnpReshape(Layer):
+    """Reshape to the file's shape (its first dimension is the batch)."""
+
+    shape: Tuple[int, ...]
+    kind: ClassVar[str] = "nnp_reshape"
+
+    def create(self, h, rng, num_classes):
+        return self.forward(h, None)
+
+    def forward(self, h, p):
+        return F.reshape(h, (h.shape[0],) + tuple(self.shape[1:]))
+
+    def jvp(self, j, h, dh):
+        return self.forward(h, None), None if dh is None or not j.tangent else self.forward(dh, None)
+
+
+@dataclass(frozen=True)
+class NnpMerge(Layer):
+    """A function of several activations: ``Add2`` (their sum) or ``Concatenate`` (along ``axis``)."""
+
+    fn: str
+    axis: int = 1
+    kind: ClassVar[str] = "nnp_merge"
+
+    def merge(self, hs: Sequence[nn.Variable]) -> nn.Variable:
+        """The function of the activations ``hs`` (in the file's input order)."""
+        return hs[0] + hs[1] if self.fn == "Add2" else F.concatenate(*hs, axis=self.axis)
+
+    def jvp(self, j, hs, dhs):
+        """``merge`` of the activations and of their tangents (a missing tangent: zeros); both linear."""
+        if not j.tangent or all(d is None for d in dhs):
+            return self.merge(hs), None
+        if self.fn == "Add2":
+            present = [d for d in dhs if d is not None]
+            return self.merge(hs), present[0] if len(present) == 1 else present[0] + present[1]
+        return self.merge(hs), self.merge([F.constant(0.0, h.shape) if d is None else d for h, d in zip(hs, dhs)])
+
+
+# ---------------------------------------------------------------------- reading the file
+@dataclass(frozen=True)
+class NnpSpec:
+    """What ``read_nnp`` found: the network's name, its image input (C, H, W) and variable name, its
+    number of classes, its layers (in an order where each one's inputs come first) and their wiring,
+    the pixel scale it expects (1: 0..255 values; 1/255: 0..1) and
+    the file's parameter values."""
+
+    path: str
+    network: str
+    input_name: str
+    input_shape: Tuple[int, ...]
+    scores_name: str
+    num_classes: int
+    layers: Tuple[Layer, ...]
+    #: per layer: the variables it takes (one; several for Add2, Concatenate) and the one it gives
+    wiring: Tuple[Tuple[Tuple[str, ...], str], ...]
+    pixel_scale: float
+    parameters: Mapping[str, np.ndarray] = field(repr=False, compare=False, hash=False)
+    #: number of dimensions of every variable of the network (batch included)
+    ranks: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False, hash=False)
+
+
+def _dims(msg) -> Tuple[int, ...]:
+    return tuple(int(d) for d in msg.dim)
+
+
+def _conv(f, inputs, shapes, where):
+    p = f.convolution_param
+    if p.channel_last:
+        raise UserError(f"{where}: function Convolution ({f.name}) with channel_last is not supported")
+    if p.base_axis not in (0, 1):
+        raise UserError(f"{where}: function Convolution ({f.name}) with base_axis {p.base_axis} is not supported")
+    w_shape = shapes[inputs[1]]
+    n = len(w_shape) - 2
+    return NnpConv(inputs[1], inputs[2] if len(inputs) > 2 else None, w_shape,
+                   _dims(p.pad) or (0,) * n, _dims(p.stride) or (1,) * n, _dims(p.dilation) or (1,) * n,
+                   int(p.group) or 1)
+
+
+def _affine(f, inputs, shapes, where):
+    if f.affine_param.base_axis not in (0, 1):
+        raise UserError(f"{where}: function Affine ({f.name}) with base_axis {f.affine_param.base_axis} is not "
+                        f"supported")
+    return NnpAffine(inputs[1], inputs[2] if len(inputs) > 2 else None, shapes[inputs[1]])
+
+
+def _bn(f, inputs, shapes, where):
+    p = f.batch_normalization_param
+    if len(inputs) != 5 or p.no_scale or p.no_bias:
+        raise UserError(f"{where}: function BatchNormalization ({f.name}) without beta or gamma is not supported")
+    if list(p.axes) not in ([], [1]) or not np.isclose(p.decay_rate, 0.9) or not np.isclose(p.eps, 1e-5):
+        raise UserError(f"{where}: function BatchNormalization ({f.name}) needs axes [1], decay_rate 0.9 and eps "
+                        f"1e-5 (NNC's defaults), got {list(p.axes)}, {p.decay_rate:g}, {p.eps:g}")
+    prefix = inputs[1][:-len("/beta")]
+    if [n[len(prefix):] for n in inputs[1:]] != ["/beta", "/gamma", "/mean", "/var"]:
+        raise UserError(f"{where}: function BatchNormalization ({f.name}) needs parameters named P/beta, P/gamma, "
+                        f"P/mean, P/var, got {', '.join(inputs[1:])}")
+    return NnpBatchNorm(inputs[1], inputs[2], inputs[3], inputs[4], shapes[inputs[1]])
+
+
+def _pool(mode: str):
+    def convert(f, inputs, shapes, where):
+        p = f.max_pooling_param if mode == "max" else f.average_pooling_param
+        if p.channel_last:
+            raise UserError(f"{where}: function {f.type} ({f.name}) with channel_last is not supported")
+        return NnpPool(mode, _dims(p.kernel), _dims(p.stride), bool(p.ignore_border), _dims(p.pad),
+                       bool(getattr(p, "including_pad", True)))
+    return convert
+
+
+def _elementwise(f, inputs, shapes, where):
+    alpha = {"LeakyReLU": lambda: f.leaky_relu_param.alpha, "ELU": lambda: f.elu_param.alpha,
+             "MulScalar": lambda: f.mul_scalar_param.val, "AddScalar": lambda: f.add_scalar_param.val}
+    return NnpElementwise(f.type, float(alpha[f.type]()) if f.type in alpha else 0.0)
+
+
+#: nnabla function type -> converter to a layer
+CONVERTERS: Dict[str, Callable] = {
+    "Convolution": _conv, "Affine": _affine, "BatchNormalization": _bn,
+    "MaxPooling": _pool("max"), "AveragePooling": _pool("average"),
+    "GlobalAveragePooling": lambda f, i, s, w: NnpPool("global"),
+    "Reshape": lambda f, i, s, w: NnpReshape(_dims(f.reshape_param.shape)),
+    "Add2": lambda f, i, s, w: NnpMerge("Add2"),
+    "Concatenate": lambda f, i, s, w: NnpMerge("Concatenate", int(f.concatenate_param.axis)),
+    **{name: _elementwise for name in _ACTIVATIONS},
+}
+
+
+def _load_proto(path: str):
+    """The file's protobuf and parameters, read by nnabla's own file loaders into a local scope."""
+    from nnabla.utils import nnabla_pb2
+    from nnabla.utils.get_file_handle import get_initial_file_loader, load_files
+    ctx = SimpleNamespace(proto=nnabla_pb2.NNablaProtoBuf(), parameter_scope=OrderedDict(), parameter_only=False,
+                          exclude_parameter=False, needs_proto=False)
+    load_files(ctx, get_initial_file_loader(), [path], ".nnp")
+    with nn.parameter_scope("", ctx.parameter_scope):
+        stored = nn.get_parameters(grad_only=False)
+    params = OrderedDict((k, np.array(v.d, dtype=np.float32)) for k, v in stored.items())
+    return ctx.proto, params
+
+
+def check_nnp_file(path: str) -> None:
+    """One-line ``UserError`` unless ``path`` is an existing ``.nnp`` archive with a network."""
+    if not os.path.isfile(path):
+        raise UserError(f"model file {path} does not exist")
+    if not is_nnp_path(path) or not zipfile.is_zipfile(path):
+        raise UserError(f"model file {path} is not an .nnp file (a zip archive from Neural Network Console or "
+                        f"nnabla.utils.save)")
+    with zipfile.ZipFile(path) as z:
+        if not any(n.endswith((".nntxt", ".prototxt", ".protobuf")) for n in z.namelist()):
+            raise UserError(f"model file {path} is not an .nnp file: it holds no network (.nntxt or .protobuf)")
+
+
+def read_nnp(path: str) -> NnpSpec:
+    """Describe the network of the ``.nnp`` file ``path`` (see the module doc); ``UserError`` for a
+    file or a function the project cannot take."""
+    check_nnp_file(path)
+    where = str(path)
+    try:
+        proto, params = _load_proto(path)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{where}: nnabla cannot read this .nnp file ({type(exc).__name__}: "
+                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+    if proto.optimizer:
+        net_name, data = proto.optimizer[0].network_name, [d.variable_name for d in proto.optimizer[0].data_variable]
+    elif proto.executor:
+        net_name, data = proto.executor[0].network_name, [d.variable_name for d in proto.executor[0].data_variable]
+    else:
+        raise UserError(f"{where}: the file has neither an optimizer nor an executor naming its network")
+    nets = {n.name: n for n in proto.network}
+    if net_name not in nets:
+        raise UserError(f"{where}: network {net_name!r} is not in the file")
+    net = nets[net_name]
+    shapes = {v.name: _dims(v.shape) for v in net.variable}
+    kinds = {v.name: v.type for v in net.variable}
+    consumers: Dict[str, List] = {}
+    for f in net.function:
+        for name in f.input:
+            consumers.setdefault(name, []).append(f)
+    if not data:  # no data variables named: the network's inputs (buffers no function produces)
+        produced = {o for f in net.function for o in f.output}
+        data = [v.name for v in net.variable if v.type == "Buffer" and v.name not in produced]
+    images = [d for d in data if any(f.type not in TERMINAL for f in consumers.get(d, []))]
+    if len(images) != 1:
+        raise UserError(f"{where}: network {net_name!r} needs one image input, found {images or data}")
+    image = images[0]
+    input_shape = tuple(shapes[image][1:])
+    reached, order = {image}, []
+    for f in net.function:  # nnabla writes functions in topological order
+        if f.type not in TERMINAL and any(n in reached for n in f.input):
+            reached.update(f.output)
+            order.append(f)
+    # the class scores: what the first loss or softmax function takes, else the one output left unused
+    fed = [f.input[0] for f in net.function if f.type in TERMINAL and f.input and f.input[0] in reached]
+    ends = [o for f in order for o in f.output if not consumers.get(o)]
+    if not fed and len(ends) != 1:
+        raise UserError(f"{where}: network {net_name!r} has no loss or softmax function and {len(ends)} outputs; "
+                        f"cannot tell its class scores")
+    scores_name = fed[0] if fed else ends[0]
+    producer = {o: f for f in order for o in f.output}
+    needed, todo = set(), [scores_name]
+    while todo:
+        f = producer.get(todo.pop())
+        if f is not None and f.name not in needed:
+            needed.add(f.name)
+            todo.extend(f.input)
+    layers: List[Layer] = []
+    wiring: List[Tuple[Tuple[str, ...], str]] = []
+    for f in (f for f in order if f.name in needed):
+        inputs = list(f.input)
+        data_in = tuple(n for n in inputs if kinds.get(n) != "Parameter")
+        if f.type not in CONVERTERS:
+            raise UserError(f"{where}: function {f.type} ({f.name}) is not supported; supported: "
+                            f"{', '.join(sorted(CONVERTERS))}")
+        foreign = [n for n in data_in if n != image and n not in producer]
+        if foreign:
+            raise UserError(f"{where}: function {f.type} ({f.name}) takes {foreign[0]}, which is neither the image "
+                            f"input nor computed from it; networks with a second input are not supported")
+        layer = CONVERTERS[f.type](f, inputs, shapes, where)
+        if not isinstance(layer, NnpMerge) and data_in != (inputs[0],):
+            raise UserError(f"{where}: function {f.type} ({f.name}) with a second data input is not supported")
+        layers.append(layer)
+        wiring.append((data_in, f.output[0]))
+    scores = shapes[scores_name]
+    if len(scores) != 2:
+        raise UserError(f"{where}: the class scores {scores_name} have shape {scores}; they must be (batch, classes)")
+    raw = any(e.no_image_normalization for e in proto.executor) or any(d.no_image_normalization
+                                                                        for d in proto.dataset)
+    return NnpSpec(os.path.abspath(path), net_name, image, input_shape, scores_name, int(scores[1]), tuple(layers),
+                   tuple(wiring), 1.0 if raw else 1.0 / 255.0, params, {k: len(v) for k, v in shapes.items()})
+
+
+def nnp_image_size(model: str) -> Optional[Tuple[int, int]]:
+    """(h, w) the data must have for ``model``: an .nnp file's input size; None for other models."""
+    from .networks import MODELS
+    if model in MODELS or not is_nnp_path(model):
+        return None
+    h, w = nnp_spec(str(model)).input_shape[1:]
+    return int(h), int(w)
+
+
+_SPECS: Dict[Tuple[str, int, int], NnpSpec] = {}
+
+
+def nnp_spec(path: str) -> NnpSpec:
+    """``read_nnp(path)``, cached per process by the file's path, size and modification time."""
+    check_nnp_file(path)
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _SPECS:
+        _SPECS[key] = read_nnp(path)
+    return _SPECS[key]
+
+
+# ---------------------------------------------------------------------- the model
+class NnpModel(Model):
+    """The network of an ``.nnp`` file on this project's data (``input_shape``: the data's (C, H, W)).
+
+    Its layers carry forward-mode rules (``jvp``, walked by ``walk_tangent``), so ``Learner`` takes
+    the fast paths (forward-mode Hessian-vector products, per-sample products from layer taps, the
+    fused pulled-back step) where ``forward_mode`` holds; otherwise (batch norm after an affine
+    layer, overlapping max pooling) the generic ones: double backward and the tangent copy of the
+    linear layers ('eps'). Its linear layers and batch norms are EK-FAC's and TracIn's layer taps
+    (``models.per_sample``: 2-D convolutions of one group, layers with a bias). No turn-over dropout
+    mask points.
+    """
+
+    has_tangent = True
+
+    def __init__(self, path: str, input_shape: Sequence[int], num_classes: int):
+        super().__init__(input_shape, num_classes)
+        self.spec = nnp_spec(str(path))
+        self.name = os.path.basename(self.spec.path)
+        self.layers = self.spec.layers
+        where = self.spec.path
+        if self.spec.num_classes != self.num_classes:
+            raise UserError(f"{where}: the network has {self.spec.num_classes} class scores, the data "
+                            f"{self.num_classes} classes")
+        if self.spec.input_shape[0] != self.input_shape[0] or len(self.spec.input_shape) != 3:
+            raise UserError(f"{where}: the network takes images of shape {self.spec.input_shape}, the data has "
+                            f"{self.input_shape}")
+
+    @property
+    def convolutional(self) -> bool:
+        return any(isinstance(layer, NnpConv) for layer in self.layers)
+
+    @property
+    def forward_mode(self) -> bool:
+        """Whether the layers' forward-mode rules cover the network (``models.autodiff._Jvp``): not
+        with batch norm after an affine layer, nor max pooling with overlapping windows."""
+        return all(not (isinstance(layer, NnpBatchNorm) and self.spec.ranks[ins[0]] != 4)
+                   and not (isinstance(layer, NnpPool) and not layer.disjoint)
+                   for layer, (ins, _) in zip(self.layers, self.spec.wiring))
+
+    def walk_tangent(self, x: nn.Variable, j) -> Tuple[nn.Variable, Optional[nn.Variable]]:
+        """``_Jvp.forward`` (``j``) on the file's graph: each layer's ``jvp(j, h, dh) -> (out, d out)``
+        (a merge layer's on the lists of its inputs); the image has no tangent."""
+        env = {self.spec.input_name: (self.pixels(x), None)}
+        for layer, (ins, out) in zip(self.layers, self.spec.wiring):
+            pairs = [env[n] for n in ins]
+            if isinstance(layer, NnpMerge):
+                env[out] = layer.jvp(j, [h for h, _ in pairs], [d for _, d in pairs])
+            else:
+                env[out] = layer.jvp(j, *pairs[0])
+        return env[self.spec.scores_name]
+
+    def pixels(self, x: nn.Variable) -> nn.Variable:
+        """The file's input from the project's normalised images: pixel values (0..255, or 0..1 where
+        the file wants normalised images), centre-cropped or zero-padded to the file's size."""
+        from common.imagenorm import norm_stats
+        c = x.shape[1]
+        mean, std = norm_stats(c)
+        k = 255.0 * self.spec.pixel_scale
+        if c == 1:
+            h = F.add_scalar(F.mul_scalar(x, float(std[0]) * k), float(mean[0]) * k)
+        else:
+            s = nn.Variable.from_numpy_array(np.asarray(std, np.float32).reshape(1, c, 1, 1) * np.float32(k))
+            m = nn.Variable.from_numpy_array(np.asarray(mean, np.float32).reshape(1, c, 1, 1) * np.float32(k))
+            h = x * s + m
+        (H, W), (fh, fw) = x.shape[2:], self.spec.input_shape[1:]
+        if H > fh or W > fw:
+            top, left = max(H - fh, 0) // 2, max(W - fw, 0) // 2
+            h = F.slice(h, (0, 0, top, left), (x.shape[0], c, top + min(H, fh), left + min(W, fw)))
+        if H < fh or W < fw:
+            dh, dw = max(fh - H, 0), max(fw - W, 0)
+            h = F.pad(h, (dh // 2, dh - dh // 2, dw // 2, dw - dw // 2))
+        return h
+
+    def walk(self, x: nn.Variable, step: Callable[[Layer, nn.Variable], nn.Variable]) -> nn.Variable:
+        """The class scores of the file's graph on ``x``: ``step(layer, h)`` for each one-input layer in
+        order, merge layers on their inputs."""
+        env = {self.spec.input_name: self.pixels(x)}
+        for layer, (ins, out) in zip(self.layers, self.spec.wiring):
+            hs = [env[n] for n in ins]
+            env[out] = layer.merge(hs) if isinstance(layer, NnpMerge) else step(layer, hs[0])
+        return env[self.spec.scores_name]
+
+    def _create(self, x, rng) -> None:
+        h = self.walk(x, lambda layer, h: layer.create(h, rng, self.num_classes))
+        if tuple(h.shape[1:]) != (self.num_classes,):
+            raise UserError(f"{self.spec.path}: the network gives scores of shape {tuple(h.shape)}")
+
+    def logits(self, x, params, train, tangent=None, stats=None, masks=None, row_weights=None, taps=None):
+        if masks:
+            raise UserError(f"{self.spec.path}: an .nnp network has no turn-over dropout mask points")
+        p = Pass(params, train, tangent, params if stats is None else stats, None, row_weights)
+
+        def step(layer, h):
+            out = layer.forward(h, p)
+            if taps is not None and isinstance(layer, (NnpConv, NnpAffine, NnpBatchNorm)):
+                taps.append(Tap(layer, h, out))
+            return out
+        return self.walk(x, step)
+
+    def batch_statistics(self, x: nn.Variable, params: Mapping[str, nn.Variable], stats: Mapping[str, nn.Variable],
+                         weights: nn.Variable) -> List[Tuple[str, nn.Variable, nn.Variable]]:
+        """``(prefix, mean, unbiased variance)`` of each batch norm's row-weighted batch statistics in
+        a training-mode pass (what the training step moves the running statistics ``prefix/mean``,
+        ``prefix/var`` toward; ``Learner.running_stats_products``)."""
+        p = Pass(params, True, None, stats, None, weights)
+        out = []
+
+        def step(layer, h):
+            if isinstance(layer, NnpBatchNorm):
+                st = batch_standardize(F.reshape(h, h.shape + (1, 1)) if len(h.shape) == 2 else h, weights)
+                out.append((layer.mean[:-len("/mean")], F.reshape(st.mean, layer.shape),
+                            F.reshape(st.running_var, layer.shape)))
+            return layer.forward(h, p)
+        self.walk(x, step)
+        return out
+
+    def file_parameters(self) -> Dict[str, np.ndarray]:
+        """The parameter values stored in the file (those the network uses), by name."""
+        return dict(self.spec.parameters)
+
+
+MODEL_FILES[".nnp"] = NnpModel
+
+
+def load_file_parameters(model: NnpModel, params: Mapping[str, nn.Variable]) -> None:
+    """Overwrite ``params`` (``model.create_parameters``'s) with the values stored in the file."""
+    stored = model.spec.parameters
+    for k, v in params.items():
+        if k not in stored:
+            raise UserError(f"{model.spec.path}: the file holds no values for parameter {k}")
+        if tuple(stored[k].shape) != tuple(v.shape):
+            raise UserError(f"{model.spec.path}: parameter {k} has shape {stored[k].shape} in the file, "
+                            f"{tuple(v.shape)} in the network")
+        v.d = stored[k]
+
+
+def nnp_fingerprint(path: str, input_shape: Sequence[int], num_classes: int, weights: bool = False) -> str:
+    """The identity the manifest records for the ``.nnp`` network at ``path`` on data of this shape:
+    ``models.custom.model_fingerprint`` (the graph's functions with their arguments, including the
+    input step, and the parameters' names, shapes and seed-0 initial values); with ``weights``
+    (``--nnp-weights``) also the file's parameter values."""
+    import hashlib
+
+    from .custom import model_fingerprint
+    model = NnpModel(path, input_shape, num_classes)
+    fingerprint = model_fingerprint(model)
+    if not weights:
+        return fingerprint
+    h = hashlib.sha256(fingerprint.encode())
+    for k, v in model.spec.parameters.items():
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(v, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
