@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKED = (0.05, 0.10, 0.20)
 
 
-def probabilities(work: Path, folds: int, driver_args: list) -> None:
+def probabilities(work: Path, folds: int, driver_args: list, only: Optional[int] = None) -> None:
     """Out-of-fold class probabilities of every trial's training samples (resumes per fold)."""
     sys.path.insert(0, str(ROOT))
     from sklearn.model_selection import StratifiedKFold
@@ -45,7 +46,7 @@ def probabilities(work: Path, folds: int, driver_args: list) -> None:
 
     cfg = driver.DRIVER.config(driver_args + ["-o", str(work / "unused")], REGISTRY)
     work.mkdir(parents=True, exist_ok=True)
-    for seed in cfg.seeds:
+    for seed in cfg.seeds if only is None else [only]:
         out = work / f"probs_seed_{seed}.npz"
         if out.is_file():
             continue
@@ -116,12 +117,13 @@ def main() -> None:
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--score", action="store_true", help="rank with cleanlab (its own environment)")
+    p.add_argument("--seed", type=int, help="only this trial (to share the trials between processes)")
     p.add_argument("driver_args", nargs="*", help="the run's flags, after --")
     a = p.parse_args()
     if a.score:
         score(a.work)
     else:
-        probabilities(a.work, a.folds, a.driver_args)
+        probabilities(a.work, a.folds, a.driver_args, a.seed)
 
 
 if __name__ == "__main__":
