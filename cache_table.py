@@ -60,7 +60,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         source = ("theta = a cnn6 parameter file saved by common.params_io.save_params: "
                   + ", ".join(f"{label} {shape[0]}x{shape[1]}x{shape[2]} input {sizes[key]:,} B"
                               for label, key, shape in SETTINGS))
-    table = build_table(sizes, args.batch_size, args.epochs)
+    table = build_table(sizes, args.batch_size, args.epochs, with_replay=True)
     print(f"Parameter cache sizes (paper's Table 1): batch size {args.batch_size}, k = {args.epochs} epochs, "
           f"T = ceil(n_train / batch size), GB = 10^9 B")
     print(source)

@@ -67,15 +67,29 @@ def cnn6_file_bytes(input_shape, num_classes: int = 10) -> int:
         return path.stat().st_size
 
 
-def build_table(param_bytes: dict, batch_size: int, epochs: int):
-    """One DataFrame: dataset, n_train, T, method, stored, bytes, GB, paper GB, ours/paper."""
+def replay_row(param_file_bytes: int, n_train: int, batch_size: int, epochs: int) -> pd.DataFrame:
+    """The row of ``Hara_all_epochs`` (issue 37): the parameters after every epoch (``theta x k``) on
+    disk, replayed a segment at a time (the segment is held in memory, not stored)."""
+    theta, steps = int(param_file_bytes), -(-int(n_train) // int(batch_size))
+    return pd.DataFrame([{"n_train": int(n_train), "batch_size": int(batch_size), "epochs": int(epochs),
+                          "steps_per_epoch": steps, "param_file_bytes": theta, "method": "Hara_all_epochs",
+                          "stored": "theta x k", "files": int(epochs), "bytes": int(epochs) * theta,
+                          "GB": int(epochs) * theta / 1e9}], columns=CACHE_TABLE_COLUMNS)
+
+
+def build_table(param_bytes: dict, batch_size: int, epochs: int, with_replay: bool = False):
+    """One DataFrame: dataset, n_train, T, method, stored, bytes, GB, paper GB, ours/paper
+    (``with_replay``: also ``Hara_all_epochs``, which the paper does not have)."""
     frames = []
     for label, key, _ in SETTINGS:
         paper = PAPER_TABLE1[key]
         rows = cache_table_rows(param_bytes[key], paper["n_train"], batch_size, epochs)
+        if with_replay:
+            rows = pd.concat([rows.iloc[:2], replay_row(param_bytes[key], paper["n_train"], batch_size, epochs),
+                              rows.iloc[2:]], ignore_index=True)
         rows.insert(0, "dataset", label)
         paper_setting = batch_size == 32 and epochs == 20
-        rows["paper_GB"] = [paper[m] if paper_setting else float("nan") for m in rows["method"]]
+        rows["paper_GB"] = [paper[m] if paper_setting and m in paper else float("nan") for m in rows["method"]]
         rows["ratio"] = rows["GB"] / rows["paper_GB"]
         frames.append(rows)
     return pd.concat(frames, ignore_index=True)

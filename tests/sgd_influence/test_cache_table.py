@@ -32,9 +32,14 @@ def test_cache_table_cli_measures_cnn6(capsys):
     assert mnist.loc["Ours", "GB"] == pytest.approx(0.001236, rel=0.01)
     assert mnist.loc["Hara", "GB"] == pytest.approx(1.932, rel=0.01)
     assert np.all(np.abs(table["ratio"] - 1) < 0.01)
+    assert "Hara_all_epochs" not in set(table.method)  # the reproduction report's Table 1 is the paper's
+    replay = cache_table_cli.build_table(sizes, 32, 20, with_replay=True)
+    row = replay[replay.dataset == "MNIST"].set_index("method").loc["Hara_all_epochs"]
+    assert row.files == 20 and row.bytes == 20 * sizes["mnist"] and row.stored == "theta x k"
+    assert np.isnan(row.paper_GB) and list(replay.method[:4]) == ["All parameters", "Hara", "Hara_all_epochs", "Ours"]
     assert cache_table_cli.main([]) == 0
     out = capsys.readouterr().out
-    assert "1.932" in out and "38.64" in out and "Hara" in out and "CIFAR-10" in out
+    assert "1.932" in out and "38.64" in out and "Hara" in out and "CIFAR-10" in out and "Hara_all_epochs" in out
 
 
 def test_cache_table_cli_param_file_and_write(tmp_path, capsys):
