@@ -88,3 +88,27 @@ def test_bad_lds_settings_are_one_line_and_write_nothing(tmp_path, capsys, flags
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
     assert not out.exists()
+
+
+def test_lds_counterfactuals_and_retraining_are_kept_apart(tmp_path):
+    """Without -ra the LDS retrains the last epoch; --lds-seeds fresh draws its own batch order; each
+    setting's retrainings live under their own name, so switching settings recomputes nothing else
+    and needs no --overwrite; the CSV records which counterfactual it is."""
+    import eval_sgd_influence as driver
+    from cleansing.cli import run_main
+    out = tmp_path / "run"
+    base = ["-ds", "digits", "-m", "logreg", "--n-train", "100", "-e", "2", "-r", "0", "--lds", "4", "--methods",
+            "Ours", "Random", "-j", "1", "--no-progress", "-o", str(out)]
+    assert run_main(driver.main, base) == 0
+    same = pd.read_csv(out / "summary" / "lds.csv")
+    assert set(same.counterfactual) == {"same"} and set(same.retrain) == {"last-epoch"}
+    assert run_main(driver.main, base + ["--lds-seeds", "fresh"]) == 0
+    fresh = pd.read_csv(out / "summary" / "lds.csv")
+    assert set(fresh.counterfactual) == {"fresh"} and set(fresh.retrain) == {"last-epoch"}
+    folders = sorted(p.name for p in (out / "logs" / "lds_seed_0").iterdir())
+    assert folders == ["fresh-last-epoch-keep0.5", "same-last-epoch-keep0.5"]
+    a, b = (pd.concat([pd.read_csv(f) for f in sorted((out / "logs" / "lds_seed_0" / d).glob("*.csv"))])
+            for d in folders)
+    assert list(a.kept) == list(b.kept) == [50] * 4             # the same subsets
+    assert not np.allclose(a.val_loss, b.val_loss)               # another order: other retrainings
+    assert np.isfinite(fresh[["spearman", "pearson"]].to_numpy()).all()
