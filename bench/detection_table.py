@@ -30,27 +30,25 @@ def table(run: Path, cleanlab: Optional[Path] = None, base: str = "Loss") -> str
                         for f in sorted((run / "score").glob("*/score_delete_worst_*_seed_*.csv"))], ignore_index=True)
     sizes = sorted(n for n in scores.n.unique() if n > 0)
     acc = scores.pivot_table(index=["seed"], columns=["method", "n"], values="test_accuracy")
-    lines = ["| method | trials | found in first 5% | 10% | 20% | cost (epochs) | "
-             + " | ".join(f"test acc. after removing {n} (%)" for n in sizes)
-             + " | " + " | ".join(f"{n}: minus {base} (pp)" for n in sizes) + " |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in sizes * 2) + " |"]
+    head = (["method", "trials", "found in first 5%", "10%", "20%", "cost (epochs)"]
+            + [f"test acc. after removing {n} (%)" for n in sizes] + [f"{n}: minus {base} (pp)" for n in sizes])
+    lines = ["| " + " | ".join(head) + " |", "| --- | " + " | ".join("---:" for _ in head[1:]) + " |"]
     for method, g in at.groupby("method", sort=False):
         cells = [method, str(g.seed.nunique()), _ms(g.found_at_5), _ms(g.found_at_10), _ms(g.found_at_20),
                  _ms(g.cost_epochs, 1.0, 2)]
-        for n in sizes:
-            cells.append(_ms(acc[(method, n)], 100.0, 2) if (method, n) in acc else "-")
-        for n in sizes:
-            cells.append(_ms(acc[(method, n)] - acc[(base, n)], 100.0, 2)
-                         if (method, n) in acc and (base, n) in acc and method != base else "-")
+        cells += [_ms(acc[(method, n)], 100.0, 2) if (method, n) in acc else "-" for n in sizes]
+        cells += [_ms(acc[(method, n)] - acc[(base, n)], 100.0, 2)
+                  if (method, n) in acc and (base, n) in acc and method != base else "-" for n in sizes]
         lines.append("| " + " | ".join(cells) + " |")
-    if (("No_Removal", 0)) in acc:
-        lines.append(f"| No_Removal (nothing removed) | {acc[('No_Removal', 0)].notna().sum()} | | | | | "
-                     + " | ".join(_ms(acc[("No_Removal", 0)], 100.0, 2) for _ in sizes) + " | |" * len(sizes))
+    if sizes and ("No_Removal", 0) in acc:
+        cells = ["No_Removal (nothing removed)", str(acc[("No_Removal", 0)].notna().sum()), "", "", "", ""]
+        cells += [_ms(acc[("No_Removal", 0)], 100.0, 2) for _ in sizes] + ["" for _ in sizes]
+        lines.append("| " + " | ".join(cells) + " |")
     if cleanlab is not None and cleanlab.is_file():
         c = pd.read_csv(cleanlab)
         lines.append(f"| cleanlab, {int(c.folds.iloc[0])}-fold probabilities of the same network | {len(c)} | "
                      f"{_ms(c.found_at_5)} | {_ms(c.found_at_10)} | {_ms(c.found_at_20)} | "
-                     f"{int(c.folds.iloc[0])} trainings | " + " | ".join("-" for _ in sizes * 2) + " |")
+                     f"{int(c.folds.iloc[0])} trainings |" + "".join(" - |" for _ in sizes * 2))
     return "\n".join(lines)
 
 
