@@ -207,6 +207,7 @@ def check_settings(cfg: RunConfig) -> None:
     _check_int(r.validate, "validate (--validate)", 0)
     _check_int(r.validate_repeats, "validate_repeats (--validate-repeats)", 1)
     _check_int(r.lds, "lds (--lds)", 0)
+    _check_int(r.lds_targets, "lds_targets (--lds-targets)", 0)
     if r.lds == 1:
         raise UserError("--lds 1: LDS needs at least 2 subsets to correlate over")
     if isinstance(r.lds_fraction, bool) or not isinstance(r.lds_fraction, (int, float)) \

@@ -21,7 +21,8 @@ Two counterfactuals (``seeds``):
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+import dataclasses
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -34,6 +35,7 @@ from scipy import stats  # noqa: E402
 from common.figures import save_figure  # noqa: E402
 from common.fileio import read_csv_exact, write_csv_atomic  # noqa: E402
 from datasets import DataBundle  # noqa: E402
+from datasets.batches import split_batches  # noqa: E402
 
 from .influence_csv import read_influence_csv, scores_by_position  # noqa: E402
 from .paths import RunPaths  # noqa: E402
@@ -43,8 +45,8 @@ from .train import TrainConfig, evaluate_splits, learner_from_file, new_learner,
 
 SEEDS = ("same", "fresh")
 RETRAIN = ("last-epoch", "full")
-LDS_COLUMNS = ["method", "seed", "counterfactual", "retrain", "subsets", "fraction", "spearman", "spearman_low",
-               "spearman_high", "pearson", "pearson_low", "pearson_high"]
+LDS_COLUMNS = ["method", "seed", "counterfactual", "retrain", "subsets", "fraction", "targets", "spearman",
+               "spearman_low", "spearman_high", "pearson", "pearson_low", "pearson_high"]
 
 
 def lds_subsets(n_train: int, count: int, fraction: float, seed: int) -> np.ndarray:
@@ -66,6 +68,12 @@ def fresh_trace(trace: Trace, n_train: int, cfg: TrainConfig, seed: int, subset:
 def subset_scores(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int, trace: Trace, kept: np.ndarray,
                   retrain: str, seeds: str, subset: int) -> dict:
     """Validation scores (test columns NaN) of the model retrained on the ``kept`` samples only."""
+    return evaluate_splits(retrained_on(cfg, data, paths, seed, trace, kept, retrain, seeds, subset), data, test=False)
+
+
+def retrained_on(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int, trace: Trace, kept: np.ndarray,
+                 retrain: str, seeds: str, subset: int):
+    """The learner retrained on the ``kept`` samples only (``retrain`` and ``seeds`` as in the module docstring)."""
     removed = ~kept
     own = trace if seeds == "same" else fresh_trace(trace, len(kept), cfg, seed, subset)
     if retrain == "full":
@@ -76,7 +84,20 @@ def subset_scores(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int
         learner = learner_from_file(cfg, data, paths.params(seed, "start_last_epoch"))
         steps = own.last_epoch_steps()
     run_steps(learner, data, own, steps, cfg.augment, removed=removed, report=False)
-    return evaluate_splits(learner, data, test=False)
+    return learner
+
+
+def target_losses(learner, data: DataBundle, count: int) -> np.ndarray:
+    """The loss of each of the first ``count`` test images under ``learner`` (inference mode)."""
+    part = dataclasses.replace(data, val=data.test.subset(np.arange(count)))
+    return np.concatenate([learner.losses_and_predictions(x, y)[0] for x, y in split_batches(part, part.val)])
+
+
+def target_scores(trial, estimate: Callable, count: int) -> np.ndarray:
+    """(n_train, count): ``estimate(trial)`` with each of the first ``count`` test images as the whole
+    validation set in turn (``Trial.with_validation``): every method's influence on that image's loss."""
+    return np.stack([np.asarray(estimate(trial.with_validation(trial.data.test.subset(np.array([k])))), np.float64)
+                     for k in range(count)], axis=1)
 
 
 def predicted_changes(scores: np.ndarray, kept: np.ndarray) -> np.ndarray:
@@ -108,42 +129,72 @@ def correlations(predicted: np.ndarray, actual: np.ndarray, boot: int = 1000, se
 
 def lds_tag(removal: RemovalConfig) -> str:
     """The name of a setting's retrainings under ``logs/lds_seed_<k>/``: counterfactual, retraining, fraction."""
-    return f"{removal.lds_seeds}-{removal.lds_retrain_mode}-keep{removal.lds_fraction:g}"
+    tag = f"{removal.lds_seeds}-{removal.lds_retrain_mode}-keep{removal.lds_fraction:g}"
+    return tag + (f"-targets{removal.lds_targets}" if removal.lds_targets else "")
 
 
 def run_subset(cfg: TrainConfig, removal: RemovalConfig, data: DataBundle, paths: RunPaths, seed: int,
                trace: Trace, subset: int) -> pd.DataFrame:
     """The one-row table of LDS subset ``subset`` of trial ``seed`` retrained (``logs/lds_seed_<k>/...``)."""
     kept = lds_subsets(len(data.train), subset + 1, removal.lds_fraction, seed)[subset]
-    row = subset_scores(cfg, data, paths, seed, trace, kept, removal.lds_retrain_mode, removal.lds_seeds, subset)
+    learner = retrained_on(cfg, data, paths, seed, trace, kept, removal.lds_retrain_mode, removal.lds_seeds, subset)
+    row = evaluate_splits(learner, data, test=False)
+    targets = target_losses(learner, data, removal.lds_targets) if removal.lds_targets else []
     return pd.DataFrame([{"subset": subset, "kept": int(kept.sum()), "val_loss": row["val_loss"],
-                          "val_accuracy": row["val_accuracy"]}])
+                          "val_accuracy": row["val_accuracy"], **{f"target_{k}": v for k, v in enumerate(targets)}}])
+
+
+def per_target(predicted: np.ndarray, actual: np.ndarray, boot: int = 1000, seed: int = 0) -> Dict[str, float]:
+    """LDS with several targets (columns): the mean over targets of the per-target Spearman and Pearson
+    over the subsets (rows), with percentile bootstrap intervals of that mean over the targets."""
+    each = [correlations(predicted[:, k], actual[:, k], boot=0) for k in range(actual.shape[1])]
+    out: Dict[str, float] = {}
+    rng = np.random.default_rng([seed, 362])
+    for key in ("spearman", "pearson"):
+        values = np.array([e[key] for e in each])
+        out[key] = float(np.nanmean(values))
+        means = [np.nanmean(values[rng.integers(0, len(values), len(values))]) for _ in range(boot)]
+        out[f"{key}_low"], out[f"{key}_high"] = (float(v) for v in np.percentile(means, [2.5, 97.5]))
+    return out
 
 
 def lds_tables(paths: RunPaths, removal: RemovalConfig, methods: Sequence[str], seeds: Sequence[int],
-               n_train: int) -> Tuple[pd.DataFrame, pd.DataFrame]:
+               n_train: int, base_targets: Optional[Callable[[int], np.ndarray]] = None
+               ) -> Tuple[pd.DataFrame, pd.DataFrame]:
     """``(lds, subsets)``: one row per method and trial (``LDS_COLUMNS``), and per trial and subset the
     actual change of the mean validation loss (against the final model's) with every method's
-    prediction (column ``predicted_<Method>``)."""
-    tag, count = lds_tag(removal), removal.lds
+    prediction (column ``predicted_<Method>``). With ``--lds-targets K`` the LDS is the mean over the K
+    test images of the per-target correlation (``base_targets(seed)``: the final model's loss on each;
+    methods whose per-target scores are missing are left out)."""
+    tag, count, K = lds_tag(removal), removal.lds, removal.lds_targets
     rows: List[dict] = []
     parts: List[pd.DataFrame] = []
     for seed in seeds:
         kept = lds_subsets(n_train, count, removal.lds_fraction, seed)
         base = float(read_csv_exact(paths.train_log(seed)).val_loss.iloc[-1])
-        actual = np.array([float(read_csv_exact(paths.lds_subset(seed, tag, m)).val_loss.iloc[0])
-                           for m in range(count)]) - base
+        files = [read_csv_exact(paths.lds_subset(seed, tag, m)) for m in range(count)]
+        actual = np.array([float(f.val_loss.iloc[0]) for f in files]) - base
         part = pd.DataFrame({"seed": seed, "subset": np.arange(count), "removed": (~kept).sum(axis=1),
                              "actual": actual})
+        if K:
+            targets = np.array([[float(f[f"target_{k}"].iloc[0]) for k in range(K)] for f in files])
+            targets = targets - np.asarray(base_targets(seed))[None, :]
         for method in methods:
+            info = {"method": method, "seed": seed, "counterfactual": removal.lds_seeds,
+                    "retrain": removal.lds_retrain_mode, "subsets": count, "fraction": removal.lds_fraction,
+                    "targets": K}
+            if K:
+                scores = paths.lds_target_scores(seed, method, K)
+                if scores.is_file():
+                    predicted = (~kept).astype(np.float64) @ read_csv_exact(scores).to_numpy(np.float64)
+                    rows.append({**info, **per_target(predicted, targets, seed=seed)})
+                continue
             csv = paths.influence_csv(method, seed)
             if not csv.is_file():
                 continue
             predicted = predicted_changes(scores_by_position(read_influence_csv(csv, n_train)), kept)
             part[f"predicted_{method}"] = predicted
-            rows.append({"method": method, "seed": seed, "counterfactual": removal.lds_seeds,
-                         "retrain": removal.lds_retrain_mode, "subsets": count, "fraction": removal.lds_fraction,
-                         **correlations(predicted, actual, seed=seed)})
+            rows.append({**info, **correlations(predicted, actual, seed=seed)})
         parts.append(part)
     return pd.DataFrame(rows, columns=LDS_COLUMNS), pd.concat(parts, ignore_index=True)
 
@@ -168,11 +219,12 @@ def plot_lds(subsets: pd.DataFrame, table: pd.DataFrame, method: str, path) -> N
 
 
 def write_lds(paths: RunPaths, removal: RemovalConfig, methods: Sequence[str], seeds: Sequence[int],
-              n_train: int) -> pd.DataFrame:
-    """``summary/lds.csv``, ``summary/lds_subsets.csv`` and ``fig/lds_<Method>.png``; returns the LDS table."""
-    table, subsets = lds_tables(paths, removal, methods, seeds, n_train)
+              n_train: int, base_targets: Optional[Callable[[int], np.ndarray]] = None) -> pd.DataFrame:
+    """``summary/lds.csv``, ``summary/lds_subsets.csv`` and ``fig/lds_<Method>.png`` (one target: the
+    mean validation loss); returns the LDS table."""
+    table, subsets = lds_tables(paths, removal, methods, seeds, n_train, base_targets)
     write_csv_atomic(paths.run_table("lds"), table)
     write_csv_atomic(paths.run_table("lds_subsets"), subsets)
-    for method in table.method.unique():
+    for method in ([] if removal.lds_targets else table.method.unique()):
         plot_lds(subsets, table, method, paths.run_figure(f"lds_{method}"))
     return table

@@ -146,6 +146,10 @@ class RunPaths:
         """The scores of LDS subset ``subset`` retrained (``tag``: its counterfactual, retraining and fraction)."""
         return self.logs / f"lds_seed_{seed}" / tag / f"subset_{subset:04d}.csv"
 
+    def lds_target_scores(self, seed: int, method: str, targets: int) -> Path:
+        """``method``'s scores with each of the first ``targets`` test images as its target (``--lds-targets``)."""
+        return self.logs / f"lds_seed_{seed}" / f"targets{targets}" / f"{method}.csv"
+
     def validation_repeat(self, seed: int, repeat: int) -> Path:
         return self.root / "logs" / f"validation_actual_seed_{seed}_repeat_{repeat}.csv"
 

@@ -149,8 +149,12 @@ def check_run(plan: Plan, log=print) -> int:
     for est in plan.estimators:
         if est.options is not None:
             plan.options(est).check(RunSettings.of(cfg))
-    n_train = len(load_trial_data(cfg, cfg.seeds[0]).train)
+    data = load_trial_data(cfg, cfg.seeds[0])
+    n_train = len(data.train)
     check_cleanse(cfg, n_train)
+    if cfg.removal.lds_targets > len(data.test):
+        raise UserError(f"--lds-targets {cfg.removal.lds_targets}: there are only {len(data.test)} test images; "
+                        f"choose at most {len(data.test)}")
     ns = remove_list(cfg, n_train, log)
     if cfg.removal.remove and not ns:
         raise UserError(f"every -r value ({' '.join(map(str, sorted(set(cfg.removal.remove))))}) is at or above "
@@ -376,6 +380,23 @@ def lds_task(plan: Plan, seed: int, subset: int):
     return None, [(seed, "lds", f"subset_{subset}", time.time() - t0)]
 
 
+def lds_targets_task(plan: Plan, seed: int, name: str):
+    """Estimator ``name``'s scores with each of the first ``--lds-targets`` test images as its target
+    (``lds.target_scores``: one estimate per target)."""
+    cfg = plan.cfg
+    paths = RunPaths(cfg.out)
+    count = cfg.removal.lds_targets
+    out = paths.lds_target_scores(seed, name, count)
+    if out.is_file():
+        return None, []
+    est = plan.estimator(name)
+    trial = trial_context(cfg, seed) if est.needs_final_model else untrained_trial(cfg, seed)
+    t0 = time.time()
+    scores = lds.target_scores(trial, lambda t: est.estimate(t, plan.options(est)).scores, count)
+    write_csv_atomic(out, pd.DataFrame(scores, columns=[f"target_{k}" for k in range(count)]))
+    return None, [(seed, "lds", f"targets_{name}", time.time() - t0)]
+
+
 def baseline_task(plan: Plan, seed: int):
     """The scores without removal (``No_Removal``, n = 0), shared by every method. Retraining the
     last epoch with nothing removed replays the training's exactly (same start, batches, seeds and
@@ -474,7 +495,8 @@ def build_graph(plan: Plan, seeds: Sequence[int], n_train: Optional[int] = None)
     * ``retrain``          per trial, method and n of ``-r``, after the last ``train-epoch`` and the method's estimate
                            (so the Random control's retrainings run beside the last training epoch);
     * ``lds``              per trial and ``--lds`` subset: the retraining on the samples it keeps (shared by
-                           every method), after ``train``;
+                           every method), after ``train``; ``lds-targets`` per trial and method with
+                           ``--lds-targets``: its scores for each target test image, after its estimate;
     * ``run-reports``      once: summaries, figures and tables of the whole run (``summary/lds.csv``).
     """
     cfg = plan.cfg
@@ -534,6 +556,12 @@ def build_graph(plan: Plan, seeds: Sequence[int], n_train: Optional[int] = None)
         lds_cost = (cfg.train.epochs if cfg.removal.lds_retrain_mode == "full" else 1) * (1 + val)
         for m in range(cfg.removal.lds):
             tasks.append(Task(f"lds-{seed}-{m}", "retrain", lds_task, (plan, seed, m), [train], cost=lds_cost))
+        if cfg.removal.lds and cfg.removal.lds_targets:
+            for est in plan.estimators:
+                if not est.after:  # a method that reuses another's scores has no per-target scores of its own
+                    tasks.append(Task(f"lds-targets-{seed}-{est.name}", "estimate", lds_targets_task,
+                                      (plan, seed, est.name), [f"estimate-{seed}-{est.name}"],
+                                      cost=est.cost_epochs * cfg.removal.lds_targets))
         baseline = f"baseline-{seed}"
         tasks.append(Task(baseline, "retrain", baseline_task, (plan, seed), [train],
                           cost=retrain if cfg.removal.retrain_all else val + test))
@@ -616,7 +644,11 @@ def write_run_reports(plan: Plan, paths: RunPaths, n_train: int, title: str) -> 
     for name, frame in tables.items():
         write_csv_atomic(paths.run_table(name), frame)
     if cfg.removal.lds:
-        lds.write_lds(paths, cfg.removal, list(cfg.methods), seeds, n_train)
+        def base_targets(seed: int) -> np.ndarray:  # the final model's loss on each target test image
+            data = load_trial_data(cfg, seed)
+            final = learner_from_file(cfg.train, data, paths.params(seed, "final"))
+            return lds.target_losses(final, data, cfg.removal.lds_targets)
+        lds.write_lds(paths, cfg.removal, list(cfg.methods), seeds, n_train, base_targets)
     if cfg.data.label_noise > 0:
         frames = report.collect_detection_frames(paths.root, list(cfg.methods), seeds)
         if frames:

@@ -56,6 +56,7 @@ class RemovalConfig:
     lds_fraction: float = 0.5
     lds_retrain: Optional[str] = None
     lds_seeds: str = "same"
+    lds_targets: int = 0
 
     @property
     def lds_retrain_mode(self) -> str:
@@ -261,6 +262,10 @@ SETTINGS: Tuple[Setting, ...] = (
             "batch order without the left-out samples, what Hara's and this paper's SGD-influence estimate; "
             "fresh: each subset its own initialisation (with full) and batch order, TRAK's and dattri's protocol",
             choices=lambda: ["same", "fresh"], section=LDS),
+    Setting("lds_targets", ("--lds-targets",), "LDS per test image: the first K test images each as its own "
+            "target (every method's influence on that image's loss against its actual change), the LDS the "
+            "mean over them of the per-target Spearman (default 0: the mean validation loss is the one target)",
+            type=nonneg_int, metavar="K", section=LDS),
     Setting("label_noise", ("--label-noise",),
             "flip this fraction of each trial's training labels (seeded, each to another class; "
             "validation and test untouched); influence CSVs get a 'noisy' column and the run "

@@ -59,6 +59,7 @@ class Trial:
     _u: Optional[dict] = None
     _u_stats: Optional[dict] = None
     _artefacts: Dict[str, Trained] = field(default_factory=dict)
+    _stored_target: bool = True  # False: u is this trial's own (``with_validation``), never the stored file
 
     @property
     def settings(self) -> RunSettings:
@@ -98,7 +99,15 @@ class Trial:
         ``u_stats`` for the batch-norm statistics): e.g. one test image's loss, to explain it."""
         return dataclasses.replace(self, _u=u, _u_stats=u_stats)
 
+    def with_validation(self, split) -> Trial:
+        """This trial with ``split`` as its validation set: every estimator that reads the validation
+        loss (through ``u`` or ``data.val``) then explains that set, e.g. one test image (``--lds-targets``)."""
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, val=split), _u=None, _u_stats=None,
+                                   _stored_target=False)
+
     def _load_validation_grad(self) -> None:
+        if not self._stored_target:
+            return
         stored = load_validation_grad(self.paths.validation_grad(self.seed))
         if stored is not None:
             self._u, self._u_stats = stored

@@ -112,3 +112,44 @@ def test_lds_counterfactuals_and_retraining_are_kept_apart(tmp_path):
     assert list(a.kept) == list(b.kept) == [50] * 4             # the same subsets
     assert not np.allclose(a.val_loss, b.val_loss)               # another order: other retrainings
     assert np.isfinite(fresh[["spearman", "pearson"]].to_numpy()).all()
+
+
+def test_per_target_lds_is_the_mean_of_each_test_images_correlation(tmp_path, capsys):
+    """--lds-targets 3: every method scores each of the first 3 test images as its own target; the
+    LDS is the mean over them of the Spearman between predicted and actual change of that image's
+    loss, recomputed here from the files the run keeps."""
+    from scipy import stats
+
+    import eval_sgd_influence as driver
+    from cleansing.cli import run_main
+    from cleansing.influence_csv import read_influence_csv, scores_by_position
+    from datasets import load_dataset
+    out = tmp_path / "run"
+    argv = ["-ds", "digits", "-m", "logreg", "--n-train", "120", "-e", "2", "--no-augment", "-r", "0", "--lds", "6",
+            "--lds-targets", "3", "--methods", "Ours", "Loss", "Random", "-j", "1", "--no-progress", "-o", str(out)]
+    assert run_main(driver.main, argv) == 0
+    table = pd.read_csv(out / "summary" / "lds.csv").set_index("method")
+    assert list(table.index) == ["Ours", "Loss", "Random"] and set(table.targets) == {3}
+    folder = out / "logs" / "lds_seed_0"
+    files = [pd.read_csv(f) for f in sorted((folder / "same-last-epoch-keep0.5-targets3").glob("subset_*.csv"))]
+    kept = lds_subsets(120, 6, 0.5, seed=0)
+    loss = np.array([[f[f"target_{k}"].iloc[0] for k in range(3)] for f in files])
+    ours = pd.read_csv(folder / "targets3" / "Ours.csv").to_numpy()
+    assert ours.shape == (120, 3) and not np.allclose(ours[:, 0], ours[:, 1])  # each image its own scores
+    predicted = (~kept).astype(float) @ ours
+    # the final model's loss is a constant per target: it does not move a rank correlation
+    expected = np.mean([stats.spearmanr(predicted[:, k], loss[:, k])[0] for k in range(3)])
+    assert table.loc["Ours", "spearman"] == pytest.approx(expected)
+    # a ranking that ignores the target scores every image alike
+    same = pd.read_csv(folder / "targets3" / "Loss.csv").to_numpy()
+    main = scores_by_position(read_influence_csv(out / "influence" / "Loss" / "influence_loss_0.csv", 120))
+    assert np.allclose(same[:, 0], main, rtol=1e-12) and np.allclose(same[:, 2], main, rtol=1e-12)
+    # more targets than test images: one line, exit 2
+    n_test = len(load_dataset("digits", 0).test)
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    argv[argv.index("3")] = str(n_test + 1)
+    assert run_main(driver.main, argv[:-1] + [str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --lds-targets {n_test + 1}: there are only {n_test} test images; choose at most {n_test}"]
+    assert not bad.exists()
