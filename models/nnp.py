@@ -591,6 +591,39 @@ class NnpModel(Model):
         if self.spec.input_shape[0] != self.input_shape[0] or len(self.spec.input_shape) != 3:
             raise UserError(f"{where}: the network takes images of shape {self.spec.input_shape}, the data has "
                             f"{self.input_shape}")
+        self.undone = self._undone_input_steps()
+
+    def _undone_input_steps(self) -> int:
+        """How many of the file's first layers exactly undo ``pixels``: a chain of MulScalar/AddScalar
+        from the image input (each output used only by the next) whose composition with the
+        pixel step is the identity on the project's normalised images (to 1e-6; what ``save_model_nnp``
+        writes for a built-in model). ``walk`` then feeds the images to the layer after the chain,
+        so that the file's network computes the built-in model's bits; 0 for any other file."""
+        from common.imagenorm import norm_stats
+        c = self.input_shape[0]
+        if self.spec.input_shape[1:] != self.input_shape[1:]:
+            return 0
+        mean, std = norm_stats(c)
+        k = 255.0 * self.spec.pixel_scale
+        scale = np.asarray(std, np.float64) * k
+        offset = np.asarray(mean, np.float64) * k
+        uses: Dict[str, int] = {}
+        for ins, _ in self.spec.wiring:
+            for n in ins:
+                uses[n] = uses.get(n, 0) + 1
+        name, count = self.spec.input_name, 0
+        for layer, (ins, out) in zip(self.layers, self.spec.wiring):
+            if ins != (name,) or uses.get(name, 0) != 1 or not isinstance(layer, NnpElementwise) \
+                    or layer.fn not in ("MulScalar", "AddScalar"):
+                break
+            if layer.fn == "MulScalar":
+                scale, offset = scale * layer.alpha, offset * layer.alpha
+            else:
+                offset = offset + layer.alpha
+            name, count = out, count + 1
+            if np.all(np.abs(scale - 1.0) < 1e-6) and np.all(np.abs(offset) < 1e-6):
+                return count
+        return 0
 
     @property
     def convolutional(self) -> bool:
@@ -607,9 +640,12 @@ class NnpModel(Model):
     def walk_tangent(self, x: nn.Variable, j) -> Tuple[nn.Variable, Optional[nn.Variable]]:
         """``_Jvp.forward`` (``j``) on the file's graph: each layer's ``jvp(j, h, dh) -> (out, d out)``
         (a merge layer's on the lists of its inputs); the image has no tangent."""
-        env = {self.spec.input_name: (self.pixels(x), None)}
-        for layer, (ins, out) in zip(self.layers, self.spec.wiring):
+        env = {self.spec.input_name: (x if self.undone else self.pixels(x), None)}
+        for i, (layer, (ins, out)) in enumerate(zip(self.layers, self.spec.wiring)):
             pairs = [env[n] for n in ins]
+            if i < self.undone:
+                env[out] = pairs[0]
+                continue
             if isinstance(layer, NnpMerge):
                 env[out] = layer.jvp(j, [h for h, _ in pairs], [d for _, d in pairs])
             else:
@@ -638,12 +674,18 @@ class NnpModel(Model):
             h = F.pad(h, (dh // 2, dh - dh // 2, dw // 2, dw - dw // 2))
         return h
 
-    def walk(self, x: nn.Variable, step: Callable[[Layer, nn.Variable], nn.Variable]) -> nn.Variable:
+    def walk(self, x: nn.Variable, step: Callable[[Layer, nn.Variable], nn.Variable],
+             file_input: bool = False) -> nn.Variable:
         """The class scores of the file's graph on ``x``: ``step(layer, h)`` for each one-input layer in
-        order, merge layers on their inputs."""
-        env = {self.spec.input_name: self.pixels(x)}
-        for layer, (ins, out) in zip(self.layers, self.spec.wiring):
+        order, merge layers on their inputs (``file_input``: ``x`` is already the file's input, its
+        pixel values, and every layer runs: ``save_model_nnp``)."""
+        undone = 0 if file_input else self.undone
+        env = {self.spec.input_name: x if file_input or undone else self.pixels(x)}
+        for i, (layer, (ins, out)) in enumerate(zip(self.layers, self.spec.wiring)):
             hs = [env[n] for n in ins]
+            if i < undone:
+                env[out] = hs[0]
+                continue
             env[out] = layer.merge(hs) if isinstance(layer, NnpMerge) else step(layer, hs[0])
         return env[self.spec.scores_name]
 
@@ -718,3 +760,54 @@ def nnp_fingerprint(path: str, input_shape: Sequence[int], num_classes: int, wei
         h.update(k.encode())
         h.update(np.ascontiguousarray(v, dtype=np.float32).tobytes())
     return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- writing a model
+def _normalise_pixels(x: nn.Variable, params: OrderedDict[str, nn.Variable]) -> nn.Variable:
+    """The project's normalisation (``datasets.to_network_input``) of 0..255 pixel values, as file
+    functions: grey, ``MulScalar(1 / (255 std))`` then ``AddScalar(-mean / std)`` (what
+    ``NnpModel`` recognises as undoing its pixel step); colour, a 1x1 convolution per channel whose
+    fixed parameters ``input_normalization/W``, ``/b`` (need_grad False) hold the scales and offsets."""
+    from common.imagenorm import norm_stats
+    c = x.shape[1]
+    mean, std = (np.asarray(v, np.float64) for v in norm_stats(c))
+    if c == 1:
+        return F.add_scalar(F.mul_scalar(x, float(1.0 / (255.0 * std[0]))), float(-mean[0] / std[0]))
+    W = nn.Variable.from_numpy_array((1.0 / (255.0 * std)).astype(np.float32).reshape(c, 1, 1, 1), need_grad=False)
+    b = nn.Variable.from_numpy_array((-mean / std).astype(np.float32), need_grad=False)
+    params["input_normalization/W"], params["input_normalization/b"] = W, b
+    return F.convolution(x, W, b, group=c)
+
+
+def save_model_nnp(path, model: Model, params: Mapping[str, nn.Variable]) -> None:
+    """Write ``model`` with ``params`` (inference mode: batch norm on its running statistics) to the
+    ``.nnp`` file ``path`` with ``nnabla.utils.save.save``, atomically: one network ``runtime`` and an
+    executor of it, input ``x`` (the images' 0..255 pixel values, ``no_image_normalization``; an .nnp
+    network read by this project: its own input and setting), output ``y`` (the softmax of the class
+    scores). ``nnabla.utils.nnp_graph.NnpLoader`` runs it as NNC's runtime does; ``-m path`` reads it
+    back (for a built-in grey model exactly: see ``NnpModel._undone_input_steps``)."""
+    from nnabla.utils.save import save
+
+    from common.fileio import atomic_path
+    scope: OrderedDict[str, nn.Variable] = OrderedDict()
+    for k, v in params.items():
+        scope[k] = nn.Variable.from_numpy_array(np.array(v.d, dtype=np.float32), need_grad=v.need_grad)
+    x = nn.Variable((1,) + tuple(model.input_shape))
+    raw = True
+    with nn.auto_forward(False):
+        if isinstance(model, NnpModel):
+            x = nn.Variable((1,) + tuple(model.spec.input_shape))
+            p = Pass(scope, False, None, scope, None, None)
+            scores = model.walk(x, lambda layer, h: layer.forward(h, p), file_input=True)
+            raw = model.spec.pixel_scale == 1.0
+        else:
+            extra: OrderedDict[str, nn.Variable] = OrderedDict()
+            h = _normalise_pixels(x, extra)
+            scores = model.logits(h, scope, False)
+            scope.update(extra)
+        y = F.softmax(scores)
+    contents = {"networks": [{"name": "runtime", "batch_size": 1, "outputs": {"y": y}, "names": {"x": x}}],
+                "executors": [{"name": "runtime", "network": "runtime", "data": ["x"], "output": ["y"],
+                               "no_image_normalization": raw}]}
+    with atomic_path(path) as tmp, nn.parameter_scope("", scope):
+        save(str(tmp), contents)
