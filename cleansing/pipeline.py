@@ -35,7 +35,7 @@ from .folder import OutputFolder, prepare_output
 from .graph import Task, Timing, run_dask, run_sequential
 from .influence_csv import influence_frame, read_influence_csv, scores_by_position, write_influence_csv
 from .paths import RunPaths
-from .retrain import SCORE_COLUMNS, read_score_csv, removal_mask, retrain_scores
+from .retrain import SCORE_COLUMNS, read_score_csv, removal_mask, retrain_scores, save_learner_nnp
 from .trace import load_trace
 from .train import (
     evaluate_head_epoch,
@@ -206,6 +206,7 @@ def train_task(plan: Plan, seed: int):
     steps = any(e.needs_step_params for e in plan.estimators)
     steps_last = -(-len(data.train) // cfg.train.batch_size)
     if training_complete(paths, seed, steps, steps_last):
+        save_final_nnp(plan, paths, data, seed)
         return len(data.train), []
     t0 = time.time()
     train_last_epoch(cfg.train, data, paths, seed, save_hara=steps, show_progress=cfg.runtime.show_progress,
@@ -216,7 +217,14 @@ def train_task(plan: Plan, seed: int):
         # baseline task's evaluation of the same parameters on the same data would repeat them exactly
         last = read_csv_exact(paths.train_log(seed)).iloc[-1]
         write_csv_atomic(base, pd.DataFrame([{k: float(last[k]) for k in SCORE_COLUMNS}], columns=SCORE_COLUMNS))
+    save_final_nnp(plan, paths, data, seed)
     return len(data.train), [(seed, "train", "last_epoch", time.time() - t0)]
+
+
+def save_final_nnp(plan: Plan, paths: RunPaths, data, seed: int) -> None:
+    """With ``--save-nnp``: ``weights/seed_NN/final.nnp``, the trained model, unless it exists."""
+    if plan.cfg.reports.save_nnp and not paths.final_nnp(seed).is_file():
+        save_learner_nnp(paths.final_nnp(seed), learner_from_file(plan.cfg.train, data, paths.params(seed, "final")))
 
 
 def discard_training(plan: Plan, seed: int) -> None:
@@ -402,7 +410,8 @@ def retrain_task(plan: Plan, seed: int, name: str, n: int):
     cfg = plan.cfg
     paths = RunPaths(cfg.out)
     out = paths.score_csv(name, n, seed)
-    if out.is_file():
+    model_file = paths.retrained_nnp(name, n, seed) if cfg.reports.save_nnp and n > 0 else None
+    if out.is_file() and (model_file is None or model_file.is_file()):
         return None, []
     if n == 0:
         write_csv_atomic(out, read_score_csv(paths.score_csv(analysis.NO_REMOVAL, 0, seed)))
@@ -411,8 +420,12 @@ def retrain_task(plan: Plan, seed: int, name: str, n: int):
     data = load_trial_data(cfg, seed)
     trace = load_trace(paths.trace(seed), len(data.train))
     order = read_influence_csv(paths.influence_csv(name, seed), len(data.train))["datasource_index"].to_numpy()
+    # the model is written before the scores: a run stopped between them redoes this retraining
     rows = retrain_scores(cfg.train, data, paths, seed, trace, removal_mask(len(data.train), order, n),
-                          cfg.removal.retrain_all)
+                          cfg.removal.retrain_all,
+                          keep=None if model_file is None else lambda learner: save_learner_nnp(model_file, learner))
+    if out.is_file():  # --save-nnp added to a finished run: the same retraining, for its model only
+        return None, [(seed, f"eval_n{n}", name, time.time() - t0)]
     write_csv_atomic(out, pd.DataFrame(rows, columns=SCORE_COLUMNS))
     return None, [(seed, f"eval_n{n}", name, time.time() - t0)]
 
