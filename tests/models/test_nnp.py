@@ -633,3 +633,6 @@ def test_save_nnp_writes_the_trained_and_retrained_models(tmp_path):
     for f in (final, retrained):
         assert (out2 / f.relative_to(out)).is_file()
     assert (out2 / score.relative_to(out)).read_bytes() == before
+    # an owned kind: --overwrite after a changed test set removes the retrained model with its scores
+    assert run_main(driver.main, argv[:-1] + [str(out2), "--n-test", "8", "--overwrite"]) == 0
+    assert (out2 / final.relative_to(out)).is_file() and not (out2 / retrained.relative_to(out)).exists()
