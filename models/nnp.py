@@ -47,7 +47,18 @@ import numpy as np
 
 from common.errors import UserError
 
-from .networks import BN_DECAY, MODEL_FILES, Layer, Model, Pass, Tangent, Tap, _batch_norm, batch_standardize
+from .networks import (
+    BN_DECAY,
+    MODEL_FILES,
+    Layer,
+    Model,
+    Pass,
+    Tangent,
+    Tap,
+    _batch_norm,
+    _masked,
+    batch_standardize,
+)
 
 #: functions that end the class scores: losses and (log-)softmax; the project adds its own loss
 TERMINAL = frozenset({"Softmax", "LogSoftmax", "SoftmaxCrossEntropy", "CategoricalCrossEntropy",
@@ -368,6 +379,9 @@ class NnpSpec:
     parameters: Mapping[str, np.ndarray] = field(repr=False, compare=False, hash=False)
     #: number of dimensions of every variable of the network (batch included)
     ranks: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False, hash=False)
+    #: turn-over dropout's mask point: the variable that enters the last Affine layer, and its
+    #: channels (or units); None where the network has no Affine layer
+    mask_point: Optional[Tuple[str, int]] = None
 
 
 def _dims(msg) -> Tuple[int, ...]:
@@ -538,8 +552,17 @@ def read_nnp(path: str) -> NnpSpec:
         raise UserError(f"{where}: the class scores {scores_name} have shape {scores}; they must be (batch, classes)")
     raw = any(e.no_image_normalization for e in proto.executor) or any(d.no_image_normalization
                                                                         for d in proto.dataset)
+    affine_inputs = [ins[0] for layer, (ins, _) in zip(layers, wiring) if isinstance(layer, NnpAffine)]
+    point = (affine_inputs[-1], int(shapes[affine_inputs[-1]][1])) if affine_inputs else None
     return NnpSpec(os.path.abspath(path), net_name, image, input_shape, scores_name, int(scores[1]), tuple(layers),
-                   tuple(wiring), 1.0 if raw else 1.0 / 255.0, params, {k: len(v) for k, v in shapes.items()})
+                   tuple(wiring), 1.0 if raw else 1.0 / 255.0, params, {k: len(v) for k, v in shapes.items()}, point)
+
+
+def nnp_mask_points(path: str) -> Tuple[str, ...]:
+    """Turn-over dropout's mask points of the .nnp network at ``path``: the input of its last Affine
+    layer (named by the file's variable), or none."""
+    point = nnp_spec(str(path)).mask_point
+    return (point[0],) if point else ()
 
 
 def nnp_image_size(model: str) -> Optional[Tuple[int, int]]:
@@ -573,11 +596,14 @@ class NnpModel(Model):
     fused pulled-back step) where ``forward_mode`` holds; otherwise (batch norm after an affine
     layer, overlapping max pooling) the generic ones: double backward and the tangent copy of the
     linear layers ('eps'). Its linear layers and batch norms are EK-FAC's and TracIn's layer taps
-    (``models.per_sample``: 2-D convolutions of one group, layers with a bias). No turn-over dropout
-    mask points.
+    (``models.per_sample``: 2-D convolutions of one group, layers with a bias). Turn-over dropout's
+    one mask point is the input of the last Affine layer (``NnpSpec.mask_point``; per channel of a
+    feature map, as cnn6's ``block3``, or per unit); the network is a graph, not a layer chain
+    (``chain`` False), so turn-over dropout runs it whole instead of split at the point.
     """
 
     has_tangent = True
+    chain = False
 
     def __init__(self, path: str, input_shape: Sequence[int], num_classes: int):
         super().__init__(input_shape, num_classes)
@@ -592,6 +618,16 @@ class NnpModel(Model):
             raise UserError(f"{where}: the network takes images of shape {self.spec.input_shape}, the data has "
                             f"{self.input_shape}")
         self.undone = self._undone_input_steps()
+        point = self.spec.mask_point
+        self.mask_points = (point[0],) if point else ()
+        self._mask_shapes = {point[0]: point[1]} if point else {}
+
+    def mask_shapes(self) -> Dict[str, int]:
+        """Channels (or units) of the mask point."""
+        return dict(self._mask_shapes)
+
+    def split(self, point: str):
+        raise ValueError(f"{self.spec.path}: an .nnp network is not split at its mask point (chain is False)")
 
     def _undone_input_steps(self) -> int:
         """How many of the file's first layers exactly undo ``pixels``: a chain of MulScalar/AddScalar
@@ -675,18 +711,23 @@ class NnpModel(Model):
         return h
 
     def walk(self, x: nn.Variable, step: Callable[[Layer, nn.Variable], nn.Variable],
-             file_input: bool = False) -> nn.Variable:
+             file_input: bool = False, masks: Optional[Mapping[str, nn.Variable]] = None) -> nn.Variable:
         """The class scores of the file's graph on ``x``: ``step(layer, h)`` for each one-input layer in
         order, merge layers on their inputs (``file_input``: ``x`` is already the file's input, its
-        pixel values, and every layer runs: ``save_model_nnp``)."""
+        pixel values, and every layer runs: ``save_model_nnp``); ``masks`` (B, channels) multiply the
+        variables they name (turn-over dropout)."""
         undone = 0 if file_input else self.undone
         env = {self.spec.input_name: x if file_input or undone else self.pixels(x)}
+        if masks:
+            env[self.spec.input_name] = _masked(env[self.spec.input_name], masks, self.spec.input_name)
         for i, (layer, (ins, out)) in enumerate(zip(self.layers, self.spec.wiring)):
             hs = [env[n] for n in ins]
             if i < undone:
                 env[out] = hs[0]
-                continue
-            env[out] = layer.merge(hs) if isinstance(layer, NnpMerge) else step(layer, hs[0])
+            else:
+                env[out] = layer.merge(hs) if isinstance(layer, NnpMerge) else step(layer, hs[0])
+            if masks:
+                env[out] = _masked(env[out], masks, out)
         return env[self.spec.scores_name]
 
     def _create(self, x, rng) -> None:
@@ -695,8 +736,10 @@ class NnpModel(Model):
             raise UserError(f"{self.spec.path}: the network gives scores of shape {tuple(h.shape)}")
 
     def logits(self, x, params, train, tangent=None, stats=None, masks=None, row_weights=None, taps=None):
-        if masks:
-            raise UserError(f"{self.spec.path}: an .nnp network has no turn-over dropout mask points")
+        unknown = [k for k in masks or () if k not in self._mask_shapes]  # turn-over dropout's masks
+        if unknown:
+            raise UserError(f"{self.spec.path}: {unknown[0]} is not a turn-over dropout mask point of the network "
+                            f"(it has {', '.join(self.mask_points) or 'none'})")
         p = Pass(params, train, tangent, params if stats is None else stats, None, row_weights)
 
         def step(layer, h):
@@ -704,7 +747,7 @@ class NnpModel(Model):
             if taps is not None and isinstance(layer, (NnpConv, NnpAffine, NnpBatchNorm)):
                 taps.append(Tap(layer, h, out))
             return out
-        return self.walk(x, step)
+        return self.walk(x, step, masks=masks)
 
     def batch_statistics(self, x: nn.Variable, params: Mapping[str, nn.Variable], stats: Mapping[str, nn.Variable],
                          weights: nn.Variable) -> List[Tuple[str, nn.Variable, nn.Variable]]:

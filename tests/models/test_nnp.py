@@ -395,8 +395,15 @@ def test_layer_taps_give_each_rows_gradient(tmp_path, digits, build):
     close(norms, [sum(np.square(g[k]).sum() for k in g) for g in rows])
 
 
-def test_ekfac_runs_and_turnover_dropout_refuses_in_one_line(tmp_path, capsys):
-    """EK-FAC on the LeNet's 5x5 convolutions; turn-over dropout needs mask points: one line, exit 2."""
+def conv_only(x):
+    """No Affine layer: a convolution to the classes' maps, averaged."""
+    h = F.mul_scalar(x, 1.0 / 255.0)
+    return F.reshape(F.global_average_pooling(PF.convolution(h, 10, (3, 3), name="c")), (x.shape[0], 10))
+
+
+def test_ekfac_and_turnover_dropout_run(tmp_path, capsys):
+    """EK-FAC on the LeNet's 5x5 convolutions; turn-over dropout masks the input of its last Affine
+    layer; a network without Affine layer has no mask point: one line, exit 2."""
     import eval_influence_functions as if_driver
     import eval_turnover_dropout as td_driver
     from cleansing.cli import run_main
@@ -408,9 +415,52 @@ def test_ekfac_runs_and_turnover_dropout_refuses_in_one_line(tmp_path, capsys):
     assert run_main(if_driver.main, common + ["-o", str(out), "--methods", EKFAC]) == 0
     frame = pd.read_csv(next((out / "influence" / EKFAC).glob("influence_*_0.csv")))
     assert len(frame) == 32 and np.isfinite(frame.influence).all()
+    import json
+
+    from turnover_dropout import NAME
+    out = tmp_path / "b"
+    assert run_main(td_driver.main, common + ["-o", str(out)]) == 0
+    frame = pd.read_csv(next((out / "influence" / NAME).glob("influence_*_0.csv")))
+    assert len(frame) == 32 and np.isfinite(frame.influence).all() and frame.influence.std() > 0
+    assert json.loads((out / "manifest.json").read_text())["td_layers"] == list(build_model(
+        str(path), (1, 28, 28), 10).mask_points)
     capsys.readouterr()
-    assert run_main(td_driver.main, common + ["-o", str(tmp_path / "b")]) == 2
+    other = save_nnp(tmp_path / "conv_only.nnp", conv_only)
+    common[1] = str(other)
+    assert run_main(td_driver.main, common + ["-o", str(tmp_path / "c")]) == 2
     assert "turn-over dropout" in capsys.readouterr().err
+
+
+def test_turnover_mask_point_is_the_last_affine_layers_input(tmp_path, digits):
+    """The LeNet's mask point: the 16 units entering fc4; ones change nothing, zeros leave fc4's bias,
+    a unit's zero equals zeroing its row of fc4's weight."""
+    path = save_nnp(tmp_path / "lenet.nnp", lenet)
+    data = load_dataset("digits", 0, n_train=40, n_val=8, n_test=8, image_size=(28, 28))
+    model = build_model(str(path), data.image_shape, 10)
+    (point,) = model.mask_points
+    assert model.mask_shapes() == {point: 16}
+    params = model.create_parameters(np.random.RandomState(0))
+    load_file_parameters(model, params)
+    x = nn.Variable.from_numpy_array(to_network_input(data.test.images[:4], data.mean, data.std))
+
+    def run(mask, p=params):
+        out = model.logits(x, p, False, masks={point: nn.Variable.from_numpy_array(mask)})
+        out.forward()
+        return out.d.copy()
+    plain = model.logits(x, params, False)
+    plain.forward()
+    np.testing.assert_array_equal(run(np.ones((4, 16), np.float32)), plain.d)
+    np.testing.assert_allclose(run(np.zeros((4, 16), np.float32)), np.tile(params["fc4/affine/b"].d, (4, 1)),
+                               atol=1e-6)
+    mask = np.ones((4, 16), np.float32)
+    mask[:, 3] = 0
+    cut = OrderedDict((k, nn.Variable.from_numpy_array(v.d.copy())) for k, v in params.items())
+    cut["fc4/affine/W"].d[3] = 0
+    out = model.logits(x, cut, False)
+    out.forward()
+    np.testing.assert_allclose(run(mask), out.d, rtol=1e-6, atol=1e-6)
+    with pytest.raises(UserError, match="mask point"):
+        model.logits(x, params, False, masks={"nowhere": nn.Variable((4, 16))})
 
 
 def test_nnp_weights_start_from_the_files_parameters(tmp_path, digits, capsys):
