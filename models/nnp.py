@@ -26,6 +26,14 @@ path gives every model the images normalised by ``common.imagenorm.norm_stats``
 another size (a model built by hand on other data) are centre-cropped or zero-padded to the file's.
 Channels must match the file's.
 
+Where the file's first functions are MulScalar/AddScalar that exactly undo that step (to 1e-6; the
+files ``save_model_nnp`` writes for the built-in grey models), the pair and the step are both
+skipped, so that such a file computes the built-in model's very bits (``-m cnn6.nnp --nnp-weights``
+gives ``-m cnn6``'s CSVs byte for byte; computed, their float rounding would not).
+
+Output: ``save_model_nnp`` writes a built-in or .nnp-read model and its parameters as an ``.nnp``
+with a runtime executor (``--save-nnp``), for NNC and nnabla's ``NnpLoader``.
+
 Parameters: re-created per trial seed from the file's shapes with the initialisers nnabla's
 parametric functions use by default (Glorot-uniform weights, zero biases, batch norm beta 0, gamma
 1, mean 0, var 1), in the file's order; ``load_file_parameters`` copies the file's own values.
