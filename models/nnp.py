@@ -849,7 +849,16 @@ def save_model_nnp(path, model: Model, params: Mapping[str, nn.Variable]) -> Non
         if isinstance(model, NnpModel):
             x = nn.Variable((1,) + tuple(model.spec.input_shape))
             p = Pass(scope, False, None, scope, None, None)
-            scores = model.walk(x, lambda layer, h: layer.forward(h, p), file_input=True)
+
+            def step(layer: Layer, h: nn.Variable) -> nn.Variable:
+                if isinstance(layer, NnpBatchNorm) and len(h.shape) == 2:  # on the file's own parameters
+                    return F.batch_normalization(h, *(scope[k] for k in (layer.beta, layer.gamma, layer.mean,
+                                                                         layer.var)),
+                                                 axes=[1], decay_rate=BN_DECAY, eps=1e-5, batch_stat=False)
+                if isinstance(layer, NnpPool) and layer.mode == "global":  # not Mean: a loss to the reader
+                    return F.global_average_pooling(h)
+                return layer.forward(h, p)
+            scores = model.walk(x, step, file_input=True)
             raw = model.spec.pixel_scale == 1.0
         else:
             extra: OrderedDict[str, nn.Variable] = OrderedDict()

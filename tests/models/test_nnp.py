@@ -577,7 +577,7 @@ def test_tangent_rules_against_finite_differences(tmp_path, digits, build):
 
 
 # ---------------------------------------------------------------------- .nnp out (--save-nnp)
-@pytest.mark.parametrize("name", ["cnn6", "mlp", "logreg", "lenet"])
+@pytest.mark.parametrize("name", ["cnn6", "mlp", "logreg", "lenet", "zoo", "graph"])
 def test_saved_nnp_gives_the_models_scores(tmp_path, digits, name):
     """``save_model_nnp``: nnabla's own forward of the written file (0..255 pixel values) gives the
     model's class scores (inference mode: batch norm on running statistics); read back by ``-m``, a
@@ -585,8 +585,9 @@ def test_saved_nnp_gives_the_models_scores(tmp_path, digits, name):
     import nnabla.functions as F
 
     from models.nnp import save_model_nnp
-    if name == "lenet":
-        model = build_model(str(save_nnp(tmp_path / "lenet.nnp", lenet)), digits.image_shape, 10)
+    if name in ("lenet", "zoo", "graph"):  # .nnp-read networks (zoo: batch norm after an affine layer)
+        build = {"lenet": lenet, "zoo": zoo, "graph": graph}[name]
+        model = build_model(str(save_nnp(tmp_path / f"{name}.nnp", build)), digits.image_shape, 10)
         data = load_dataset("digits", 0, n_train=40, n_val=8, n_test=8, image_size=(28, 28))
     else:
         model, data = build_model(name, digits.image_shape, 10), digits
@@ -615,11 +616,41 @@ def test_saved_nnp_gives_the_models_scores(tmp_path, digits, name):
     assert list(back_params) == list(params)
     out = back.logits(x, back_params, False)
     out.forward()
-    if name == "lenet":  # the file's own input step, as before
+    if isinstance(model, NnpModel):  # the file's own input step, as before
         np.testing.assert_allclose(out.d, logits.d, rtol=1e-6, atol=1e-6)
     else:
         assert back.undone == 2
         np.testing.assert_array_equal(out.d, logits.d)
+
+
+def test_saved_colour_model_normalises_per_channel(tmp_path):
+    """A colour built-in model's file: the per-channel normalisation as a fixed 1x1 convolution; nnabla's
+    forward of it gives the model's scores; read back, the same scores to float rounding."""
+    import nnabla.functions as F
+
+    from common.imagenorm import norm_stats
+    from models.nnp import save_model_nnp
+    model = build_model("cnn6", (3, 32, 32), 10)
+    params = model.create_parameters(np.random.RandomState(0))
+    path = tmp_path / "colour.nnp"
+    save_model_nnp(path, model, params)
+    images = np.random.RandomState(1).randint(0, 256, (4, 3, 32, 32)).astype(np.uint8)
+    x = nn.Variable.from_numpy_array(to_network_input(images, *norm_stats(3)))
+    logits = model.logits(x, params, False)
+    probs = F.softmax(logits)
+    probs.forward()
+    from nnabla.utils.nnp_graph import NnpLoader
+    net = NnpLoader(str(path)).get_network("runtime", batch_size=4)
+    net.inputs["x"].d = images.astype(np.float32)
+    net.outputs["y"].forward()
+    np.testing.assert_allclose(net.outputs["y"].d, probs.d, rtol=0, atol=1e-6)
+    back = build_model(str(path), (3, 32, 32), 10)
+    back_params = back.create_parameters(np.random.RandomState(0))
+    load_file_parameters(back, back_params)
+    assert list(back_params)[:2] == ["input_normalization/W", "input_normalization/b"]
+    out = back.logits(x, back_params, False)
+    out.forward()
+    np.testing.assert_allclose(out.d, logits.d, rtol=1e-5, atol=1e-5)
 
 
 def test_cnn6_round_trip_through_an_nnp_is_byte_identical(tmp_path):
