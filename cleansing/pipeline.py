@@ -26,6 +26,7 @@ import pandas as pd
 from common.errors import UserError
 from common.figures import save_figure
 from common.fileio import read_csv_exact, write_csv_atomic
+from datasets import DataBundle
 
 from . import analyze as analysis, lds, report
 from .config import RunConfig, check_settings
@@ -206,7 +207,6 @@ def train_task(plan: Plan, seed: int):
     steps = any(e.needs_step_params for e in plan.estimators)
     steps_last = -(-len(data.train) // cfg.train.batch_size)
     if training_complete(paths, seed, steps, steps_last):
-        save_final_nnp(plan, paths, data, seed)
         return len(data.train), []
     t0 = time.time()
     train_last_epoch(cfg.train, data, paths, seed, save_hara=steps, show_progress=cfg.runtime.show_progress,
@@ -217,14 +217,7 @@ def train_task(plan: Plan, seed: int):
         # baseline task's evaluation of the same parameters on the same data would repeat them exactly
         last = read_csv_exact(paths.train_log(seed)).iloc[-1]
         write_csv_atomic(base, pd.DataFrame([{k: float(last[k]) for k in SCORE_COLUMNS}], columns=SCORE_COLUMNS))
-    save_final_nnp(plan, paths, data, seed)
     return len(data.train), [(seed, "train", "last_epoch", time.time() - t0)]
-
-
-def save_final_nnp(plan: Plan, paths: RunPaths, data, seed: int) -> None:
-    """With ``--save-nnp``: ``weights/seed_NN/final.nnp``, the trained model, unless it exists."""
-    if plan.cfg.reports.save_nnp and not paths.final_nnp(seed).is_file():
-        save_learner_nnp(paths.final_nnp(seed), learner_from_file(plan.cfg.train, data, paths.params(seed, "final")))
 
 
 def discard_training(plan: Plan, seed: int) -> None:
@@ -294,11 +287,21 @@ def _frames(cfg: RunConfig, seed: int, n_train: int) -> Dict[str, pd.DataFrame]:
     return {m: read_influence_csv(paths.influence_csv(m, seed), n_train) for m in cfg.methods}
 
 
+def save_final_nnp(plan: Plan, data: DataBundle, seed: int) -> None:
+    """With ``--save-nnp``: ``weights/seed_NN/final.nnp``, the trained model, unless it exists (a
+    report of the trial, not part of its training: a failed write never discards the training)."""
+    paths = RunPaths(plan.cfg.out)
+    if plan.cfg.reports.save_nnp and not paths.final_nnp(seed).is_file():
+        save_learner_nnp(paths.final_nnp(seed), learner_from_file(plan.cfg.train, data, paths.params(seed, "final")))
+
+
 def trial_reports_task(plan: Plan, seed: int):
-    """Galleries, cleansed datasets and error explanations of trial ``seed``."""
+    """Galleries, cleansed datasets, error explanations and (``--save-nnp``) the trained model as an
+    .nnp of trial ``seed``."""
     cfg = plan.cfg
     trial = trial_context(cfg, seed)
     n_train = len(trial.data.train)
+    save_final_nnp(plan, trial.data, seed)
     write_trial_reports(trial, _frames(cfg, seed, n_train), check_cleanse(cfg, n_train),
                         [e.name for e in plan.estimators if e.control])
     timings = []
@@ -480,7 +483,7 @@ def build_graph(plan: Plan, seeds: Sequence[int], n_train: Optional[int] = None)
     * ``artefact``         per trial and artefact an estimator declares (a turn-over-dropout network);
     * ``estimate``         per trial and estimator: the influence CSV, after the artefacts it reads
                            and the estimators whose scores it reuses (``Estimator.after``);
-    * ``trial-reports``    per trial: galleries, cleansed datasets, error explanations;
+    * ``trial-reports``    per trial: galleries, cleansed datasets, error explanations, ``final.nnp``;
     * ``validate``         per trial and repeat of the leave-one-out truth, then ``validate-pairs``;
     * ``baseline``         per trial: the scores without removal ("No_Removal"): the final model's, after
                            ``train`` (retraining with nothing removed replays the last epoch exactly);
