@@ -717,3 +717,21 @@ def test_save_nnp_writes_the_trained_and_retrained_models(tmp_path):
     # an owned kind: --overwrite after a changed test set removes the retrained model with its scores
     assert run_main(driver.main, argv[:-1] + [str(out2), "--n-test", "8", "--overwrite"]) == 0
     assert (out2 / final.relative_to(out)).is_file() and not (out2 / retrained.relative_to(out)).exists()
+
+
+def test_a_failed_nnp_write_leaves_nothing(tmp_path, monkeypatch):
+    """``save_model_nnp`` writes under a temporary name in the same folder: a writer failing halfway
+    leaves neither the file nor the temporary."""
+    import nnabla.utils.save as nnabla_save
+
+    from models.nnp import save_model_nnp
+
+    def broken(path, contents, **kwargs):
+        with open(path, "wb") as fh:
+            fh.write(b"PK half")
+        raise OSError("disk gone")
+    monkeypatch.setattr(nnabla_save, "save", broken)
+    model = build_model("logreg", (1, 32, 32), 10)
+    with pytest.raises(OSError, match="disk gone"):
+        save_model_nnp(tmp_path / "m.nnp", model, model.create_parameters(np.random.RandomState(0)))
+    assert list(tmp_path.iterdir()) == []
