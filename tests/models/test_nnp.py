@@ -674,6 +674,13 @@ def test_cnn6_round_trip_through_an_nnp_is_byte_identical(tmp_path):
     assert len(files) == 3 + 2 * 3 + 1
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    # without --nnp-weights too: the file's shapes, in the file's order, draw cnn6's own initial values
+    back = build_model(str(path), data.image_shape, data.num_classes)
+    for seed in (0, 1, 2):
+        mine, theirs = (m.create_parameters(np.random.RandomState(seed)) for m in (model, back))
+        assert list(mine) == list(theirs)
+        for k, v in mine.items():
+            np.testing.assert_array_equal(v.d, theirs[k].d)
 
 
 def test_save_nnp_writes_the_trained_and_retrained_models(tmp_path):
