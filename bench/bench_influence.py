@@ -1,5 +1,9 @@
 """Benchmark of the influence stage (cnn6, 5,000 MNIST samples, batch 32): `make bench`.
 
+Beside cnn6, NNC's LeNet template read from an .nnp file (``write_lenet_nnp``, 28x28): its training
+epoch, mini-batch products (forward-mode and fused against double backward) and Ours/Hara, as rows
+``lenet_*`` in epochs of its own training (the fast paths reach .nnp networks).
+
 Each measurement runs in its own subprocess (`--task NAME`), which reports its seconds and its
 peak resident memory (ru_maxrss); the parent prints a table and writes bench/results.json.
 Ratios are to one training epoch measured in the same run (the machine is shared: only ratios
@@ -35,15 +39,47 @@ WORK = Path(os.environ.get("BENCH_WORK", "/tmp/bench_influence_work"))
 BATCH, LR = 32, 0.05
 
 
-def _setup(n_train, n_val=1000):
+#: the networks measured: cnn6 (built in, 32x32) and an NNC-style LeNet read from an .nnp file
+#: (``write_lenet_nnp``; 28x28), whose tasks are named ``lenet_<task>``
+NETS = ("cnn6", "lenet")
+LENET_TASKS = ("train", "hvp", "ours", "ours_ref", "hara")
+
+
+def write_lenet_nnp(path: Path) -> None:
+    """NNC's LeNet template as an .nnp (``nnabla.utils.save``): 28x28 pixel values (no image
+    normalisation), MulScalar 1/255, Convolution 16 maps 5x5 unpadded, MaxPooling 2, Tanh, Convolution
+    30 maps 5x5, MaxPooling 2, Tanh, Affine 150, Tanh, Affine 10, Softmax."""
+    from collections import OrderedDict
+
+    import nnabla as nn
+    import nnabla.functions as F
+    import nnabla.parametric_functions as PF
+    from nnabla.utils.save import save
+    scope: OrderedDict = OrderedDict()
+    with nn.parameter_scope("", scope):
+        x = nn.Variable((1, 1, 28, 28))
+        h = F.mul_scalar(x, 1.0 / 255.0)
+        h = F.tanh(F.max_pooling(PF.convolution(h, 16, (5, 5), name="Convolution"), (2, 2)))
+        h = F.tanh(F.max_pooling(PF.convolution(h, 30, (5, 5), name="Convolution_2"), (2, 2)))
+        h = F.tanh(PF.affine(h, 150, name="Affine"))
+        y = F.softmax(PF.affine(h, 10, name="Affine_2"))
+        save(str(path), {"networks": [{"name": "runtime", "batch_size": 1, "outputs": {"y": y}, "names": {"x": x}}],
+                         "executors": [{"name": "runtime", "network": "runtime", "data": ["x"], "output": ["y"],
+                                        "no_image_normalization": True}]})
+
+
+def _setup(n_train, n_val=1000, net="cnn6"):
     import logging
     logging.getLogger("nnabla").setLevel(logging.WARNING)
     from cleansing.paths import RunPaths
     from cleansing.train import TrainConfig
     from datasets import load_dataset
-    data = load_dataset("mnist", 0, data_dir=str(MNIST), n_train=n_train, n_val=n_val, n_test=1000)
-    cfg = TrainConfig(model="cnn6", epochs=1, batch_size=BATCH, lr=LR, augment=True)
-    return data, cfg, RunPaths(WORK)
+    from models.nnp import nnp_image_size
+    model = "cnn6" if net == "cnn6" else str(WORK / f"{net}.nnp")
+    data = load_dataset("mnist", 0, data_dir=str(MNIST), n_train=n_train, n_val=n_val, n_test=1000,
+                        image_size=nnp_image_size(model))
+    cfg = TrainConfig(model=model, epochs=1, batch_size=BATCH, lr=LR, augment=True)
+    return data, cfg, RunPaths(WORK if net == "cnn6" else WORK / net)
 
 
 def task(name: str, args) -> dict:
@@ -56,6 +92,9 @@ def task(name: str, args) -> dict:
     from models.autodiff import vdot, vnorm
     from sgd_influence.infl import sgd_influence
     out = {}
+    net = "cnn6"
+    if name.startswith("lenet_"):
+        net, name = "lenet", name[len("lenet_"):]
     if name == "full_mnist_memory":  # peak memory of Ours' stage on all 50,000 training samples
         from cleansing.trace import make_schedule
         from cleansing.train import new_learner
@@ -91,7 +130,8 @@ def task(name: str, args) -> dict:
                    influence_seconds=time.perf_counter() - t0,
                    **{f"{k}_seconds": v for k, v in info.seconds.items()})
         return out
-    data, cfg, paths = _setup(args.n_train)
+    data, cfg, paths = _setup(args.n_train, net=net)
+    work = paths.root
     if name == "train":  # one epoch with the trace and Hara's cache (also prepares the others)
         t0 = time.perf_counter()
         train_with_trace(cfg, data, paths, 0, save_hara=True, show_progress=False)
@@ -173,7 +213,7 @@ def task(name: str, args) -> dict:
         full = sec if n >= len(steps) else first + sec / n * (len(steps) - 1)
         out.update(steps_run=n, steps_epoch=len(steps), first_step_seconds=first, per_step_seconds=sec / n,
                    seconds=full)
-        np.save(WORK / f"infl_{name}.npy", infl)
+        np.save(work / f"infl_{name}.npy", infl)
         return out
     if name == "ekfac":
         from influence_functions.ekfac import EkfacOptions, ekfac_influence
@@ -248,9 +288,13 @@ def main():
     WORK.mkdir(parents=True)
     skip = set(filter(None, args.skip.split(",")))
     R = {}
-    print(f"bench: cnn6, {args.n_train} MNIST samples, batch {BATCH}; one process per task", flush=True)
-    for name in ("train", "products", "hvp", "ours", "ours_ref", "hara", "hara_ref", "ekfac", "minres",
-                 "full_mnist_memory", "ekfac_full_mnist_memory"):
+    print(f"bench: cnn6 and an NNC LeNet (.nnp), {args.n_train} MNIST samples, batch {BATCH}; one process per task",
+          flush=True)
+    tasks = ["train", "products", "hvp", "ours", "ours_ref", "hara", "hara_ref", "ekfac", "minres",
+             "full_mnist_memory", "ekfac_full_mnist_memory"] + [f"lenet_{t}" for t in LENET_TASKS]
+    if not all(t in skip for t in tasks if t.startswith("lenet_")):
+        write_lenet_nnp(WORK / "lenet.nnp")
+    for name in tasks:
         if name not in skip:
             R[name] = run_task(name, args)
     import numpy as np
@@ -285,6 +329,28 @@ def main():
                 b = np.load(WORK / f"infl_{name}_ref.npy")
                 extra["max_rel_diff_vs_ref"] = float(np.abs(a - b).max() / np.abs(b).max())
             row(f"influence_{name}", r["seconds"], **extra)
+    if "lenet_train" in R:  # the LeNet read from an .nnp: ratios to its own training epoch
+        lenet_epoch = R["lenet_train"]["seconds"]
+
+        def lenet_row(key, seconds, **extra):
+            rows[f"lenet_{key}"] = {"seconds": round(seconds, 3), "epochs": round(seconds / lenet_epoch, 3), **extra}
+        lenet_row("train_epoch", lenet_epoch, peak_rss_mib=round(R["lenet_train"]["peak_rss_mib"], 1),
+                  note="NNC LeNet template read from an .nnp, 28x28; x epoch: of its own epoch")
+        if "lenet_hvp" in R:
+            h = R["lenet_hvp"]
+            for k in ("double_backward", "forward", "fused"):
+                lenet_row(f"hvp_{k}", h[f"{k}_seconds"], rel_err_vs_double_backward=h[f"{k}_rel_err"],
+                          steps_per_train_step=round(h[f"{k}_seconds"] / h["train_step_seconds"], 2))
+            lenet_row("minibatch_dots_taps", h["dots_taps_seconds"])
+            lenet_row("minibatch_dots_eps", h["dots_eps_seconds"])
+        for name in ("ours", "ours_ref", "hara"):
+            if f"lenet_{name}" in R:
+                r = R[f"lenet_{name}"]
+                extra = {"steps_run": r["steps_run"], "steps_epoch": r["steps_epoch"]}
+                if name == "ours" and "lenet_ours_ref" in R:
+                    a, b = (np.load(WORK / "lenet" / f"infl_{n}.npy") for n in ("ours", "ours_ref"))
+                    extra["max_rel_diff_vs_ref"] = float(np.abs(a - b).max() / np.abs(b).max())
+                lenet_row(f"influence_{name}", r["seconds"], **extra)
     if "ekfac" in R:
         e = R["ekfac"]
         row("influence_functions_ekfac", e["seconds"], peak_rss_mib=round(e["peak_rss_mib"], 1),

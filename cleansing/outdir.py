@@ -35,7 +35,7 @@ from .paths import VALIDATION_GRAD
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 OWNED_DIRS = ("weights", "influence", "score", "summary", "fig", "logs", "cleansed", "images")
-OWNED_SUFFIXES = (".h5", ".npz", ".csv", ".png", ".json")
+OWNED_SUFFIXES = (".h5", ".npz", ".csv", ".png", ".json", ".nnp")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: scope name -> which owned files (path relative to the output folder) it invalidates.

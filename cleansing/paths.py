@@ -92,6 +92,15 @@ class RunPaths:
     def score_csv(self, method: str, n: int, seed: int) -> Path:
         return self.root / "score" / method / f"score_delete_worst_{n}_seed_{seed}.csv"
 
+    def retrained_nnp(self, method: str, n: int, seed: int) -> Path:
+        """The model retrained without ``method``'s ``n`` most harmful samples, as an .nnp (``--save-nnp``;
+        beside its scores, so that whatever invalidates them removes it too)."""
+        return self.root / "score" / method / f"model_delete_worst_{n}_seed_{seed}.nnp"
+
+    def final_nnp(self, seed: int) -> Path:
+        """The trained model as an .nnp (``--save-nnp``)."""
+        return self.weights(seed) / "final.nnp"
+
     def table(self, stem: str, seed: int) -> Path:
         """An estimator's or artefact's table of one trial."""
         return self.summary / f"{stem}_{seed}.csv"

@@ -26,6 +26,7 @@ import pandas as pd
 from common.errors import UserError
 from common.figures import save_figure
 from common.fileio import read_csv_exact, write_csv_atomic
+from datasets import DataBundle
 
 from . import analyze as analysis, lds, report
 from .config import RunConfig, check_settings
@@ -35,7 +36,7 @@ from .folder import OutputFolder, prepare_output
 from .graph import Task, Timing, run_dask, run_sequential
 from .influence_csv import influence_frame, read_influence_csv, scores_by_position, write_influence_csv
 from .paths import RunPaths
-from .retrain import SCORE_COLUMNS, read_score_csv, removal_mask, retrain_scores
+from .retrain import SCORE_COLUMNS, read_score_csv, removal_mask, retrain_scores, save_learner_nnp
 from .trace import load_trace
 from .train import (
     evaluate_head_epoch,
@@ -290,11 +291,21 @@ def _frames(cfg: RunConfig, seed: int, n_train: int) -> Dict[str, pd.DataFrame]:
     return {m: read_influence_csv(paths.influence_csv(m, seed), n_train) for m in cfg.methods}
 
 
+def save_final_nnp(plan: Plan, data: DataBundle, seed: int) -> None:
+    """With ``--save-nnp``: ``weights/seed_NN/final.nnp``, the trained model, unless it exists (a
+    report of the trial, not part of its training: a failed write never discards the training)."""
+    paths = RunPaths(plan.cfg.out)
+    if plan.cfg.reports.save_nnp and not paths.final_nnp(seed).is_file():
+        save_learner_nnp(paths.final_nnp(seed), learner_from_file(plan.cfg.train, data, paths.params(seed, "final")))
+
+
 def trial_reports_task(plan: Plan, seed: int):
-    """Galleries, cleansed datasets and error explanations of trial ``seed``."""
+    """Galleries, cleansed datasets, error explanations and (``--save-nnp``) the trained model as an
+    .nnp of trial ``seed``."""
     cfg = plan.cfg
     trial = trial_context(cfg, seed)
     n_train = len(trial.data.train)
+    save_final_nnp(plan, trial.data, seed)
     write_trial_reports(trial, _frames(cfg, seed, n_train), check_cleanse(cfg, n_train),
                         [e.name for e in plan.estimators if e.control])
     timings = []
@@ -423,7 +434,8 @@ def retrain_task(plan: Plan, seed: int, name: str, n: int):
     cfg = plan.cfg
     paths = RunPaths(cfg.out)
     out = paths.score_csv(name, n, seed)
-    if out.is_file():
+    model_file = paths.retrained_nnp(name, n, seed) if cfg.reports.save_nnp and n > 0 else None
+    if out.is_file() and (model_file is None or model_file.is_file()):
         return None, []
     if n == 0:
         write_csv_atomic(out, read_score_csv(paths.score_csv(analysis.NO_REMOVAL, 0, seed)))
@@ -432,8 +444,12 @@ def retrain_task(plan: Plan, seed: int, name: str, n: int):
     data = load_trial_data(cfg, seed)
     trace = load_trace(paths.trace(seed), len(data.train))
     order = read_influence_csv(paths.influence_csv(name, seed), len(data.train))["datasource_index"].to_numpy()
+    # the model is written before the scores: a run stopped between them redoes this retraining
     rows = retrain_scores(cfg.train, data, paths, seed, trace, removal_mask(len(data.train), order, n),
-                          cfg.removal.retrain_all)
+                          cfg.removal.retrain_all,
+                          keep=None if model_file is None else lambda learner: save_learner_nnp(model_file, learner))
+    if out.is_file():  # --save-nnp added to a finished run: the same retraining, for its model only
+        return None, [(seed, f"eval_n{n}", name, time.time() - t0)]
     write_csv_atomic(out, pd.DataFrame(rows, columns=SCORE_COLUMNS))
     return None, [(seed, f"eval_n{n}", name, time.time() - t0)]
 
@@ -488,7 +504,7 @@ def build_graph(plan: Plan, seeds: Sequence[int], n_train: Optional[int] = None)
     * ``artefact``         per trial and artefact an estimator declares (a turn-over-dropout network);
     * ``estimate``         per trial and estimator: the influence CSV, after the artefacts it reads
                            and the estimators whose scores it reuses (``Estimator.after``);
-    * ``trial-reports``    per trial: galleries, cleansed datasets, error explanations;
+    * ``trial-reports``    per trial: galleries, cleansed datasets, error explanations, ``final.nnp``;
     * ``validate``         per trial and repeat of the leave-one-out truth, then ``validate-pairs``;
     * ``baseline``         per trial: the scores without removal ("No_Removal"): the final model's, after
                            ``train`` (retraining with nothing removed replays the last epoch exactly);

@@ -8,7 +8,7 @@ retrained epoch: ``val_loss,test_loss,val_accuracy,test_accuracy``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Union
+from typing import Callable, List, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ from cleansing.paths import RunPaths
 from common.errors import UserError
 from common.fileio import read_csv_exact
 from datasets import DataBundle
+from models.autodiff import Learner
 
 from .trace import Trace
 from .train import TrainConfig, evaluate_splits, learner_from_file, run_steps
@@ -60,13 +61,25 @@ def retrain_last_epoch(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed
 
 
 def retrain_scores(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int, trace: Trace,
-                   removed: np.ndarray, retrain_all: bool = False) -> List[dict]:
-    """Score rows (one per retrained epoch) of retraining without ``removed``."""
+                   removed: np.ndarray, retrain_all: bool = False,
+                   keep: Optional[Callable[[Learner], None]] = None) -> List[dict]:
+    """Score rows (one per retrained epoch) of retraining without ``removed``; ``keep`` is given the
+    retrained learner (``--save-nnp``)."""
     if not retrain_all:
-        return [evaluate_splits(retrain_last_epoch(cfg, data, paths, seed, trace, removed), data)]
-    learner = learner_from_file(cfg, data, paths.params(seed, "initial"))
-    rows = []
-    for epoch in range(trace.n_epochs):
-        run_steps(learner, data, trace, trace.epoch_steps(epoch), cfg.augment, removed=removed)
-        rows.append(evaluate_splits(learner, data))
+        learner = retrain_last_epoch(cfg, data, paths, seed, trace, removed)
+        rows = [evaluate_splits(learner, data)]
+    else:
+        learner = learner_from_file(cfg, data, paths.params(seed, "initial"))
+        rows = []
+        for epoch in range(trace.n_epochs):
+            run_steps(learner, data, trace, trace.epoch_steps(epoch), cfg.augment, removed=removed)
+            rows.append(evaluate_splits(learner, data))
+    if keep is not None:
+        keep(learner)
     return rows
+
+
+def save_learner_nnp(path: Union[str, Path], learner: Learner) -> None:
+    """The learner's model and parameters as an .nnp file (``models.nnp.save_model_nnp``)."""
+    from models.nnp import save_model_nnp
+    save_model_nnp(path, learner.model, learner.params)

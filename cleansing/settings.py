@@ -66,13 +66,15 @@ class RemovalConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """Which reports: harmful galleries, cleansed datasets, explained test errors."""
+    """Which reports: harmful galleries, cleansed datasets, explained test errors, the models as
+    ``.nnp`` files (``save_nnp``)."""
 
     gallery: int = 32
     cleanse: Sequence[int] = ()
     explain_k: int = 5
     explain_max: int = 0
     explain_same_label: bool = False
+    save_nnp: bool = False
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,10 @@ SETTINGS: Tuple[Setting, ...] = (
             "write cleansed/<method>_seed<k>_remove<N>.csv: the training set without the N most "
             "harmful samples, as NNC CSV (with the trial's validation and test CSVs beside it)",
             type=nonneg_int, nargs="+", metavar="N"),
+    Setting("save_nnp", ("--save-nnp",),
+            "also write the trained model weights/seed_<k>/final.nnp and each retrained model of -r N>0 "
+            "score/<method>/model_delete_worst_<N>_seed_<k>.nnp as Neural Network Console .nnp files (a runtime "
+            "executor on 0..255 pixel values, as NNC and nnabla's NnpLoader run it)", switch=True),
     Setting("explain_max", ("--explain-max",),
             "explain the first N misclassified test images per trial by their most influential "
             "training images: fig/ and summary/explain_errors_*; Hara and Ours run one influence "

@@ -350,6 +350,9 @@ class Model:
     #: Layer outputs that accept a per-sample mask, lowest first (turn-over dropout): the names of
     #: the ``Mask`` layers, derived from ``layers``.
     mask_points: Tuple[str, ...] = ()
+    #: whether the network is its layer chain, so that ``split`` cuts it at a mask point (a graph read
+    #: from a file is not: turn-over dropout then runs it whole)
+    chain: bool = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

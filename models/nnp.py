@@ -26,6 +26,14 @@ path gives every model the images normalised by ``common.imagenorm.norm_stats``
 another size (a model built by hand on other data) are centre-cropped or zero-padded to the file's.
 Channels must match the file's.
 
+Where the file's first functions are MulScalar/AddScalar that exactly undo that step (to 1e-6; the
+files ``save_model_nnp`` writes for the built-in grey models), the pair and the step are both
+skipped, so that such a file computes the built-in model's very bits (``-m cnn6.nnp --nnp-weights``
+gives ``-m cnn6``'s CSVs byte for byte; computed, their float rounding would not).
+
+Output: ``save_model_nnp`` writes a built-in or .nnp-read model and its parameters as an ``.nnp``
+with a runtime executor (``--save-nnp``), for NNC and nnabla's ``NnpLoader``.
+
 Parameters: re-created per trial seed from the file's shapes with the initialisers nnabla's
 parametric functions use by default (Glorot-uniform weights, zero biases, batch norm beta 0, gamma
 1, mean 0, var 1), in the file's order; ``load_file_parameters`` copies the file's own values.
@@ -47,7 +55,18 @@ import numpy as np
 
 from common.errors import UserError
 
-from .networks import BN_DECAY, MODEL_FILES, Layer, Model, Pass, Tangent, Tap, _batch_norm, batch_standardize
+from .networks import (
+    BN_DECAY,
+    MODEL_FILES,
+    Layer,
+    Model,
+    Pass,
+    Tangent,
+    Tap,
+    _batch_norm,
+    _masked,
+    batch_standardize,
+)
 
 #: functions that end the class scores: losses and (log-)softmax; the project adds its own loss
 TERMINAL = frozenset({"Softmax", "LogSoftmax", "SoftmaxCrossEntropy", "CategoricalCrossEntropy",
@@ -368,6 +387,9 @@ class NnpSpec:
     parameters: Mapping[str, np.ndarray] = field(repr=False, compare=False, hash=False)
     #: number of dimensions of every variable of the network (batch included)
     ranks: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False, hash=False)
+    #: turn-over dropout's mask point: the variable that enters the last Affine layer, and its
+    #: channels (or units); None where the network has no Affine layer
+    mask_point: Optional[Tuple[str, int]] = None
 
 
 def _dims(msg) -> Tuple[int, ...]:
@@ -538,8 +560,17 @@ def read_nnp(path: str) -> NnpSpec:
         raise UserError(f"{where}: the class scores {scores_name} have shape {scores}; they must be (batch, classes)")
     raw = any(e.no_image_normalization for e in proto.executor) or any(d.no_image_normalization
                                                                         for d in proto.dataset)
+    affine_inputs = [ins[0] for layer, (ins, _) in zip(layers, wiring) if isinstance(layer, NnpAffine)]
+    point = (affine_inputs[-1], int(shapes[affine_inputs[-1]][1])) if affine_inputs else None
     return NnpSpec(os.path.abspath(path), net_name, image, input_shape, scores_name, int(scores[1]), tuple(layers),
-                   tuple(wiring), 1.0 if raw else 1.0 / 255.0, params, {k: len(v) for k, v in shapes.items()})
+                   tuple(wiring), 1.0 if raw else 1.0 / 255.0, params, {k: len(v) for k, v in shapes.items()}, point)
+
+
+def nnp_mask_points(path: str) -> Tuple[str, ...]:
+    """Turn-over dropout's mask points of the .nnp network at ``path``: the input of its last Affine
+    layer (named by the file's variable), or none."""
+    point = nnp_spec(str(path)).mask_point
+    return (point[0],) if point else ()
 
 
 def nnp_image_size(model: str) -> Optional[Tuple[int, int]]:
@@ -573,11 +604,14 @@ class NnpModel(Model):
     fused pulled-back step) where ``forward_mode`` holds; otherwise (batch norm after an affine
     layer, overlapping max pooling) the generic ones: double backward and the tangent copy of the
     linear layers ('eps'). Its linear layers and batch norms are EK-FAC's and TracIn's layer taps
-    (``models.per_sample``: 2-D convolutions of one group, layers with a bias). No turn-over dropout
-    mask points.
+    (``models.per_sample``: 2-D convolutions of one group, layers with a bias). Turn-over dropout's
+    one mask point is the input of the last Affine layer (``NnpSpec.mask_point``; per channel of a
+    feature map, as cnn6's ``block3``, or per unit); the network is a graph, not a layer chain
+    (``chain`` False), so turn-over dropout runs it whole instead of split at the point.
     """
 
     has_tangent = True
+    chain = False
 
     def __init__(self, path: str, input_shape: Sequence[int], num_classes: int):
         super().__init__(input_shape, num_classes)
@@ -591,6 +625,49 @@ class NnpModel(Model):
         if self.spec.input_shape[0] != self.input_shape[0] or len(self.spec.input_shape) != 3:
             raise UserError(f"{where}: the network takes images of shape {self.spec.input_shape}, the data has "
                             f"{self.input_shape}")
+        self.undone = self._undone_input_steps()
+        point = self.spec.mask_point
+        self.mask_points = (point[0],) if point else ()
+        self._mask_shapes = {point[0]: point[1]} if point else {}
+
+    def mask_shapes(self) -> Dict[str, int]:
+        """Channels (or units) of the mask point."""
+        return dict(self._mask_shapes)
+
+    def split(self, point: str):
+        raise ValueError(f"{self.spec.path}: an .nnp network is not split at its mask point (chain is False)")
+
+    def _undone_input_steps(self) -> int:
+        """How many of the file's first layers exactly undo ``pixels``: a chain of MulScalar/AddScalar
+        from the image input (each output used only by the next) whose composition with the
+        pixel step is the identity on the project's normalised images (to 1e-6; what ``save_model_nnp``
+        writes for a built-in model). ``walk`` then feeds the images to the layer after the chain,
+        so that the file's network computes the built-in model's bits; 0 for any other file."""
+        from common.imagenorm import norm_stats
+        c = self.input_shape[0]
+        if self.spec.input_shape[1:] != self.input_shape[1:]:
+            return 0
+        mean, std = norm_stats(c)
+        k = 255.0 * self.spec.pixel_scale
+        scale = np.asarray(std, np.float64) * k
+        offset = np.asarray(mean, np.float64) * k
+        uses: Dict[str, int] = {}
+        for ins, _ in self.spec.wiring:
+            for n in ins:
+                uses[n] = uses.get(n, 0) + 1
+        name, count = self.spec.input_name, 0
+        for layer, (ins, out) in zip(self.layers, self.spec.wiring):
+            if ins != (name,) or uses.get(name, 0) != 1 or not isinstance(layer, NnpElementwise) \
+                    or layer.fn not in ("MulScalar", "AddScalar"):
+                break
+            if layer.fn == "MulScalar":
+                scale, offset = scale * layer.alpha, offset * layer.alpha
+            else:
+                offset = offset + layer.alpha
+            name, count = out, count + 1
+            if np.all(np.abs(scale - 1.0) < 1e-6) and np.all(np.abs(offset) < 1e-6):
+                return count
+        return 0
 
     @property
     def convolutional(self) -> bool:
@@ -607,9 +684,12 @@ class NnpModel(Model):
     def walk_tangent(self, x: nn.Variable, j) -> Tuple[nn.Variable, Optional[nn.Variable]]:
         """``_Jvp.forward`` (``j``) on the file's graph: each layer's ``jvp(j, h, dh) -> (out, d out)``
         (a merge layer's on the lists of its inputs); the image has no tangent."""
-        env = {self.spec.input_name: (self.pixels(x), None)}
-        for layer, (ins, out) in zip(self.layers, self.spec.wiring):
+        env = {self.spec.input_name: (x if self.undone else self.pixels(x), None)}
+        for i, (layer, (ins, out)) in enumerate(zip(self.layers, self.spec.wiring)):
             pairs = [env[n] for n in ins]
+            if i < self.undone:
+                env[out] = pairs[0]
+                continue
             if isinstance(layer, NnpMerge):
                 env[out] = layer.jvp(j, [h for h, _ in pairs], [d for _, d in pairs])
             else:
@@ -638,13 +718,24 @@ class NnpModel(Model):
             h = F.pad(h, (dh // 2, dh - dh // 2, dw // 2, dw - dw // 2))
         return h
 
-    def walk(self, x: nn.Variable, step: Callable[[Layer, nn.Variable], nn.Variable]) -> nn.Variable:
+    def walk(self, x: nn.Variable, step: Callable[[Layer, nn.Variable], nn.Variable],
+             file_input: bool = False, masks: Optional[Mapping[str, nn.Variable]] = None) -> nn.Variable:
         """The class scores of the file's graph on ``x``: ``step(layer, h)`` for each one-input layer in
-        order, merge layers on their inputs."""
-        env = {self.spec.input_name: self.pixels(x)}
-        for layer, (ins, out) in zip(self.layers, self.spec.wiring):
+        order, merge layers on their inputs (``file_input``: ``x`` is already the file's input, its
+        pixel values, and every layer runs: ``save_model_nnp``); ``masks`` (B, channels) multiply the
+        variables they name (turn-over dropout)."""
+        undone = 0 if file_input else self.undone
+        env = {self.spec.input_name: x if file_input or undone else self.pixels(x)}
+        if masks:
+            env[self.spec.input_name] = _masked(env[self.spec.input_name], masks, self.spec.input_name)
+        for i, (layer, (ins, out)) in enumerate(zip(self.layers, self.spec.wiring)):
             hs = [env[n] for n in ins]
-            env[out] = layer.merge(hs) if isinstance(layer, NnpMerge) else step(layer, hs[0])
+            if i < undone:
+                env[out] = hs[0]
+            else:
+                env[out] = layer.merge(hs) if isinstance(layer, NnpMerge) else step(layer, hs[0])
+            if masks:
+                env[out] = _masked(env[out], masks, out)
         return env[self.spec.scores_name]
 
     def _create(self, x, rng) -> None:
@@ -653,8 +744,10 @@ class NnpModel(Model):
             raise UserError(f"{self.spec.path}: the network gives scores of shape {tuple(h.shape)}")
 
     def logits(self, x, params, train, tangent=None, stats=None, masks=None, row_weights=None, taps=None):
-        if masks:
-            raise UserError(f"{self.spec.path}: an .nnp network has no turn-over dropout mask points")
+        unknown = [k for k in masks or () if k not in self._mask_shapes]  # turn-over dropout's masks
+        if unknown:
+            raise UserError(f"{self.spec.path}: {unknown[0]} is not a turn-over dropout mask point of the network "
+                            f"(it has {', '.join(self.mask_points) or 'none'})")
         p = Pass(params, train, tangent, params if stats is None else stats, None, row_weights)
 
         def step(layer, h):
@@ -662,7 +755,7 @@ class NnpModel(Model):
             if taps is not None and isinstance(layer, (NnpConv, NnpAffine, NnpBatchNorm)):
                 taps.append(Tap(layer, h, out))
             return out
-        return self.walk(x, step)
+        return self.walk(x, step, masks=masks)
 
     def batch_statistics(self, x: nn.Variable, params: Mapping[str, nn.Variable], stats: Mapping[str, nn.Variable],
                          weights: nn.Variable) -> List[Tuple[str, nn.Variable, nn.Variable]]:
@@ -718,3 +811,63 @@ def nnp_fingerprint(path: str, input_shape: Sequence[int], num_classes: int, wei
         h.update(k.encode())
         h.update(np.ascontiguousarray(v, dtype=np.float32).tobytes())
     return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- writing a model
+def _normalise_pixels(x: nn.Variable, params: OrderedDict[str, nn.Variable]) -> nn.Variable:
+    """The project's normalisation (``datasets.to_network_input``) of 0..255 pixel values, as file
+    functions: grey, ``MulScalar(1 / (255 std))`` then ``AddScalar(-mean / std)`` (what
+    ``NnpModel`` recognises as undoing its pixel step); colour, a 1x1 convolution per channel whose
+    fixed parameters ``input_normalization/W``, ``/b`` (need_grad False) hold the scales and offsets."""
+    from common.imagenorm import norm_stats
+    c = x.shape[1]
+    mean, std = (np.asarray(v, np.float64) for v in norm_stats(c))
+    if c == 1:
+        return F.add_scalar(F.mul_scalar(x, float(1.0 / (255.0 * std[0]))), float(-mean[0] / std[0]))
+    W = nn.Variable.from_numpy_array((1.0 / (255.0 * std)).astype(np.float32).reshape(c, 1, 1, 1), need_grad=False)
+    b = nn.Variable.from_numpy_array((-mean / std).astype(np.float32), need_grad=False)
+    params["input_normalization/W"], params["input_normalization/b"] = W, b
+    return F.convolution(x, W, b, group=c)
+
+
+def save_model_nnp(path, model: Model, params: Mapping[str, nn.Variable]) -> None:
+    """Write ``model`` with ``params`` (inference mode: batch norm on its running statistics) to the
+    ``.nnp`` file ``path`` with ``nnabla.utils.save.save``, atomically: one network ``runtime`` and an
+    executor of it, input ``x`` (the images' 0..255 pixel values, ``no_image_normalization``; an .nnp
+    network read by this project: its own input and setting), output ``y`` (the softmax of the class
+    scores). ``nnabla.utils.nnp_graph.NnpLoader`` runs it as NNC's runtime does; ``-m path`` reads it
+    back (for a built-in grey model exactly: see ``NnpModel._undone_input_steps``)."""
+    from nnabla.utils.save import save
+
+    from common.fileio import atomic_path
+    scope: OrderedDict[str, nn.Variable] = OrderedDict()
+    for k, v in params.items():
+        scope[k] = nn.Variable.from_numpy_array(np.array(v.d, dtype=np.float32), need_grad=v.need_grad)
+    x = nn.Variable((1,) + tuple(model.input_shape))
+    raw = True
+    with nn.auto_forward(False):
+        if isinstance(model, NnpModel):
+            x = nn.Variable((1,) + tuple(model.spec.input_shape))
+            p = Pass(scope, False, None, scope, None, None)
+
+            def step(layer: Layer, h: nn.Variable) -> nn.Variable:
+                if isinstance(layer, NnpBatchNorm) and len(h.shape) == 2:  # on the file's own parameters
+                    return F.batch_normalization(h, *(scope[k] for k in (layer.beta, layer.gamma, layer.mean,
+                                                                         layer.var)),
+                                                 axes=[1], decay_rate=BN_DECAY, eps=1e-5, batch_stat=False)
+                if isinstance(layer, NnpPool) and layer.mode == "global":  # not Mean: a loss to the reader
+                    return F.global_average_pooling(h)
+                return layer.forward(h, p)
+            scores = model.walk(x, step, file_input=True)
+            raw = model.spec.pixel_scale == 1.0
+        else:
+            extra: OrderedDict[str, nn.Variable] = OrderedDict()
+            h = _normalise_pixels(x, extra)
+            scores = model.logits(h, scope, False)
+            scope.update(extra)
+        y = F.softmax(scores)
+    contents = {"networks": [{"name": "runtime", "batch_size": 1, "outputs": {"y": y}, "names": {"x": x}}],
+                "executors": [{"name": "runtime", "network": "runtime", "data": ["x"], "output": ["y"],
+                               "no_image_normalization": raw}]}
+    with atomic_path(path) as tmp, nn.parameter_scope("", scope):
+        save(str(tmp), contents)

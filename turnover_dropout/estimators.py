@@ -31,6 +31,7 @@ from cleansing.estimator import (
 )
 from common.errors import UserError
 from models import MODELS
+from models.nnp import is_nnp_path, nnp_mask_points
 
 from .influence import instance_losses, residual_validation_influence, validation_influence
 from .masks import P_KEEP, resolve_layers
@@ -60,7 +61,8 @@ class TDOptions(Options):
     weights_tag = "turnover"
 
     td_layers: Optional[Tuple[str, ...]] = option(
-        None, "mask points where turn-over dropout applies its masks: cnn6 block1 block2 block3, mlp fc1, or "
+        None, "mask points where turn-over dropout applies its masks: cnn6 block1 block2 block3, mlp fc1, an .nnp "
+              "network the input of its last Affine layer (named as in the file), or "
               "'all' (default: the topmost only, cnn6 block3 = the 128 maps feeding the affine layer)", nargs="+",
         metavar="POINT",
         type=mask_points)
@@ -72,6 +74,8 @@ class TDOptions(Options):
         """The resolved mask points (UserError when the model or names do not allow it)."""
         model_cls = MODELS.get(run.model)
         points = model_cls.mask_points if model_cls is not None else ()
+        if model_cls is None and is_nnp_path(run.model):
+            points = nnp_mask_points(run.model)
         names = tuple(t for s in self.td_layers for t in s.split(",") if t) if self.td_layers else None
         try:
             return resolve_layers(run.model, points, names)

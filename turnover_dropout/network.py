@@ -45,7 +45,7 @@ class TDLearner(Learner):
         self.mask_seed = int(mask_seed)
         self.network = int(network)
         self.p = float(p)
-        self.split = bool(self.layers) and all(name in model.mask_points for name in self.layers)
+        self.split = model.chain and bool(self.layers) and all(name in model.mask_points for name in self.layers)
         if self.split:
             # below the lowest chosen mask point / from its mask on
             self._lower_layers, self._upper_layers = model.split(self.layers[0])

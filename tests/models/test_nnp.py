@@ -395,8 +395,15 @@ def test_layer_taps_give_each_rows_gradient(tmp_path, digits, build):
     close(norms, [sum(np.square(g[k]).sum() for k in g) for g in rows])
 
 
-def test_ekfac_runs_and_turnover_dropout_refuses_in_one_line(tmp_path, capsys):
-    """EK-FAC on the LeNet's 5x5 convolutions; turn-over dropout needs mask points: one line, exit 2."""
+def conv_only(x):
+    """No Affine layer: a convolution to the classes' maps, averaged."""
+    h = F.mul_scalar(x, 1.0 / 255.0)
+    return F.reshape(F.global_average_pooling(PF.convolution(h, 10, (3, 3), name="c")), (x.shape[0], 10))
+
+
+def test_ekfac_and_turnover_dropout_run(tmp_path, capsys):
+    """EK-FAC on the LeNet's 5x5 convolutions; turn-over dropout masks the input of its last Affine
+    layer; a network without Affine layer has no mask point: one line, exit 2."""
     import eval_influence_functions as if_driver
     import eval_turnover_dropout as td_driver
     from cleansing.cli import run_main
@@ -408,9 +415,52 @@ def test_ekfac_runs_and_turnover_dropout_refuses_in_one_line(tmp_path, capsys):
     assert run_main(if_driver.main, common + ["-o", str(out), "--methods", EKFAC]) == 0
     frame = pd.read_csv(next((out / "influence" / EKFAC).glob("influence_*_0.csv")))
     assert len(frame) == 32 and np.isfinite(frame.influence).all()
+    import json
+
+    from turnover_dropout import NAME
+    out = tmp_path / "b"
+    assert run_main(td_driver.main, common + ["-o", str(out)]) == 0
+    frame = pd.read_csv(next((out / "influence" / NAME).glob("influence_*_0.csv")))
+    assert len(frame) == 32 and np.isfinite(frame.influence).all() and frame.influence.std() > 0
+    assert json.loads((out / "manifest.json").read_text())["td_layers"] == list(build_model(
+        str(path), (1, 28, 28), 10).mask_points)
     capsys.readouterr()
-    assert run_main(td_driver.main, common + ["-o", str(tmp_path / "b")]) == 2
+    other = save_nnp(tmp_path / "conv_only.nnp", conv_only)
+    common[1] = str(other)
+    assert run_main(td_driver.main, common + ["-o", str(tmp_path / "c")]) == 2
     assert "turn-over dropout" in capsys.readouterr().err
+
+
+def test_turnover_mask_point_is_the_last_affine_layers_input(tmp_path, digits):
+    """The LeNet's mask point: the 16 units entering fc4; ones change nothing, zeros leave fc4's bias,
+    a unit's zero equals zeroing its row of fc4's weight."""
+    path = save_nnp(tmp_path / "lenet.nnp", lenet)
+    data = load_dataset("digits", 0, n_train=40, n_val=8, n_test=8, image_size=(28, 28))
+    model = build_model(str(path), data.image_shape, 10)
+    (point,) = model.mask_points
+    assert model.mask_shapes() == {point: 16}
+    params = model.create_parameters(np.random.RandomState(0))
+    load_file_parameters(model, params)
+    x = nn.Variable.from_numpy_array(to_network_input(data.test.images[:4], data.mean, data.std))
+
+    def run(mask, p=params):
+        out = model.logits(x, p, False, masks={point: nn.Variable.from_numpy_array(mask)})
+        out.forward()
+        return out.d.copy()
+    plain = model.logits(x, params, False)
+    plain.forward()
+    np.testing.assert_array_equal(run(np.ones((4, 16), np.float32)), plain.d)
+    np.testing.assert_allclose(run(np.zeros((4, 16), np.float32)), np.tile(params["fc4/affine/b"].d, (4, 1)),
+                               atol=1e-6)
+    mask = np.ones((4, 16), np.float32)
+    mask[:, 3] = 0
+    cut = OrderedDict((k, nn.Variable.from_numpy_array(v.d.copy())) for k, v in params.items())
+    cut["fc4/affine/W"].d[3] = 0
+    out = model.logits(x, cut, False)
+    out.forward()
+    np.testing.assert_allclose(run(mask), out.d, rtol=1e-6, atol=1e-6)
+    with pytest.raises(UserError, match="mask point"):
+        model.logits(x, params, False, masks={"nowhere": nn.Variable((4, 16))})
 
 
 def test_nnp_weights_start_from_the_files_parameters(tmp_path, digits, capsys):
@@ -524,3 +574,171 @@ def test_tangent_rules_against_finite_differences(tmp_path, digits, build):
         scale = max(np.abs(v).max() for v in b.values())
         for k in u:
             close(a[k], b[k], scale=scale)
+
+
+# ---------------------------------------------------------------------- .nnp out (--save-nnp)
+@pytest.mark.parametrize("name", ["cnn6", "mlp", "logreg", "lenet", "zoo", "graph"])
+def test_saved_nnp_gives_the_models_scores(tmp_path, digits, name):
+    """``save_model_nnp``: nnabla's own forward of the written file (0..255 pixel values) gives the
+    model's class scores (inference mode: batch norm on running statistics); read back by ``-m``, a
+    built-in model's file computes the very bits of the model."""
+    import nnabla.functions as F
+
+    from models.nnp import save_model_nnp
+    if name in ("lenet", "zoo", "graph"):  # .nnp-read networks (zoo: batch norm after an affine layer)
+        build = {"lenet": lenet, "zoo": zoo, "graph": graph}[name]
+        model = build_model(str(save_nnp(tmp_path / f"{name}.nnp", build)), digits.image_shape, 10)
+        data = load_dataset("digits", 0, n_train=40, n_val=8, n_test=8, image_size=(28, 28))
+    else:
+        model, data = build_model(name, digits.image_shape, 10), digits
+    params = model.create_parameters(np.random.RandomState(3))
+    rng = np.random.RandomState(4)
+    for v in params.values():  # running statistics away from 0 and 1
+        if not v.need_grad:
+            v.d = rng.uniform(0.5, 1.5, v.shape)
+    path = tmp_path / "out" / "model.nnp"
+    save_model_nnp(path, model, params)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.nnp"]
+    images = data.test.images[:8]
+    x = nn.Variable.from_numpy_array(to_network_input(images, data.mean, data.std))
+    logits = model.logits(x, params, False)
+    probs = F.softmax(logits)
+    probs.forward()
+    expected = probs.d.copy()
+    from nnabla.utils.nnp_graph import NnpLoader
+    net = NnpLoader(str(path)).get_network("runtime", batch_size=len(images))
+    net.inputs["x"].d = images.astype(np.float32)
+    net.outputs["y"].forward()
+    np.testing.assert_allclose(net.outputs["y"].d, expected, rtol=0, atol=1e-6)
+    back = build_model(str(path), data.image_shape, 10)
+    back_params = back.create_parameters(np.random.RandomState(0))
+    load_file_parameters(back, back_params)
+    assert list(back_params) == list(params)
+    out = back.logits(x, back_params, False)
+    out.forward()
+    if isinstance(model, NnpModel):  # the file's own input step, as before
+        np.testing.assert_allclose(out.d, logits.d, rtol=1e-6, atol=1e-6)
+    else:
+        assert back.undone == 2
+        np.testing.assert_array_equal(out.d, logits.d)
+
+
+def test_saved_colour_model_normalises_per_channel(tmp_path):
+    """A colour built-in model's file: the per-channel normalisation as a fixed 1x1 convolution; nnabla's
+    forward of it gives the model's scores; read back, the same scores to float rounding."""
+    import nnabla.functions as F
+
+    from common.imagenorm import norm_stats
+    from models.nnp import save_model_nnp
+    model = build_model("cnn6", (3, 32, 32), 10)
+    params = model.create_parameters(np.random.RandomState(0))
+    path = tmp_path / "colour.nnp"
+    save_model_nnp(path, model, params)
+    images = np.random.RandomState(1).randint(0, 256, (4, 3, 32, 32)).astype(np.uint8)
+    x = nn.Variable.from_numpy_array(to_network_input(images, *norm_stats(3)))
+    logits = model.logits(x, params, False)
+    probs = F.softmax(logits)
+    probs.forward()
+    from nnabla.utils.nnp_graph import NnpLoader
+    net = NnpLoader(str(path)).get_network("runtime", batch_size=4)
+    net.inputs["x"].d = images.astype(np.float32)
+    net.outputs["y"].forward()
+    np.testing.assert_allclose(net.outputs["y"].d, probs.d, rtol=0, atol=1e-6)
+    back = build_model(str(path), (3, 32, 32), 10)
+    back_params = back.create_parameters(np.random.RandomState(0))
+    load_file_parameters(back, back_params)
+    assert list(back_params)[:2] == ["input_normalization/W", "input_normalization/b"]
+    out = back.logits(x, back_params, False)
+    out.forward()
+    np.testing.assert_allclose(out.d, logits.d, rtol=1e-5, atol=1e-5)
+
+
+def test_cnn6_round_trip_through_an_nnp_is_byte_identical(tmp_path):
+    """cnn6 with its trial-0 initial parameters written as an .nnp and run with ``-m FILE --nnp-weights``
+    gives ``-m cnn6``'s influence and score CSVs byte for byte (the file's MulScalar/AddScalar that
+    undo the pixel step are skipped, not computed: computed, the float rounding of the round trip
+    through 0..255 pixels changes the influences in their second digit after two epochs)."""
+    import eval_sgd_influence as driver
+    from cleansing.cli import run_main
+    from models.nnp import save_model_nnp
+    data = load_dataset("digits", 0, n_train=32, n_val=16, n_test=16)
+    model = build_model("cnn6", data.image_shape, data.num_classes)
+    path = tmp_path / "cnn6.nnp"
+    save_model_nnp(path, model, model.create_parameters(np.random.RandomState(0)))
+    common = ["-ds", "digits", "-e", "2", "-bs", "16", "-r", "0", "10", "--n-train", "32", "--n-val", "16",
+              "--n-test", "16", "-j", "1", "--no-progress", "--gallery", "0", "--methods", "Hara", "Ours", "Random"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_main(driver.main, ["-m", "cnn6", "-o", str(a), *common]) == 0
+    assert run_main(driver.main, ["-m", str(path), "--nnp-weights", "-o", str(b), *common]) == 0
+    files = sorted(f.relative_to(a) for d in ("influence", "score") for f in (a / d).rglob("*.csv"))
+    assert len(files) == 3 + 2 * 3 + 1
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    # without --nnp-weights too: the file's shapes, in the file's order, draw cnn6's own initial values
+    back = build_model(str(path), data.image_shape, data.num_classes)
+    for seed in (0, 1, 2):
+        mine, theirs = (m.create_parameters(np.random.RandomState(seed)) for m in (model, back))
+        assert list(mine) == list(theirs)
+        for k, v in mine.items():
+            np.testing.assert_array_equal(v.d, theirs[k].d)
+
+
+def test_save_nnp_writes_the_trained_and_retrained_models(tmp_path):
+    """``--save-nnp``: ``final.nnp`` and each retrained model of ``-r N>0``, which, read back, give the
+    scores the run wrote; not a manifest entry: added to a finished run it only writes the files."""
+    import json
+
+    import eval_sgd_influence as driver
+    from cleansing.cli import run_main
+    from cleansing.retrain import read_score_csv
+    from cleansing.train import evaluate_splits
+    out = tmp_path / "out"
+    argv = ["-m", "mlp", "-ds", "digits", "-e", "2", "-bs", "16", "-r", "0", "5", "--n-train", "32", "--n-val", "16",
+            "--n-test", "16", "-j", "1", "--no-progress", "--gallery", "0", "--methods", "Random", "-o", str(out)]
+    assert run_main(driver.main, argv) == 0
+    manifest = (out / "manifest.json").read_bytes()
+    score = out / "score" / "Random" / "score_delete_worst_5_seed_0.csv"
+    before = score.read_bytes()
+    assert not list(out.rglob("*.nnp"))
+    assert run_main(driver.main, argv + ["--save-nnp"]) == 0
+    assert (out / "manifest.json").read_bytes() == manifest and "save_nnp" not in json.loads(manifest)
+    assert score.read_bytes() == before
+    final = out / "weights" / "seed_00" / "final.nnp"
+    retrained = out / "score" / "Random" / "model_delete_worst_5_seed_0.nnp"
+    assert sorted(out.rglob("*.nnp")) == sorted([final, retrained])
+    data = load_dataset("digits", 0, n_train=32, n_val=16, n_test=16)
+    for path, csv in ((final, out / "score" / "No_Removal" / "score_delete_worst_0_seed_0.csv"), (retrained, score)):
+        model = build_model(str(path), data.image_shape, data.num_classes)
+        params = model.create_parameters(np.random.RandomState(0))
+        load_file_parameters(model, params)
+        row = evaluate_splits(Learner(model, params), data)
+        expected = read_score_csv(csv).iloc[0]
+        for k, v in row.items():
+            assert v == expected[k], (path.name, k)
+    # the same command with the switch from the start: the same files
+    out2 = tmp_path / "out2"
+    assert run_main(driver.main, argv[:-1] + [str(out2), "--save-nnp"]) == 0
+    for f in (final, retrained):
+        assert (out2 / f.relative_to(out)).is_file()
+    assert (out2 / score.relative_to(out)).read_bytes() == before
+    # an owned kind: --overwrite after a changed test set removes the retrained model with its scores
+    assert run_main(driver.main, argv[:-1] + [str(out2), "--n-test", "8", "--overwrite"]) == 0
+    assert (out2 / final.relative_to(out)).is_file() and not (out2 / retrained.relative_to(out)).exists()
+
+
+def test_a_failed_nnp_write_leaves_nothing(tmp_path, monkeypatch):
+    """``save_model_nnp`` writes under a temporary name in the same folder: a writer failing halfway
+    leaves neither the file nor the temporary."""
+    import nnabla.utils.save as nnabla_save
+
+    from models.nnp import save_model_nnp
+
+    def broken(path, contents, **kwargs):
+        with open(path, "wb") as fh:
+            fh.write(b"PK half")
+        raise OSError("disk gone")
+    monkeypatch.setattr(nnabla_save, "save", broken)
+    model = build_model("logreg", (1, 32, 32), 10)
+    with pytest.raises(OSError, match="disk gone"):
+        save_model_nnp(tmp_path / "m.nnp", model, model.create_parameters(np.random.RandomState(0)))
+    assert list(tmp_path.iterdir()) == []
