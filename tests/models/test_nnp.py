@@ -742,3 +742,37 @@ def test_a_failed_nnp_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk gone"):
         save_model_nnp(tmp_path / "m.nnp", model, model.create_parameters(np.random.RandomState(0)))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("build", [lenet, strided])
+def test_ekfac_correction_equals_the_exact_gauss_newton_blocks_diagonal(tmp_path, digits, build):
+    """EK-FAC on .nnp layers (5x5 unpadded, strided, padded and dilated convolutions, affine): with the
+    exact label expectation, each block's eigenvalue correction is the diagonal of the exact
+    Gauss-Newton (true Fisher) block of that layer in the block's Kronecker eigenbasis,
+    ``sum_n sum_y p_ny (Q_S' M_ny Q_A)^2``, built here from nnabla's own gradient of every sample for
+    every label (batch of one), not from the layer taps."""
+    from influence_functions.ekfac import Ekfac, EkfacOptions
+    from models.per_sample import TapGraph
+    path = save_nnp(tmp_path / "net.nnp", build)
+    model = build_model(str(path), digits.image_shape, 10)
+    learner = Learner(model, model.create_parameters(np.random.RandomState(0)))
+    for k in learner.stat_names:  # batch norm's running statistics, not the defaults, with live units after it
+        rs = np.random.RandomState(1).random_sample(learner.params[k].shape)
+        learner.params[k].d = 0.2 * (rs - 0.8) if k.endswith("/mean") else 0.5 + rs
+    data = load_dataset("digits", 0, n_train=12, n_val=4, n_test=4)
+    ek = Ekfac(learner, data, EkfacOptions("exact"))
+    x = to_network_input(data.train.images, data.mean, data.std)
+    p = TapGraph(learner, len(x)).forward(x)
+    grads = [[learner.mean_loss_grad([(x[i:i + 1], np.array([[c]]))], train=False) for c in range(10)]
+             for i in range(len(x))]
+    blocks = [b for b in ek.blocks if b.kind != "bn"]
+    assert len(blocks) == 4
+    for b in blocks:
+        QS, QA = b.QS.astype(np.float64), b.QA.astype(np.float64)
+        ref = sum(p[i, c] * np.square(QS.T @ b.to_matrix(grads[i][c]) @ QA)
+                  for i in range(len(x)) for c in range(10))
+        assert np.allclose(b.lam, ref, rtol=1e-3, atol=1e-6 * ref.max()), b.prefix
+    assert all(float(np.max(b.lam)) > 0 for b in blocks)  # every layer's gradient is alive
+    # the check tells labels apart: the true labels' (empirical) correction is another matrix
+    empirical = {b.prefix: b for b in Ekfac(learner, data, EkfacOptions("empirical")).blocks}
+    assert not any(np.allclose(empirical[b.prefix].lam, b.lam, rtol=1e-2) for b in blocks)
