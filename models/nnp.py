@@ -791,6 +791,9 @@ def load_file_parameters(model: NnpModel, params: Mapping[str, nn.Variable]) -> 
         if tuple(stored[k].shape) != tuple(v.shape):
             raise UserError(f"{model.spec.path}: parameter {k} has shape {stored[k].shape} in the file, "
                             f"{tuple(v.shape)} in the network")
+        if not np.all(np.isfinite(stored[k])):
+            raise UserError(f"{model.spec.path}: parameter {k} holds NaN or infinite values; a training cannot start "
+                            f"from them (leave out --nnp-weights to start from fresh parameters)")
         v.d = stored[k]
 
 
@@ -806,6 +809,7 @@ def nnp_fingerprint(path: str, input_shape: Sequence[int], num_classes: int, wei
     fingerprint = model_fingerprint(model)
     if not weights:
         return fingerprint
+    load_file_parameters(model, model.create_parameters(np.random.RandomState(0)))  # checked before any file
     h = hashlib.sha256(fingerprint.encode())
     for k, v in model.spec.parameters.items():
         h.update(k.encode())

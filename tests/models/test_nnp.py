@@ -4,7 +4,9 @@
 products against finite differences of the gradient) and run through a driver."""
 from __future__ import annotations
 
+import io
 import os
+import zipfile
 from collections import OrderedDict
 
 import nnabla as nn
@@ -96,6 +98,16 @@ def graph(x):
     return PF.affine(F.max_pooling(h, (4, 4)), 10, name="g3")
 
 
+def resbn(x):
+    """A small residual network with batch norm (inference mode, as NNC's runtime network): conv-bn-relu,
+    conv-bn, Add2 with the skip, relu, affine."""
+    h = F.mul_scalar(x, 1.0 / 255.0)
+    a = F.relu(PF.batch_normalization(PF.convolution(h, 4, (3, 3), pad=(1, 1), name="r1"), batch_stat=False,
+                                      name="r1"))
+    b = PF.batch_normalization(PF.convolution(a, 4, (3, 3), pad=(1, 1), name="r2"), batch_stat=False, name="r2")
+    return PF.affine(F.max_pooling(F.relu(a + b), (4, 4)), 10, name="r3")
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits", 0, n_train=40, n_val=8, n_test=8)
@@ -111,7 +123,7 @@ def nnabla_scores(path, images: np.ndarray, scores_name: str) -> np.ndarray:
     return out.d.copy()
 
 
-@pytest.mark.parametrize("build", [lenet, zoo, graph])
+@pytest.mark.parametrize("build", [lenet, zoo, graph, resbn])
 def test_logits_equal_nnablas_forward_of_the_file(tmp_path, digits, build):
     path = save_nnp(tmp_path / "net.nnp", build)
     model = build_model(str(path), digits.image_shape, digits.num_classes)
@@ -271,7 +283,7 @@ def test_unsupported_function_is_one_line(tmp_path, digits):
         build_model(str(path), digits.image_shape, 10)
 
 
-@pytest.mark.parametrize("build", [graph, zoo])
+@pytest.mark.parametrize("build", [graph, zoo, resbn])
 def test_graph_products_are_exact(tmp_path, digits, build):
     """On a graph (Add2, Concatenate) and on the other kinds (batch norm after an affine layer too):
     per-sample products equal each row's own gradient (inference mode where batch norm couples the
@@ -280,7 +292,7 @@ def test_graph_products_are_exact(tmp_path, digits, build):
     path = save_nnp(tmp_path / "net.nnp", build)
     model = build_model(str(path), digits.image_shape, 10)
     learner = Learner(model, model.create_parameters(np.random.RandomState(0)))
-    assert model.forward_mode == (build is graph)  # zoo: batch norm after an affine layer, generic paths
+    assert model.forward_mode == (build is not zoo)  # zoo: batch norm after an affine layer, generic paths
     train = not learner.stat_names
     x = to_network_input(digits.train.images[:5], digits.mean, digits.std)
     y = digits.train.labels[:5]
@@ -529,7 +541,8 @@ def test_data_come_at_the_files_input_size(tmp_path, mnist_dir):
     assert len(pd.read_csv(next((out / "influence" / "Ours").glob("influence_*_0.csv")))) == 64
 
 
-@pytest.mark.parametrize("build", [lenet, graph, lambda x: zoo(x, flat_bn=False)], ids=["lenet", "graph", "zoo"])
+@pytest.mark.parametrize("build", [lenet, graph, lambda x: zoo(x, flat_bn=False), resbn],
+                         ids=["lenet", "graph", "zoo", "resbn"])
 def test_tangent_rules_against_finite_differences(tmp_path, digits, build):
     """The layers' forward-mode rules (``_Jvp`` through ``NnpModel.walk_tangent``) give the
     directional derivative of the class scores: central differences along the direction, in both
@@ -776,3 +789,51 @@ def test_ekfac_correction_equals_the_exact_gauss_newton_blocks_diagonal(tmp_path
     # the check tells labels apart: the true labels' (empirical) correction is another matrix
     empirical = {b.prefix: b for b in Ekfac(learner, data, EkfacOptions("empirical")).blocks}
     assert not any(np.allclose(empirical[b.prefix].lam, b.lam, rtol=1e-2) for b in blocks)
+
+
+def test_files_the_data_cannot_fill_are_one_line_and_write_nothing(tmp_path, capsys):
+    """A network with another number of classes than the data, a file with neither an optimizer nor an
+    executor, and parameters holding NaN (with --nnp-weights): exit 2, one line naming the file, nothing written."""
+    import nnabla.utils.save as nsave
+
+    import eval_sgd_influence as driver
+    from cleansing.cli import run_main
+
+    def five(x):
+        return PF.affine(F.mul_scalar(x, 1.0 / 255.0), 5, name="f5")
+    cases = {"five.nnp": (save_nnp(tmp_path / "five.nnp", five), [], "the network has 5 class scores")}
+    with nn.parameter_scope("", OrderedDict()):
+        x = nn.Variable((2, 1, 28, 28))
+        y = F.softmax(lenet(x))
+        nsave.save(str(tmp_path / "bare.nnp"), {"networks": [{"name": "runtime", "batch_size": 2, "outputs": {"y": y},
+                                                             "names": {"x": x}}]})
+    cases["bare.nnp"] = (tmp_path / "bare.nnp", [], "neither an optimizer nor an executor")
+    nan = save_nnp(tmp_path / "nan.nnp", lenet)
+    with zipfile.ZipFile(nan) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    import h5py
+    buf = io.BytesIO(members["parameter.h5"])
+    with h5py.File(buf, "r+") as h:
+        name = next(k for k in _h5_datasets(h) if k.endswith("conv1/conv/W"))
+        h[name][0, 0, 0, 0] = np.nan
+    members["parameter.h5"] = buf.getvalue()
+    with zipfile.ZipFile(nan, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    cases["nan.nnp"] = (nan, ["--nnp-weights"], "holds NaN or infinite values")
+    for label, (path, flags, fragment) in cases.items():
+        out = tmp_path / f"out_{label}"
+        capsys.readouterr()
+        argv = ["-ds", "digits", "-m", str(path), "-e", "1", "-o", str(out), "--methods", "Random", "--no-progress",
+                "-j", "1", *flags]
+        assert run_main(driver.main, argv) == 2, label
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), (label, err)
+        assert fragment in err[0] and str(path) in err[0], (label, err)
+        assert not out.exists(), label
+
+
+def _h5_datasets(h) -> list:
+    names: list = []
+    h.visit(lambda n: names.append(n) if hasattr(h[n], "shape") else None)
+    return names
