@@ -118,8 +118,24 @@ def _param(name: str, shape: Sequence[int], init, need_grad: bool = True) -> nn.
     return nn.parameter.get_parameter_or_create(name, tuple(int(s) for s in shape), init, need_grad)
 
 
+class _NnpLinear(Layer):
+    """A layer ``op(h, W, b)`` with the file's weight ``w`` and bias ``b`` (or None): nnabla's default
+    initialisers (Glorot-uniform weight, zero bias), the forward pass and its tangent rule."""
+
+    def create_linear(self, h, rng, glorot: tuple, b_shape: Sequence[int]):
+        W = _param(self.w, self.w_shape, I.UniformInitializer(I.calc_uniform_lim_glorot(*glorot), rng=rng))
+        b = _param(self.b, b_shape, I.ConstantInitializer()) if self.b else None
+        return self.op(h, W, b)
+
+    def forward(self, h, p):
+        return _linear(self.op, h, p, self.w, self.b)
+
+    def jvp(self, j, h, dh):
+        return _linear_jvp(self, j, h, dh)
+
+
 @dataclass(frozen=True)
-class NnpConv(Layer):
+class NnpConv(_NnpLinear):
     """Convolution with the file's weight ``w`` (maps, channels/group, *kernel), bias ``b`` (or None)."""
 
     w: str
@@ -137,23 +153,14 @@ class NnpConv(Layer):
 
     def create(self, h, rng, num_classes):
         maps, kernel = self.w_shape[0], self.w_shape[2:]
-        W = _param(self.w, self.w_shape,
-                   I.UniformInitializer(I.calc_uniform_lim_glorot(h.shape[1], maps, tuple(kernel)), rng=rng))
-        b = _param(self.b, (maps,), I.ConstantInitializer()) if self.b else None
-        return self.op(h, W, b)
-
-    def forward(self, h, p):
-        return _linear(self.op, h, p, self.w, self.b)
-
-    def jvp(self, j, h, dh):
-        return _linear_jvp(self, j, h, dh)
+        return self.create_linear(h, rng, (h.shape[1], maps, tuple(kernel)), (maps,))
 
     def channels(self, c, num_classes):
         return self.w_shape[0]
 
 
 @dataclass(frozen=True)
-class NnpAffine(Layer):
+class NnpAffine(_NnpLinear):
     """Fully connected layer on the flattened input: weight ``w`` (inputs, units), bias ``b`` (or None)."""
 
     w: str
@@ -166,17 +173,8 @@ class NnpAffine(Layer):
         return F.affine(h, W, b, base_axis=1)
 
     def create(self, h, rng, num_classes):
-        outs = int(np.prod(self.w_shape[1:]))
-        W = _param(self.w, self.w_shape,
-                   I.UniformInitializer(I.calc_uniform_lim_glorot(int(np.prod(h.shape[1:])), outs), rng=rng))
-        b = _param(self.b, self.w_shape[1:], I.ConstantInitializer()) if self.b else None
-        return self.op(h, W, b)
-
-    def forward(self, h, p):
-        return _linear(self.op, h, p, self.w, self.b)
-
-    def jvp(self, j, h, dh):
-        return _linear_jvp(self, j, h, dh)
+        return self.create_linear(h, rng, (int(np.prod(h.shape[1:])), int(np.prod(self.w_shape[1:]))),
+                                  self.w_shape[1:])
 
     def channels(self, c, num_classes):
         return int(np.prod(self.w_shape[1:]))
