@@ -50,7 +50,7 @@ from tqdm import tqdm
 from datasets import DataBundle
 from datasets.batches import split_batches
 from models.autodiff import Learner
-from models.networks import Tap
+from models.layers import Tap
 from models.per_sample import LayerGradients, TapGraph
 
 from .inverse import chunk_rows, influence_scores

@@ -22,27 +22,15 @@ of the estimators' parameter space.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import nnabla as nn
 import nnabla.functions as F
 import nnabla.solvers as S
 import numpy as np
 
-from common.fastmul import mul
-from models.networks import (
-    BN_DECAY,
-    Affine,
-    BatchNorm,
-    Conv,
-    Layer,
-    Model,
-    Tangent,
-    batch_standardize,
-    channel_affine,
-    per_sample_loss,
-    weighted_batch_mean,
-)
+from models.layers.batch_norm import BN_DECAY
+from models.networks import Model, Tangent, per_sample_loss
 
 Vector = Dict[str, np.ndarray]
 
@@ -67,15 +55,6 @@ def _product_rowsum(a, b):
     return F.sum(F.mul_n(a, b), axis=tuple(range(1, len(a.shape))))
 
 
-def _pool_tangent(dh, h, out_shape):
-    """Max pooling 2x2's tangent: ``dh`` at the element the pooling of ``h`` picks (nnabla's own
-    choice on ties, from ``max_pooling_backward``; the gather nnabla's double backward uses,
-    ``MaxPoolingBackwardDataGrad``, has a wrong graph-level backward in 1.39)."""
-    pick = F.max_pooling_backward(F.constant(1.0, out_shape), h, (2, 2), (2, 2))
-    pick.need_grad = False
-    return F.sum_pooling(mul(dh, pick), (2, 2))
-
-
 class _Jvp:
     """Forward-mode (tangent) propagation written out with nnabla functions, exactly.
 
@@ -87,11 +66,10 @@ class _Jvp:
     the per-sample product ``<V, g_i>`` of ``Learner.per_sample_grad_dot`` (the derivative w.r.t.
     a per-sample ``eps_i`` on ``eps_i * t``, without building ``eps``).
 
-    The pass walks the model's ``layers``: each layer kind's rule is the method of that name
-    (``conv``, ``bn`` in training or inference mode, ``relu``, ``max_pool``, ``mask``, ``affine``).
-    Batch norm in training mode differentiates its batch statistics and records them in
-    ``batch_stats`` as ``(prefix, mean, running_var)``: what the training step feeds into the
-    running statistics. Masks are not part of these graphs (``mask`` is the identity).
+    The pass walks the model's ``layers``, each by its kind's rule ``Layer.jvp(pass, h, dh)``
+    (``models.layers``). Batch norm in training mode differentiates its batch statistics and records
+    them in ``batch_stats`` as ``(mean name, var name, batch mean, unbiased batch variance)``: what the
+    training step feeds into the running statistics. Masks are not part of these graphs (the identity).
     """
 
     def __init__(self, model: Model, params, V, stats, train: bool, tangent: bool = True,
@@ -104,75 +82,10 @@ class _Jvp:
 
     @classmethod
     def supported(cls, model: Model) -> bool:
-        """Whether every layer of ``model`` has a forward-mode rule: a method of this class named by
-        its kind, or the layer's own ``jvp(jvp, h, dh)`` (``models.nnp``, where the model may also
-        decline by ``forward_mode``)."""
-        layers = getattr(model, "layers", ())
-        return bool(layers) and getattr(model, "forward_mode", True) and all(
-            callable(getattr(cls, layer.kind, None)) or callable(getattr(layer, "jvp", None)) for layer in layers)
-
-    def _linear(self, layer: Union[Conv, Affine], h, dh):
-        op, prefix = layer.op, layer.prefix
-        W, b = self.P[f"{prefix}/W"], self.P[f"{prefix}/b"]
-        out = op(h, W, b)
-        t = op(h, self.V[f"{prefix}/W"], self.V[f"{prefix}/b"])
-        self.taps.append((out, t))
-        if not self.tangent:
-            return out, None
-        return out, (t if dh is None else op(dh, W, None) + t)
-
-    def conv(self, h, dh, layer: Conv):
-        return self._linear(layer, h, dh)
-
-    def affine(self, h, dh, layer: Affine):
-        return self._linear(layer, h, dh)
-
-    def bn(self, h, dh, layer: BatchNorm):
-        prefix = layer.prefix
-        beta, gamma = self.P[f"{prefix}/beta"], self.P[f"{prefix}/gamma"]
-        mean, var = self.stats[f"{prefix}/mean"], self.stats[f"{prefix}/var"]
-        w = self.weights
-        if self.train:
-            st = batch_standardize(h, w)
-            xhat, inv = st.xhat, st.inv
-            self.batch_stats.append((prefix, st.mean, st.running_var))
-            out = channel_affine(xhat, gamma, beta)
-        else:
-            out = F.batch_normalization(h, beta, gamma, mean, var, axes=[1], decay_rate=BN_DECAY, eps=1e-5,
-                                        batch_stat=False)
-            inv = F.pow_scalar(var + 1e-5, -0.5)
-            xhat = channel_affine(h, inv, -mean * inv)
-        t = channel_affine(xhat, self.V[f"{prefix}/gamma"], self.V[f"{prefix}/beta"])
-        self.taps.append((out, t))
-        if not self.tangent:
-            return out, None
-        if dh is None:  # the input does not depend on the parameters
-            return out, t
-        a = gamma * inv
-        if not self.train:
-            return out, channel_affine(dh, a) + t
-        # Batch statistics (row-weighted means where weights are given):
-        # d xhat = (dc - xhat * mean(xhat * dc)) / s with dc = dh - mean(dh);
-        # mean(xhat * dc) = mean(xhat * dh) as mean(xhat) = 0.
-        mdh = weighted_batch_mean(dh, w)
-        m = weighted_batch_mean(mul(xhat, dh), w)
-        return out, channel_affine(dh, a, -a * mdh) + channel_affine(xhat, -a * m) + t
-
-    def relu(self, h, dh, layer: Layer):
-        if not self.tangent or dh is None:
-            return F.relu(h), None
-        mask = F.greater_scalar(h, 0.0)
-        mask.need_grad = False
-        return F.relu(h), mul(dh, mask)
-
-    def max_pool(self, h, dh, layer: Layer):
-        out = F.max_pooling(h, (2, 2))
-        if not self.tangent or dh is None:
-            return out, None
-        return out, _pool_tangent(dh, h, out.shape)
-
-    def mask(self, h, dh, layer: Layer):
-        return h, dh
+        """Whether the layers' forward-mode rules (``Layer.jvp``) cover ``model``: a model of layers
+        that does not decline by ``forward_mode`` (``models.nnp``); not a network given as a
+        function (``models.custom``)."""
+        return bool(getattr(model, "layers", ())) and getattr(model, "forward_mode", True)
 
     def forward(self, x):
         if not self.supported(self.model):
@@ -182,7 +95,7 @@ class _Jvp:
             return walk(x, self)
         h, dh = x, None
         for layer in self.model.layers:
-            h, dh = getattr(self, layer.kind)(h, dh, layer)
+            h, dh = layer.jvp(self, h, dh)
         return h, dh
 
     def per_sample_dots(self, total_loss):
@@ -214,9 +127,10 @@ def _loss_tangent(logits, dlogits, onehot):
 
 
 def _running_stats_dot(batch_stats, U_stats):
-    """``S = sum_layers <U_mean, batch mean> + <U_var, unbiased batch variance>`` (None: no batch norm)."""
-    return _graph_dot([a for _, m, v in batch_stats for a in (m, v)],
-                      [U_stats[f"{p}/{k}"] for p, _, _ in batch_stats for k in ("mean", "var")])
+    """``S = sum_layers <U_mean, batch mean> + <U_var, unbiased batch variance>`` (None: no batch norm);
+    ``batch_stats``: ``(mean name, var name, batch mean, unbiased batch variance)`` per batch norm."""
+    return _graph_dot([a for _, _, m, v in batch_stats for a in (m, v)],
+                      [U_stats[k] for mean, var, _, _ in batch_stats for k in (mean, var)])
 
 
 class Learner:

@@ -1,328 +1,30 @@
-"""The classifiers, each described once as a list of layers, and the forward pass derived from it.
+"""The built-in classifiers, each a list of layer kinds (``models.layers``), and the forward pass.
 
-A model is a ``Model`` subclass whose ``layers`` list its network, lowest first, in a small
-vocabulary (``Conv``, ``BatchNorm``, ``ReLU``, ``MaxPool``, ``Mask``, ``Affine``). Everything else
-derives from that list: parameter creation (names and initialisation order), the forward pass
-``logits``, the mask points of turn-over dropout and their sizes, the split of the network at a mask
-point (``Model.split``), the layers with parameters (``Tap``, for EK-FAC) and, in ``models.autodiff``,
-the forward-mode (tangent) pass. Adding a model is adding its class here (and to ``MODELS``).
+A model is a ``Model`` subclass whose ``layers`` list its network, lowest first, in the kinds every
+network of the project is made of (``models.layers``: a file read by ``models.nnp`` is a graph of the
+same kinds). Everything else derives from that list: parameter creation (names and initialisation
+order), the forward pass ``logits``, the mask points of turn-over dropout and their sizes, the split
+of the network at a mask point (``Model.split``), the layers with parameters (``Tap``, for EK-FAC and
+TracIn) and, in ``models.autodiff``, the forward-mode (tangent) pass. Adding a model is adding its
+class here (and to ``MODELS``).
 
-Parameters are created with nnabla's parametric functions inside a *local* parameter scope
-(``nn.parameter_scope("", scope)``), so several models can live side by side and be saved and
-loaded as nnabla ``.h5`` files. The forward pass uses ``nnabla.functions`` on those variables so
-that the same code can also run
-
-* with a **tangent**: every linear layer ``f(h; W, b)`` becomes
-  ``f(h; W, b) + eps[i] * f(h; U_W, U_b)`` for sample ``i``. ``eps`` is a (B,) variable held at 0,
-  so ``d(sum_i loss_i)/d eps_i = <U, g_i>``: the product of a direction ``U`` with sample ``i``'s
-  share of the mini-batch gradient, for the whole batch in one backward pass;
-* with per-sample **masks** multiplied onto chosen activations (turn-over dropout);
-* with per-sample **row weights** ``w`` inside the batch statistics of batch normalisation
-  (training mode): ``d/dw_j`` at ``w = 1`` is the first-order effect of leaving row j out of the
-  mini-batch, which in training mode also moves every other row's normalisation.
-
-Batch normalisation: ``train=True`` normalises by the statistics of the mini-batch (and, in the
-training graph only, updates the running statistics); ``train=False`` uses the running statistics.
+Parameters are created by name inside a *local* parameter scope (``nn.parameter_scope("", scope)``),
+as nnabla's parametric functions name and draw them, so several models can live side by side and be
+saved and loaded as nnabla ``.h5`` files. The forward pass uses ``nnabla.functions`` on those
+variables so that the same code can also run with a per-sample **tangent** (``models.layers.base``),
+with per-sample **masks** multiplied onto chosen activations (turn-over dropout) and with per-sample
+**row weights** inside the batch statistics of batch normalisation (``models.layers.batch_norm``).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import nnabla as nn
 import nnabla.functions as F
-import nnabla.initializer as I
-import nnabla.parametric_functions as PF
 import numpy as np
 
-from common.fastmul import mul
-
-Params = "OrderedDict[str, nn.Variable]"
-
-
-@dataclass
-class Tangent:
-    """A direction ``U`` (same keys and shapes as the trainable parameters) and per-sample ``eps``."""
-
-    eps: nn.Variable
-    direction: Mapping[str, nn.Variable]
-
-
-def _tangent_linear(op: Callable, h, params, prefix: str, tangent: Optional[Tangent], has_bias=True):
-    W = params[f"{prefix}/W"]
-    b = params[f"{prefix}/b"] if has_bias else None
-    out = op(h, W, b)
-    if tangent is not None:
-        U = tangent.direction
-        t = op(h, U[f"{prefix}/W"], U[f"{prefix}/b"] if has_bias else None)
-        out = out + F.reshape(tangent.eps, (-1,) + (1,) * (len(out.shape) - 1)) * t
-    return out
-
-
-def channel_affine(h, scale, bias=None):
-    """``h * scale + bias`` per channel, ``scale``/``bias`` of shape (1, C, 1, 1).
-
-    A grouped 1x1 convolution (one group per channel): on nnabla's CPU backend it is several
-    times faster, forward and backward, than the broadcasting ``Mul2``/``Add2`` it replaces, and
-    unlike ``depthwise_convolution`` it can be differentiated twice by ``nn.grad``.
-    """
-    c = scale.shape[1]
-    return F.convolution(h, F.reshape(scale, (c, 1, 1, 1)), None if bias is None else F.reshape(bias, (c,)),
-                         group=c)
-
-
-def weighted_batch_mean(a, weights=None):
-    """Per-channel mean of ``a`` (B, C, H, W) over batch and space, shape (1, C, 1, 1).
-
-    ``weights`` (a (B,) variable) weights row k by ``w_k``: ``sum_k w_k sum_hw a / (sum_k w_k HW)``
-    (a GEMM, differentiable in ``a`` and ``w``); None: the plain mean.
-    """
-    if weights is None:
-        return F.mean(a, axis=(0, 2, 3), keepdims=True)
-    b, c = a.shape[:2]
-    hw = int(np.prod(a.shape[2:]))
-    s = F.affine(F.reshape(weights, (1, b)), F.reshape(a, (b, c * hw)))
-    s = F.sum(F.reshape(s, (1, c, hw)), axis=2, keepdims=True)
-    return F.reshape(s, (1, c, 1, 1)) / F.reshape(F.sum(weights) * float(hw), (1, 1, 1, 1))
-
-
-#: Batch norm's running statistics: ``r <- BN_DECAY * r + (1 - BN_DECAY) * batch statistic``
-#: (nnabla updates the running variance with the unbiased batch variance, n / (n - 1)).
-BN_DECAY = 0.9
-
-
-class Standardized(NamedTuple):
-    """``batch_standardize``'s result: ``xhat = (h - mean) * inv``, ``inv = (var + eps)^-1/2``;
-    ``mean`` and the biased ``var`` (1, C, 1, 1); ``running_var``: the unbiased variance
-    ``var * n / (n - 1)`` (n = rows x H x W, row-weighted) that updates the running variance."""
-
-    xhat: nn.Variable
-    inv: nn.Variable
-    mean: nn.Variable
-    var: nn.Variable
-    running_var: nn.Variable
-
-
-def batch_standardize(h, weights=None, eps: float = 1e-5) -> Standardized:
-    """Training-mode batch normalisation without its affine part, written out differentiably.
-
-    The (optionally row-weighted) batch mean and biased variance per channel, as batch norm uses.
-    nnabla 1.39's fused ``batch_normalization(output_stat=True)`` cannot be differentiated twice.
-    """
-    mean = weighted_batch_mean(h, weights)
-    hc = channel_affine(h, F.constant(1.0, mean.shape), -mean)
-    var = weighted_batch_mean(mul(hc, hc), weights)
-    inv = F.pow_scalar(var + eps, -0.5)
-    hw = float(np.prod(h.shape[2:]))
-    if weights is None:
-        n = h.shape[0] * hw
-        running_var = var * (n / (n - 1.0))
-    else:
-        n = F.reshape(F.sum(weights) * hw, (1, 1, 1, 1))
-        running_var = var * n / (n - 1.0)
-    return Standardized(channel_affine(hc, inv), inv, mean, var, running_var)
-
-
-def _batch_norm(h, params, prefix: str, train: bool, tangent: Optional[Tangent], stats, row_weights=None):
-    """Batch normalisation; ``stats`` maps 'mean'/'var' names to the variables to use (and update).
-
-    Training mode with ``row_weights`` (batch statistics weighted per row) or a tangent: the
-    two-pass form of ``batch_standardize``, running statistics not updated. The analysis graphs
-    use it; plain training keeps nnabla's fused kernel, whose variance ``E[h^2] - E[h]^2`` in
-    float32 is less accurate where a channel's mean is large.
-    """
-    beta, gamma = params[f"{prefix}/beta"], params[f"{prefix}/gamma"]
-    mean, var = stats[f"{prefix}/mean"], stats[f"{prefix}/var"]
-    if train and (row_weights is not None or tangent is not None):
-        xhat = batch_standardize(h, row_weights).xhat
-        if tangent is None:
-            return channel_affine(xhat, gamma, beta)
-    elif tangent is None and not train and (mean.need_grad or var.need_grad):
-        # nnabla's batch norm has no gradient w.r.t. the running statistics: written out.
-        a = gamma * F.pow_scalar(var + 1e-5, -0.5)
-        return channel_affine(h, a, beta - mean * a)
-    elif tangent is None:
-        return F.batch_normalization(h, beta, gamma, mean, var, axes=[1], decay_rate=BN_DECAY,
-                                     eps=1e-5, batch_stat=train)
-    else:
-        # Unfused form so that the affine part can carry the per-sample tangent.
-        zero = nn.Variable.from_numpy_array(np.zeros(beta.shape, np.float32))
-        one = nn.Variable.from_numpy_array(np.ones(gamma.shape, np.float32))
-        xhat = F.batch_normalization(h, zero, one, mean, var, axes=[1], decay_rate=BN_DECAY,
-                                     eps=1e-5, batch_stat=train)
-    U = tangent.direction
-    e = F.reshape(tangent.eps, (-1, 1, 1, 1))
-    return xhat * (gamma + e * U[f"{prefix}/gamma"]) + (beta + e * U[f"{prefix}/beta"])
-
-
-def _masked(h, masks, name):
-    if masks is None or name not in masks:
-        return h
-    m = masks[name]
-    return h * F.reshape(m, m.shape + (1,) * (len(h.shape) - len(m.shape)))
-
-
-# ---------------------------------------------------------------------- the layer vocabulary
-class Pass(NamedTuple):
-    """What a forward pass over layers needs besides its input (see ``run_layers``)."""
-
-    params: Mapping[str, nn.Variable]
-    train: bool
-    tangent: Optional[Tangent]
-    stats: Mapping[str, nn.Variable]
-    masks: Optional[Mapping[str, nn.Variable]]
-    row_weights: Optional[nn.Variable]
-
-
-class Layer:
-    """One step of a network, as data. ``kind`` names the step; its forward-mode (tangent) rule is
-    the method of that name of ``models.autodiff._Jvp``."""
-
-    kind: ClassVar[str] = ""
-
-    def create(self, h: nn.Variable, rng: np.random.RandomState, num_classes: int) -> nn.Variable:
-        """Create the layer's parameters (if any) in the current parameter scope; the output (shapes only)."""
-        raise NotImplementedError
-
-    def forward(self, h: nn.Variable, p: Pass) -> nn.Variable:
-        """The layer's output on ``h``."""
-        raise NotImplementedError
-
-    def channels(self, c: int, num_classes: int) -> int:
-        """Channels (or units) of the output, given ``c`` at the input."""
-        return c
-
-
-@dataclass(frozen=True)
-class ParametricLayer(Layer):
-    """A layer with parameters, named ``{scope}/{kind}/...`` (``prefix``): ``kind`` is also the scope
-    nnabla's parametric function opens."""
-
-    scope: str
-
-    @property
-    def prefix(self) -> str:
-        return f"{self.scope}/{self.kind}"
-
-
-@dataclass(frozen=True)
-class Conv(ParametricLayer):
-    """3x3 convolution, padding 1, stride 1, with bias: ``{scope}/conv/W`` (maps, in, 3, 3) and ``/b``."""
-
-    maps: int
-    kind: ClassVar[str] = "conv"
-
-    @staticmethod
-    def op(h: nn.Variable, W: nn.Variable, b: Optional[nn.Variable]) -> nn.Variable:
-        """The linear map, for any ``W`` and ``b`` (or None) of the parameters' shapes."""
-        return F.convolution(h, W, b, pad=(1, 1))
-
-    def create(self, h, rng, num_classes):
-        with nn.parameter_scope(self.scope):
-            return PF.convolution(h, self.maps, (3, 3), pad=(1, 1), rng=rng)
-
-    def forward(self, h, p):
-        return _tangent_linear(self.op, h, p.params, self.prefix, p.tangent)
-
-    def channels(self, c, num_classes):
-        return self.maps
-
-
-@dataclass(frozen=True)
-class Affine(ParametricLayer):
-    """Fully connected layer on the flattened input: ``{scope}/affine/W`` (in, units) and ``/b``.
-
-    ``units`` None: the number of classes. ``w_std`` None: Glorot-uniform weights (nnabla's
-    default), else normal with that standard deviation; zero bias either way.
-    """
-
-    units: Optional[int] = None
-    w_std: Optional[float] = None
-    kind: ClassVar[str] = "affine"
-
-    @staticmethod
-    def op(h: nn.Variable, W: nn.Variable, b: Optional[nn.Variable]) -> nn.Variable:
-        """The linear map, for any ``W`` and ``b`` (or None) of the parameters' shapes."""
-        return F.affine(h, W, b, base_axis=1)
-
-    def create(self, h, rng, num_classes):
-        units = self.channels(h.shape[1], num_classes)
-        with nn.parameter_scope(self.scope):
-            if self.w_std is None:
-                return PF.affine(h, units, rng=rng)
-            return PF.affine(h, units, w_init=I.NormalInitializer(self.w_std, rng=rng),
-                             b_init=I.ConstantInitializer(0.0))
-
-    def forward(self, h, p):
-        return _tangent_linear(self.op, h, p.params, self.prefix, p.tangent)
-
-    def channels(self, c, num_classes):
-        return num_classes if self.units is None else self.units
-
-
-@dataclass(frozen=True)
-class BatchNorm(ParametricLayer):
-    """Batch normalisation per channel: ``{scope}/bn/beta``, ``/gamma`` (trainable) and the running
-    statistics ``/mean``, ``/var`` (see ``_batch_norm`` for the modes)."""
-
-    kind: ClassVar[str] = "bn"
-
-    def create(self, h, rng, num_classes):
-        with nn.parameter_scope(self.scope):
-            return PF.batch_normalization(h)
-
-    def forward(self, h, p):
-        return _batch_norm(h, p.params, self.prefix, p.train, p.tangent, p.stats, p.row_weights)
-
-
-@dataclass(frozen=True)
-class ReLU(Layer):
-    """Rectified linear unit."""
-
-    kind: ClassVar[str] = "relu"
-
-    def create(self, h, rng, num_classes):
-        return F.relu(h)
-
-    def forward(self, h, p):
-        return F.relu(h)
-
-
-@dataclass(frozen=True)
-class MaxPool(Layer):
-    """Max pooling 2x2, stride 2."""
-
-    kind: ClassVar[str] = "max_pool"
-
-    def create(self, h, rng, num_classes):
-        return F.max_pooling(h, (2, 2))
-
-    def forward(self, h, p):
-        return F.max_pooling(h, (2, 2))
-
-
-@dataclass(frozen=True)
-class Mask(Layer):
-    """A turn-over dropout mask point called ``name``: the pass's ``masks[name]`` (B, channels),
-    if given, multiplies the activation per row and channel; otherwise the identity."""
-
-    name: str
-    kind: ClassVar[str] = "mask"
-
-    def create(self, h, rng, num_classes):
-        return h
-
-    def forward(self, h, p):
-        return _masked(h, p.masks, self.name)
-
-
-class Tap(NamedTuple):
-    """A layer with parameters, its input and its output, recorded by a forward pass."""
-
-    layer: ParametricLayer
-    input: nn.Variable
-    output: nn.Variable
+from .layers import RELU, Affine, BatchNorm, Convolution, Layer, Mask, Pass, Pooling, Tangent, Tap
 
 
 def run_layers(layers: Sequence[Layer], h: nn.Variable, params: Mapping[str, nn.Variable], train: bool,
@@ -334,7 +36,7 @@ def run_layers(layers: Sequence[Layer], h: nn.Variable, params: Mapping[str, nn.
     p = Pass(params, train, tangent, params if stats is None else stats, masks, row_weights)
     for layer in layers:
         out = layer.forward(h, p)
-        if taps is not None and isinstance(layer, ParametricLayer):
+        if taps is not None and layer.tap:
             taps.append(Tap(layer, h, out))
         h = out
     return h
@@ -395,7 +97,7 @@ class Model:
     @property
     def convolutional(self) -> bool:
         """Whether the network has convolutions (its graphs' memory grows with batch x image area)."""
-        return any(isinstance(layer, Conv) for layer in self.layers)
+        return any(isinstance(layer, Convolution) for layer in self.layers)
 
     def logits(self, x: nn.Variable, params: Mapping[str, nn.Variable], train: bool,
                tangent: Optional[Tangent] = None, stats: Optional[Mapping[str, nn.Variable]] = None,
@@ -411,7 +113,7 @@ class LogReg(Model):
     """Multinomial logistic regression on the flattened image."""
 
     name = "logreg"
-    layers = (Affine("fc", w_std=0.01),)
+    layers = (Affine.scoped("fc", w_std=0.01),)
 
 
 class MLP(Model):
@@ -419,15 +121,19 @@ class MLP(Model):
 
     name = "mlp"
     hidden = 128
-    layers = (Affine("fc1", hidden), ReLU(), Mask("fc1"), Affine("fc2"))
+    layers = (Affine.scoped("fc1", hidden), RELU, Mask("fc1"), Affine.scoped("fc2"))
+
+
+#: max pooling 2x2, stride 2
+MAX_POOL_2X2 = Pooling("max", (2, 2), (2, 2))
 
 
 def _cnn6_blocks(maps: Sequence[int]) -> Tuple[Layer, ...]:
     """Block k: conv3x3 + BN + ReLU, conv3x3 + ReLU, max-pool 2x2, mask point ``block{k}``."""
     layers: List[Layer] = []
     for k, m in enumerate(maps, start=1):
-        layers += [Conv(f"conv{2 * k - 1}", m), BatchNorm(f"conv{2 * k - 1}"), ReLU(),
-                   Conv(f"conv{2 * k}", m), ReLU(), MaxPool(), Mask(f"block{k}")]
+        layers += [Convolution.scoped(f"conv{2 * k - 1}", m), BatchNorm.scoped(f"conv{2 * k - 1}"), RELU,
+                   Convolution.scoped(f"conv{2 * k}", m), RELU, MAX_POOL_2X2, Mask(f"block{k}")]
     return tuple(layers)
 
 
@@ -440,7 +146,7 @@ class CNN6(Model):
 
     name = "cnn6"
     maps = (32, 64, 128)
-    layers = _cnn6_blocks(maps) + (Affine("fc"),)
+    layers = _cnn6_blocks(maps) + (Affine.scoped("fc"),)
 
 
 MODELS: Dict[str, type] = {m.name: m for m in (CNN6, LogReg, MLP)}

@@ -1,4 +1,4 @@
-"""A Neural Network Console model (``.nnp``) as a layer list of this project (issue 34).
+"""A Neural Network Console model (``.nnp``) as a graph of this project's layer kinds (issue 34).
 
 ``read_nnp(path)`` reads the file with nnabla's own file loaders (``nnabla.utils.get_file_handle``:
 ``network.nntxt`` or ``.protobuf`` and the parameters ``.h5``/``.protobuf``) and describes the
@@ -6,12 +6,13 @@ network of the file's first optimizer (else of its first executor) as layers and
 the image input up to the class scores: the variable that enters the first loss or softmax function
 (``TERMINAL``), or the network's last output. The project adds its own cross-entropy.
 
-Supported functions (``CONVERTERS``): Convolution (any kernel, stride, pad, dilation, group),
-Affine, BatchNormalization (axes [1], decay 0.9, eps 1e-5 as NNC's defaults), ReLU, LeakyReLU,
-ELU, Tanh, Sigmoid, Swish, MaxPooling, AveragePooling, GlobalAveragePooling, Dropout (the
-identity, in training too: the estimators replay training steps exactly, and a random mask per step
-would have to be recorded), Reshape, MulScalar, AddScalar, Identity, and for graphs (residual
-connections, branches) Add2 and Concatenate. Anything else, or a second data input, is a one-line
+Supported functions (``models.layers.BY_FUNCTION``, each read by its kind's ``from_nnp``):
+Convolution (any kernel, stride, pad, dilation, group), Affine, BatchNormalization (axes [1],
+decay 0.9, eps 1e-5 as NNC's defaults), ReLU, LeakyReLU, ELU, Tanh, Sigmoid, Swish, MaxPooling,
+AveragePooling, GlobalAveragePooling, Dropout (the identity, in training too: the estimators replay
+training steps exactly, and a random mask per step would have to be recorded), Reshape, MulScalar,
+AddScalar, Identity, and for graphs (residual connections, branches) Add2 and Concatenate. Anything
+else, or a second data input, is a one-line
 ``UserError`` naming the function and the file.
 
 Input: the file says what its network expects, read as nnabla's own ``forward`` command reads it:
@@ -46,27 +47,18 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import nnabla as nn
 import nnabla.functions as F
-import nnabla.initializer as I
 import numpy as np
 
 from common.errors import UserError
 
-from .networks import (
-    BN_DECAY,
-    MODEL_FILES,
-    Layer,
-    Model,
-    Pass,
-    Tangent,
-    Tap,
-    _batch_norm,
-    _masked,
-    batch_standardize,
-)
+from .layers import BY_FUNCTION, Affine, BatchNorm, Elementwise, Layer, Merge, Pass, Pooling, Tap, masked
+from .layers.base import dims
+from .layers.batch_norm import BN_DECAY
+from .networks import MODEL_FILES, Model
 
 #: functions that end the class scores: losses and (log-)softmax; the project adds its own loss
 TERMINAL = frozenset({"Softmax", "LogSoftmax", "SoftmaxCrossEntropy", "CategoricalCrossEntropy",
@@ -78,290 +70,6 @@ TERMINAL = frozenset({"Softmax", "LogSoftmax", "SoftmaxCrossEntropy", "Categoric
 def is_nnp_path(name: object) -> bool:
     """Whether a model name is the path of an ``.nnp`` file (by its suffix)."""
     return isinstance(name, (str, os.PathLike)) and str(name).lower().endswith(".nnp")
-
-
-# ---------------------------------------------------------------------- layers
-def _linear(op: Callable, h: nn.Variable, p: Pass, w: str, b: Optional[str]) -> nn.Variable:
-    """``op(h, W, b)``, plus ``eps_i * op(h, U_W, U_b)`` with a tangent (see ``models.networks``)."""
-    out = op(h, p.params[w], p.params[b] if b else None)
-    if p.tangent is not None:
-        U = p.tangent.direction
-        t = op(h, U[w], U[b] if b else None)
-        out = out + F.reshape(p.tangent.eps, (-1,) + (1,) * (len(out.shape) - 1)) * t
-    return out
-
-
-def _linear_jvp(layer, j, h, dh):
-    """Forward-mode rule of a linear layer (``models.autodiff._Jvp._linear`` with the file's names)."""
-    W, b = j.P[layer.w], j.P[layer.b] if layer.b else None
-    out = layer.op(h, W, b)
-    t = layer.op(h, j.V[layer.w], j.V[layer.b] if layer.b else None)
-    j.taps.append((out, t))
-    if not j.tangent:
-        return out, None
-    return out, (t if dh is None else layer.op(dh, W, None) + t)
-
-
-def unfold(h: np.ndarray, kernel: Sequence[int], pad: Sequence[int], stride: Sequence[int],
-           dilation: Sequence[int]) -> np.ndarray:
-    """(B, C, H, W) -> (B, positions, C * kh * kw): the patches a 2-D convolution of one group sees, in
-    the order of ``W.reshape(out, C * kh * kw)`` and of its output positions (EK-FAC's factors)."""
-    (kh, kw), (ph, pw), (sh, sw), (dh, dw) = kernel, pad, stride, dilation
-    B, C = h.shape[:2]
-    p = np.pad(h, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    win = np.lib.stride_tricks.sliding_window_view(p, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
-    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (B, C, Ho, Wo, kh, kw)
-    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(B, -1, C * kh * kw)
-
-
-def _param(name: str, shape: Sequence[int], init, need_grad: bool = True) -> nn.Variable:
-    return nn.parameter.get_parameter_or_create(name, tuple(int(s) for s in shape), init, need_grad)
-
-
-class _NnpLinear(Layer):
-    """A layer ``op(h, W, b)`` with the file's weight ``w`` and bias ``b`` (or None): nnabla's default
-    initialisers (Glorot-uniform weight, zero bias), the forward pass and its tangent rule."""
-
-    def create_linear(self, h, rng, glorot: tuple, b_shape: Sequence[int]):
-        W = _param(self.w, self.w_shape, I.UniformInitializer(I.calc_uniform_lim_glorot(*glorot), rng=rng))
-        b = _param(self.b, b_shape, I.ConstantInitializer()) if self.b else None
-        return self.op(h, W, b)
-
-    def forward(self, h, p):
-        return _linear(self.op, h, p, self.w, self.b)
-
-    def jvp(self, j, h, dh):
-        return _linear_jvp(self, j, h, dh)
-
-
-@dataclass(frozen=True)
-class NnpConv(_NnpLinear):
-    """Convolution with the file's weight ``w`` (maps, channels/group, *kernel), bias ``b`` (or None)."""
-
-    w: str
-    b: Optional[str]
-    w_shape: Tuple[int, ...]
-    pad: Tuple[int, ...]
-    stride: Tuple[int, ...]
-    dilation: Tuple[int, ...]
-    group: int = 1
-    kind: ClassVar[str] = "nnp_conv"
-
-    def op(self, h, W, b):
-        return F.convolution(h, W, b, base_axis=1, pad=self.pad, stride=self.stride, dilation=self.dilation,
-                             group=self.group)
-
-    def create(self, h, rng, num_classes):
-        maps, kernel = self.w_shape[0], self.w_shape[2:]
-        return self.create_linear(h, rng, (h.shape[1], maps, tuple(kernel)), (maps,))
-
-    def channels(self, c, num_classes):
-        return self.w_shape[0]
-
-
-@dataclass(frozen=True)
-class NnpAffine(_NnpLinear):
-    """Fully connected layer on the flattened input: weight ``w`` (inputs, units), bias ``b`` (or None)."""
-
-    w: str
-    b: Optional[str]
-    w_shape: Tuple[int, ...]
-    kind: ClassVar[str] = "nnp_affine"
-
-    @staticmethod
-    def op(h, W, b):
-        return F.affine(h, W, b, base_axis=1)
-
-    def create(self, h, rng, num_classes):
-        return self.create_linear(h, rng, (int(np.prod(h.shape[1:])), int(np.prod(self.w_shape[1:]))),
-                                  self.w_shape[1:])
-
-    def channels(self, c, num_classes):
-        return int(np.prod(self.w_shape[1:]))
-
-
-@dataclass(frozen=True)
-class NnpBatchNorm(Layer):
-    """Batch normalisation over channels with the file's ``beta``, ``gamma`` (trainable), ``mean``,
-    ``var`` (running statistics), computed as the built-in models' (``models.networks._batch_norm``)."""
-
-    beta: str
-    gamma: str
-    mean: str
-    var: str
-    shape: Tuple[int, ...]
-    kind: ClassVar[str] = "nnp_bn"
-
-    def create(self, h, rng, num_classes):
-        _param(self.beta, self.shape, I.ConstantInitializer(0.0))
-        _param(self.gamma, self.shape, I.ConstantInitializer(1.0))
-        _param(self.mean, self.shape, I.ConstantInitializer(0.0), need_grad=False)
-        _param(self.var, self.shape, I.ConstantInitializer(1.0), need_grad=False)
-        return h
-
-    def forward(self, h, p):
-        flat = len(h.shape) == 2  # after an affine layer: (B, C) as (B, C, 1, 1)
-        if flat and p.train and p.tangent is None and p.row_weights is None:
-            # plain training: nnabla's fused kernel on the parameters themselves (it updates the
-            # running statistics, which a reshaped view would not let it do)
-            return F.batch_normalization(h, p.params[self.beta], p.params[self.gamma], p.stats[self.mean],
-                                         p.stats[self.var], axes=[1], decay_rate=BN_DECAY, eps=1e-5, batch_stat=True)
-        c4 = (1, int(np.prod(self.shape)), 1, 1)
-
-        def four(v):
-            return F.reshape(v, c4) if flat else v
-        params = {"bn/beta": four(p.params[self.beta]), "bn/gamma": four(p.params[self.gamma])}
-        stats = {"bn/mean": four(p.stats[self.mean]), "bn/var": four(p.stats[self.var])}
-        tangent = None
-        if p.tangent is not None:
-            U = p.tangent.direction
-            tangent = Tangent(p.tangent.eps, {"bn/beta": four(U[self.beta]), "bn/gamma": four(U[self.gamma])})
-        out = _batch_norm(F.reshape(h, h.shape + (1, 1)) if flat else h, params, "bn", p.train, tangent, stats,
-                          p.row_weights)
-        return F.reshape(out, h.shape) if flat else out
-
-    def jvp(self, j, h, dh):
-        """The built-in rule (``_Jvp.bn``) under the common prefix of the names (feature maps only:
-        ``NnpModel.forward_mode`` declines batch norm after an affine layer)."""
-        return j.bn(h, dh, SimpleNamespace(prefix=self.mean[:-len("/mean")]))
-
-
-_ACTIVATIONS: Dict[str, Callable] = {
-    "ReLU": lambda h, a: F.relu(h),
-    "LeakyReLU": lambda h, a: F.leaky_relu(h, a),
-    "ELU": lambda h, a: F.elu(h, a),
-    "Tanh": lambda h, a: F.tanh(h),
-    "Sigmoid": lambda h, a: F.sigmoid(h),
-    "Swish": lambda h, a: F.swish(h),
-    "MulScalar": lambda h, a: F.mul_scalar(h, a),
-    "AddScalar": lambda h, a: F.add_scalar(h, a),
-    "Identity": lambda h, a: h,
-    "Dropout": lambda h, a: h,
-}
-
-
-@dataclass(frozen=True)
-class NnpElementwise(Layer):
-    """A parameter-free element-wise function ``fn`` of the file (an activation, MulScalar,
-    AddScalar; Dropout and Identity: the identity) with its scalar argument ``alpha``."""
-
-    fn: str
-    alpha: float = 0.0
-    kind: ClassVar[str] = "nnp_elementwise"
-
-    def create(self, h, rng, num_classes):
-        return self.forward(h, None)
-
-    def forward(self, h, p):
-        return _ACTIVATIONS[self.fn](h, self.alpha)
-
-    def jvp(self, j, h, dh):
-        """``f(h)`` and ``f'(h) dh`` (the derivative kept in the graph where it depends on ``h``, so
-        that its own derivative enters the Hessian-vector products)."""
-        out = self.forward(h, None)
-        if not j.tangent or dh is None:
-            return out, None
-        if self.fn in ("Identity", "Dropout", "AddScalar"):
-            return out, dh
-        if self.fn == "MulScalar":
-            return out, F.mul_scalar(dh, self.alpha)
-        if self.fn in ("ReLU", "LeakyReLU", "ELU"):
-            pos = F.greater_scalar(h, 0.0)
-            pos.need_grad = False
-            if self.fn == "ReLU":
-                return out, dh * pos
-            if self.fn == "LeakyReLU":
-                return out, dh * F.add_scalar(F.mul_scalar(pos, 1.0 - self.alpha), self.alpha)
-            neg = F.mul_scalar(F.exp(F.minimum_scalar(h, 0.0)), self.alpha)  # alpha e^h below 0
-            return out, dh * (pos + F.r_sub_scalar(pos, 1.0) * neg)
-        if self.fn == "Tanh":
-            return out, dh * F.r_sub_scalar(out * out, 1.0)
-        s = F.sigmoid(h)
-        if self.fn == "Sigmoid":
-            return out, dh * (s * F.r_sub_scalar(s, 1.0))
-        return out, dh * (s + h * s * F.r_sub_scalar(s, 1.0))  # Swish: s + h s (1 - s)
-
-
-@dataclass(frozen=True)
-class NnpPool(Layer):
-    """Max or average pooling (``mode`` 'max', 'average') or global average pooling ('global')."""
-
-    mode: str
-    kernel: Tuple[int, ...] = ()
-    stride: Tuple[int, ...] = ()
-    ignore_border: bool = True
-    pad: Tuple[int, ...] = ()
-    including_pad: bool = True
-    kind: ClassVar[str] = "nnp_pool"
-
-    def create(self, h, rng, num_classes):
-        return self.forward(h, None)
-
-    def forward(self, h, p):
-        if self.mode == "global":  # the mean: differentiable twice, unlike the fused function
-            return F.mean(h, axis=tuple(range(2, len(h.shape))), keepdims=True)
-        stride = self.stride or None
-        pad = self.pad or None
-        if self.mode == "max":
-            return F.max_pooling(h, self.kernel, stride, self.ignore_border, pad)
-        return F.average_pooling(h, self.kernel, stride, self.ignore_border, pad, including_pad=self.including_pad)
-
-    @property
-    def disjoint(self) -> bool:
-        """Whether the pooling windows do not overlap (max pooling's rule needs it)."""
-        return self.mode != "max" or all(s >= k for s, k in zip(self.stride or self.kernel, self.kernel))
-
-    def jvp(self, j, h, dh):
-        """Average pooling is linear; max pooling passes ``dh`` at the element it picks (nnabla's
-        choice, from ``max_pooling_backward``; windows must not overlap)."""
-        out = self.forward(h, None)
-        if not j.tangent or dh is None:
-            return out, None
-        if self.mode != "max":
-            return out, self.forward(dh, None)
-        stride, pad = self.stride or None, self.pad or None
-        pick = F.max_pooling_backward(F.constant(1.0, out.shape), h, self.kernel, stride, self.ignore_border, pad)
-        pick.need_grad = False
-        return out, F.sum_pooling(dh * pick, self.kernel, stride, self.ignore_border, pad)
-
-
-@dataclass(frozen=True)
-class NnpReshape(Layer):
-    """Reshape to the file's shape (its first dimension is the batch)."""
-
-    shape: Tuple[int, ...]
-    kind: ClassVar[str] = "nnp_reshape"
-
-    def create(self, h, rng, num_classes):
-        return self.forward(h, None)
-
-    def forward(self, h, p):
-        return F.reshape(h, (h.shape[0],) + tuple(self.shape[1:]))
-
-    def jvp(self, j, h, dh):
-        return self.forward(h, None), None if dh is None or not j.tangent else self.forward(dh, None)
-
-
-@dataclass(frozen=True)
-class NnpMerge(Layer):
-    """A function of several activations: ``Add2`` (their sum) or ``Concatenate`` (along ``axis``)."""
-
-    fn: str
-    axis: int = 1
-    kind: ClassVar[str] = "nnp_merge"
-
-    def merge(self, hs: Sequence[nn.Variable]) -> nn.Variable:
-        """The function of the activations ``hs`` (in the file's input order)."""
-        return hs[0] + hs[1] if self.fn == "Add2" else F.concatenate(*hs, axis=self.axis)
-
-    def jvp(self, j, hs, dhs):
-        """``merge`` of the activations and of their tangents (a missing tangent: zeros); both linear."""
-        if not j.tangent or all(d is None for d in dhs):
-            return self.merge(hs), None
-        if self.fn == "Add2":
-            present = [d for d in dhs if d is not None]
-            return self.merge(hs), present[0] if len(present) == 1 else present[0] + present[1]
-        return self.merge(hs), self.merge([F.constant(0.0, h.shape) if d is None else d for h, d in zip(hs, dhs)])
 
 
 # ---------------------------------------------------------------------- reading the file
@@ -388,72 +96,6 @@ class NnpSpec:
     #: turn-over dropout's mask point: the variable that enters the last Affine layer, and its
     #: channels (or units); None where the network has no Affine layer
     mask_point: Optional[Tuple[str, int]] = None
-
-
-def _dims(msg) -> Tuple[int, ...]:
-    return tuple(int(d) for d in msg.dim)
-
-
-def _conv(f, inputs, shapes, where):
-    p = f.convolution_param
-    if p.channel_last:
-        raise UserError(f"{where}: function Convolution ({f.name}) with channel_last is not supported")
-    if p.base_axis not in (0, 1):
-        raise UserError(f"{where}: function Convolution ({f.name}) with base_axis {p.base_axis} is not supported")
-    w_shape = shapes[inputs[1]]
-    n = len(w_shape) - 2
-    return NnpConv(inputs[1], inputs[2] if len(inputs) > 2 else None, w_shape,
-                   _dims(p.pad) or (0,) * n, _dims(p.stride) or (1,) * n, _dims(p.dilation) or (1,) * n,
-                   int(p.group) or 1)
-
-
-def _affine(f, inputs, shapes, where):
-    if f.affine_param.base_axis not in (0, 1):
-        raise UserError(f"{where}: function Affine ({f.name}) with base_axis {f.affine_param.base_axis} is not "
-                        f"supported")
-    return NnpAffine(inputs[1], inputs[2] if len(inputs) > 2 else None, shapes[inputs[1]])
-
-
-def _bn(f, inputs, shapes, where):
-    p = f.batch_normalization_param
-    if len(inputs) != 5 or p.no_scale or p.no_bias:
-        raise UserError(f"{where}: function BatchNormalization ({f.name}) without beta or gamma is not supported")
-    if list(p.axes) not in ([], [1]) or not np.isclose(p.decay_rate, 0.9) or not np.isclose(p.eps, 1e-5):
-        raise UserError(f"{where}: function BatchNormalization ({f.name}) needs axes [1], decay_rate 0.9 and eps "
-                        f"1e-5 (NNC's defaults), got {list(p.axes)}, {p.decay_rate:g}, {p.eps:g}")
-    prefix = inputs[1][:-len("/beta")]
-    if [n[len(prefix):] for n in inputs[1:]] != ["/beta", "/gamma", "/mean", "/var"]:
-        raise UserError(f"{where}: function BatchNormalization ({f.name}) needs parameters named P/beta, P/gamma, "
-                        f"P/mean, P/var, got {', '.join(inputs[1:])}")
-    return NnpBatchNorm(inputs[1], inputs[2], inputs[3], inputs[4], shapes[inputs[1]])
-
-
-def _pool(mode: str):
-    def convert(f, inputs, shapes, where):
-        p = f.max_pooling_param if mode == "max" else f.average_pooling_param
-        if p.channel_last:
-            raise UserError(f"{where}: function {f.type} ({f.name}) with channel_last is not supported")
-        return NnpPool(mode, _dims(p.kernel), _dims(p.stride), bool(p.ignore_border), _dims(p.pad),
-                       bool(getattr(p, "including_pad", True)))
-    return convert
-
-
-def _elementwise(f, inputs, shapes, where):
-    alpha = {"LeakyReLU": lambda: f.leaky_relu_param.alpha, "ELU": lambda: f.elu_param.alpha,
-             "MulScalar": lambda: f.mul_scalar_param.val, "AddScalar": lambda: f.add_scalar_param.val}
-    return NnpElementwise(f.type, float(alpha[f.type]()) if f.type in alpha else 0.0)
-
-
-#: nnabla function type -> converter to a layer
-CONVERTERS: Dict[str, Callable] = {
-    "Convolution": _conv, "Affine": _affine, "BatchNormalization": _bn,
-    "MaxPooling": _pool("max"), "AveragePooling": _pool("average"),
-    "GlobalAveragePooling": lambda f, i, s, w: NnpPool("global"),
-    "Reshape": lambda f, i, s, w: NnpReshape(_dims(f.reshape_param.shape)),
-    "Add2": lambda f, i, s, w: NnpMerge("Add2"),
-    "Concatenate": lambda f, i, s, w: NnpMerge("Concatenate", int(f.concatenate_param.axis)),
-    **{name: _elementwise for name in _ACTIVATIONS},
-}
 
 
 def _load_proto(path: str):
@@ -503,7 +145,7 @@ def read_nnp(path: str) -> NnpSpec:
     if net_name not in nets:
         raise UserError(f"{where}: network {net_name!r} is not in the file")
     net = nets[net_name]
-    shapes = {v.name: _dims(v.shape) for v in net.variable}
+    shapes = {v.name: dims(v.shape) for v in net.variable}
     kinds = {v.name: v.type for v in net.variable}
     consumers: Dict[str, List] = {}
     for f in net.function:
@@ -541,15 +183,15 @@ def read_nnp(path: str) -> NnpSpec:
     for f in (f for f in order if f.name in needed):
         inputs = list(f.input)
         data_in = tuple(n for n in inputs if kinds.get(n) != "Parameter")
-        if f.type not in CONVERTERS:
+        if f.type not in BY_FUNCTION:
             raise UserError(f"{where}: function {f.type} ({f.name}) is not supported; supported: "
-                            f"{', '.join(sorted(CONVERTERS))}")
+                            f"{', '.join(sorted(BY_FUNCTION))}")
         foreign = [n for n in data_in if n != image and n not in producer]
         if foreign:
             raise UserError(f"{where}: function {f.type} ({f.name}) takes {foreign[0]}, which is neither the image "
                             f"input nor computed from it; networks with a second input are not supported")
-        layer = CONVERTERS[f.type](f, inputs, shapes, where)
-        if not isinstance(layer, NnpMerge) and data_in != (inputs[0],):
+        layer = BY_FUNCTION[f.type].from_nnp(f, inputs, shapes, where)
+        if not isinstance(layer, Merge) and data_in != (inputs[0],):
             raise UserError(f"{where}: function {f.type} ({f.name}) with a second data input is not supported")
         layers.append(layer)
         wiring.append((data_in, f.output[0]))
@@ -558,7 +200,7 @@ def read_nnp(path: str) -> NnpSpec:
         raise UserError(f"{where}: the class scores {scores_name} have shape {scores}; they must be (batch, classes)")
     raw = any(e.no_image_normalization for e in proto.executor) or any(d.no_image_normalization
                                                                         for d in proto.dataset)
-    affine_inputs = [ins[0] for layer, (ins, _) in zip(layers, wiring) if isinstance(layer, NnpAffine)]
+    affine_inputs = [ins[0] for layer, (ins, _) in zip(layers, wiring) if isinstance(layer, Affine)]
     point = (affine_inputs[-1], int(shapes[affine_inputs[-1]][1])) if affine_inputs else None
     return NnpSpec(os.path.abspath(path), net_name, image, input_shape, scores_name, int(scores[1]), tuple(layers),
                    tuple(wiring), 1.0 if raw else 1.0 / 255.0, params, {k: len(v) for k, v in shapes.items()}, point)
@@ -655,7 +297,7 @@ class NnpModel(Model):
                 uses[n] = uses.get(n, 0) + 1
         name, count = self.spec.input_name, 0
         for layer, (ins, out) in zip(self.layers, self.spec.wiring):
-            if ins != (name,) or uses.get(name, 0) != 1 or not isinstance(layer, NnpElementwise) \
+            if ins != (name,) or uses.get(name, 0) != 1 or not isinstance(layer, Elementwise) \
                     or layer.fn not in ("MulScalar", "AddScalar"):
                 break
             if layer.fn == "MulScalar":
@@ -668,15 +310,11 @@ class NnpModel(Model):
         return 0
 
     @property
-    def convolutional(self) -> bool:
-        return any(isinstance(layer, NnpConv) for layer in self.layers)
-
-    @property
     def forward_mode(self) -> bool:
         """Whether the layers' forward-mode rules cover the network (``models.autodiff._Jvp``): not
         with batch norm after an affine layer, nor max pooling with overlapping windows."""
-        return all(not (isinstance(layer, NnpBatchNorm) and self.spec.ranks[ins[0]] != 4)
-                   and not (isinstance(layer, NnpPool) and not layer.disjoint)
+        return all(not (isinstance(layer, BatchNorm) and self.spec.ranks[ins[0]] != 4)
+                   and not (isinstance(layer, Pooling) and not layer.disjoint)
                    for layer, (ins, _) in zip(self.layers, self.spec.wiring))
 
     def walk_tangent(self, x: nn.Variable, j) -> Tuple[nn.Variable, Optional[nn.Variable]]:
@@ -688,7 +326,7 @@ class NnpModel(Model):
             if i < self.undone:
                 env[out] = pairs[0]
                 continue
-            if isinstance(layer, NnpMerge):
+            if isinstance(layer, Merge):
                 env[out] = layer.jvp(j, [h for h, _ in pairs], [d for _, d in pairs])
             else:
                 env[out] = layer.jvp(j, *pairs[0])
@@ -725,15 +363,15 @@ class NnpModel(Model):
         undone = 0 if file_input else self.undone
         env = {self.spec.input_name: x if file_input or undone else self.pixels(x)}
         if masks:
-            env[self.spec.input_name] = _masked(env[self.spec.input_name], masks, self.spec.input_name)
+            env[self.spec.input_name] = masked(env[self.spec.input_name], masks, self.spec.input_name)
         for i, (layer, (ins, out)) in enumerate(zip(self.layers, self.spec.wiring)):
             hs = [env[n] for n in ins]
             if i < undone:
                 env[out] = hs[0]
             else:
-                env[out] = layer.merge(hs) if isinstance(layer, NnpMerge) else step(layer, hs[0])
+                env[out] = layer.merge(hs) if isinstance(layer, Merge) else step(layer, hs[0])
             if masks:
-                env[out] = _masked(env[out], masks, out)
+                env[out] = masked(env[out], masks, out)
         return env[self.spec.scores_name]
 
     def _create(self, x, rng) -> None:
@@ -750,24 +388,21 @@ class NnpModel(Model):
 
         def step(layer, h):
             out = layer.forward(h, p)
-            if taps is not None and isinstance(layer, (NnpConv, NnpAffine, NnpBatchNorm)):
+            if taps is not None and layer.tap:
                 taps.append(Tap(layer, h, out))
             return out
         return self.walk(x, step, masks=masks)
 
     def batch_statistics(self, x: nn.Variable, params: Mapping[str, nn.Variable], stats: Mapping[str, nn.Variable],
-                         weights: nn.Variable) -> List[Tuple[str, nn.Variable, nn.Variable]]:
-        """``(prefix, mean, unbiased variance)`` of each batch norm's row-weighted batch statistics in
-        a training-mode pass (what the training step moves the running statistics ``prefix/mean``,
-        ``prefix/var`` toward; ``Learner.running_stats_products``)."""
+                         weights: nn.Variable) -> List[Tuple[str, str, nn.Variable, nn.Variable]]:
+        """``BatchNorm.batch_statistics`` of each batch norm in a training-mode pass: what the training
+        step moves the running statistics toward (``Learner.running_stats_products``)."""
         p = Pass(params, True, None, stats, None, weights)
         out = []
 
         def step(layer, h):
-            if isinstance(layer, NnpBatchNorm):
-                st = batch_standardize(F.reshape(h, h.shape + (1, 1)) if len(h.shape) == 2 else h, weights)
-                out.append((layer.mean[:-len("/mean")], F.reshape(st.mean, layer.shape),
-                            F.reshape(st.running_var, layer.shape)))
+            if isinstance(layer, BatchNorm):
+                out.append(layer.batch_statistics(h, weights, stats))
             return layer.forward(h, p)
         self.walk(x, step)
         return out
@@ -853,11 +488,11 @@ def save_model_nnp(path, model: Model, params: Mapping[str, nn.Variable]) -> Non
             p = Pass(scope, False, None, scope, None, None)
 
             def step(layer: Layer, h: nn.Variable) -> nn.Variable:
-                if isinstance(layer, NnpBatchNorm) and len(h.shape) == 2:  # on the file's own parameters
+                if isinstance(layer, BatchNorm) and len(h.shape) == 2:  # on the file's own parameters
                     return F.batch_normalization(h, *(scope[k] for k in (layer.beta, layer.gamma, layer.mean,
                                                                          layer.var)),
                                                  axes=[1], decay_rate=BN_DECAY, eps=1e-5, batch_stat=False)
-                if isinstance(layer, NnpPool) and layer.mode == "global":  # not Mean: a loss to the reader
+                if isinstance(layer, Pooling) and layer.mode == "global":  # not Mean: a loss to the reader
                     return F.global_average_pooling(h)
                 return layer.forward(h, p)
             scores = model.walk(x, step, file_input=True)

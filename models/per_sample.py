@@ -1,12 +1,13 @@
 """Per-sample gradients of the layers with parameters, in factored form, from one batched pass.
 
-For a linear layer (affine, convolution) with input ``a`` (for a convolution the unfolded 3x3
+For a linear layer (affine, convolution) with input ``a`` (for a convolution the unfolded kernel
 patch at each output position ``t``, KFC) and pre-activation gradient ``g = d l / d out``, sample
 n's gradient of the layer matrix ``M = [W | b]`` (``out x (in + 1)``) is ``G_n = sum_t g_{n,t}
 [a_{n,t}, 1]^T``; for batch norm's scale and shift ``sum_hw g xhat`` and ``sum_hw g`` (inference
-mode: ``xhat`` from the running statistics). ``TapGraph`` gives ``a`` and ``g`` for a whole batch
-from one forward and one data-gradient backward pass (rows are independent in inference mode), never
-one graph per sample. Users: EK-FAC (``influence_functions.ekfac``) and TracIn (``tracin``).
+mode: ``xhat`` from the running statistics). Each kind lays out its own ``a`` and ``g``
+(``models.layers``). ``TapGraph`` gives them for a whole batch from one forward and one
+data-gradient backward pass (rows are independent in inference mode), never one graph per sample.
+Users: EK-FAC (``influence_functions.ekfac``) and TracIn (``tracin``).
 """
 from __future__ import annotations
 
@@ -16,14 +17,8 @@ import nnabla as nn
 import nnabla.functions as F
 import numpy as np
 
-from common.errors import UserError
-
 from .autodiff import Learner
-from .networks import Affine, BatchNorm, Conv, Tap
-from .nnp import NnpAffine, NnpBatchNorm, NnpConv, unfold
-
-#: the kind of each layer with parameters
-KINDS = {Affine: "affine", Conv: "conv", BatchNorm: "bn", NnpAffine: "affine", NnpConv: "conv", NnpBatchNorm: "bn"}
+from .layers import Linear, Tap
 
 
 class TapGraph:
@@ -41,8 +36,6 @@ class TapGraph:
         logits = model.logits(self.x, params, train=False, stats=learner.params, taps=self.layers)
         self.logits = F.identity(logits)  # so that the last layer's output receives its gradient
         for t in self.layers:
-            if type(t.layer) not in KINDS:
-                raise ValueError(f"{user} does not cover layer {t.layer!r} of model {model.name!r}")
             t.input.persistent = True
             t.output.persistent = True
         self.logits.persistent = True
@@ -62,63 +55,30 @@ class TapGraph:
         return [t.output.g.copy() for t in self.layers]
 
 
-def unfold3x3(h: np.ndarray) -> np.ndarray:
-    """(B, C, H, W) -> (B, H*W, C*9) patches of a 3x3 convolution with padding 1, in the order of
-    ``W.reshape(out, C*9)`` (channel, kernel row, kernel column)."""
-    B, C, H, W = h.shape
-    p = np.pad(h, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    win = np.lib.stride_tricks.sliding_window_view(p, (3, 3), axis=(2, 3))  # (B, C, H, W, 3, 3)
-    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(B, H * W, C * 9)
-
-
 class LayerGradients:
     """One layer's per-sample gradients in factored form (``Tap`` of a ``TapGraph``)."""
 
     def __init__(self, tap: Tap, learner: Learner, user: str = "EK-FAC"):
         layer = tap.layer
-        self.kind, self.unfold = KINDS[type(layer)], unfold3x3
-        if isinstance(layer, (NnpConv, NnpAffine)):  # an .nnp file's layer (models.nnp): its own names
-            self.prefix = layer.w.rsplit("/", 1)[0]
-            if layer.b is None or (self.kind == "conv" and (layer.group != 1 or len(layer.w_shape) != 4)):
-                raise UserError(f"{user} covers 2-D convolutions of one group and linear layers with a bias; "
-                                f"{layer.w} is not one")
-            if self.kind == "conv":
-                self.unfold = lambda h: unfold(h, layer.w_shape[2:], layer.pad, layer.stride, layer.dilation)
-            self.names = [layer.w, layer.b]
-            return
-        self.prefix = layer.mean[:-len("/mean")] if isinstance(layer, NnpBatchNorm) else layer.prefix
-        if self.kind == "conv" and tuple(learner.params[f"{self.prefix}/W"].shape[2:]) != (3, 3):
-            raise ValueError(f"{user} unfolds 3x3 convolutions with padding 1; {self.prefix} is not one")
-        if self.kind == "bn":
-            self.names = [f"{self.prefix}/gamma", f"{self.prefix}/beta"]
-            self.mean = learner.params[f"{self.prefix}/mean"].d.astype(np.float32).reshape(1, -1, 1, 1)
-            var = learner.params[f"{self.prefix}/var"].d.astype(np.float32).reshape(1, -1, 1, 1)
-            self.inv = 1.0 / np.sqrt(var + np.float32(1e-5))
-        else:
-            self.names = [f"{self.prefix}/W", f"{self.prefix}/b"]
+        layer.check_tap(user)
+        #: the factors' layout ('conv', 'affine', 'bn'), the parameters' scope and names
+        self.layer, self.kind, self.prefix = layer, layer.tap, layer.prefix
+        self.names = list(layer.parameter_names())
+        self._prepared = layer.tap_prepare(learner.params)  # batch norm: its running statistics, read once
 
     def activations(self, h: np.ndarray) -> np.ndarray:
-        """(B, T, in) layer inputs, the 3x3 patches for a convolution (the bias's homogeneous 1 is
-        implicit, see ``sample_gradients``); bn: ``xhat``, (B, C, HW)."""
-        if self.kind == "affine":
-            return h.reshape(len(h), 1, -1)
-        if self.kind == "conv":
-            return self.unfold(h)
-        if h.ndim == 2:  # batch norm after an affine layer (models.nnp)
-            h = h.reshape(h.shape + (1, 1))
-        return ((h - self.mean) * self.inv).reshape(h.shape[0], h.shape[1], -1)
+        """(B, T, in) layer inputs (a convolution's patches at each output position; the bias's
+        homogeneous 1 is implicit, see ``sample_gradients``); bn: ``xhat``, (B, C, HW)."""
+        return self.layer.tap_activations(h, self._prepared)
 
     def output_grads(self, g: np.ndarray) -> np.ndarray:
         """(B, T, out) pre-activation gradients (bn: (B, C, HW))."""
-        if self.kind == "affine":
-            return g.reshape(len(g), 1, -1)
-        if self.kind == "conv":
-            return g.reshape(g.shape[0], g.shape[1], -1).transpose(0, 2, 1)
-        return g.reshape(g.shape[0], g.shape[1], -1)
+        return self.layer.tap_output_grads(g)
 
-    def sample_gradients(self, a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def sample_gradients(a: np.ndarray, g: np.ndarray) -> np.ndarray:
         """(B, out, in + 1) per-sample gradients ``G_n = sum_t g_t [a_t, 1]^T`` of ``M = [W | b]``."""
-        return np.concatenate([np.matmul(g.transpose(0, 2, 1), a), g.sum(axis=1)[:, :, None]], axis=2)
+        return Linear.sample_gradients(a, g)
 
     def bn_grads(self, a: np.ndarray, g: np.ndarray) -> Dict[str, np.ndarray]:
         """Per-sample gradients of gamma and beta, (B, C) each."""

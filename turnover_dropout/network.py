@@ -24,7 +24,8 @@ import nnabla.functions as F
 import numpy as np
 
 from models.autodiff import Graph, Learner, persist
-from models.networks import Affine, Model, per_sample_loss, run_layers
+from models.layers import Affine
+from models.networks import Model, per_sample_loss, run_layers
 
 from .masks import P_KEEP, flip, instance_masks
 
@@ -154,8 +155,7 @@ class TDLearner(Learner):
         head = self._upper_layers[1:]  # after the mask
         if len(head) != 1 or not isinstance(head[0], Affine):
             return None
-        name = head[0].prefix
-        W = self.params[f"{name}/W"].d.astype(np.float64)
-        b = self.params[f"{name}/b"].d.astype(np.float64)
+        W = self.params[head[0].w].d.astype(np.float64)
+        b = self.params[head[0].b].d.astype(np.float64)
         C = self.shapes[self.layers[0]]
         return W.reshape(C, -1, W.shape[-1]), b

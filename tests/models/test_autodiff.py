@@ -109,7 +109,7 @@ def test_row_weighted_batch_statistics_drop_a_row_at_weight_zero():
     import nnabla as nn
     import nnabla.functions as F
 
-    from models.networks import batch_standardize
+    from models.layers.batch_norm import batch_standardize
     rs = np.random.RandomState(3)
     h = rs.randn(6, 3, 4, 4).astype(np.float32) * 2 + 1
     w = nn.Variable.from_numpy_array(np.array([1, 1, 0, 1, 1, 1], np.float32))
@@ -142,7 +142,7 @@ def test_removal_products_predict_leaving_a_row_out_of_a_batch_norm_step():
 def test_batch_standardize_is_accurate_where_the_mean_is_large():
     import nnabla as nn
 
-    from models.networks import batch_standardize
+    from models.layers.batch_norm import batch_standardize
     h = (np.random.RandomState(0).randn(8, 4, 8, 8) * 0.5 + 30.0).astype(np.float32)
     xhat = batch_standardize(nn.Variable.from_numpy_array(h))[0]
     xhat.forward()

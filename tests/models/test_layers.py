@@ -4,8 +4,10 @@ import nnabla as nn
 import numpy as np
 import pytest
 
-from models import MODELS, Affine, BatchNorm, Conv, Mask, MaxPool, Model, ReLU, build_model
+from models import MODELS, Affine, BatchNorm, Convolution, Mask, Model, build_model
 from models.autodiff import Learner, vdot, vnorm
+from models.layers import RELU
+from models.networks import MAX_POOL_2X2
 from tests.helpers import data, rand_vec
 
 
@@ -13,8 +15,8 @@ class Tiny(Model):
     """Not registered: conv + BN + ReLU + pool, a mask, a hidden affine layer, a mask, the output."""
 
     name = "tiny"
-    layers = (Conv("c1", 4), BatchNorm("c1"), ReLU(), MaxPool(), Mask("m1"),
-              Affine("fc", 6), ReLU(), Mask("m2"), Affine("out"))
+    layers = (Convolution.scoped("c1", 4), BatchNorm.scoped("c1"), RELU, MAX_POOL_2X2, Mask("m1"),
+              Affine.scoped("fc", 6), RELU, Mask("m2"), Affine.scoped("out"))
 
 
 SHAPE = (1, 8, 8)
@@ -39,7 +41,7 @@ def test_parameters_masks_and_split_come_from_the_layer_list():
     assert Tiny.mask_points == ("m1", "m2") and m.mask_shapes() == {"m1": 4, "m2": 6}
     assert m.convolutional and not build_model("mlp", SHAPE, 5).convolutional
     lower, upper = m.split("m2")
-    assert lower == m.layers[:7] and upper == (Mask("m2"), Affine("out"))
+    assert lower == m.layers[:7] and upper == (Mask("m2"), Affine.scoped("out"))
     with pytest.raises(ValueError, match="no mask point"):
         m.split("fc")
 
@@ -117,3 +119,48 @@ def test_ekfac_taps_of_a_new_model():
             mine = b.from_matrix(b.sample_gradients(a[:1], g[:1])[0].astype(np.float64), shapes)
         for k, val in mine.items():
             assert np.linalg.norm(val - ref[k]) <= 1e-4 * np.linalg.norm(ref[k]) + 1e-7, k
+
+
+def test_one_vocabulary_every_kind_one_file_built_ins_and_files_alike(tmp_path):
+    """Issue 34, item 2: each layer kind is one class in a file of its own under ``models/layers``, which
+    carries every rule (forward, tangent, per-sample factors where it has parameters, reading from an
+    .nnp file); nothing else defines a layer; a built-in model written to an .nnp file reads back as
+    the same kinds with the same parameters."""
+    import importlib
+    from pathlib import Path
+
+    from models.layers import BY_FUNCTION, KINDS, Layer
+    from models.nnp import save_model_nnp
+
+    layer_dir = Path(importlib.import_module("models.layers").__file__).parent
+    files = {p.stem for p in layer_dir.glob("*.py")} - {"__init__", "base"}
+    assert sorted(k.__module__.rsplit(".", 1)[1] for k in KINDS) == sorted(files)  # one file per kind
+
+    def subclasses(c):
+        return [c] + [s for d in c.__subclasses__() for s in subclasses(d)]
+    defined = {c for c in subclasses(Layer) if c is not Layer and not c.__name__.startswith("_")}
+    assert all(c.__module__.startswith("models.layers.") for c in defined), defined
+    for kind in KINDS:
+        for rule in ("forward", "jvp", "from_nnp") if kind is not Mask else ("forward", "jvp"):
+            assert getattr(kind, rule) is not getattr(Layer, rule), (kind, rule)
+        if kind.tap:
+            assert all(callable(getattr(kind, r, None)) for r in
+                       ("check_tap", "tap_prepare", "tap_activations", "tap_output_grads", "parameter_names"))
+    assert set(BY_FUNCTION) >= {"Convolution", "Affine", "BatchNormalization", "ReLU", "LeakyReLU", "ELU", "Tanh",
+                                "Sigmoid", "Swish", "MaxPooling", "AveragePooling", "GlobalAveragePooling",
+                                "Dropout", "Reshape", "MulScalar", "AddScalar", "Add2", "Concatenate"}
+
+    for name in ("cnn6", "mlp", "logreg"):
+        model = build_model(name, SHAPE, 5)
+        params = model.create_parameters(np.random.RandomState(0))
+        path = tmp_path / f"{name}.nnp"
+        save_model_nnp(path, model, params)
+        read = build_model(str(path), SHAPE, 5)
+        built = [layer for layer in model.layers if not isinstance(layer, Mask)]
+        # the file starts with the pixel normalisation (MulScalar, AddScalar) that reading skips
+        assert read.undone == 2 and [type(x) for x in read.layers[2:]] == [type(x) for x in built], name
+        for mine, theirs in zip(built, read.layers[2:]):
+            names = ("w", "b") if isinstance(mine, (Convolution, Affine)) else \
+                ("beta", "gamma", "mean", "var") if isinstance(mine, BatchNorm) else ()
+            assert [getattr(mine, n) for n in names] == [getattr(theirs, n) for n in names], (name, mine)
+        assert list(read.create_parameters(np.random.RandomState(0))) == list(params), name

@@ -21,7 +21,8 @@ from datasets import to_network_input
 from datasets.loader import load_dataset
 from models import build_model
 from models.autodiff import Learner
-from models.networks import Affine, BatchNorm, Conv, MaxPool, Model, ReLU
+from models.layers import RELU, Affine, BatchNorm, Convolution
+from models.networks import MAX_POOL_2X2, Model
 from models.nnp import NnpModel, load_file_parameters, nnp_fingerprint
 
 
@@ -145,8 +146,8 @@ def test_the_optimizers_network_is_taken(tmp_path, digits):
     assert model.spec.network == "training" and model.spec.pixel_scale == 1.0
     assert model.spec.scores_name.startswith("@training/Affine")
     assert [type(layer).__name__ for layer in model.layers] == [
-        "NnpElementwise", "NnpConv", "NnpElementwise", "NnpPool", "NnpConv", "NnpElementwise", "NnpPool",
-        "NnpAffine", "NnpElementwise", "NnpAffine"]
+        "Elementwise", "Convolution", "Elementwise", "Pooling", "Convolution", "Elementwise", "Pooling",
+        "Affine", "Elementwise", "Affine"]
 
 
 def test_dropout_is_the_identity(tmp_path, digits):
@@ -185,7 +186,8 @@ class Twin(Model):
     """``twin``'s network in the built-in layer vocabulary (forward-mode products, layer taps)."""
 
     name = "nnp_twin"
-    layers = (Conv("c1", 4), BatchNorm("c1"), ReLU(), MaxPool(), Conv("c2", 4), ReLU(), MaxPool(), Affine("fc"))
+    layers = (Convolution.scoped("c1", 4), BatchNorm.scoped("c1"), RELU, MAX_POOL_2X2,
+              Convolution.scoped("c2", 4), RELU, MAX_POOL_2X2, Affine.scoped("fc"))
 
 
 def twin(x):
