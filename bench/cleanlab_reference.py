@@ -69,7 +69,7 @@ def probabilities(work: Path, folds: int, driver_args: list, only: Optional[int]
             rows = []
             for x, _ in split_batches(held_data, held_data.train, 256):
                 if graph is None or len(x) != graph.x.shape[0]:
-                    graph = TapGraph(learner, len(x), "cleanlab reference")
+                    graph = TapGraph(learner, len(x))
                 rows.append(graph.forward(x))
             with atomic_path(part) as tmp:
                 with open(tmp, "wb") as fh:

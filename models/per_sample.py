@@ -26,7 +26,7 @@ class TapGraph:
     ``backward(c)`` the gradients ``d <logits, c> / d out`` of every layer output (rows independent
     in inference mode, so row n's is sample n's ``g`` for the cotangent ``c_n = p_n - e_y``)."""
 
-    def __init__(self, learner: Learner, batch: int, user: str = "EK-FAC"):
+    def __init__(self, learner: Learner, batch: int):
         model = learner.model
         # the parameters' data, without their gradients: only data gradients are computed
         params = {k: (v.get_unlinked_variable(need_grad=False) if v.need_grad else v)
@@ -105,7 +105,7 @@ class PerSampleGradients:
 
     def graph(self, batch: int) -> TapGraph:
         if batch not in self._graphs:
-            self._graphs[batch] = TapGraph(self.learner, batch, self.user)
+            self._graphs[batch] = TapGraph(self.learner, batch)
             if not self.layers:
                 self.layers = [LayerGradients(t, self.learner, self.user) for t in self._graphs[batch].layers]
                 covered = {k for b in self.layers for k in b.names}
