@@ -45,10 +45,15 @@ def table(run: Path, cleanlab: Optional[Path] = None, base: str = "Loss") -> str
         cells += [_ms(acc[("No_Removal", 0)], 100.0, 2) for _ in sizes] + ["" for _ in sizes]
         lines.append("| " + " | ".join(cells) + " |")
     if cleanlab is not None and cleanlab.is_file():
+        import json
         c = pd.read_csv(cleanlab)
-        lines.append(f"| cleanlab, {int(c.folds.iloc[0])}-fold probabilities of the same network | {len(c)} | "
+        k = int(c.folds.iloc[0])
+        epochs = json.loads((run / "manifest.json").read_text())["epochs"]
+        # k trainings of the run's epochs, each on (k - 1) / k of the training set
+        cost = f"{k * epochs * (k - 1) / k:.0f} ({k} trainings)"
+        lines.append(f"| cleanlab, {k}-fold probabilities of the same network | {len(c)} | "
                      f"{_ms(c.found_at_5)} | {_ms(c.found_at_10)} | {_ms(c.found_at_20)} | "
-                     f"{int(c.folds.iloc[0])} trainings |" + "".join(" - |" for _ in sizes * 2))
+                     f"{cost} |" + "".join(" - |" for _ in sizes * 2))
     return "\n".join(lines)
 
 
