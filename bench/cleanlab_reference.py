@@ -30,8 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKED = (0.05, 0.10, 0.20)
 
 
-def probabilities(work: Path, folds: int, driver_args: list, only: Optional[int] = None) -> None:
-    """Out-of-fold class probabilities of every trial's training samples (resumes per fold)."""
+def probabilities(work: Path, folds: int, driver_args: list, only: Optional[int] = None, from_last: bool = False
+                  ) -> None:
+    """Out-of-fold class probabilities of every trial's training samples (resumes per fold; ``from_last``:
+    the folds last first, so that a second process on the same trial meets the first halfway)."""
     sys.path.insert(0, str(ROOT))
     from sklearn.model_selection import StratifiedKFold
 
@@ -54,8 +56,9 @@ def probabilities(work: Path, folds: int, driver_args: list, only: Optional[int]
         n = len(data.train)
         probs = np.full((n, data.num_classes), np.nan)
         t0 = time.time()
-        splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), data.train.labels)
-        for k, (fit, held) in enumerate(splits):
+        splits = list(enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n),
+                                                                                               data.train.labels)))
+        for k, (fit, held) in reversed(splits) if from_last else splits:
             part = work / f"probs_seed_{seed}_fold_{k}.npy"
             if part.is_file():
                 probs[held] = np.load(part)
@@ -118,12 +121,13 @@ def main() -> None:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--score", action="store_true", help="rank with cleanlab (its own environment)")
     p.add_argument("--seed", type=int, help="only this trial (to share the trials between processes)")
+    p.add_argument("--from-last", action="store_true", help="the folds last first (a second process on one trial)")
     p.add_argument("driver_args", nargs="*", help="the run's flags, after --")
     a = p.parse_args()
     if a.score:
         score(a.work)
     else:
-        probabilities(a.work, a.folds, a.driver_args, a.seed)
+        probabilities(a.work, a.folds, a.driver_args, a.seed, a.from_last)
 
 
 if __name__ == "__main__":
