@@ -18,6 +18,7 @@ class Random(Estimator):
     cost_epochs = 0.01
     control = True
     needs_final_model = False
+    target_free = True
 
     def estimate(self, trial, options) -> Estimate:
         return Estimate(np.random.default_rng([trial.seed, 7]).random(len(trial.data.train)))
@@ -32,6 +33,7 @@ class Loss(Estimator):
     name = "Loss"
     ranks = "minus the training loss under the final model: worst-fitted samples first (free; wrong labels)"
     cost_epochs = 0.34  # one forward pass over the training set
+    target_free = True
 
     def estimate(self, trial, options) -> Estimate:
         losses = [trial.learner.losses_and_predictions(x, y)[0] for x, y in split_batches(trial.data, trial.data.train)]
@@ -48,6 +50,7 @@ class AUM(Estimator):
     name = "AUM"
     ranks = "area under the margin over training: lowest first (free; wrong labels)"
     cost_epochs = 0.01
+    target_free = True
 
     def estimate(self, trial, options) -> Estimate:
         path = trial.paths.margins(trial.seed)

@@ -249,6 +249,9 @@ class Estimator:
 
     #: True: ``explain`` explains test errors (``--explain-max``); a capability declared, not inferred
     explains_errors: bool = False
+    #: True: the scores do not depend on the validation set (the free rankings, the self-influences,
+    #: Random), so ``estimate_targets`` estimates once for every target
+    target_free: bool = False
 
     def artefacts(self, cfg: RunSettings, options: Optional[Options]) -> List[Artefact]:
         """Trained objects beside each trial's training that ``estimate`` reads (``trial.artefact``)."""
@@ -256,6 +259,16 @@ class Estimator:
 
     def estimate(self, trial: Any, options: Optional[Options]) -> Estimate:
         raise NotImplementedError
+
+    def estimate_targets(self, targets: Sequence[Any], options: Optional[Options]) -> np.ndarray:
+        """(n_train, K): the scores with each of the K ``targets`` as the run's target: the trial with
+        one test image as its whole validation set (``Trial.with_validation``), as ``--lds-targets``
+        asks. By default one ``estimate`` per target (one in all when ``target_free``); an estimator
+        whose work is shared between targets overrides it, with the same numbers."""
+        if self.target_free:
+            scores = np.asarray(self.estimate(targets[0], options).scores, np.float64)
+            return np.repeat(scores[:, None], len(targets), axis=1)
+        return np.stack([np.asarray(self.estimate(t, options).scores, np.float64) for t in targets], axis=1)
 
     def run_tables(self, facts: RunFacts) -> Dict[str, pd.DataFrame]:
         """Tables of the whole run (name -> frame, written to ``summary/<name>.csv``; estimators

@@ -93,11 +93,10 @@ def target_losses(learner, data: DataBundle, count: int) -> np.ndarray:
     return np.concatenate([learner.losses_and_predictions(x, y)[0] for x, y in split_batches(part, part.val)])
 
 
-def target_scores(trial, estimate: Callable, count: int) -> np.ndarray:
-    """(n_train, count): ``estimate(trial)`` with each of the first ``count`` test images as the whole
-    validation set in turn (``Trial.with_validation``): every method's influence on that image's loss."""
-    return np.stack([np.asarray(estimate(trial.with_validation(trial.data.test.subset(np.array([k])))), np.float64)
-                     for k in range(count)], axis=1)
+def target_trials(trial, count: int) -> list:
+    """``trial`` with each of the first ``count`` test images as its whole validation set in turn
+    (``Trial.with_validation``): what an estimator explains for ``--lds-targets``."""
+    return [trial.with_validation(trial.data.test.subset(np.array([k]))) for k in range(count)]
 
 
 def predicted_changes(scores: np.ndarray, kept: np.ndarray) -> np.ndarray:

@@ -393,7 +393,7 @@ def lds_task(plan: Plan, seed: int, subset: int):
 
 def lds_targets_task(plan: Plan, seed: int, name: str):
     """Estimator ``name``'s scores with each of the first ``--lds-targets`` test images as its target
-    (``lds.target_scores``: one estimate per target)."""
+    (``Estimator.estimate_targets`` over ``lds.target_trials``)."""
     cfg = plan.cfg
     paths = RunPaths(cfg.out)
     count = cfg.removal.lds_targets
@@ -403,7 +403,7 @@ def lds_targets_task(plan: Plan, seed: int, name: str):
     est = plan.estimator(name)
     trial = trial_context(cfg, seed) if est.needs_final_model else untrained_trial(cfg, seed)
     t0 = time.time()
-    scores = lds.target_scores(trial, lambda t: est.estimate(t, plan.options(est)).scores, count)
+    scores = est.estimate_targets(lds.target_trials(trial, count), plan.options(est))
     write_csv_atomic(out, pd.DataFrame(scores, columns=[f"target_{k}" for k in range(count)]))
     return None, [(seed, "lds", f"targets_{name}", time.time() - t0)]
 

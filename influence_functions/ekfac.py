@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -320,12 +320,20 @@ def ekfac_influence(learner: Learner, data: DataBundle, u: Mapping[str, np.ndarr
                     desc: str = "Influence_functions_ekfac") -> Tuple[np.ndarray, EkfacInfo]:
     """Scores ``<(G + damping I)^-1 u, grad l(z_j)> / n_train`` over training positions (negative =
     harmful, as ``influence_functions``) and what the fit did."""
+    scores, info = ekfac_influence_many(learner, data, [u], damping, options, seed, show_progress, desc)
+    return scores[:, 0], info
+
+
+def ekfac_influence_many(learner: Learner, data: DataBundle, us: Sequence[Mapping[str, np.ndarray]], damping: float,
+                         options: EkfacOptions = EkfacOptions(), seed: int = 0, show_progress: bool = False,
+                         desc: str = "Influence_functions_ekfac") -> Tuple[np.ndarray, EkfacInfo]:
+    """(n_train, K): ``ekfac_influence`` for K directions ``us`` (e.g. K targets' loss gradients) from
+    one fit of G (the fit reads only the training set): each column equals the single-direction score."""
     ek = Ekfac(learner, data, options, seed=seed, show_progress=show_progress, desc=desc)
     t0 = time.time()
-    v = ek.inverse_product(u, damping)
-    scores = influence_scores(learner, data, v)
+    scores = np.stack([influence_scores(learner, data, ek.inverse_product(u, damping)) for u in us], axis=1)
     ek.info.seconds["scores"] = time.time() - t0
-    ek.info.passes += 1
+    ek.info.passes += len(us)
     return scores, ek.info
 
 

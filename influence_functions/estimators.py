@@ -26,7 +26,7 @@ import pandas as pd
 from cleansing.estimator import Estimate, Estimator, Options, method_scope, option, positive_float, positive_int
 from common.errors import UserError
 
-from .ekfac import FISHERS, EkfacInfo, EkfacOptions, ekfac_influence, ekfac_self_influence
+from .ekfac import FISHERS, EkfacInfo, EkfacOptions, ekfac_influence, ekfac_influence_many, ekfac_self_influence
 from .inverse import SOLVER_COLUMNS, default_damping, exact_self_influence, influence_functions, solver_row
 from .solvers import SOLVERS, SolverInfo, SolverOptions
 
@@ -140,6 +140,19 @@ class InfluenceFunctionsEkfac(Estimator):
                                      desc=f"{self.name} seed {trial.seed}")
         return Estimate(scores, logs={self.log_stem: self.log(trial.seed, damping, ek)})
 
+    def estimate_targets(self, targets, options: InfluenceOptions) -> np.ndarray:
+        """One EK-FAC fit (it reads only the training set) for every target, then per target one
+        inverse product and one per-sample pass: the same columns as one estimate per target."""
+        if self.target_free:
+            return super().estimate_targets(targets, options)
+        first = targets[0]
+        scores, _ = ekfac_influence_many(first.learner, first.data, [t.u for t in targets],
+                                         options.resolved_damping(first.settings.dataset),
+                                         EkfacOptions(fisher=options.ekfac_fisher), seed=first.seed,
+                                         show_progress=first.settings.show_progress,
+                                         desc=f"{self.name} seed {first.seed}, {len(targets)} targets")
+        return scores
+
     @property
     def log_stem(self) -> str:
         return "solver_" + self.name.lower()
@@ -166,6 +179,7 @@ class InfluenceFunctionsEkfacSelf(InfluenceFunctionsEkfac):
     ranks = "self-influence g_j^T (G + alpha I)^-1 g_j in EK-FAC's eigenbasis, largest first (wrong labels)"
     cost_epochs = 5.0  # the fit's two passes and one scoring pass, as Influence_functions_ekfac
     needs_validation_grad = False
+    target_free = True
 
     def estimate(self, trial, options: InfluenceOptions) -> Estimate:
         damping = options.resolved_damping(trial.settings.dataset)
@@ -182,6 +196,7 @@ class InfluenceFunctionsSelf(Estimator):
     ranks = "exact self-influence g_j^T (H + alpha I)^-1 g_j, largest first (small models only: a check)"
     cost_epochs = 50.0  # one full pass per parameter: affordable on small models only
     options = InfluenceOptions
+    target_free = True
 
     def estimate(self, trial, options: InfluenceOptions) -> Estimate:
         damping = options.resolved_damping(trial.settings.dataset)

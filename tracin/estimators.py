@@ -92,6 +92,7 @@ class TracInSelf(TracIn):
     needs_validation_grad = False
     ranks = "TracIn self-influence, sum over checkpoints of lr_k ||g_j||^2, largest first (wrong labels)"
     self_influence = True
+    target_free = True
 
 
 ESTIMATORS = (TracIn(), TracInSelf())

@@ -162,6 +162,7 @@ class TurnoverDropoutSelf(_TurnoverDropoutFamily):
 
     name = SELF_NAME
     ranks = "turn-over dropout self-influence on z_j's own loss (wrong labels)"
+    target_free = True
 
     def estimate(self, trial, options: TDOptions) -> Estimate:
         idx = np.arange(len(trial.data.train))

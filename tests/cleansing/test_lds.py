@@ -21,6 +21,30 @@ def test_predicted_change_sums_the_removed_scores():
     assert list(predicted_changes(np.array([1.0, 2.0, 4.0, 8.0]), kept)) == [10.0, 3.0]
 
 
+def test_a_target_free_method_estimates_once_for_every_target():
+    """``Estimator.estimate_targets``: one estimate per target, or one in all when the scores do not
+    read the validation set (``target_free``), repeated in every column."""
+    from cleansing.estimator import Estimate, Estimator
+
+    class Counting(Estimator):
+        calls = 0
+
+        def estimate(self, trial, options):
+            Counting.calls += 1
+            return Estimate(np.arange(4.0) * trial)
+
+    est = Counting()
+    assert est.estimate_targets([1, 2, 3], None).tolist() == [[0, 0, 0], [1, 2, 3], [2, 4, 6], [3, 6, 9]]
+    assert Counting.calls == 3
+    est.target_free = True
+    assert est.estimate_targets([1, 2, 3], None).tolist() == [[0, 0, 0], [1, 1, 1], [2, 2, 2], [3, 3, 3]]
+    assert Counting.calls == 4
+    from estimators import REGISTRY
+    free = {e.name for e in REGISTRY if e.target_free}
+    assert free == {"Random", "Loss", "AUM", "Influence_functions_ekfac_self", "Influence_functions_self",
+                    "TracIn_self", "Turnover_dropout_self"}
+
+
 def test_correlations_and_their_intervals():
     x = np.arange(20.0)
     perfect = correlations(x, 3 * x + 1)
@@ -126,10 +150,11 @@ def test_per_target_lds_is_the_mean_of_each_test_images_correlation(tmp_path, ca
     from datasets import load_dataset
     out = tmp_path / "run"
     argv = ["-ds", "digits", "-m", "logreg", "--n-train", "120", "-e", "2", "--no-augment", "-r", "0", "--lds", "6",
-            "--lds-targets", "3", "--methods", "Ours", "Loss", "Random", "-j", "1", "--no-progress", "-o", str(out)]
+            "--lds-targets", "3", "--methods", "Ours", "Loss", "Random", "Influence_functions_ekfac", "-j", "1",
+            "--no-progress", "-o", str(out)]
     assert run_main(driver.main, argv) == 0
     table = pd.read_csv(out / "summary" / "lds.csv").set_index("method")
-    assert list(table.index) == ["Ours", "Loss", "Random"] and set(table.targets) == {3}
+    assert list(table.index) == ["Ours", "Loss", "Random", "Influence_functions_ekfac"] and set(table.targets) == {3}
     folder = out / "logs" / "lds_seed_0"
     files = [pd.read_csv(f) for f in sorted((folder / "same-last-epoch-keep0.5-targets3").glob("subset_*.csv"))]
     kept = lds_subsets(120, 6, 0.5, seed=0)
@@ -144,6 +169,16 @@ def test_per_target_lds_is_the_mean_of_each_test_images_correlation(tmp_path, ca
     same = pd.read_csv(folder / "targets3" / "Loss.csv").to_numpy()
     main = scores_by_position(read_influence_csv(out / "influence" / "Loss" / "influence_loss_0.csv", 120))
     assert np.allclose(same[:, 0], main, rtol=1e-12) and np.allclose(same[:, 2], main, rtol=1e-12)
+    # EK-FAC fits G once for the 3 targets: each column is the bytes of its own single-target estimate
+    from cleansing.lds import target_trials
+    from cleansing.trial import trial_context
+    from estimators import REGISTRY
+    cfg = driver.DRIVER.config(argv, REGISTRY)
+    est = REGISTRY["Influence_functions_ekfac"]
+    from common.fileio import read_csv_exact
+    ekfac = read_csv_exact(folder / "targets3" / "Influence_functions_ekfac.csv").to_numpy()
+    for k, t in enumerate(target_trials(trial_context(cfg, 0), 3)):
+        assert np.array_equal(ekfac[:, k], est.estimate(t, cfg.option(est.options)).scores)
     # more targets than test images: one line, exit 2
     n_test = len(load_dataset("digits", 0).test)
     capsys.readouterr()
