@@ -1,8 +1,10 @@
 """The linear datamodeling score in dattri's setting (issue 36): MNIST-10, 5,000 training and 500
 test images, logistic regression and the MLP, M = 50 random halves, per-test-target LDS over 100
 test images, both counterfactuals; every method the network supports. Each configuration is one
-driver run in ``--work`` (resumable: rerun the same command); the table goes to stdout with dattri's
-published figures beside it.
+driver run in ``--work/<model>`` (resumable: rerun the same command); both counterfactuals run in the
+same folder, one after the other, so that they share the training and every method's per-target
+scores (the LDS retrainings are kept per setting); each setting's ``summary/lds.csv`` is copied to
+``--work/<model>_<seeds>_lds.csv``. The table goes to stdout with dattri's published figures beside it.
 
     .venv/bin/python bench/bench_lds.py --work /work/runs/bench_lds --data-dir ../shared/datasets/mnist
     .venv/bin/python bench/bench_lds.py --work /work/runs/bench_lds --table-only
@@ -31,7 +33,7 @@ METHODS = {"logreg": ["Hara", "Ours", "Influence_functions", "Influence_function
 
 def run(work: Path, model: str, seeds: str, data_dir: str, subsets: int, targets: int, n_train: int = 5000,
         n_test: int = 500, epochs: int = 20) -> Path:
-    out = work / f"{model}_{seeds}"
+    out = work / model
     cmd = [sys.executable, str(ROOT / "eval_sgd_influence.py"), "-ds", "mnist", "--data-dir", data_dir,
            "--n-train", str(n_train), "--n-test", str(n_test), "--n-val", str(n_test), "-m", model, "-e", str(epochs),
            "--no-augment", "-r", "0", "-ra",
@@ -39,18 +41,36 @@ def run(work: Path, model: str, seeds: str, data_dir: str, subsets: int, targets
            "--methods", *METHODS[model], "-o", str(out)]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    return out
+    kept = work / f"{model}_{seeds}_lds.csv"
+    kept.write_bytes((out / "summary" / "lds.csv").read_bytes())
+    return kept
+
+
+def cost_epochs(work: Path, model: str) -> dict:
+    """Method -> the seconds of its per-target scores (all targets) over the mean training epoch
+    (``logs/timings_seed_0.csv``: the epochs and the ``lds`` stage's ``targets_<Method>`` rows)."""
+    f = work / model / "logs" / "timings_seed_0.csv"
+    if not f.is_file():
+        return {}
+    t = pd.read_csv(f)
+    epochs = t[(t.stage == "train") & t.method.str.fullmatch(r"epoch_\d+|last_epoch")].seconds.mean()
+    rows = t[(t.stage == "lds") & t.method.str.startswith("targets_")]
+    return {m[len("targets_"):]: s / epochs for m, s in zip(rows.method, rows.seconds)}
 
 
 def table(work: Path) -> str:
-    lines = ["| model | counterfactual | method | LDS (mean Spearman over targets) [95% interval] | dattri |",
-             "| --- | --- | --- | --- | ---: |"]
-    for f in sorted(work.glob("*/summary/lds.csv")):
-        model = f.parent.parent.name.split("_")[0]
+    lines = ["| model | counterfactual | method | LDS (mean Spearman over targets) [95% interval] | "
+             "cost of all targets' scores (epochs) | dattri |",
+             "| --- | --- | --- | --- | ---: | ---: |"]
+    for f in sorted(work.glob("*_lds.csv")):
+        model = f.name.split("_")[0]
+        costs = cost_epochs(work, model)
         for r in pd.read_csv(f).itertuples():
             quoted = DATTRI.get((model, r.method))
+            cost = costs.get(r.method)
             lines.append(f"| {model} | {r.counterfactual} | {r.method} | {r.spearman:.3f} [{r.spearman_low:.3f}, "
-                         f"{r.spearman_high:.3f}] | {'' if quoted is None else quoted} |")
+                         f"{r.spearman_high:.3f}] | {'' if cost is None else f'{cost:.1f}'} | "
+                         f"{'' if quoted is None else quoted} |")
     return "\n".join(lines)
 
 
