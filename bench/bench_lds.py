@@ -18,6 +18,7 @@ import argparse
 import subprocess
 import sys
 from pathlib import Path
+from typing import List, Optional
 
 import pandas as pd
 
@@ -26,19 +27,20 @@ ROOT = Path(__file__).resolve().parents[1]
 #: on random halves), as quoted in issue 36 (approximate values read from its table)
 DATTRI = {("logreg", "Influence_functions"): 0.80, ("logreg", "TRAK-50"): 0.68, ("logreg", "TracIn"): 0.33,
           ("mlp", "TRAK-50"): 0.45, ("mlp", "Influence_functions"): 0.26}
-METHODS = {"logreg": ["Hara", "Ours", "Influence_functions", "Influence_functions_ekfac", "TracIn", "Random"],
+METHODS = {"logreg": ["Hara", "Hara_all_epochs", "Ours", "Influence_functions", "Influence_functions_ekfac", "TracIn",
+                      "Random"],
            "mlp": ["Hara", "Ours", "Influence_functions", "Influence_functions_ekfac", "TracIn", "Turnover_dropout",
                    "Random"]}
 
 
 def run(work: Path, model: str, seeds: str, data_dir: str, subsets: int, targets: int, n_train: int = 5000,
-        n_test: int = 500, epochs: int = 20) -> Path:
+        n_test: int = 500, epochs: int = 20, lr: Optional[float] = None, methods: Optional[List[str]] = None) -> Path:
     out = work / model
     cmd = [sys.executable, str(ROOT / "eval_sgd_influence.py"), "-ds", "mnist", "--data-dir", data_dir,
            "--n-train", str(n_train), "--n-test", str(n_test), "--n-val", str(n_test), "-m", model, "-e", str(epochs),
            "--no-augment", "-r", "0", "-ra",
            "--lds", str(subsets), "--lds-targets", str(targets), "--lds-seeds", seeds, "--no-progress",
-           "--methods", *METHODS[model], "-o", str(out)]
+           *(["-lr", str(lr)] if lr else []), "--methods", *(methods or METHODS[model]), "-o", str(out)]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     kept = work / f"{model}_{seeds}_lds.csv"
@@ -46,8 +48,8 @@ def run(work: Path, model: str, seeds: str, data_dir: str, subsets: int, targets
     return kept
 
 
-def cost_epochs(work: Path, model: str) -> dict:
-    """Method -> the seconds of its per-target scores (all targets) over the mean training epoch
+def cost_epochs(work: Path, model: str, targets: int) -> dict:
+    """Method -> the seconds of its scores for one target (all targets' over their number) over the mean training epoch
     (``logs/timings_seed_0.csv``: the epochs and the ``lds`` stage's ``targets_<Method>`` rows)."""
     f = work / model / "logs" / "timings_seed_0.csv"
     if not f.is_file():
@@ -55,17 +57,18 @@ def cost_epochs(work: Path, model: str) -> dict:
     t = pd.read_csv(f)
     epochs = t[(t.stage == "train") & t.method.str.fullmatch(r"epoch_\d+|last_epoch")].seconds.mean()
     rows = t[(t.stage == "lds") & t.method.str.startswith("targets_")]
-    return {m[len("targets_"):]: s / epochs for m, s in zip(rows.method, rows.seconds)}
+    return {m[len("targets_"):]: s / targets / epochs for m, s in zip(rows.method, rows.seconds)}
 
 
 def table(work: Path) -> str:
     lines = ["| model | counterfactual | method | LDS (mean Spearman over targets) [95% interval] | "
-             "cost of all targets' scores (epochs) | dattri |",
+             "cost per target (epochs) | dattri |",
              "| --- | --- | --- | --- | ---: | ---: |"]
     for f in sorted(work.glob("*_lds.csv")):
         model = f.name.split("_")[0]
-        costs = cost_epochs(work, model)
-        for r in pd.read_csv(f).itertuples():
+        frame = pd.read_csv(f)
+        costs = cost_epochs(work, model, int(frame.targets.iloc[0]))
+        for r in frame.itertuples():
             quoted = DATTRI.get((model, r.method))
             cost = costs.get(r.method)
             lines.append(f"| {model} | {r.counterfactual} | {r.method} | {r.spearman:.3f} [{r.spearman_low:.3f}, "
@@ -85,12 +88,15 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=5000, help="dattri's 5,000 (smaller: a smoke test)")
     p.add_argument("--n-test", type=int, default=500)
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, help="the training's learning rate (default: the driver's, 0.05)")
+    p.add_argument("--methods", nargs="+", help="instead of every method the network supports")
     p.add_argument("--table-only", action="store_true")
     a = p.parse_args()
     if not a.table_only:
         for model in a.models:
             for seeds in a.seeds:
-                run(a.work, model, seeds, a.data_dir, a.subsets, a.targets, a.n_train, a.n_test, a.epochs)
+                run(a.work, model, seeds, a.data_dir, a.subsets, a.targets, a.n_train, a.n_test, a.epochs, a.lr,
+                    a.methods)
     print(table(a.work))
 
 
