@@ -1,13 +1,15 @@
-"""The free rankings beside the influence estimators: Random (the control), Loss and AUM."""
+"""The rankings beside the influence estimators: Random (the control), the free Loss and AUM, and
+Leave_one_out, the exact counterfactual they approximate (small problems only)."""
 from __future__ import annotations
 
 import numpy as np
+from tqdm import tqdm
 
 from common.errors import UserError
 from datasets.batches import split_batches
 
 from .estimator import Estimate, Estimator
-from .train import load_margins
+from .train import load_margins, run_steps
 
 
 class Random(Estimator):
@@ -60,3 +62,39 @@ class AUM(Estimator):
         with np.errstate(all="ignore"):
             aum = np.nanmean(load_margins(path), axis=0)
         return Estimate(np.where(np.isfinite(aum), aum, 0.0))
+
+
+class LeaveOneOut(Estimator):
+    """The exact counterfactual that SGD-influence approximates, computed: for every training sample
+    j, the whole training replayed (same initialisation, batch order and augmentation, every epoch)
+    without j, ``L_val(without z_j) - L_val(all)``. ``n_train`` full trainings: a reference for small
+    problems (``MAX_TRAIN`` samples at most), as ``Influence_functions_self`` is for the Hessian."""
+
+    name = "Leave_one_out"
+    ranks = "exact: the validation loss retrained without z_j (same seed, every epoch) minus with it (small data)"
+    needs_epoch_params = True  # epoch 0: the initial parameters
+    cost_epochs = 1000.0  # n_train trainings
+    MAX_TRAIN = 1000
+
+    def estimate(self, trial, options) -> Estimate:
+        data, trace, learner = trial.data, trial.trace, trial.learner
+        n = len(data.train)
+        if n > self.MAX_TRAIN:
+            raise UserError(f"{self.name} retrains once per training sample: {n} is over its limit of "
+                            f"{self.MAX_TRAIN}; use --n-train {self.MAX_TRAIN} or less")
+        final = learner.state()
+        base = learner.evaluate(split_batches(data, data.val))[0]
+        initial = trial.epoch_params(0, self.name)
+        out = np.empty(n)
+        try:
+            for j in tqdm(range(n), desc=f"{self.name} seed {trial.seed}", unit="training",
+                          disable=not trial.settings.show_progress, leave=False):
+                learner.set_state(initial)
+                removed = np.zeros(n, bool)
+                removed[j] = True
+                run_steps(learner, data, trace, range(trace.n_steps), trial.settings.augment, removed=removed,
+                          report=False)
+                out[j] = learner.evaluate(split_batches(data, data.val))[0] - base
+        finally:
+            learner.set_state(final)
+        return Estimate(out)
