@@ -339,11 +339,12 @@ def plot_detection(curves: pd.DataFrame, path: PathLike, title: str = "",
     if noise_fraction:
         ax.plot(x, np.minimum(x / noise_fraction, 1.0), color="0.45", ls=":", lw=1.2,
                 label=f"perfect ranking ({noise_fraction:.0%} flipped)")
-    for method, df in curves.groupby("method", sort=False):
+    for k, (method, df) in enumerate(curves.groupby("method", sort=False)):
         g = df.groupby("checked_fraction")["found_fraction"]
         mean, std = g.mean(), g.std(ddof=0).fillna(0.0)
         seeds = df["seed"].nunique()
-        line, = ax.plot(mean.index, mean.values, lw=1.8,
+        # the colour cycle has 10 colours: the methods after the tenth reuse them with other dashes
+        line, = ax.plot(mean.index, mean.values, lw=1.8, ls=("-", "--", "-.", ":")[(k // 10) % 4],
                         label=f"{method.replace('_', ' ')} ({seeds} trial{'s' if seeds != 1 else ''})")
         if seeds > 1:
             ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=line.get_color(), alpha=0.15)
