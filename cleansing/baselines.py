@@ -77,24 +77,30 @@ class LeaveOneOut(Estimator):
     MAX_TRAIN = 1000
 
     def estimate(self, trial, options) -> Estimate:
-        data, trace, learner = trial.data, trial.trace, trial.learner
+        return Estimate(self.estimate_targets([trial], options)[:, 0])
+
+    def estimate_targets(self, targets, options) -> np.ndarray:
+        """(n_train, K): one retraining per sample serves every target (they share the training set
+        and differ only in the validation set the retrained model is scored on)."""
+        first = targets[0]
+        data, trace, learner = first.data, first.trace, first.learner
         n = len(data.train)
         if n > self.MAX_TRAIN:
             raise UserError(f"{self.name} retrains once per training sample: {n} is over its limit of "
                             f"{self.MAX_TRAIN}; use --n-train {self.MAX_TRAIN} or less")
         final = learner.state()
-        base = learner.evaluate(split_batches(data, data.val))[0]
-        initial = trial.epoch_params(0, self.name)
-        out = np.empty(n)
+        base = np.array([learner.evaluate(split_batches(t.data, t.data.val))[0] for t in targets])
+        initial = first.epoch_params(0, self.name)
+        out = np.empty((n, len(targets)))
         try:
-            for j in tqdm(range(n), desc=f"{self.name} seed {trial.seed}", unit="training",
-                          disable=not trial.settings.show_progress, leave=False):
+            for j in tqdm(range(n), desc=f"{self.name} seed {first.seed}", unit="training",
+                          disable=not first.settings.show_progress, leave=False):
                 learner.set_state(initial)
                 removed = np.zeros(n, bool)
                 removed[j] = True
-                run_steps(learner, data, trace, range(trace.n_steps), trial.settings.augment, removed=removed,
+                run_steps(learner, data, trace, range(trace.n_steps), first.settings.augment, removed=removed,
                           report=False)
-                out[j] = learner.evaluate(split_batches(data, data.val))[0] - base
+                out[j] = [learner.evaluate(split_batches(t.data, t.data.val))[0] for t in targets] - base
         finally:
             learner.set_state(final)
-        return Estimate(out)
+        return out
