@@ -27,7 +27,8 @@ from common.fileio import write_csv_atomic, write_text_atomic  # noqa: E402
 from . import stats  # noqa: E402
 from .scales import Experiment, Scale  # noqa: E402
 
-ESTIMATOR_FOR = {"Hara": "Hara", "Ours": "Ours", "Random": "Ours"}
+#: Claim 5: whose estimates predict the removal of each method's samples (Random's and Loss' sets by Ours).
+ESTIMATOR_FOR = {"Hara": "Hara", "Ours": "Ours", "Random": "Ours", "Loss": "Ours"}
 
 
 @dataclass
@@ -197,7 +198,8 @@ def regime_table(datas: Sequence[ExperimentData]) -> List[str]:
     return lines
 
 
-def trial_differences(data: ExperimentData, n: int, methods: Sequence[str] = ("Ours", "Hara", "Random")) -> List[str]:
+def trial_differences(data: ExperimentData, n: int,
+                      methods: Sequence[str] = ("Ours", "Hara", "Random", "Loss")) -> List[str]:
     """Each trial's test-accuracy difference to No_Removal at ``n`` (pp), one row per seed, so that a
     single outlying trial is visible beside the mean."""
     s = data.scores
@@ -237,6 +239,24 @@ def claim_gain(
     if par is not None:
         v = stats.Verdict(v.label, v.reason + f". As well as {reference}: {stats.parity_text(par, delta)}")
     return v
+
+
+def versus_loss_line(data: ExperimentData, n: int) -> List[str]:
+    """Whether influence earns its cost: Ours and Hara against ``Loss`` (the free ranking by final
+    training loss) at ``n``, paired by trial; empty when the experiment has no ``Loss``."""
+    s = data.scores
+    if s.empty or not ((s.method == "Loss") & (s.n_drops == n)).any():
+        return []
+    parts = []
+    for m in ("Ours", "Hara"):
+        if ((s.method == m) & (s.n_drops == n)).any():
+            p = stats.paired_by_seed(s, (m, n), ("Loss", n), "test_accuracy")
+            parts.append(f"{m} - Loss {pp(p.mean)} [{pp(p.ci_low)}, {pp(p.ci_high)}] pp "
+                         f"(p {pval(p.p_t)} / {pval(p.p_wilcoxon)}, {p.n} trials)")
+    loss = stats.paired_by_seed(s, ("Loss", n), stats.baseline_of(s), "test_accuracy")
+    return [f"Against the free ranking by training loss at n = {n} (does influence earn its cost?): "
+            + "; ".join(parts) + f". Loss - No Removal {pp(loss.mean)} [{pp(loss.ci_low)}, {pp(loss.ci_high)}] pp.",
+            ""]
 
 
 def claim4_verdict(data: ExperimentData, delta: float) -> stats.Verdict:
@@ -303,28 +323,30 @@ def plot_differences(datas: Sequence[Tuple[str, ExperimentData]], path: Path, me
     plt.close(fig)
 
 
-def plot_prediction(pairs: pd.DataFrame, path: Path) -> None:
-    """Claim 5: predicted (sum of influence) against actual change of the validation loss."""
-    fig, ax = plt.subplots(figsize=(5.6, 4.8))
-    for method, g in pairs.groupby("method"):
-        ax.scatter(
-            g.predicted,
-            g.actual,
-            s=14 + 2 * np.sqrt(g.n_drops),
-            alpha=0.7,
-            label=f"{method} (predicted by {g.estimator.iloc[0]})",
-        )
-    if len(pairs):
+def plot_prediction(panels: Sequence[Tuple[str, pd.DataFrame, Dict[str, float]]], path: Path) -> None:
+    """Claim 5, one panel per experiment: predicted (sum of influence) against actual change of the
+    validation loss, each pair a point; the title quotes the panel's correlations and slope with their
+    trial-bootstrap intervals (``stats.clustered_correlation``), as the report's text does."""
+    cols = min(2, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 5.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, pairs, c) in zip(axes.flat, panels):
+        for method, g in pairs.groupby("method"):
+            ax.scatter(g.predicted, g.actual, s=14 + 2 * np.sqrt(g.n_drops), alpha=0.7,
+                       label=f"{method} (predicted by {g.estimator.iloc[0]})")
         lo = float(min(pairs.predicted.min(), pairs.actual.min()))
         hi = float(max(pairs.predicted.max(), pairs.actual.max()))
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.axvline(0, color="grey", lw=0.5)
-    ax.set_xlabel("predicted change of validation loss\n(sum of the n removed samples' influence)")
-    ax.set_ylabel("actual change after retraining")
-    ax.set_title("group removal: first-order sum vs retraining\n(marker size grows with n)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_xlabel("predicted change of validation loss\n(sum of the n removed samples' influence)")
+        ax.set_ylabel("actual change after retraining")
+        ax.set_title(f"{title}: {c['n']} pairs, {c['clusters']} trials\n{correlation_text(c, sep=chr(10))}",
+                     fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -501,6 +523,7 @@ def claim1_section(scale: Scale, datas: Dict[str, ExperimentData], fig: Path) ->
             f"**Verdict: {v.label}.** {v.reason}.",
             "",
         ]
+        body += versus_loss_line(d, e.primary_n)
         body += accuracy_table(d) + [""]
         per_trial = trial_differences(d, e.primary_n)
         if per_trial:
@@ -564,7 +587,10 @@ def claim2_section(scale: Scale, datas: Dict[str, ExperimentData], fig: Path) ->
     body.append("")
     for d in c2:
         if d.exp.claim == 2 and d.seeds:
-            body += [f"### {d.exp.label}", ""] + accuracy_table(d) + [""]
+            body += [f"### {d.exp.label}", ""] + versus_loss_line(d, d.exp.primary_n) + accuracy_table(d) + [""]
+            per_trial = trial_differences(d, d.exp.primary_n)
+            if per_trial:
+                body += [f"Each trial at n = {d.exp.primary_n}:", "", *per_trial, ""]
     if panels:
         plot_differences(panels, fig / "claim2_batch_sizes.png")
         body += ["![claim 2](fig/claim2_batch_sizes.png)", ""]
@@ -648,14 +674,28 @@ def prediction_pairs(scale: Scale, datas: Dict[str, ExperimentData]) -> pd.DataF
     return pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame()
 
 
+def correlation_text(c: Dict[str, float], sep: str = ", ") -> str:
+    """Pearson, Spearman and slope with their trial-bootstrap intervals, as the report quotes them."""
+    def one(k: str) -> str:
+        if not np.isfinite(c.get(f"{k}_low", math.nan)):
+            return num(c[k], 3)
+        return f"{num(c[k], 3)} [{num(c[f'{k}_low'], 3)}, {num(c[f'{k}_high'], 3)}]"
+    return sep.join((f"Pearson {one('pearson')}", f"Spearman {one('spearman')}", f"slope {one('slope')}"))
+
+
 def claim5_section(scale: Scale, datas: Dict[str, ExperimentData], out: Path, fig: Path) -> Section:
-    """Claim 5: does the sum of the estimates predict a group removal? (writes ``claim5_pairs.csv``)"""
+    """Claim 5: does the sum of the estimates predict a group removal? Per experiment (its own
+    verdict row) and pooled; intervals from a bootstrap over trials, never over pairs, since the pairs
+    of one trial share its training and No Removal model (writes ``claim5_pairs.csv``)."""
     sec = Section([
         "## Claim 5: does the sum of the estimates predict a group removal?",
         "",
         "For every trial, method and n > 0: predicted = the sum of the n removed samples' influence "
-        "(Hara's removals by Hara, Ours' by Ours, Random's random sets by Ours), actual = validation loss after "
-        "retraining without them minus the trial's No Removal validation loss.",
+        "(Hara's removals by Hara, Ours' by Ours, Random's and Loss' sets by Ours), actual = validation loss "
+        "after retraining without them minus the trial's No Removal validation loss. The pairs of one trial "
+        "share its training and its No Removal model, so they are not independent: the intervals [95%] come "
+        "from a bootstrap that resamples whole trials (2,000 draws, percentile), and no p-value treats pairs "
+        "as independent observations.",
         "",
     ])
     body = sec.lines
@@ -663,44 +703,49 @@ def claim5_section(scale: Scale, datas: Dict[str, ExperimentData], out: Path, fi
     if not len(pairs):
         body += ["(no complete trial yet)", ""]
         return sec
-    first = scale.by_claim(1)[0].name
-    plot_prediction(pairs[pairs.experiment == first] if (pairs.experiment == first).any() else pairs,
-                    fig / "claim5_prediction.png")
     body += [
-        "| experiment | method | n | pairs | Pearson r | Spearman rho | slope actual/predicted | mean predicted "
-        "| mean actual |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| experiment | method | n | pairs | trials | Pearson r [95%] | Spearman rho [95%] | slope actual/predicted "
+        "[95%] | mean predicted | mean actual |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for (ex, m), g in pairs.groupby(["experiment", "method"]):
-        c = stats.correlation(g.predicted, g.actual)
-        body.append(
-            f"| {ex} | {m} | all | {c['n']} | {num(c['pearson'], 3)} | {num(c['spearman'], 3)} "
-            f"| {num(c['slope'], 3)} | {g.predicted.mean():+.4f} | {g.actual.mean():+.4f} |"
-        )
-        for n, h in g.groupby("n_drops"):
-            c = stats.correlation(h.predicted, h.actual)
-            body.append(
-                f"| | | {n} | {c['n']} | {num(c['pearson'], 3)} | {num(c['spearman'], 3)} "
-                f"| {num(c['slope'], 3)} | {h.predicted.mean():+.4f} | {h.actual.mean():+.4f} |"
-            )
-    allc = stats.correlation(pairs.predicted, pairs.actual)
+
+    def cells(g: pd.DataFrame, cluster: Sequence) -> Tuple[Dict[str, float], str]:
+        c = stats.clustered_correlation(g.predicted, g.actual, cluster)
+        iv = lambda k: num(c[k], 3) if not np.isfinite(c[k + "_low"]) else (  # noqa: E731
+            f"{num(c[k], 3)} [{num(c[k + '_low'], 3)}, {num(c[k + '_high'], 3)}]")
+        return c, (f"{c['n']} | {c['clusters']} | {iv('pearson')} | {iv('spearman')} | {iv('slope')} "
+                   f"| {g.predicted.mean():+.4f} | {g.actual.mean():+.4f} |")
+
+    panels = []
+    for e in scale.experiments:
+        ex = pairs[pairs.experiment == e.name]
+        if not len(ex):
+            continue
+        c, row = cells(ex, ex.seed)
+        body.append(f"| **{e.name}** | all | all | {row}")
+        for m, g in ex.groupby("method"):
+            body.append(f"| | {m} | all | {cells(g, g.seed)[1]}")
+            for n, h in g.groupby("n_drops"):
+                body.append(f"| | | {n} | {cells(h, h.seed)[1]}")
+        panels.append((f"{e.label or e.name}", ex, c))
+        sec.verdicts.append((f"5 ({e.label or e.name})", "measured",
+                             f"{correlation_text(c)} over {c['n']} (trial, method, n) pairs from {c['clusters']} "
+                             f"trials"))
+    trials = pairs.experiment + "/" + pairs.seed.astype(str)  # trials of different experiments are distinct
+    allc = stats.clustered_correlation(pairs.predicted, pairs.actual, trials)
+    plot_prediction(panels, fig / "claim5_prediction.png")
     body += [
         "",
-        f"Over all {allc['n']} pairs: Pearson {num(allc['pearson'], 3)} (p {pval(allc['pearson_p'])}), "
-        f"Spearman {num(allc['spearman'], 3)} (p {pval(allc['spearman_p'])}), slope {num(allc['slope'], 3)}. "
-        "A slope near 1 with high correlation means the first-order sum predicts the group removal; "
-        "the per-n rows show where it holds (the estimators are first order in one removal).",
+        f"Pooled over every experiment: {allc['n']} pairs from {allc['clusters']} trials, "
+        f"{correlation_text(allc)}. A slope near 1 with high correlation means the first-order sum predicts "
+        "the group removal; the per-n rows show where it holds (the estimators are first order in one removal).",
         "",
         "![claim 5](fig/claim5_prediction.png)",
         "",
+        "One panel per experiment; the title quotes that experiment's row above.",
+        "",
     ]
     write_csv_atomic(out / "claim5_pairs.csv", pairs)
-    sec.verdicts.append((
-        "5 (sum of estimates vs group removal)",
-        "measured",
-        f"Pearson {num(allc['pearson'], 3)}, Spearman {num(allc['spearman'], 3)}, "
-        f"slope {num(allc['slope'], 3)} over {allc['n']} (trial, method, n) pairs",
-    ))
     return sec
 
 

@@ -297,6 +297,33 @@ def correlation(x: Sequence[float], y: Sequence[float]) -> Dict[str, float]:
     }
 
 
+def clustered_correlation(x: Sequence[float], y: Sequence[float], clusters: Sequence[int], boot: int = 2000,
+                          seed: int = 0, level: float = 0.95) -> Dict[str, float]:
+    """``correlation`` of the pairs, with percentile intervals (``<key>_low``/``<key>_high`` for
+    pearson, spearman, slope) from a cluster bootstrap: whole clusters (the trials) are resampled with
+    replacement, so the pairs of one trial, which share a training and a No Removal model, are not
+    treated as independent. ``clusters``: the count of distinct clusters is ``out['clusters']``."""
+    x, y, c = np.asarray(x, dtype=float), np.asarray(y, dtype=float), np.asarray(clusters)
+    out: Dict[str, float] = dict(correlation(x, y))
+    ids = np.unique(c)
+    out["clusters"] = int(ids.size)
+    members = [np.flatnonzero(c == k) for k in ids]
+    rng = np.random.default_rng([seed, 532])
+    keys = ("pearson", "spearman", "slope")
+    draws: Dict[str, List[float]] = {k: [] for k in keys}
+    for _ in range(boot if ids.size > 1 else 0):
+        i = np.concatenate([members[k] for k in rng.integers(0, ids.size, ids.size)])
+        r = correlation(x[i], y[i])
+        for k in keys:
+            if np.isfinite(r[k]):
+                draws[k].append(r[k])
+    tail = 100 * (1 - level) / 2
+    for k in keys:
+        low, high = np.percentile(draws[k], [tail, 100 - tail]) if draws[k] else (math.nan, math.nan)
+        out[f"{k}_low"], out[f"{k}_high"] = float(low), float(high)
+    return out
+
+
 def predicted_vs_actual(
     scores: pd.DataFrame, influence: Dict[Tuple[str, int], pd.DataFrame], estimator_for: Dict[str, str]
 ) -> pd.DataFrame:

@@ -325,3 +325,55 @@ def test_regime_table_and_each_trials_differences_by_hand(tmp_path):
     assert "## Regime of every experiment" in index and "| fake MNIST | 4 | 1 | 5 | 90.60 +- 0.96 |" in index
     assert "Each trial at n = 2:" in index and "| 4 | +0.50 | +0.40 | +0.20 |" in index
     assert "Code of the trials (the commit in each trial's marker" in index and "not recorded (5 trials)" in index
+
+
+def test_clustered_correlation_resamples_whole_trials():
+    """Two trials of three pairs each. Trial 0 lies on y = x, trial 1 on y = 2 x: a draw of trial 0
+    alone has slope 1, of trial 1 alone slope 2, of both (any copies) a slope between; so the interval
+    lies within [1, 2] and reaches both ends (with 2 trials, 1/4 of the draws take one trial twice).
+    A bootstrap over pairs would mix the trials inside a draw and rarely reach either end."""
+    x = [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]
+    y = [1.0, 2.0, 3.0, 2.0, 4.0, 6.0]
+    c = stats.clustered_correlation(x, y, [0, 0, 0, 1, 1, 1], boot=400)
+    assert c["n"] == 6 and c["clusters"] == 2
+    assert c["slope"] == pytest.approx(1.5)  # least squares over both: sum xy / ... by hand: cov 1.0 / var 0.667
+    assert c["slope_low"] == pytest.approx(1.0) and c["slope_high"] == pytest.approx(2.0)
+    assert c["spearman_low"] == pytest.approx(c["spearman_high"]) or c["spearman_low"] < c["spearman_high"]
+    one = stats.clustered_correlation(x, y, [0] * 6)  # one trial: no interval
+    assert one["clusters"] == 1 and math.isnan(one["slope_low"]) and one["slope"] == pytest.approx(1.5)
+    # seeded: the same draws give the same interval
+    assert stats.clustered_correlation(x, y, [0, 0, 0, 1, 1, 1], boot=400) == c
+
+
+def test_loss_beside_influence_and_claim5_per_experiment(tmp_path):
+    """The fake study with Loss: Loss - No Removal by seed (+0.1 +0.1 +0.1 +0.1 +0.6 pp), so Ours - Loss
+    = (0, +0.1, +0.2, +0.3, -0.1) pp, mean +0.10, sd 0.158 pp, interval +-2.776 x 0.0707 = +-0.20; Hara - Loss
+    = (+0.1, +0.1, +0.1, +0.3, -0.2) pp, mean +0.08; Loss - No Removal mean +0.20; claim 5 gets its own verdict row per experiment,
+    Loss's sets predicted by Ours (indices 0 and 2 removed: 0.1 + 0.4 = +0.5)."""
+    folder = make_fake_runs(tmp_path)
+    loss_delta = [0.001, 0.001, 0.001, 0.001, 0.006]
+    for seed, b in enumerate(BASE):
+        _score(folder / "score" / "Loss" / f"score_delete_worst_0_seed_{seed}.csv", b, 0.30, 0.35)
+        _score(folder / "score" / "Loss" / f"score_delete_worst_2_seed_{seed}.csv", round(b + loss_delta[seed], 3),
+               0.31, 0.35)
+        f = folder / "influence" / "Loss" / f"influence_loss_{seed}.csv"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("x:image,y:label,influence,datasource_index\n"
+                     "mnist/train/0,5,9,0\nmnist/train/2,4,8,2\nmnist/train/3,1,1,3\nmnist/train/1,7,0,1\n")
+    data = load_experiment(EXP, folder)
+    from reproduction.report import ESTIMATOR_FOR, trial_differences, versus_loss_line
+
+    line = versus_loss_line(data, 2)[0]
+    assert "Ours - Loss +0.10 [-0.10, +0.30] pp (p " in line and "Hara - Loss +0.08 [" in line
+    assert "Loss - No Removal +0.20 [" in line
+    assert trial_differences(data, 2)[0].endswith("| Loss - No_Removal (pp) |")
+    assert trial_differences(data, 2)[-1] == "| 4 | +0.50 | +0.40 | +0.20 | +0.60 |"
+    pairs = stats.predicted_vs_actual(data.scores, data.influence, ESTIMATOR_FOR)
+    loss5 = pairs[pairs.method == "Loss"]
+    assert list(loss5.predicted) == pytest.approx([0.5] * 5) and list(loss5.actual) == pytest.approx([0.01] * 5)
+    text = build_report(Scale("fake", (EXP,)), tmp_path).read_text()
+    assert "| 5 (fake MNIST) | **measured** | Pearson " in text and "pairs from 5 trials |" in text
+    # Hara, Ours, Random, Loss at n = 2 in 5 trials; one prediction per method: no correlation, shown as '-'
+    assert "| **claim1_fake** | all | all | 20 | 5 | 0.522 [" in text
+    assert "| | Loss | all | 5 | 5 | - | - | - | +0.5000 | +0.0100 |" in text
+    assert "resamples whole trials" in text and "Against the free ranking by training loss at n = 2" in text
