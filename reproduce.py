@@ -57,6 +57,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="only these trial seeds (two processes can split one experiment: --seeds 1 3 5 / --seeds 2 4 6)",
     )
     p.add_argument("--max-trials", type=int, default=None, help="stop after this many new trials")
+    p.add_argument(
+        "--reuse-training",
+        default=None,
+        metavar="RUNS",
+        help="another scale's run folders (e.g. the pilot's): a trial whose settings and seed match a finished "
+        "training there starts from a copy of it; its marker says so",
+    )
     p.add_argument("--commit", action="store_true", help="git-commit each finished trial's small files")
     p.add_argument(
         "--report-each", action="store_true", help="rebuild (and with --commit commit) the report after each trial"
@@ -91,7 +98,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         runs = Path(a.runs or ROOT / f"output_reproduction_{scale.name}").resolve()
         hook = (lambda exp, seed: report(a.commit)) if a.report_each else None
         n = run_scale(
-            scale, runs, a.data_dir, commit=a.commit, only=a.only, max_trials=a.max_trials, on_trial=hook, seeds=a.seeds
+            scale, runs, a.data_dir, commit=a.commit, only=a.only, max_trials=a.max_trials, on_trial=hook, seeds=a.seeds,
+            reuse_from=Path(a.reuse_training).resolve() if a.reuse_training else None,
         )
         print(f"{n} trial(s) run; run folders in {runs}")
     index = report(a.commit and not a.report_only)

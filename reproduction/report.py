@@ -442,6 +442,26 @@ class Section:
     verdicts: List[VerdictRow] = field(default_factory=list)
 
 
+def cpu_text(datas: Dict[str, ExperimentData]) -> str:
+    """The CPU seconds and the wall seconds of the trials' calls where their markers record them (issue
+    32), and the trainings taken over from another scale's trials; empty when no marker has them."""
+    infos = [t for d in datas.values() for t in d.trials.values()]
+    timed = [t for t in infos if "cpu_s" in t]
+    reused = [t["training_from"] for t in infos if t.get("training_from")]
+    text = ""
+    if timed:
+        text += (f" {len(timed)} trial{'s' * (len(timed) != 1)} record the CPU seconds of their own calls "
+                 f"(interrupted calls included, up to their last minute): {sum(t['cpu_s'] for t in timed) / 3600:.2f} "
+                 f"CPU-hours in {sum(t['wall_s'] for t in timed) / 3600:.2f} wall hours.")
+    if reused:
+        commits = sorted({str(r.get("commit")) for r in reused})
+        text += (f" {len(reused)} trial{'s' * (len(reused) != 1)} started from the finished training of the "
+                 f"{reused[0].get('scale', 'other')} trial with the same settings and seed (`--reuse-training`; "
+                 f"training code at {', '.join(commits)}); its training's time is in the stage timings, not in the "
+                 "calls' wall and CPU seconds.")
+    return text
+
+
 def header_lines(scale: Scale, datas: Dict[str, ExperimentData], commit: str) -> List[str]:
     """Title, status (trials done), how the report was built and compared, the trials' code, the regime."""
     done = sum(len(d.seeds) for d in datas.values())
@@ -457,7 +477,7 @@ def header_lines(scale: Scale, datas: Dict[str, ExperimentData], commit: str) ->
         f"`docs/reproduction/{scale.name}/runs/`{f' at commit {commit}' if commit else ''}. "
         f"Compute time of the completed trials: {wall / 3600:.2f} h (sum of the trials' stage wall times, one process "
         f"per trial, two at once on a 2-core machine shared with other work; a stage's time includes any time the "
-        f"study was paused for a benchmark, so this overstates the compute).",
+        f"study was paused for a benchmark, so this overstates the compute).{cpu_text(datas)}",
         "",
         "Every comparison is paired by trial (same seed: same split, initialisation and batch order). "
         "Intervals are 95% Student-t intervals of the mean paired difference; p-values: paired t-test and "

@@ -19,9 +19,11 @@ import fcntl
 import json
 import shutil
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, Optional
 
 import pandas as pd
 
@@ -94,10 +96,12 @@ def run_config(exp: Experiment, runs: Path, seed: int, data_dir: Optional[str],
 
 
 def copy_trial(exp: Experiment, runs: Path, committed: Path, seed: int, wall_s: float,
-               src: Optional[Path] = None) -> List[Path]:
+               src: Optional[Path] = None, cpu_s: Optional[float] = None,
+               training_from: Optional[dict] = None) -> List[Path]:
     """Copy trial ``seed``'s small files from its run folder ``src`` (default ``<runs>/<experiment>``)
-    to the committed folder (never weights); the marker ``trials/seed_<k>.json`` is written last.
-    Returns the files written."""
+    to the committed folder (never weights); the marker ``trials/seed_<k>.json`` is written last, with
+    the wall and CPU seconds of the trial's calls (``TrialClaim``) and, when its training was taken
+    over from another trial (``reuse_training``), where from. Returns the files written."""
     src, dst = src or runs / exp.name, committed / "runs" / exp.name
     files = [src / "manifest.json", src / "logs" / f"timings_seed_{seed}.csv"]
     files += sorted((src / "influence").glob(f"*/influence_*_{seed}.csv"))
@@ -121,19 +125,19 @@ def copy_trial(exp: Experiment, runs: Path, committed: Path, seed: int, wall_s: 
     compute_s = float(pd.read_csv(timings).seconds.sum()) if timings.is_file() else wall_s
     marker = dst / "trials" / f"seed_{seed}.json"
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(
-        json.dumps(
-            {
-                "experiment": exp.name,
-                "seed": seed,
-                "wall_s": round(wall_s, 1),
-                "compute_s": round(compute_s, 1),
-                "commit": code_commit(),
-                "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
-            indent=1,
-        )
-    )
+    info = {
+        "experiment": exp.name,
+        "seed": seed,
+        "wall_s": round(wall_s, 1),
+        "compute_s": round(compute_s, 1),
+        "commit": code_commit(),
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if cpu_s is not None:
+        info["cpu_s"] = round(cpu_s, 1)
+    if training_from:
+        info["training_from"] = training_from
+    marker.write_text(json.dumps(info, indent=1))
     out.append(marker)
     return out
 
@@ -169,13 +173,17 @@ class TrialClaim:
     """A non-blocking ``flock`` held while a process runs
     that trial, so that several ``reproduce.py`` processes share one scale without taking the same
     trial (``<runs>/.claims/<experiment>_seed_<k>``, beside the run folders, outside the repository).
-    The file also keeps the wall seconds of the trial's earlier calls (interrupted ones included, a
-    SIGKILL's excepted), so a resumed trial's marker counts them all."""
 
-    def __init__(self, runs: Path, exp: Experiment, seed: int):
+    The file also keeps the wall and CPU seconds of the trial's calls so far (JSON ``wall_s``,
+    ``cpu_s``; a file of one number, as written before, is its wall seconds): ``measure`` adds a
+    call's, rewriting the totals every ``beat`` seconds while the call runs, so that a call killed
+    outright (SIGKILL, a lost session) still counts up to its last beat."""
+
+    def __init__(self, runs: Path, exp: Experiment, seed: int, beat: float = 60.0):
         self.path = runs / ".claims" / f"{exp.name}_seed_{seed}"
         self.fh = None
         self.mine = False
+        self.beat = beat
 
     def __enter__(self) -> TrialClaim:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,27 +195,84 @@ class TrialClaim:
             self.mine = False
         return self
 
-    @property
-    def wall_s(self) -> float:
-        """Wall seconds of this trial's calls so far (as recorded by ``add_wall``)."""
+    def totals(self) -> Dict[str, float]:
+        """``{"wall_s", "cpu_s"}`` of this trial's calls so far."""
         self.fh.seek(0)
         text = self.fh.read().strip()
         try:
-            return float(text) if text else 0.0
+            d = json.loads(text) if text else {}
         except ValueError:
-            return 0.0
+            d = {}
+        if isinstance(d, (int, float)):
+            d = {"wall_s": float(d)}
+        return {"wall_s": float(d.get("wall_s", 0.0)), "cpu_s": float(d.get("cpu_s", 0.0))}
 
-    def add_wall(self, seconds: float) -> float:
-        """Record ``seconds`` more of wall time; returns the total."""
-        total = self.wall_s + seconds
+    def _write(self, totals: Dict[str, float]) -> None:
         self.fh.seek(0)
         self.fh.truncate()
-        self.fh.write(f"{total:.1f}\n")
+        self.fh.write(json.dumps({k: round(v, 1) for k, v in totals.items()}) + "\n")
         self.fh.flush()
-        return total
+
+    @contextmanager
+    def measure(self) -> Iterator[None]:
+        """Count the enclosed call's wall and CPU seconds (this process's, ``time.process_time``) into
+        the totals: every ``beat`` seconds while it runs, and at its end however it ends."""
+        before = self.totals()
+        t0, c0 = time.time(), time.process_time()
+        stop = threading.Event()
+        lock = threading.Lock()
+
+        def update() -> None:
+            with lock:
+                self._write({"wall_s": before["wall_s"] + time.time() - t0,
+                             "cpu_s": before["cpu_s"] + time.process_time() - c0})
+
+        def beats() -> None:
+            while not stop.wait(self.beat):
+                update()
+
+        thread = threading.Thread(target=beats, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            update()
 
     def __exit__(self, *exc) -> None:
         self.fh.close()
+
+
+def reuse_training(out: Path, source_runs: Optional[Path], seed: int, manifest: dict) -> Optional[dict]:
+    """Start trial ``seed``'s run folder ``out`` from a finished training of another scale's trial
+    with the same seed and the same manifest (every setting that changes a result), found under
+    ``source_runs/<experiment>/seed_<k>``: its folder is copied (never its lock), and the pipeline
+    resumes from it as from any interrupted run of its own (the same seed gives the same bytes, so
+    the trial's results are those of training anew). Nothing happens when ``out`` has begun already
+    or no source matches. Returns where the training came from (the source's committed marker:
+    its commit and seconds), else None."""
+    if source_runs is None or (out / "manifest.json").exists():
+        return None
+    for src in sorted(Path(source_runs).glob(f"*/seed_{seed}")):
+        weights = src / "weights" / f"seed_{seed:02d}"
+        if not ((weights / "final.h5").is_file() and (weights / "train_log.csv").is_file()):
+            continue
+        try:
+            theirs = json.loads((src / "manifest.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if theirs != json.loads(json.dumps(manifest)):
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, out, ignore=shutil.ignore_patterns(".lock"), dirs_exist_ok=True)
+        found = {"experiment": src.parent.name, "seed": seed}
+        for marker in sorted((REPO / "docs" / "reproduction").glob(f"*/runs/{src.parent.name}/trials/seed_{seed}.json")):
+            info = json.loads(marker.read_text())
+            found.update(scale=marker.parents[3].name, commit=info.get("commit"), wall_s=info.get("wall_s"),
+                         compute_s=info.get("compute_s"))
+        return found
+    return None
 
 
 def run_scale(
@@ -220,11 +285,14 @@ def run_scale(
     on_trial: Optional[Callable[[Experiment, int], None]] = None,
     log=print,
     seeds: Optional[Iterable[int]] = None,
+    reuse_from: Optional[Path] = None,
 ) -> int:
     """Run every missing trial of ``scale`` (experiments in order, seeds ascending; only ``seeds``
     when given, so that processes can split one experiment); after each one copy its small files to
     the committed folder and, with ``commit``, commit them. Experiments whose data are not here
-    (``needs``) are skipped with a message. Returns the trials run."""
+    (``needs``) are skipped with a message. ``reuse_from``: another scale's run folders whose finished
+    trainings a trial of the same settings and seed starts from (``reuse_training``). Returns the
+    trials run."""
     committed = committed_root(scale.name)
     keep = None if seeds is None else set(seeds)
     done = 0
@@ -243,13 +311,21 @@ def run_scale(
                 if not claim.mine or trial_done(committed, exp, seed):
                     continue
                 log(f"{time.strftime('%H:%M:%S')} {exp.name}: trial seed {seed} starts")
-                t0 = time.time()
                 out = run_folder(scale, exp, runs, seed)
-                try:
-                    run(run_config(exp, runs, seed, data_dir, out), REGISTRY)
-                finally:  # an interrupted call's time counts too when the trial resumes
-                    wall = claim.add_wall(time.time() - t0)
-                files = copy_trial(exp, runs, committed, seed, wall, out)
+                cfg = run_config(exp, runs, seed, data_dir, out)
+                if reuse_from is not None:
+                    origin = reuse_training(out, reuse_from, seed, cfg.manifest(REGISTRY))
+                    if origin:
+                        (out / "training_from.json").write_text(json.dumps(origin, indent=1))
+                        log(f"  training taken over from {origin['experiment']} seed {seed}")
+                with claim.measure():  # an interrupted call's time counts too when the trial resumes
+                    run(cfg, REGISTRY)
+                totals = claim.totals()
+                wall = totals["wall_s"]
+                origin_file = out / "training_from.json"
+                origin = json.loads(origin_file.read_text()) if origin_file.is_file() else None
+                files = copy_trial(exp, runs, committed, seed, wall, out, cpu_s=totals["cpu_s"],
+                                   training_from=origin)
             log(f"{time.strftime('%H:%M:%S')} {exp.name}: trial seed {seed} done in {wall:.0f} s")
             if commit:
                 ok = git_commit(files, f"reproduction {scale.name}: {exp.name} trial seed {seed} ({wall:.0f} s)")

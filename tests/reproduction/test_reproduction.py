@@ -226,8 +226,11 @@ def test_copy_trial_keeps_small_files_only(tmp_path):
     ]
     assert not list(dst.rglob("*.h5"))
     marker = json.loads((dst / "trials" / "seed_3.json").read_text())
-    assert marker["wall_s"] == 7.0 and marker["compute_s"] == 120.5
+    assert marker["wall_s"] == 7.0 and marker["compute_s"] == 120.5 and "cpu_s" not in marker
     assert trial_done(committed, EXP, 3)
+    copy_trial(EXP, runs, committed, 3, wall_s=7.0, cpu_s=5.04, training_from={"experiment": "pilot", "seed": 3})
+    marker = json.loads((dst / "trials" / "seed_3.json").read_text())
+    assert marker["cpu_s"] == 5.0 and marker["training_from"] == {"experiment": "pilot", "seed": 3}
 
 
 def test_run_scale_runs_missing_trials_of_the_given_seeds_only(tmp_path, monkeypatch):
@@ -239,7 +242,7 @@ def test_run_scale_runs_missing_trials_of_the_given_seeds_only(tmp_path, monkeyp
     monkeypatch.setattr(runner, "committed_root", lambda name: tmp_path / "committed")
     monkeypatch.setattr(runner, "run_config", lambda exp, runs, seed, data_dir, out: seed)
     monkeypatch.setattr(runner, "run", lambda cfg, registry: ran.append(cfg))
-    monkeypatch.setattr(runner, "copy_trial", lambda exp, runs, committed, seed, wall, src: copied.append(seed) or [])
+    monkeypatch.setattr(runner, "copy_trial", lambda exp, runs, committed, seed, wall, src, **kw: copied.append(seed) or [])
     marker = tmp_path / "committed" / "runs" / EXP.name / "trials" / "seed_3.json"
     marker.parent.mkdir(parents=True)
     marker.write_text("{}")
@@ -260,7 +263,7 @@ def test_two_processes_share_a_scale_through_trial_claims(tmp_path, monkeypatch)
     monkeypatch.setattr(runner, "committed_root", lambda name: tmp_path / "committed")
     monkeypatch.setattr(runner, "run_config", lambda exp, runs, seed, data_dir, out: outs.append(out) or seed)
     monkeypatch.setattr(runner, "run", lambda cfg, registry: None)
-    monkeypatch.setattr(runner, "copy_trial", lambda exp, runs, committed, seed, wall, src: [])
+    monkeypatch.setattr(runner, "copy_trial", lambda exp, runs, committed, seed, wall, src, **kw: [])
     scale = Scale("fake", (EXP,), trial_folders=True)
     runs = tmp_path / "runs"
     with runner.TrialClaim(runs, EXP, 0) as claim:  # "another process" runs seed 0
@@ -286,7 +289,7 @@ def test_a_resumed_trials_wall_time_counts_its_interrupted_calls(tmp_path, monke
             raise KeyboardInterrupt
     monkeypatch.setattr(runner, "run", run)
     monkeypatch.setattr(runner, "copy_trial",
-                        lambda exp, runs, committed, seed, wall, src: walls.append(wall) or [])
+                        lambda exp, runs, committed, seed, wall, src, **kw: walls.append(wall) or [])
     scale = Scale("fake", (EXP,))
     with pytest.raises(KeyboardInterrupt):
         runner.run_scale(scale, tmp_path / "runs", None, max_trials=1, log=lambda s: None)
@@ -377,3 +380,72 @@ def test_loss_beside_influence_and_claim5_per_experiment(tmp_path):
     assert "| **claim1_fake** | all | all | 20 | 5 | 0.522 [" in text
     assert "| | Loss | all | 5 | 5 | - | - | - | +0.5000 | +0.0100 |" in text
     assert "resamples whole trials" in text and "Against the free ranking by training loss at n = 2" in text
+
+
+def test_trial_claim_counts_wall_and_cpu_while_a_call_runs(tmp_path):
+    """A call killed outright still counts up to its last beat: the totals are on disk during the call."""
+    import time
+
+    from reproduction.runner import TrialClaim
+
+    with TrialClaim(tmp_path, EXP, 0, beat=0.05) as claim:
+        assert claim.mine and claim.totals() == {"wall_s": 0.0, "cpu_s": 0.0}
+        with claim.measure():
+            t0 = time.time()
+            while time.time() - t0 < 0.4:  # busy: CPU seconds grow with the wall
+                pass
+            during = json.loads(claim.path.read_text())
+            assert during["wall_s"] >= 0.2 and during["cpu_s"] >= 0.1
+        first = claim.totals()
+        assert 0.4 <= first["wall_s"] < 2.0 and 0.2 <= first["cpu_s"] <= first["wall_s"] + 0.1
+        with claim.measure():
+            time.sleep(0.2)  # idle: wall grows, CPU hardly
+        second = claim.totals()
+        assert second["wall_s"] >= first["wall_s"] + 0.15 and second["cpu_s"] < first["cpu_s"] + 0.1
+    claim.path.write_text("350.0\n")  # the format of before: one number, the wall seconds
+    with TrialClaim(tmp_path, EXP, 0) as claim:
+        assert claim.totals() == {"wall_s": 350.0, "cpu_s": 0.0}
+
+
+def test_a_trial_starts_from_a_finished_training_of_the_same_settings_only(tmp_path, monkeypatch):
+    """``--reuse-training``: the pilot's trial of the same seed and manifest is copied (lock left out)
+    and its committed marker named; another seed, another manifest, an unfinished training or a trial
+    that has begun already are left alone."""
+    from reproduction import runner
+
+    manifest = {"dataset": "mnist", "n_train": 20000, "seed_note": [1, 2]}
+    src = tmp_path / "pilot_runs" / "pilot_n20000" / "seed_1"
+    (src / "weights" / "seed_01").mkdir(parents=True)
+    (src / "weights" / "seed_01" / "final.h5").write_bytes(b"w")
+    (src / "weights" / "seed_01" / "train_log.csv").write_text("epoch\n1\n")
+    (src / "manifest.json").write_text(json.dumps(manifest))
+    (src / ".lock").write_text("")
+    marker = tmp_path / "repo" / "docs" / "reproduction" / "pilot" / "runs" / "pilot_n20000" / "trials" / "seed_1.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"commit": "032c96c", "wall_s": 8.0, "compute_s": 9.0}))
+    monkeypatch.setattr(runner, "REPO", tmp_path / "repo")
+    out = tmp_path / "runs" / "claim1" / "seed_1"
+    assert runner.reuse_training(out, tmp_path / "pilot_runs", 0, manifest) is None  # no seed 0 there
+    assert runner.reuse_training(out, tmp_path / "pilot_runs", 1, {**manifest, "n_train": 10000}) is None
+    assert not out.exists()
+    origin = runner.reuse_training(out, tmp_path / "pilot_runs", 1, manifest)
+    assert origin == {"experiment": "pilot_n20000", "seed": 1, "scale": "pilot", "commit": "032c96c",
+                      "wall_s": 8.0, "compute_s": 9.0}
+    assert (out / "weights" / "seed_01" / "final.h5").read_bytes() == b"w" and not (out / ".lock").exists()
+    assert runner.reuse_training(out, tmp_path / "pilot_runs", 1, manifest) is None  # begun: never overwritten
+    (src / "weights" / "seed_01" / "final.h5").unlink()  # an unfinished training is not taken
+    assert runner.reuse_training(tmp_path / "other", tmp_path / "pilot_runs", 1, manifest) is None
+
+
+def test_the_header_names_cpu_seconds_and_reused_trainings(tmp_path):
+    folder = make_fake_runs(tmp_path)
+    for seed in (0, 1):  # two trials with the new marker fields: 1,800 + 1,800 CPU s in 3,600 + 3,600 wall s
+        info = {"experiment": EXP.name, "seed": seed, "wall_s": 3600.0, "cpu_s": 1800.0}
+        if seed == 1:
+            info["training_from"] = {"experiment": "pilot_n4", "seed": 1, "scale": "pilot", "commit": "032c96c"}
+        (folder / "trials" / f"seed_{seed}.json").write_text(json.dumps(info))
+    text = build_report(Scale("fake", (EXP,)), tmp_path).read_text()
+    assert " 2 trials record the CPU seconds of their own calls (interrupted calls included, up to their last " \
+           "minute): 1.00 CPU-hours in 2.00 wall hours." in text
+    assert " 1 trial started from the finished training of the pilot trial with the same settings and seed " \
+           "(`--reuse-training`; training code at 032c96c)" in text
