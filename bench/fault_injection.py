@@ -47,6 +47,7 @@ TARGETS: List[Tuple[str, str]] = [
     ("estimator Random", "influence/Random/"),
     ("reports", "/fig/harmful_"),
     ("reports", "/cleansed/"),
+    ("validation", "logs/validation_progress_seed_0_repeat_0"),  # inside the left-out retrainings
     ("validation", "logs/validation_actual_seed_0_repeat_0"),
     ("validation", "logs/validation_pairs_seed_0"),
     ("retraining", "score/Hara/score_delete_worst_10"),

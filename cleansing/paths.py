@@ -162,6 +162,10 @@ class RunPaths:
     def validation_repeat(self, seed: int, repeat: int) -> Path:
         return self.root / "logs" / f"validation_actual_seed_{seed}_repeat_{repeat}.csv"
 
+    def validation_progress(self, seed: int, repeat: int) -> Path:
+        """The left-out retrainings of a validation repeat finished so far (while it runs)."""
+        return self.root / "logs" / f"validation_progress_seed_{seed}_repeat_{repeat}.csv"
+
     def validation_pairs(self, seed: int) -> Path:
         return self.log("validation_pairs", seed)
 

@@ -346,10 +346,12 @@ def validation_repeat_task(plan: Plan, seed: int, repeat: int):
         return None, []
     t0 = time.time()
     trial = trial_context(cfg, seed)
+    progress = paths.validation_progress(seed, repeat)
     actual = actual_influence(cfg.train, trial.data, paths, seed, trial.trace, samples, cfg.removal.retrain_all,
-                              repeat, show_progress=cfg.runtime.show_progress)
+                              repeat, show_progress=cfg.runtime.show_progress, progress=progress)
     write_csv_atomic(paths.validation_repeat(seed, repeat),
                      pd.DataFrame({"datasource_index": samples, "actual": actual}))
+    progress.unlink(missing_ok=True)
     return None, [(seed, "validate", f"repeat_{repeat}", time.time() - t0)]
 
 

@@ -3,13 +3,16 @@ sample is left out, by counterfactual retraining (Hara et al., 2019, Sec. 5), an
 agreement measures between estimates and truth."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from pathlib import Path
+from typing import Dict, Optional, Sequence
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 from tqdm import tqdm
 
 from cleansing.paths import RunPaths
+from common.fileio import read_csv_exact, write_csv_atomic
 from datasets import DataBundle
 from datasets.batches import split_batches
 
@@ -45,7 +48,7 @@ def first_steps(trace: Trace, steps: np.ndarray, samples: Sequence[int]) -> np.n
 
 def actual_influence(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: int, trace: Trace,
                      samples: Sequence[int], retrain_all: bool = False, repeat: int = 0,
-                     show_progress: bool = False) -> np.ndarray:
+                     show_progress: bool = False, progress: Optional[Path] = None) -> np.ndarray:
     """``L_val(theta_{-j}) - L_val(theta)`` for each j in ``samples``: the same schedule replayed
     with and without j (the last epoch from its cached start, or every epoch with ``retrain_all``).
 
@@ -53,6 +56,10 @@ def actual_influence(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: 
     nudged by ``1 + NUDGE * xi_r`` (``nudge_parameters``), so that averaging repeats averages out
     the rounding noise a chaotic trajectory amplifies. One reference replay serves every sample:
     each counterfactual starts from it at the first step that holds j (exact on the CPU).
+
+    ``progress``: a CSV (``datasource_index``, ``loss``) rewritten after each left-out retraining;
+    the samples it holds are not retrained again (an interrupted repeat resumes to the same values:
+    each counterfactual depends only on the reference replay, which is replayed again).
     """
     samples = np.asarray(samples, np.int64)
     steps = np.arange(trace.n_steps) if retrain_all else trace.last_epoch_steps()
@@ -63,18 +70,29 @@ def actual_influence(cfg: TrainConfig, data: DataBundle, paths: RunPaths, seed: 
     counterfactual = learner_from_file(cfg, data, start)
     first = first_steps(trace, steps, samples)
     loss = np.zeros(len(samples))
+    done: Dict[int, float] = {}
+    if progress is not None and progress.is_file():
+        kept, wanted = read_csv_exact(progress), set(samples.tolist())
+        done = {int(j): float(v) for j, v in zip(kept.datasource_index, kept.loss) if int(j) in wanted}
     bar = tqdm(total=int(np.sum(first >= 0)), desc=f"retrain without one (seed {seed}, repeat {repeat})",
-               disable=not show_progress, leave=False)
+               disable=not show_progress, leave=False, initial=len(done))
     for k, t in enumerate(steps):
         at_t = np.flatnonzero(first == t)
         if len(at_t):
             state = reference.state()
             for i in at_t:
+                if int(samples[i]) in done:
+                    loss[i] = done[int(samples[i])]
+                    continue
                 counterfactual.set_state(state)
                 removed = np.zeros(len(data.train), bool)
                 removed[samples[i]] = True
                 run_steps(counterfactual, data, trace, steps[k:], cfg.augment, removed=removed)
                 loss[i] = _val_loss(counterfactual, data)
+                done[int(samples[i])] = loss[i]
+                if progress is not None:
+                    write_csv_atomic(progress, pd.DataFrame({"datasource_index": list(done),
+                                                             "loss": list(done.values())}))
                 bar.update(1)
         run_steps(reference, data, trace, [t], cfg.augment)
     bar.close()

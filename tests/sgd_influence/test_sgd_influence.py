@@ -7,7 +7,7 @@ from cleansing.config import make_config
 from cleansing.influence_csv import read_influence_csv
 from cleansing.paths import RunPaths
 from cleansing.pipeline import Plan, run, run_trial
-from cleansing.train import TrainConfig, load_training
+from cleansing.train import TrainConfig, load_training, run_steps
 from cleansing.trial import load_trial_data
 from cleansing.validate import actual_influence, agreement
 from estimators import REGISTRY
@@ -80,6 +80,39 @@ def test_nudged_repeat_changes_rounding_not_the_outcome(logreg_trial):
     assert np.array_equal(nudged, again)  # a repeat is deterministic
     assert not np.array_equal(exact, nudged)
     np.testing.assert_allclose(nudged, exact, rtol=1e-3, atol=1e-6)
+
+
+def test_an_interrupted_validation_repeat_resumes_to_the_same_values(logreg_trial, tmp_path, monkeypatch):
+    # the progress file keeps each finished left-out retraining; a rerun retrains only the others
+    # (here: -ra, every epoch, as the long runs of issue 37) and returns the same bytes
+    from cleansing import validate
+    cfg, data, paths, trace, hara, _ = logreg_trial
+    samples = np.sort(np.argsort(hara, kind="stable")[:5])
+    whole = actual_influence(cfg.train, data, paths, 0, trace, samples, retrain_all=True)
+    progress = tmp_path / "progress.csv"
+    real, calls = validate._val_loss, []
+
+    def stop_at_the_fourth(learner, d):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(learner, d)
+    monkeypatch.setattr(validate, "_val_loss", stop_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        actual_influence(cfg.train, data, paths, 0, trace, samples, retrain_all=True, progress=progress)
+    kept = pd.read_csv(progress)
+    assert len(kept) == 3 and set(kept.datasource_index) <= set(samples.tolist())
+    monkeypatch.setattr(validate, "_val_loss", real)
+    retrained = []
+    monkeypatch.setattr(validate, "run_steps", lambda *a, **k: retrained.append(k.get("removed") is not None)
+                        or run_steps(*a, **k))
+    again = actual_influence(cfg.train, data, paths, 0, trace, samples, retrain_all=True, progress=progress)
+    assert np.array_equal(again, whole)
+    assert sum(retrained) == 2  # only the two samples the progress file lacked were retrained
+    # a progress file of other samples is not used for these
+    other = actual_influence(cfg.train, data, paths, 0, trace, samples[:2] + 1, retrain_all=True, progress=progress)
+    assert np.array_equal(other, actual_influence(cfg.train, data, paths, 0, trace, samples[:2] + 1,
+                                                  retrain_all=True))
 
 
 def test_influence_is_zero_only_for_samples_outside_the_last_epoch(logreg_trial):
@@ -177,6 +210,7 @@ def test_validate_averages_repeats_and_resumes_from_them(tmp_path):
     np.testing.assert_allclose(hara.actual_sd, np.abs(reps[0].actual - reps[1].actual) / np.sqrt(2),
                                rtol=1e-3, atol=1e-10)  # the repeat files hold rounded values
     assert (hara.repeats == 2).all() and (paths.fig / "validation_Hara.png").is_file()
+    assert not list((paths.root / "logs").glob("validation_progress_*"))  # removed once its repeat is written
     # two more repeats, in two worker processes: the first two are read back, not recomputed
     stamps = [(paths.root / "logs" / f"validation_actual_seed_0_repeat_{r}.csv").stat().st_mtime_ns for r in (0, 1)]
     run(cfg.updated(validate_repeats=4, jobs=2), REGISTRY)
