@@ -98,8 +98,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         runs = Path(a.runs or ROOT / f"output_reproduction_{scale.name}").resolve()
         hook = (lambda exp, seed: report(a.commit)) if a.report_each else None
         n = run_scale(
-            scale, runs, a.data_dir, commit=a.commit, only=a.only, max_trials=a.max_trials, on_trial=hook, seeds=a.seeds,
-            reuse_from=Path(a.reuse_training).resolve() if a.reuse_training else None,
+            scale, runs, a.data_dir, commit=a.commit, only=a.only, max_trials=a.max_trials, on_trial=hook,
+            seeds=a.seeds, reuse_from=Path(a.reuse_training).resolve() if a.reuse_training else None,
         )
         print(f"{n} trial(s) run; run folders in {runs}")
     index = report(a.commit and not a.report_only)

@@ -267,7 +267,8 @@ def reuse_training(out: Path, source_runs: Optional[Path], seed: int, manifest: 
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, out, ignore=shutil.ignore_patterns(".lock"), dirs_exist_ok=True)
         found = {"experiment": src.parent.name, "seed": seed}
-        for marker in sorted((REPO / "docs" / "reproduction").glob(f"*/runs/{src.parent.name}/trials/seed_{seed}.json")):
+        pattern = f"*/runs/{src.parent.name}/trials/seed_{seed}.json"
+        for marker in sorted((REPO / "docs" / "reproduction").glob(pattern)):
             info = json.loads(marker.read_text())
             found.update(scale=marker.parents[3].name, commit=info.get("commit"), wall_s=info.get("wall_s"),
                          compute_s=info.get("compute_s"))

@@ -242,7 +242,8 @@ def test_run_scale_runs_missing_trials_of_the_given_seeds_only(tmp_path, monkeyp
     monkeypatch.setattr(runner, "committed_root", lambda name: tmp_path / "committed")
     monkeypatch.setattr(runner, "run_config", lambda exp, runs, seed, data_dir, out: seed)
     monkeypatch.setattr(runner, "run", lambda cfg, registry: ran.append(cfg))
-    monkeypatch.setattr(runner, "copy_trial", lambda exp, runs, committed, seed, wall, src, **kw: copied.append(seed) or [])
+    monkeypatch.setattr(runner, "copy_trial",
+                        lambda exp, runs, committed, seed, wall, src, **kw: copied.append(seed) or [])
     marker = tmp_path / "committed" / "runs" / EXP.name / "trials" / "seed_3.json"
     marker.parent.mkdir(parents=True)
     marker.write_text("{}")
@@ -351,8 +352,8 @@ def test_clustered_correlation_resamples_whole_trials():
 def test_loss_beside_influence_and_claim5_per_experiment(tmp_path):
     """The fake study with Loss: Loss - No Removal by seed (+0.1 +0.1 +0.1 +0.1 +0.6 pp), so Ours - Loss
     = (0, +0.1, +0.2, +0.3, -0.1) pp, mean +0.10, sd 0.158 pp, interval +-2.776 x 0.0707 = +-0.20; Hara - Loss
-    = (+0.1, +0.1, +0.1, +0.3, -0.2) pp, mean +0.08; Loss - No Removal mean +0.20; claim 5 gets its own verdict row per experiment,
-    Loss's sets predicted by Ours (indices 0 and 2 removed: 0.1 + 0.4 = +0.5)."""
+    = (+0.1, +0.1, +0.1, +0.3, -0.2) pp, mean +0.08; Loss - No Removal mean +0.20; claim 5 gets its own
+    verdict row per experiment, Loss's sets predicted by Ours (indices 0 and 2 removed: 0.1 + 0.4 = +0.5)."""
     folder = make_fake_runs(tmp_path)
     loss_delta = [0.001, 0.001, 0.001, 0.001, 0.006]
     for seed, b in enumerate(BASE):
