@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import pandas as pd
+
+from common.fileio import write_csv_atomic, write_text_atomic
 
 from .scales import PILOT_LAST, PILOT_MAX_RANGE, PILOT_MAX_SD, Scale
 
@@ -89,12 +91,47 @@ def compute_hours(scale: Scale, committed: Path) -> float:
     return seconds / 3600
 
 
+def criterion_line() -> str:
+    """The pilot's criterion, as the pilot's table and the settled scale's report state it."""
+    return (f"**Criterion (fixed before any claim runs):** a size is settled when, over its seeds, the median range "
+            f"of the validation accuracy over the last {PILOT_LAST} epochs is at most {100 * PILOT_MAX_RANGE:.1f} pp "
+            f"and No_Removal's test accuracy has a sample sd of at most {100 * PILOT_MAX_SD:.1f} pp. The study takes "
+            "the smallest settled size; if none is settled, the one closest to the criterion "
+            "(smallest max(range / 0.5 pp, sd / 0.3 pp)).")
+
+
+def size_table_lines(table: pd.DataFrame, trials: int) -> List[str]:
+    """The pilot's table (``load_pilot``) in markdown; 'settled' is '-' while a size lacks seeds."""
+    lines = [
+        "| training size | steps / epoch | seeds | median last-3 val range (pp) | mean (pp) | "
+        "No_Removal test accuracy (%) | sd (pp) | settled |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for r in table.itertuples():
+        def f(x, d=2):
+            return "-" if not np.isfinite(x) else f"{x:.{d}f}"
+        lines.append(f"| {r.n_train:,} | {r.steps_per_epoch} | {r.seeds} | {f(r.median_val_range_pp)} | "
+                     f"{f(r.mean_val_range_pp)} | {f(r.test_accuracy_mean_pct)} | {f(r.test_accuracy_sd_pp)} | "
+                     f"{'yes' if r.settled else ('no' if r.seeds >= trials else '-')} |")
+    return lines
+
+
+def chosen_line(table: pd.DataFrame, chosen: Optional[int], trials: int) -> str:
+    """The pilot's choice (``choose_size``) in one line."""
+    if chosen is None:
+        short = table.sort_values("n_train")
+        short = short[short.seeds < trials].iloc[0]
+        return (f"**Chosen size:** not yet: {int(short.n_train):,} has {int(short.seeds)} of its {trials} seeds, and "
+                "no smaller size is settled.")
+    settled = bool(table[table.n_train == chosen].settled.iloc[0])
+    return f"**Chosen size:** {chosen:,}" + ("" if settled else " (no size is settled; the closest)") + "."
+
+
 def write_pilot(scale: Scale, committed: Path, commit: str = "") -> Path:
     """``<committed>/pilot.md`` and ``pilot.csv``: the criterion, the table and the chosen size."""
     table = load_pilot(scale, committed)
     chosen = choose_size(table, scale.experiments[0].trials)
-    csv = committed / "pilot.csv"
-    table.to_csv(csv, index=False)
+    write_csv_atomic(committed / "pilot.csv", table)
     lines = [
         "# Pilot: the training size where training has settled (issue 32)",
         "",
@@ -102,29 +139,12 @@ def write_pilot(scale: Scale, committed: Path, commit: str = "") -> Path:
         "cnn6, lr 0.05, 20 epochs, batch 32, the SPEC's augmentation, clean labels, 10,000 validation "
         "images, the full 10,000-image test set; training only (No_Removal is the final model).",
         "",
-        f"**Criterion (fixed before any claim runs):** a size is settled when, over its seeds, the median range "
-        f"of the validation accuracy over the last {PILOT_LAST} epochs is at most {100 * PILOT_MAX_RANGE:.1f} pp "
-        f"and No_Removal's test accuracy has a sample sd of at most {100 * PILOT_MAX_SD:.1f} pp. The study takes "
-        "the smallest settled size; if none is settled, the one closest to the criterion "
-        "(smallest max(range / 0.5 pp, sd / 0.3 pp)).",
+        criterion_line(),
         "",
-        "| training size | steps / epoch | seeds | median last-3 val range (pp) | mean (pp) | "
-        "No_Removal test accuracy (%) | sd (pp) | settled |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
+        *size_table_lines(table, scale.experiments[0].trials),
+        "",
+        chosen_line(table, chosen, scale.experiments[0].trials),
     ]
-    trials = scale.experiments[0].trials
-    for r in table.itertuples():
-        def f(x, d=2):
-            return "-" if not np.isfinite(x) else f"{x:.{d}f}"
-        lines.append(f"| {r.n_train:,} | {r.steps_per_epoch} | {r.seeds} | {f(r.median_val_range_pp)} | "
-                     f"{f(r.mean_val_range_pp)} | {f(r.test_accuracy_mean_pct)} | {f(r.test_accuracy_sd_pp)} | "
-                     f"{'yes' if r.settled else ('no' if r.seeds >= trials else '-')} |")
-    lines.append("")
-    if chosen is None:
-        lines.append("**Chosen size:** not yet: a size below any settled one still lacks seeds.")
-    else:
-        settled = bool(table[table.n_train == chosen].settled.iloc[0])
-        lines.append(f"**Chosen size:** {chosen:,}" + ("" if settled else " (no size is settled; the closest)") + ".")
     lines += ["", "Each trial:", "", "| training size | seed | last-3 val range (pp) | final val accuracy (%) | "
               "No_Removal test accuracy (%) | code |", "| ---: | ---: | ---: | ---: | ---: | --- |"]
     for exp in scale.experiments:
@@ -144,5 +164,5 @@ def write_pilot(scale: Scale, committed: Path, commit: str = "") -> Path:
     lines.append(f"\nProgress: {int(table.seeds.sum())} trials done, {missing} remaining, {hours:.1f} core-hours spent "
                  f"(the trials' stage timings).")
     out = committed / "pilot.md"
-    out.write_text("\n".join(lines) + "\n")
+    write_text_atomic(out, "\n".join(lines) + "\n")
     return out

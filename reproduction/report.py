@@ -502,8 +502,25 @@ def header_lines(scale: Scale, datas: Dict[str, ExperimentData], commit: str) ->
     return lines
 
 
-def regime_section(scale: Scale, datas: Dict[str, ExperimentData]) -> Section:
-    """How settled each experiment's training is (the noise floor every claim must beat)."""
+def pilot_lines(scale: Scale, committed: Path) -> List[str]:
+    """The criterion, the table and the choice of the pilot that chose ``scale``'s size (read from the
+    pilot's committed runs beside ``committed``); empty for a scale without one."""
+    if not scale.pilot:
+        return []
+    from .pilot import choose_size, chosen_line, criterion_line, load_pilot, size_table_lines
+    from .scales import SCALES
+
+    pilot = SCALES[scale.pilot]
+    table = load_pilot(pilot, committed.parent / scale.pilot)
+    trials = pilot.experiments[0].trials
+    return [f"Which training sizes met the pilot's criterion (docs/reproduction/{scale.pilot}/pilot.md, three seeds "
+            "per size, training only):", "", criterion_line(), "", *size_table_lines(table, trials), "",
+            chosen_line(table, choose_size(table, trials), trials), ""]
+
+
+def regime_section(scale: Scale, datas: Dict[str, ExperimentData], committed: Optional[Path] = None) -> Section:
+    """How settled each experiment's training is (the noise floor every claim must beat), after the
+    pilot's table where a pilot chose the scale's size."""
     return Section([
         "## Regime of every experiment",
         "",
@@ -513,6 +530,7 @@ def regime_section(scale: Scale, datas: Dict[str, ExperimentData]) -> Section:
         "",
         *regime_table([datas[e.name] for e in scale.experiments]),
         "",
+        *(pilot_lines(scale, committed) if committed is not None else []),
     ])
 
 
@@ -802,7 +820,7 @@ def build_report(scale: Scale, committed: Path, commit: str = "", out: Optional[
     runs = committed / "runs"
     datas = {e.name: load_experiment(e, runs / e.name) for e in scale.experiments}
     sections = [
-        regime_section(scale, datas),
+        regime_section(scale, datas, committed),
         claim1_section(scale, datas, fig),
         claim2_section(scale, datas, fig),
         claim3_section(),

@@ -69,6 +69,8 @@ class Scale:
     trial_folders: bool = False
     #: what the report says first about the scale's training regime (empty: nothing)
     regime: str = ""
+    #: the scale whose pilot table chose this scale's size (its criterion and table go into the report)
+    pilot: str = ""
 
     def by_claim(self, claim: int) -> List[Experiment]:
         return [e for e in self.experiments if e.claim == claim]
@@ -286,6 +288,7 @@ def _settled(n: int = SETTLED_N) -> Scale:
         "settled by a criterion fixed before any claim ran: over three seeds, the median range of the validation "
         "accuracy over the last 3 epochs at most 0.5 pp and No_Removal's test accuracy sd at most 0.3 pp. The "
         "CPU-1,000 report (docs/reproduction/cpu/report) is the unsettled regime.",
+        pilot="pilot",
     )
 
 

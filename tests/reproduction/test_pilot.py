@@ -53,10 +53,12 @@ def test_size_rows_and_the_choice_by_hand():
     assert choose_size(table.assign(seeds=[3, 2, 2])) is None
 
 
-def test_the_table_from_fake_committed_runs(tmp_path):
+def fake_pilot(root, accuracies=([0.970, 0.980, 0.975], [0.970, 0.975, 0.972], [0.98, 0.981])):
+    """Committed pilot runs under ``root``: per size, one trial per accuracy, each with the validation
+    accuracy ending 0.970, 0.972, 0.974 (range 0.4 pp)."""
     pilot = SCALES["pilot"]
-    for exp, accs in zip(pilot.experiments, ([0.970, 0.980, 0.975], [0.970, 0.975, 0.972], [0.98, 0.981])):
-        folder = tmp_path / "runs" / exp.name
+    for exp, accs in zip(pilot.experiments, accuracies):
+        folder = root / "runs" / exp.name
         for seed, acc in enumerate(accs):
             (folder / "trials").mkdir(parents=True, exist_ok=True)
             (folder / "trials" / f"seed_{seed}.json").write_text(json.dumps({"seed": seed, "compute_s": 450.0}))
@@ -65,6 +67,11 @@ def test_the_table_from_fake_committed_runs(tmp_path):
             (folder / "score" / "No_Removal").mkdir(parents=True, exist_ok=True)
             pd.DataFrame([{"val_loss": 0.1, "test_loss": 0.1, "val_accuracy": 0.97, "test_accuracy": acc}]).to_csv(
                 folder / "score" / "No_Removal" / f"score_delete_worst_0_seed_{seed}.csv", index=False)
+    return pilot
+
+
+def test_the_table_from_fake_committed_runs(tmp_path):
+    pilot = fake_pilot(tmp_path)
     table = load_pilot(pilot, tmp_path)
     assert table.seeds.tolist() == [3, 3, 2] and table.settled.tolist() == [False, True, False]
     text = write_pilot(pilot, tmp_path, "abc1234").read_text()
@@ -96,3 +103,22 @@ def test_the_settled_scale_is_the_pilots_choice_with_the_issues_design():
     pilot = SCALES["pilot"].experiments[-1]
     keys = ("dataset", "n_train", "n_val", "n_test", "batch_size", "lr", "epochs")
     assert [getattr(pilot, k) for k in keys] == [getattr(c1, k) for k in keys]
+
+
+def test_the_settled_report_shows_the_criterion_and_which_sizes_met_it(tmp_path):
+    """The report of a scale chosen by a pilot carries the pilot's criterion, table and choice; while
+    the size being chosen lacks seeds, the choice says which."""
+    from reproduction.report import build_report
+    from reproduction.scales import Scale
+
+    fake_pilot(tmp_path / "pilot", ([0.970, 0.980, 0.975], [0.970, 0.980, 0.975], [0.98, 0.981]))
+    settled = Scale("settled", SCALES["settled"].experiments[:1], trial_folders=True, pilot="pilot")
+    text = build_report(settled, tmp_path / "settled").read_text()
+    assert "Which training sizes met the pilot's criterion" in text
+    assert "**Criterion (fixed before any claim runs):**" in text
+    assert "| 10,000 | 313 | 3 | 0.40 | 0.40 | 97.50 | 0.50 | no |" in text
+    assert "**Chosen size:** not yet: 20,000 has 2 of its 3 seeds, and no smaller size is settled." in text
+    assert text.index("## Regime of every experiment") < text.index("Which training sizes") < text.index("## Claim 1")
+    fake_pilot(tmp_path / "pilot", ([0.970, 0.980, 0.975], [0.970, 0.980, 0.975], [0.98, 0.981, 0.982]))
+    text = build_report(settled, tmp_path / "settled").read_text()
+    assert "| 20,000 | 625 | 3 | 0.40 | 0.40 | 98.10 | 0.10 | yes |" in text and "**Chosen size:** 20,000." in text
