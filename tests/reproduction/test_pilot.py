@@ -86,10 +86,10 @@ def test_the_settled_scale_is_the_pilots_choice_with_the_issues_design():
     from reproduction.runner import committed_root
     from reproduction.scales import SETTLED_N
 
-    chosen = choose_size(load_pilot(SCALES["pilot"], committed_root("pilot")))
-    # the committed pilot either still lacks seeds of the size it is choosing (None) or chose SETTLED_N;
-    # 5,000 and 10,000 are complete and unsettled, so a pilot that settles elsewhere fails here
-    assert chosen in (None, SETTLED_N)
+    table = load_pilot(SCALES["pilot"], committed_root("pilot"))
+    # the committed pilot is complete (three seeds a size) and chose SETTLED_N, the smallest settled size
+    assert table.seeds.tolist() == [3, 3, 3] and table.settled.tolist() == [False, False, True]
+    assert choose_size(table) == SETTLED_N
     settled = SCALES["settled"]
     assert settled.trial_folders
     c1, *c2 = settled.experiments
