@@ -244,6 +244,10 @@ class TrialClaim:
         self.fh.close()
 
 
+#: In a trial's run folder: where its training came from (written by ``reuse_training``).
+TRAINING_FROM = "training_from.json"
+
+
 def reuse_training(out: Path, source_runs: Optional[Path], seed: int, manifest: dict) -> Optional[dict]:
     """Start trial ``seed``'s run folder ``out`` from a finished training of another scale's trial
     with the same seed and the same manifest (every setting that changes a result), found under
@@ -251,7 +255,7 @@ def reuse_training(out: Path, source_runs: Optional[Path], seed: int, manifest: 
     resumes from it as from any interrupted run of its own (the same seed gives the same bytes, so
     the trial's results are those of training anew). Nothing happens when ``out`` has begun already
     or no source matches. Returns where the training came from (the source's committed marker:
-    its commit and seconds), else None."""
+    its commit and seconds; also kept in ``out/training_from.json``), else None."""
     if source_runs is None or (out / "manifest.json").exists():
         return None
     for src in sorted(Path(source_runs).glob(f"*/seed_{seed}")):
@@ -264,14 +268,20 @@ def reuse_training(out: Path, source_runs: Optional[Path], seed: int, manifest: 
             continue
         if theirs != json.loads(json.dumps(manifest)):
             continue
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, out, ignore=shutil.ignore_patterns(".lock"), dirs_exist_ok=True)
         found = {"experiment": src.parent.name, "seed": seed}
         pattern = f"*/runs/{src.parent.name}/trials/seed_{seed}.json"
         for marker in sorted((REPO / "docs" / "reproduction").glob(pattern)):
             info = json.loads(marker.read_text())
             found.update(scale=marker.parents[3].name, commit=info.get("commit"), wall_s=info.get("wall_s"),
                          compute_s=info.get("compute_s"))
+        # copied beside ``out`` and renamed into place: an interrupted copy never counts as begun
+        tmp = out.with_name(out.name + ".copying")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".lock"))
+        (tmp / TRAINING_FROM).write_text(json.dumps(found, indent=1))
+        if out.exists():  # an empty folder left by an earlier call; anything else is not ours to replace
+            out.rmdir()
+        tmp.rename(out)
         return found
     return None
 
@@ -317,13 +327,12 @@ def run_scale(
                 if reuse_from is not None:
                     origin = reuse_training(out, reuse_from, seed, cfg.manifest(REGISTRY))
                     if origin:
-                        (out / "training_from.json").write_text(json.dumps(origin, indent=1))
                         log(f"  training taken over from {origin['experiment']} seed {seed}")
                 with claim.measure():  # an interrupted call's time counts too when the trial resumes
                     run(cfg, REGISTRY)
                 totals = claim.totals()
                 wall = totals["wall_s"]
-                origin_file = out / "training_from.json"
+                origin_file = out / TRAINING_FROM
                 origin = json.loads(origin_file.read_text()) if origin_file.is_file() else None
                 files = copy_trial(exp, runs, committed, seed, wall, out, cpu_s=totals["cpu_s"],
                                    training_from=origin)

@@ -433,6 +433,8 @@ def test_a_trial_starts_from_a_finished_training_of_the_same_settings_only(tmp_p
     assert origin == {"experiment": "pilot_n20000", "seed": 1, "scale": "pilot", "commit": "032c96c",
                       "wall_s": 8.0, "compute_s": 9.0}
     assert (out / "weights" / "seed_01" / "final.h5").read_bytes() == b"w" and not (out / ".lock").exists()
+    assert json.loads((out / runner.TRAINING_FROM).read_text()) == origin
+    assert not out.with_name("seed_1.copying").exists()  # copied aside, then renamed into place
     assert runner.reuse_training(out, tmp_path / "pilot_runs", 1, manifest) is None  # begun: never overwritten
     (src / "weights" / "seed_01" / "final.h5").unlink()  # an unfinished training is not taken
     assert runner.reuse_training(tmp_path / "other", tmp_path / "pilot_runs", 1, manifest) is None
