@@ -97,11 +97,13 @@ def run_config(exp: Experiment, runs: Path, seed: int, data_dir: Optional[str],
 
 def copy_trial(exp: Experiment, runs: Path, committed: Path, seed: int, wall_s: float,
                src: Optional[Path] = None, cpu_s: Optional[float] = None,
-               training_from: Optional[dict] = None) -> List[Path]:
+               training_from: Optional[dict] = None, commit: Optional[str] = None) -> List[Path]:
     """Copy trial ``seed``'s small files from its run folder ``src`` (default ``<runs>/<experiment>``)
     to the committed folder (never weights); the marker ``trials/seed_<k>.json`` is written last, with
     the wall and CPU seconds of the trial's calls (``TrialClaim``) and, when its training was taken
-    over from another trial (``reuse_training``), where from. Returns the files written."""
+    over from another trial (``reuse_training``), where from. ``commit``: the code's commit when the
+    process started (default: now; a checkout moved while a trial ran must not be named). Returns the
+    files written."""
     src, dst = src or runs / exp.name, committed / "runs" / exp.name
     files = [src / "manifest.json", src / "logs" / f"timings_seed_{seed}.csv"]
     files += sorted((src / "influence").glob(f"*/influence_*_{seed}.csv"))
@@ -130,7 +132,7 @@ def copy_trial(exp: Experiment, runs: Path, committed: Path, seed: int, wall_s: 
         "seed": seed,
         "wall_s": round(wall_s, 1),
         "compute_s": round(compute_s, 1),
-        "commit": code_commit(),
+        "commit": commit or code_commit(),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if cpu_s is not None:
@@ -305,6 +307,7 @@ def run_scale(
     trainings a trial of the same settings and seed starts from (``reuse_training``). Returns the
     trials run."""
     committed = committed_root(scale.name)
+    commit = code_commit()  # the code this process imported, whatever the checkout holds later
     keep = None if seeds is None else set(seeds)
     done = 0
     for exp in scale.experiments:
@@ -335,7 +338,7 @@ def run_scale(
                 origin_file = out / TRAINING_FROM
                 origin = json.loads(origin_file.read_text()) if origin_file.is_file() else None
                 files = copy_trial(exp, runs, committed, seed, wall, out, cpu_s=totals["cpu_s"],
-                                   training_from=origin)
+                                   training_from=origin, commit=commit)
             log(f"{time.strftime('%H:%M:%S')} {exp.name}: trial seed {seed} done in {wall:.0f} s")
             if commit:
                 ok = git_commit(files, f"reproduction {scale.name}: {exp.name} trial seed {seed} ({wall:.0f} s)")

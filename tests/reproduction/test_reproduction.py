@@ -228,9 +228,11 @@ def test_copy_trial_keeps_small_files_only(tmp_path):
     marker = json.loads((dst / "trials" / "seed_3.json").read_text())
     assert marker["wall_s"] == 7.0 and marker["compute_s"] == 120.5 and "cpu_s" not in marker
     assert trial_done(committed, EXP, 3)
-    copy_trial(EXP, runs, committed, 3, wall_s=7.0, cpu_s=5.04, training_from={"experiment": "pilot", "seed": 3})
+    copy_trial(EXP, runs, committed, 3, wall_s=7.0, cpu_s=5.04, training_from={"experiment": "pilot", "seed": 3},
+               commit="abc1234")
     marker = json.loads((dst / "trials" / "seed_3.json").read_text())
     assert marker["cpu_s"] == 5.0 and marker["training_from"] == {"experiment": "pilot", "seed": 3}
+    assert marker["commit"] == "abc1234"  # the code the process started with, not the checkout's now
 
 
 def test_run_scale_runs_missing_trials_of_the_given_seeds_only(tmp_path, monkeypatch):
