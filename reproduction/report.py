@@ -712,13 +712,17 @@ def prediction_pairs(scale: Scale, datas: Dict[str, ExperimentData]) -> pd.DataF
     return pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame()
 
 
+def with_interval(c: Dict[str, float], k: str) -> str:
+    """``c[k]`` with its interval ``[c[k_low], c[k_high]]`` (3 digits); the value alone without one."""
+    if not np.isfinite(c.get(f"{k}_low", math.nan)):
+        return num(c[k], 3)
+    return f"{num(c[k], 3)} [{num(c[f'{k}_low'], 3)}, {num(c[f'{k}_high'], 3)}]"
+
+
 def correlation_text(c: Dict[str, float], sep: str = ", ") -> str:
     """Pearson, Spearman and slope with their trial-bootstrap intervals, as the report quotes them."""
-    def one(k: str) -> str:
-        if not np.isfinite(c.get(f"{k}_low", math.nan)):
-            return num(c[k], 3)
-        return f"{num(c[k], 3)} [{num(c[f'{k}_low'], 3)}, {num(c[f'{k}_high'], 3)}]"
-    return sep.join((f"Pearson {one('pearson')}", f"Spearman {one('spearman')}", f"slope {one('slope')}"))
+    return sep.join(f"{name} {with_interval(c, k)}" for name, k in
+                    (("Pearson", "pearson"), ("Spearman", "spearman"), ("slope", "slope")))
 
 
 def claim5_section(scale: Scale, datas: Dict[str, ExperimentData], out: Path, fig: Path) -> Section:
@@ -749,10 +753,8 @@ def claim5_section(scale: Scale, datas: Dict[str, ExperimentData], out: Path, fi
 
     def cells(g: pd.DataFrame, cluster: Sequence) -> Tuple[Dict[str, float], str]:
         c = stats.clustered_correlation(g.predicted, g.actual, cluster)
-        iv = lambda k: num(c[k], 3) if not np.isfinite(c[k + "_low"]) else (  # noqa: E731
-            f"{num(c[k], 3)} [{num(c[k + '_low'], 3)}, {num(c[k + '_high'], 3)}]")
-        return c, (f"{c['n']} | {c['clusters']} | {iv('pearson')} | {iv('spearman')} | {iv('slope')} "
-                   f"| {g.predicted.mean():+.4f} | {g.actual.mean():+.4f} |")
+        cols = " | ".join(with_interval(c, k) for k in ("pearson", "spearman", "slope"))
+        return c, f"{c['n']} | {c['clusters']} | {cols} | {g.predicted.mean():+.4f} | {g.actual.mean():+.4f} |"
 
     panels = []
     for e in scale.experiments:

@@ -255,10 +255,11 @@ def reuse_training(out: Path, source_runs: Optional[Path], seed: int, manifest: 
     with the same seed and the same manifest (every setting that changes a result), found under
     ``source_runs/<experiment>/seed_<k>``: its folder is copied (never its lock), and the pipeline
     resumes from it as from any interrupted run of its own (the same seed gives the same bytes, so
-    the trial's results are those of training anew). Nothing happens when ``out`` has begun already
-    or no source matches. Returns where the training came from (the source's committed marker:
-    its commit and seconds; also kept in ``out/training_from.json``), else None."""
-    if source_runs is None or (out / "manifest.json").exists():
+    the trial's results are those of training anew). Nothing happens when ``out`` holds anything
+    (a begun trial, or files the tool did not write) or no source matches. Returns where the
+    training came from (the source's committed marker: its commit and seconds; also kept in
+    ``out/training_from.json``), else None."""
+    if source_runs is None or (out.exists() and any(out.iterdir())):  # begun, or not ours: never replaced
         return None
     for src in sorted(Path(source_runs).glob(f"*/seed_{seed}")):
         weights = src / "weights" / f"seed_{seed:02d}"
@@ -281,7 +282,7 @@ def reuse_training(out: Path, source_runs: Optional[Path], seed: int, manifest: 
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".lock"))
         (tmp / TRAINING_FROM).write_text(json.dumps(found, indent=1))
-        if out.exists():  # an empty folder left by an earlier call; anything else is not ours to replace
+        if out.exists():  # an empty folder (checked above)
             out.rmdir()
         tmp.rename(out)
         return found

@@ -344,7 +344,9 @@ def test_clustered_correlation_resamples_whole_trials():
     assert c["n"] == 6 and c["clusters"] == 2
     assert c["slope"] == pytest.approx(1.5)  # least squares over both: sum xy / ... by hand: cov 1.0 / var 0.667
     assert c["slope_low"] == pytest.approx(1.0) and c["slope_high"] == pytest.approx(2.0)
-    assert c["spearman_low"] == pytest.approx(c["spearman_high"]) or c["spearman_low"] < c["spearman_high"]
+    # Spearman: 1 within either trial alone (the draws of one trial), below 1 for both together
+    assert c["spearman_high"] == pytest.approx(1.0) and c["spearman_low"] == pytest.approx(c["spearman"])
+    assert c["spearman"] < 1.0
     one = stats.clustered_correlation(x, y, [0] * 6)  # one trial: no interval
     assert one["clusters"] == 1 and math.isnan(one["slope_low"]) and one["slope"] == pytest.approx(1.5)
     # seeded: the same draws give the same interval
@@ -438,6 +440,11 @@ def test_a_trial_starts_from_a_finished_training_of_the_same_settings_only(tmp_p
     assert json.loads((out / runner.TRAINING_FROM).read_text()) == origin
     assert not out.with_name("seed_1.copying").exists()  # copied aside, then renamed into place
     assert runner.reuse_training(out, tmp_path / "pilot_runs", 1, manifest) is None  # begun: never overwritten
+    foreign = tmp_path / "runs" / "claim1" / "seed_9" / "seed_1"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("mine")  # a folder holding files the tool did not write is left alone
+    assert runner.reuse_training(foreign, tmp_path / "pilot_runs", 1, manifest) is None
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     (src / "weights" / "seed_01" / "final.h5").unlink()  # an unfinished training is not taken
     assert runner.reuse_training(tmp_path / "other", tmp_path / "pilot_runs", 1, manifest) is None
 
