@@ -9,7 +9,10 @@ of the R retrainings) as Spearman and Kendall with percentile bootstrap interval
 samples. The samples are shared by every method, so the difference of each method's Kendall from
 Hara's is bootstrapped on the same draws (paired). The noise floor: the agreement of the first two
 repeats' truths with each other (``logs/validation_actual_seed_<k>_repeat_<r>.csv``), which is what
-a perfect estimator would reach against one retraining.
+a perfect estimator would reach against one retraining, and the Kendall a perfect estimator would
+reach against the mean of R (simulated as in ``bench/loo_noise_floor.py``: the mean truth as the
+signal plus Gaussian noise of the pooled single-retraining sd, ``sqrt(mean((a0 - a1)^2) / 2)``,
+over sqrt(R); approximate, and high by the noise the mean truth still holds).
 
     .venv/bin/python bench/storage_fidelity.py RUN [--seed 0] [--boot 2000]
 """
@@ -110,6 +113,14 @@ def main() -> None:
         print(f"noise floor: repeat 0 against repeat 1, Spearman {floor.spearman:.3f} "
               f"[{floor.spearman_low:.3f}, {floor.spearman_high:.3f}], Kendall {floor.kendall:.3f} "
               f"[{floor.kendall_low:.3f}, {floor.kendall_high:.3f}]")
+        sd = float(np.sqrt(np.mean((a[0] - a[1]) ** 2) / 2))
+        r = int(pairs.repeats.iloc[0])
+        rng = np.random.default_rng([args.seed, 38])
+        taus = [stats.kendalltau(truth, truth + sd / np.sqrt(r) * rng.standard_normal(len(truth)))[0]
+                for _ in range(500)]
+        print(f"single-retraining noise sd {sd:.2e} (truths' sd {truth.std():.2e}); a perfect estimator against "
+              f"the mean of {r}: Kendall about {np.mean(taus):.3f} (5-95%: {np.percentile(taus, 5):.3f}-"
+              f"{np.percentile(taus, 95):.3f})")
 
 
 if __name__ == "__main__":
