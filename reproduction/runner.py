@@ -155,8 +155,11 @@ def code_commit(repo: Path = REPO) -> str:
 
 def git_commit(paths: Iterable[Path], message: str, repo: Path = REPO, tries: int = 10) -> bool:
     """``git add`` + ``git commit`` of exactly ``paths`` (retried while another git holds the index
-    lock); False when it did not commit."""
+    lock); False when it did not commit, and at once for no paths (``git commit --`` without a path
+    would commit whatever else is staged)."""
     rel = [str(Path(p).resolve().relative_to(repo.resolve())) for p in paths]
+    if not rel:
+        return False
     for i in range(tries):
         add = subprocess.run(["git", "-C", str(repo), "add", "--", *rel], capture_output=True, text=True)
         if add.returncode == 0:
@@ -308,7 +311,7 @@ def run_scale(
     trainings a trial of the same settings and seed starts from (``reuse_training``). Returns the
     trials run."""
     committed = committed_root(scale.name)
-    commit = code_commit()  # the code this process imported, whatever the checkout holds later
+    started_at = code_commit()  # the code this process imported, whatever the checkout holds later
     keep = None if seeds is None else set(seeds)
     done = 0
     for exp in scale.experiments:
@@ -339,7 +342,7 @@ def run_scale(
                 origin_file = out / TRAINING_FROM
                 origin = json.loads(origin_file.read_text()) if origin_file.is_file() else None
                 files = copy_trial(exp, runs, committed, seed, wall, out, cpu_s=totals["cpu_s"],
-                                   training_from=origin, commit=commit)
+                                   training_from=origin, commit=started_at)
             log(f"{time.strftime('%H:%M:%S')} {exp.name}: trial seed {seed} done in {wall:.0f} s")
             if commit:
                 ok = git_commit(files, f"reproduction {scale.name}: {exp.name} trial seed {seed} ({wall:.0f} s)")

@@ -245,16 +245,27 @@ def test_run_scale_runs_missing_trials_of_the_given_seeds_only(tmp_path, monkeyp
     monkeypatch.setattr(runner, "run_config", lambda exp, runs, seed, data_dir, out: seed)
     monkeypatch.setattr(runner, "run", lambda cfg, registry: ran.append(cfg))
     monkeypatch.setattr(runner, "copy_trial",
-                        lambda exp, runs, committed, seed, wall, src, **kw: copied.append(seed) or [])
+                        lambda exp, runs, committed, seed, wall, src, **kw: copied.append(seed) or [seed])
+    commits = []
+    monkeypatch.setattr(runner, "git_commit", lambda files, message: commits.append(files) or True)
     marker = tmp_path / "committed" / "runs" / EXP.name / "trials" / "seed_3.json"
     marker.parent.mkdir(parents=True)
     marker.write_text("{}")
     scale = Scale("fake", (EXP,))
     n = runner.run_scale(scale, tmp_path / "runs", None, seeds=[7, 3, 1, 12], log=lambda s: None)
     assert (n, ran, copied) == (2, [1, 7], [1, 7])
+    assert commits == []  # without commit=True nothing is git-committed
     ran.clear()
-    assert runner.run_scale(scale, tmp_path / "runs", None, max_trials=4, log=lambda s: None) == 4
-    assert ran == [0, 1, 2, 4]
+    assert runner.run_scale(scale, tmp_path / "runs", None, commit=True, max_trials=4, log=lambda s: None) == 4
+    assert ran == [0, 1, 2, 4] and commits == [[0], [1], [2], [4]]
+
+
+def test_git_commit_of_no_paths_commits_nothing(monkeypatch):
+    """``git commit --`` without a path would commit whatever is staged: no paths, no git call."""
+    from reproduction import runner
+
+    monkeypatch.setattr(runner.subprocess, "run", lambda *a, **k: pytest.fail(f"git called: {a}"))
+    assert runner.git_commit([], "nothing") is False
 
 
 def test_two_processes_share_a_scale_through_trial_claims(tmp_path, monkeypatch):
