@@ -29,13 +29,15 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-STORED = {"Hara": "Hara", "Hara_all_epochs": "Hara_all_epochs", "Ours": "Ours"}
+METHODS = ("Hara", "Hara_all_epochs", "Ours")  # also their rows in sgd_influence.cache_table
 KEYS = ("spearman", "kendall")
 
 
 def rank_agreement(x: np.ndarray, y: np.ndarray) -> Dict[str, float]:
-    """Spearman's rho and Kendall's tau-b of two score vectors."""
-    return {"spearman": float(stats.spearmanr(x, y)[0]), "kendall": float(stats.kendalltau(x, y)[0])}
+    """Spearman's rho and Kendall's tau-b of two score vectors (``cleansing.validate.agreement``)."""
+    from cleansing.validate import agreement
+
+    return {k: agreement(x, y)[k] for k in KEYS}
 
 
 def bootstrap(columns: Dict[str, np.ndarray], truth: np.ndarray, reference: str, boot: int, seed: int,
@@ -84,7 +86,7 @@ def main() -> None:
     pairs = pairs[pairs.seed == args.seed]
     wide = pairs.pivot(index="datasource_index", columns="method", values="estimate")
     truth = pairs.groupby("datasource_index").actual.first().loc[wide.index].to_numpy()
-    methods = [m for m in STORED if m in wide.columns]
+    methods = [m for m in METHODS if m in wide.columns]
     table = bootstrap({m: wide[m].to_numpy() for m in methods}, truth, "Hara", args.boot, args.seed)
 
     timings = pd.read_csv(args.run / "logs" / f"timings_seed_{args.seed}.csv")
@@ -101,7 +103,7 @@ def main() -> None:
           "| Kendall minus Hara's |")
     print("| --- | ---: | ---: | --- | --- | --- |")
     for r in table.itertuples(index=False):
-        gb = cache.loc[STORED[r.method], "GB"]
+        gb = cache.loc[r.method, "GB"]
         size = f"{gb:.3g} GB" if gb >= 1 else f"{gb * 1000:.3g} MB"
         diff = ("" if r.method == "Hara" else
                 f"{r.kendall_minus_ref:+.3f} [{r.kendall_minus_ref_low:+.3f}, {r.kendall_minus_ref_high:+.3f}]")
